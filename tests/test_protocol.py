@@ -1,0 +1,194 @@
+"""The pure wire layer: every client frame parses to a typed message or a coded error."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from trio_agent.protocol import (
+    DEFAULT_INTERRUPT_REASON,
+    DoneMessage,
+    DonePayload,
+    DoneStatus,
+    ErrorCode,
+    HeartbeatMessage,
+    InterruptMessage,
+    ProtocolError,
+    RequestMessage,
+    StreamMessage,
+    StreamPayload,
+    encode,
+    parse_client_message,
+    parse_server_message,
+)
+
+
+def code_of(raw: str | bytes) -> ProtocolError:
+    with pytest.raises(ProtocolError) as info:
+        parse_client_message(raw)
+    return info.value
+
+
+def test_request_parses_with_defaults():
+    msg = parse_client_message(
+        json.dumps(
+            {
+                "msg_type": "REQUEST",
+                "msg_id": "m1",
+                "request_id": "r-1.a:b_c",
+                "payload": {"input": "hi"},
+            }
+        )
+    )
+    assert isinstance(msg, RequestMessage)
+    assert msg.request_id == "r-1.a:b_c"
+    assert msg.payload.input == "hi"
+    assert msg.payload.agent is None
+    assert msg.payload.options == {}
+    assert msg.payload.timeout_s is None
+
+
+def test_interrupt_defaults_to_all_and_user_new_input():
+    msg = parse_client_message('{"msg_type": "INTERRUPT", "msg_id": "i1"}')
+    assert isinstance(msg, InterruptMessage)
+    assert msg.request_id is None
+    assert msg.payload.reason == DEFAULT_INTERRUPT_REASON == "USER_NEW_INPUT"
+
+
+def test_interrupt_with_null_request_id_means_all():
+    msg = parse_client_message('{"msg_type": "INTERRUPT", "msg_id": "i1", "request_id": null}')
+    assert isinstance(msg, InterruptMessage)
+    assert msg.request_id is None
+
+
+def test_heartbeat_parses():
+    assert isinstance(
+        parse_client_message('{"msg_type": "HEARTBEAT", "msg_id": "h"}'), HeartbeatMessage
+    )
+
+
+def test_unknown_fields_are_ignored_for_forward_compatibility():
+    msg = parse_client_message('{"msg_type": "HEARTBEAT", "msg_id": "h", "future": 1}')
+    assert isinstance(msg, HeartbeatMessage)
+
+
+@pytest.mark.parametrize("raw", ["", "{", "not json", '{"a": NaN}', '{"a": Infinity}', b"\xff\xfe"])
+def test_invalid_json(raw):
+    assert code_of(raw).code is ErrorCode.INVALID_JSON
+
+
+@pytest.mark.parametrize(
+    ("frame", "why"),
+    [
+        ([], "an array"),
+        ("text", "a string"),
+        ({}, "no msg_type"),
+        ({"msg_type": 3}, "msg_type not a string"),
+        (
+            {"msg_type": "REQUEST", "msg_id": "m", "payload": {"input": "x"}},
+            "REQUEST without request_id",
+        ),
+        ({"msg_type": "REQUEST", "request_id": "r", "payload": "x"}, "payload not an object"),
+        ({"msg_type": "REQUEST", "request_id": "r", "payload": {}}, "no input"),
+        ({"msg_type": "REQUEST", "request_id": "r", "payload": {"input": 5}}, "input not a string"),
+        (
+            {"msg_type": "REQUEST", "request_id": "r", "payload": {"input": "x", "options": []}},
+            "options",
+        ),
+        (
+            {"msg_type": "REQUEST", "request_id": "r", "payload": {"input": "x", "timeout_s": -1}},
+            "timeout",
+        ),
+        ({"msg_type": "REQUEST", "request_id": "has space", "payload": {"input": "x"}}, "bad id"),
+        ({"msg_type": "REQUEST", "request_id": "x" * 65, "payload": {"input": "x"}}, "long id"),
+        ({"msg_type": "REQUEST", "request_id": "", "payload": {"input": "x"}}, "empty id"),
+        ({"msg_type": "REQUEST", "request_id": 7, "payload": {"input": "x"}}, "id not a string"),
+        ({"msg_type": "INTERRUPT"}, "INTERRUPT without msg_id"),
+        ({"msg_type": "INTERRUPT", "msg_id": "i", "request_id": "a b"}, "INTERRUPT bad id"),
+        ({"msg_type": "INTERRUPT", "msg_id": "i", "payload": {"reason": 1}}, "reason not a string"),
+        ({"msg_type": "HEARTBEAT"}, "HEARTBEAT without msg_id"),
+    ],
+)
+def test_invalid_message(frame, why):
+    assert code_of(json.dumps(frame)).code is ErrorCode.INVALID_MESSAGE, why
+
+
+@pytest.mark.parametrize(
+    "msg_type", ["STREAM", "DONE", "INTERRUPT_ACK", "SESSION", "ERROR", "request", "FOO"]
+)
+def test_unknown_msg_type(msg_type):
+    err = code_of(json.dumps({"msg_type": msg_type, "msg_id": "m9", "request_id": "r9"}))
+    assert err.code is ErrorCode.UNKNOWN_MSG_TYPE
+    assert (err.ref, err.request_id) == ("m9", "r9")
+
+
+def test_error_carries_ref_and_request_id_when_readable():
+    err = code_of(
+        json.dumps({"msg_type": "REQUEST", "msg_id": "m1", "request_id": "r1", "payload": 3})
+    )
+    assert (err.ref, err.request_id) == ("m1", "r1")
+    err = code_of(
+        json.dumps({"msg_type": "REQUEST", "msg_id": 5, "request_id": ["x"], "payload": 3})
+    )
+    assert (err.ref, err.request_id) == (None, None)
+
+
+def test_server_messages_round_trip_and_leave_out_none():
+    stream = StreamMessage(
+        msg_id="s1", session_id="S", request_id="r", ts=1, payload=StreamPayload(seq=0, delta="a")
+    )
+    assert parse_server_message(encode(stream)) == stream
+    done = DoneMessage(
+        msg_id="s2",
+        session_id="S",
+        request_id="r",
+        ts=2,
+        payload=DonePayload(status=DoneStatus.COMPLETED, interrupted=False, frames=1),
+    )
+    text = encode(done)
+    assert "reason" not in text
+    assert "error" not in text
+    assert parse_server_message(text) == done
+
+
+@given(st.one_of(st.text(), st.binary()))
+def test_any_input_gives_a_message_or_a_coded_error(raw):
+    try:
+        parse_client_message(raw)
+    except ProtocolError as exc:
+        error = exc
+    else:
+        return
+    assert error.code in ErrorCode
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@given(
+    st.fixed_dictionaries(
+        {"msg_type": st.sampled_from(["REQUEST", "INTERRUPT", "HEARTBEAT", "X"]) | json_values},
+        optional={"msg_id": json_values, "request_id": json_values, "payload": json_values},
+    )
+)
+def test_any_json_object_gives_a_message_or_a_coded_error(frame):
+    try:
+        parse_client_message(json.dumps(frame))
+    except ProtocolError as exc:
+        error = exc
+    else:
+        return
+    assert error.code in (ErrorCode.INVALID_MESSAGE, ErrorCode.UNKNOWN_MSG_TYPE)

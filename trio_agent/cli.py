@@ -1,0 +1,49 @@
+"""The ``trio-agent`` command: ``trio-agent serve`` (and more subcommands as they come)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import trio
+
+from . import __version__
+from .config import add_config_arguments, config_from
+from .logs import configure_logging
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trio-agent", description="Interruptible streaming agents over WebSocket."
+    )
+    parser.add_argument("--version", action="version", version=f"trio-agent {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser(
+        "serve",
+        help="run the server",
+        description="Run the server. Every flag can also be set as TRIO_AGENT_<NAME>.",
+    )
+    add_config_arguments(serve)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        try:
+            config = config_from(args)
+        except ValueError as exc:
+            parser.error(str(exc))
+        configure_logging(config.log_level, config.log_format)
+        from .server import serve
+
+        trio.run(serve, config)
+        return 0
+    parser.error(f"unknown command {args.command}")  # pragma: no cover
+    return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""Server settings: one table, read from CLI flags and ``TRIO_AGENT_*`` variables.
+
+Each field of :class:`ServerConfig` is one setting. Its flag is the field name in
+kebab case (``max_message_bytes`` -> ``--max-message-bytes``) and its environment
+variable the name in upper case (``TRIO_AGENT_MAX_MESSAGE_BYTES``). A flag beats the
+variable, the variable beats the default. ``docs/protocol.md`` lists them all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import MISSING, dataclass, field, fields, replace
+from typing import Any, Literal
+
+LogFormat = Literal["text", "json"]
+LaneMode = Literal["priority", "fifo"]
+
+
+def _setting(default: Any, help: str, **extra: Any) -> Any:
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything that shapes a running server. Immutable; use :func:`dataclasses.replace`."""
+
+    host: str = _setting("127.0.0.1", "interface to listen on")
+    port: int = _setting(8765, "TCP port (0 picks a free one)")
+    path: str = _setting("/ws", "WebSocket path; other paths get HTTP 404")
+    max_message_bytes: int = _setting(
+        1_048_576, "largest client WebSocket message; bigger closes the connection with 1009"
+    )
+    max_input_bytes: int = _setting(
+        65_536, "largest REQUEST input (UTF-8 bytes); bigger gets ERROR MESSAGE_TOO_LARGE"
+    )
+    stream_lane_capacity: int = _setting(
+        32, "STREAM frames queued per connection before agents wait (backpressure)"
+    )
+    priority_lane_capacity: int = _setting(
+        256, "control frames queued per connection before the session is closed with 1008"
+    )
+    max_concurrent_requests: int = _setting(
+        8, "requests one session may run at once (TOO_MANY_REQUESTS past that)"
+    )
+    request_timeout_cap_s: float = _setting(
+        300.0, "upper bound of a request's timeout_s, and its timeout when it gives none"
+    )
+    idle_timeout_s: float = _setting(
+        120.0,
+        "close a session with 1001 after this long without a frame from the client (0: never)",
+    )
+    handshake_timeout_s: float = _setting(
+        10.0, "how long a new connection may take to complete the WebSocket handshake"
+    )
+    cleanup_grace_s: float = _setting(
+        2.0, "how long a session waits for cancelled agents to finish cleaning up"
+    )
+    shutdown_grace_s: float = _setting(
+        5.0, "how long shutdown waits for sessions to flush and close"
+    )
+    default_agent: str = _setting("lorem", "agent used by a REQUEST that names none")
+    lanes: LaneMode = _setting(
+        "priority",
+        "outbound lanes: 'priority' (the design) or 'fifo' (diagnostic: ACK queues behind stream frames)",
+        choices=("priority", "fifo"),
+    )
+    log_level: str = _setting("INFO", "TRACE, DEBUG (logs frames), INFO, WARNING or ERROR")
+    log_format: LogFormat = _setting(
+        "text", "'text' or 'json' (one JSON object per line)", choices=("text", "json")
+    )
+
+    def __post_init__(self) -> None:
+        positive = (
+            "max_message_bytes",
+            "max_input_bytes",
+            "stream_lane_capacity",
+            "priority_lane_capacity",
+            "max_concurrent_requests",
+            "request_timeout_cap_s",
+        )
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        for name in (
+            "idle_timeout_s",
+            "handshake_timeout_s",
+            "cleanup_grace_s",
+            "shutdown_grace_s",
+        ):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+        if not self.path.startswith("/"):
+            raise ValueError("path must start with '/'")
+        if self.lanes not in ("priority", "fifo"):
+            raise ValueError("lanes must be 'priority' or 'fifo'")
+        if self.log_format not in ("text", "json"):
+            raise ValueError("log_format must be 'text' or 'json'")
+
+    @property
+    def url(self) -> str:
+        return f"ws://{self.host}:{self.port}{self.path}"
+
+
+ENV_PREFIX = "TRIO_AGENT_"
+
+
+def _convert(kind: Any, raw: str) -> Any:
+    if kind in (int, "int"):
+        return int(raw)
+    if kind in (float, "float"):
+        return float(raw)
+    return raw
+
+
+def _parser_for(kind: Any) -> Callable[[str], Any]:
+    return lambda raw: _convert(kind, raw)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one ``--flag`` per :class:`ServerConfig` field to ``parser``."""
+    for f in fields(ServerConfig):
+        flag = "--" + f.name.replace("_", "-")
+        env = ENV_PREFIX + f.name.upper()
+        default = f.default if f.default is not MISSING else None
+        parser.add_argument(
+            flag,
+            dest=f.name,
+            default=None,
+            type=_parser_for(f.type),
+            choices=f.metadata.get("choices"),
+            help=f"{f.metadata.get('help', '')} (env {env}; default {default!r})",
+        )
+
+
+def config_from(
+    args: argparse.Namespace | None = None, environ: Mapping[str, str] | None = None
+) -> ServerConfig:
+    """Build a config from parsed flags, then ``TRIO_AGENT_*`` variables, then defaults."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in fields(ServerConfig):
+        from_flag = getattr(args, f.name, None) if args is not None else None
+        if from_flag is not None:
+            values[f.name] = from_flag
+        elif (raw := environ.get(ENV_PREFIX + f.name.upper())) is not None:
+            try:
+                values[f.name] = _convert(f.type, raw)
+            except ValueError:
+                raise ValueError(f"{ENV_PREFIX + f.name.upper()}={raw!r} is not valid") from None
+    return replace(ServerConfig(), **values)
+
+
+def parse_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> ServerConfig:
+    """Parse ``argv`` (flags only) into a config; handy in tests."""
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser)
+    return config_from(parser.parse_args(list(argv)), environ)

@@ -1,0 +1,201 @@
+"""Two outbound lanes in front of one writer task.
+
+Every frame the server sends waits in one of two queues:
+
+* the **priority lane** carries control frames (INTERRUPT_ACK, ERROR, HEARTBEAT,
+  SESSION, and the DONE of an interrupted request). Pushing onto it never blocks,
+  so the reader can answer an INTERRUPT without awaiting anything. It is bounded:
+  a client that floods us with control traffic and never reads overflows it, and
+  :class:`LaneOverflow` tells the session to close the connection.
+* the **stream lane** carries STREAM frames. It is bounded too, and an agent's
+  ``await stream.send(...)`` waits for room: that wait *is* the backpressure, and
+  because it is a Trio checkpoint it is also where an interrupt lands.
+
+The single writer task takes from the priority lane first, every time. So an ACK
+queued while a hundred STREAM frames wait is the next frame on the wire, and the
+queued frames of a cut request are removed (:meth:`OutboundLanes.discard`) before
+the writer could ever reach them.
+
+The lanes know nothing about the protocol; they hold :class:`Outbound` items and
+wake the right task. There is no polling anywhere: waiting tasks sleep in a
+:class:`trio.lowlevel.ParkingLot` until a push, a pop or a discard wakes them.
+
+``fifo=True`` turns the design off for comparison: one queue, control frames behind
+stream frames, nothing discarded. It exists for the benchmark and for teaching, and
+the server says so loudly when it runs that way.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from enum import Enum
+from typing import TYPE_CHECKING
+
+import trio
+
+if TYPE_CHECKING:
+    from .registry import RequestRecord
+
+
+class FrameKind(Enum):
+    CONTROL = "control"
+    STREAM = "stream"
+    DONE = "done"
+
+
+@dataclass(slots=True, eq=False)
+class Outbound:
+    """One frame waiting for the writer.
+
+    ``text`` is the encoded frame, or ``None`` for a DONE: a DONE is rendered when
+    the writer takes it, so its ``frames`` counts exactly the STREAM frames that
+    reached the socket before it.
+    """
+
+    kind: FrameKind
+    text: str | None = None
+    record: RequestRecord | None = None
+    #: For an INTERRUPT_ACK: when its INTERRUPT was read (``trio.current_time()``),
+    #: so the writer can log the read-to-written latency.
+    read_at: float | None = None
+
+
+class LaneOverflow(Exception):
+    """The priority lane is full: the client sends control traffic but does not read."""
+
+
+class OutboundLanes:
+    """The priority lane and the bounded stream lane of one connection.
+
+    :param stream_capacity: STREAM frames the stream lane holds before
+        :meth:`wait_for_stream_room` blocks.
+    :param priority_capacity: control frames the priority lane holds before
+        :meth:`push_priority` raises :class:`LaneOverflow`.
+    :param fifo: diagnostic mode: a single first-in-first-out queue.
+    """
+
+    def __init__(self, *, stream_capacity: int, priority_capacity: int, fifo: bool = False) -> None:
+        if stream_capacity < 1 or priority_capacity < 1:
+            raise ValueError("lane capacities must be at least 1")
+        self.stream_capacity = stream_capacity
+        self.priority_capacity = priority_capacity
+        self.fifo = fifo
+        self._priority: deque[Outbound] = deque()
+        self._stream: deque[Outbound] = deque()
+        #: STREAM frames in the stream lane (the ones its capacity bounds).
+        self._stream_frames = 0
+        self._writer_busy = False
+        self._room = trio.lowlevel.ParkingLot()  # agents waiting for stream room
+        self._ready = trio.lowlevel.ParkingLot()  # the writer waiting for a frame
+        self._idle = trio.lowlevel.ParkingLot()  # tasks waiting for everything to be written
+
+    # -- producers ---------------------------------------------------------------------
+
+    def push_priority(self, frame: Outbound) -> None:
+        """Queue a control frame ahead of every stream frame. Never blocks.
+
+        Raises :class:`LaneOverflow` when the priority lane is full.
+        """
+        if self.fifo:
+            self._stream.append(frame)
+        else:
+            if len(self._priority) >= self.priority_capacity:
+                raise LaneOverflow(
+                    f"{len(self._priority)} control frames are waiting for a client that does not read"
+                )
+            self._priority.append(frame)
+        self._ready.unpark()
+
+    async def wait_for_stream_room(self) -> None:
+        """Wait until the stream lane has room for one more STREAM frame.
+
+        Always a checkpoint: cancellation is delivered here even when there is room,
+        which is what makes ``await stream.send(...)`` an interrupt point. When it
+        returns, the room is there until the caller's next ``await``, so the caller
+        pushes with :meth:`push_stream` without awaiting in between.
+        """
+        await trio.lowlevel.checkpoint()
+        while self._stream_frames >= self.stream_capacity:
+            await self._room.park()
+
+    def push_stream(self, frame: Outbound) -> None:
+        """Queue a STREAM frame; call right after :meth:`wait_for_stream_room`."""
+        self._stream.append(frame)
+        self._stream_frames += 1
+        self._ready.unpark()
+
+    def push_stream_terminal(self, frame: Outbound) -> None:
+        """Queue a DONE behind its request's STREAM frames, without waiting for room.
+
+        Terminal frames do not count against the stream capacity: each request has
+        exactly one and the number of requests is bounded, so this stays bounded,
+        and ending a request never has to wait for a slow client.
+        """
+        self._stream.append(frame)
+        self._ready.unpark()
+
+    def discard(self, record: RequestRecord) -> int:
+        """Drop every queued STREAM frame of ``record``; return how many were dropped.
+
+        In ``fifo`` mode nothing is dropped (that is the point of the mode).
+        """
+        if self.fifo:
+            return 0
+        kept: deque[Outbound] = deque()
+        dropped = 0
+        for frame in self._stream:
+            if frame.record is record and frame.kind is FrameKind.STREAM:
+                dropped += 1
+            else:
+                kept.append(frame)
+        if dropped:
+            self._stream = kept
+            self._stream_frames -= dropped
+            self._room.unpark(count=dropped)
+        return dropped
+
+    # -- the writer ---------------------------------------------------------------------
+
+    async def next_frame(self) -> Outbound:
+        """Take the next frame for the writer: the priority lane first, always.
+
+        Waits while both lanes are empty. A cancellation point; it only schedules
+        when it has to wait, because the writer's socket send right after is one.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while not self._priority and not self._stream:
+            self._writer_busy = False
+            self._idle.unpark_all()
+            await self._ready.park()
+        self._writer_busy = True
+        if self._priority:
+            return self._priority.popleft()
+        frame = self._stream.popleft()
+        if frame.kind is FrameKind.STREAM:
+            self._stream_frames -= 1
+            self._room.unpark()
+        return frame
+
+    def frame_written(self) -> None:
+        """The writer finished sending the frame it took last."""
+        self._writer_busy = False
+        if not self._priority and not self._stream:
+            self._idle.unpark_all()
+
+    async def wait_written(self) -> None:
+        """Wait until every queued frame has been written (used to flush on close)."""
+        await trio.lowlevel.checkpoint()
+        while self._priority or self._stream or self._writer_busy:
+            await self._idle.park()
+
+    # -- introspection ------------------------------------------------------------------
+
+    @property
+    def priority_depth(self) -> int:
+        return len(self._priority)
+
+    @property
+    def stream_depth(self) -> int:
+        """STREAM frames waiting (terminal frames not counted)."""
+        return self._stream_frames

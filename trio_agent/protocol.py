@@ -1,0 +1,390 @@
+"""Protocol v1: every wire message as a pydantic model, and the pure parser.
+
+This module does no I/O. Turning raw text into a typed message (or a coded
+protocol error) and turning a server message back into text are plain functions,
+so they can be unit-tested, fuzzed and reused by any client without a socket.
+
+The envelope shared by every message::
+
+    {"msg_type": "...", "msg_id": "...", "session_id": "...", "request_id": "...",
+     "ref": "...", "ts": 1732540000000, "payload": {...}}
+
+``docs/protocol.md`` is the human-readable contract; this module is its executable
+twin, and the two must agree field for field.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from enum import IntEnum, StrEnum
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictStr,
+    StringConstraints,
+    ValidationError,
+)
+
+PROTOCOL_VERSION: Final = "1.0"
+
+#: What a ``request_id`` may look like: 1 to 64 characters of ``[A-Za-z0-9._:-]``.
+REQUEST_ID_PATTERN: Final = r"^[A-Za-z0-9._:-]{1,64}$"
+
+RequestId = Annotated[str, StringConstraints(pattern=REQUEST_ID_PATTERN, strict=True)]
+MsgId = Annotated[str, StringConstraints(min_length=1, max_length=128, strict=True)]
+
+#: The default reason of an INTERRUPT that gives none.
+DEFAULT_INTERRUPT_REASON: Final = "USER_NEW_INPUT"
+
+
+class ErrorCode(StrEnum):
+    """The ``code`` of an ERROR frame (and of ``DONE.error`` where it applies)."""
+
+    INVALID_JSON = "INVALID_JSON"
+    INVALID_MESSAGE = "INVALID_MESSAGE"
+    UNKNOWN_MSG_TYPE = "UNKNOWN_MSG_TYPE"
+    MESSAGE_TOO_LARGE = "MESSAGE_TOO_LARGE"
+    DUPLICATE_REQUEST_ID = "DUPLICATE_REQUEST_ID"
+    TOO_MANY_REQUESTS = "TOO_MANY_REQUESTS"
+    UNKNOWN_AGENT = "UNKNOWN_AGENT"
+    INTERNAL_ERROR = "INTERNAL_ERROR"
+    # Codes that only appear inside DONE.error, never as an ERROR frame:
+    AGENT_ERROR = "AGENT_ERROR"
+
+
+class CloseCode(IntEnum):
+    """WebSocket close codes the server uses (RFC 6455, section 7.4.1)."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001  # server shutdown, idle timeout
+    POLICY_VIOLATION = 1008  # a client that breaks the rules (floods, stops reading)
+    MESSAGE_TOO_BIG = 1009
+    INTERNAL_ERROR = 1011
+
+
+class DoneStatus(StrEnum):
+    """How a request ended; the ``status`` of its DONE frame."""
+
+    COMPLETED = "completed"
+    INTERRUPTED = "interrupted"
+    TIMEOUT = "timeout"
+    FAILED = "failed"
+    SHUTDOWN = "shutdown"
+
+
+class TargetOutcome(StrEnum):
+    """Why a request named by an INTERRUPT was not cut (``INTERRUPT_ACK.targets``)."""
+
+    UNKNOWN = "unknown"
+    ALREADY_DONE = "already_done"
+
+
+# --------------------------------------------------------------------------- client -> server
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class _ClientEnvelope(_Model):
+    msg_id: MsgId | None = None
+    session_id: StrictStr | None = None
+    request_id: RequestId | None = None
+    ref: StrictStr | None = None
+    ts: float | None = None
+
+
+class RequestPayload(_Model):
+    input: StrictStr
+    agent: StrictStr | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+    timeout_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
+
+
+class RequestMessage(_ClientEnvelope):
+    """REQUEST: start a request; the client chooses its ``request_id``."""
+
+    msg_type: Literal["REQUEST"] = "REQUEST"
+    request_id: RequestId
+    payload: RequestPayload
+
+
+class InterruptPayload(_Model):
+    reason: StrictStr = DEFAULT_INTERRUPT_REASON
+
+
+class InterruptMessage(_ClientEnvelope):
+    """INTERRUPT: cut one request (``request_id``) or, with none, all of the session's."""
+
+    msg_type: Literal["INTERRUPT"] = "INTERRUPT"
+    msg_id: MsgId
+    payload: InterruptPayload = InterruptPayload()
+
+
+class HeartbeatMessage(_ClientEnvelope):
+    """HEARTBEAT: answered at once by a HEARTBEAT whose ``ref`` is this ``msg_id``."""
+
+    msg_type: Literal["HEARTBEAT"] = "HEARTBEAT"
+    msg_id: MsgId
+    payload: dict[str, Any] = Field(default_factory=dict)
+
+
+ClientMessage = RequestMessage | InterruptMessage | HeartbeatMessage
+
+_CLIENT_MODELS: Final[dict[str, type[RequestMessage | InterruptMessage | HeartbeatMessage]]] = {
+    "REQUEST": RequestMessage,
+    "INTERRUPT": InterruptMessage,
+    "HEARTBEAT": HeartbeatMessage,
+}
+
+
+# --------------------------------------------------------------------------- server -> client
+
+
+class _ServerEnvelope(_Model):
+    msg_id: str
+    session_id: str
+    request_id: str | None = None
+    ref: str | None = None
+    ts: int
+
+
+class AgentEntry(_Model):
+    """One agent as the SESSION frame lists it."""
+
+    description: str = ""
+    available: bool = True
+    unavailable_reason: str | None = None
+
+
+class Limits(_Model):
+    """The limits a client must respect; sent in the SESSION frame."""
+
+    max_message_bytes: int
+    max_input_bytes: int
+    max_concurrent_requests: int
+    stream_lane_capacity: int
+    request_timeout_cap_s: float
+    idle_timeout_s: float | None
+
+
+class SessionPayload(_Model):
+    protocol: str = PROTOCOL_VERSION
+    server: str
+    agents: dict[str, AgentEntry]
+    default_agent: str | None
+    limits: Limits
+
+
+class SessionMessage(_ServerEnvelope):
+    """SESSION: the first frame of every session."""
+
+    msg_type: Literal["SESSION"] = "SESSION"
+    payload: SessionPayload
+
+
+class StreamPayload(_Model):
+    seq: int
+    delta: str
+
+
+class StreamMessage(_ServerEnvelope):
+    """STREAM: one delta of a request's reply; ``seq`` counts from 0 per request."""
+
+    msg_type: Literal["STREAM"] = "STREAM"
+    request_id: str
+    payload: StreamPayload
+
+
+class ErrorInfo(_Model):
+    code: str
+    message: str
+
+
+class DonePayload(_Model):
+    status: DoneStatus
+    interrupted: StrictBool
+    reason: str | None = None
+    frames: int
+    error: ErrorInfo | None = None
+    #: The ``msg_id`` of the INTERRUPT that cut the request (additive to v1).
+    cancelled_by: str | None = None
+
+
+class DoneMessage(_ServerEnvelope):
+    """DONE: the one terminal frame of a request."""
+
+    msg_type: Literal["DONE"] = "DONE"
+    request_id: str
+    payload: DonePayload
+
+
+class InterruptAckPayload(_Model):
+    interrupted: list[str]
+    interrupted_count: int
+    reason: str
+    targets: dict[str, TargetOutcome]
+
+
+class InterruptAckMessage(_ServerEnvelope):
+    """INTERRUPT_ACK: exactly one per INTERRUPT, ``ref`` = the INTERRUPT's ``msg_id``."""
+
+    msg_type: Literal["INTERRUPT_ACK"] = "INTERRUPT_ACK"
+    payload: InterruptAckPayload
+
+
+class ServerHeartbeatMessage(_ServerEnvelope):
+    """HEARTBEAT reply: ``ref`` = the client's HEARTBEAT ``msg_id``."""
+
+    msg_type: Literal["HEARTBEAT"] = "HEARTBEAT"
+    payload: dict[str, Any] = Field(default_factory=dict)
+
+
+class ErrorPayload(_Model):
+    code: ErrorCode
+    message: str
+
+
+class ErrorMessage(_ServerEnvelope):
+    """ERROR: a frame the server could not accept; ``ref``/``request_id`` where known."""
+
+    msg_type: Literal["ERROR"] = "ERROR"
+    payload: ErrorPayload
+
+
+ServerMessage = (
+    SessionMessage
+    | StreamMessage
+    | DoneMessage
+    | InterruptAckMessage
+    | ServerHeartbeatMessage
+    | ErrorMessage
+)
+
+SERVER_MODELS: Final[dict[str, type[ServerMessage]]] = {
+    "SESSION": SessionMessage,
+    "STREAM": StreamMessage,
+    "DONE": DoneMessage,
+    "INTERRUPT_ACK": InterruptAckMessage,
+    "HEARTBEAT": ServerHeartbeatMessage,
+    "ERROR": ErrorMessage,
+}
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+class ProtocolError(Exception):
+    """A client frame the server cannot accept, with the code its ERROR frame carries.
+
+    ``ref`` and ``request_id`` are filled in whenever they could be read from the
+    offending frame, so the client can tell which of its messages was refused.
+    """
+
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str,
+        *,
+        ref: str | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.ref = ref
+        self.request_id = request_id
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def load_json_object(raw: str | bytes) -> Any:
+    """Decode strict JSON (no NaN/Infinity); raise ``ValueError`` on anything else."""
+    if isinstance(raw, bytes):
+        raw = raw.decode("utf-8")  # UnicodeDecodeError is a ValueError
+    return json.loads(raw, parse_constant=_reject_constant)
+
+
+def _describe_validation_error(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False)[:3]:
+        where = ".".join(str(p) for p in err["loc"]) or "message"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def parse_client_message(raw: str | bytes) -> ClientMessage:
+    """Parse one client text frame into a typed message.
+
+    Raises :class:`ProtocolError` with the code the protocol prescribes:
+    ``INVALID_JSON`` for text that is not JSON, ``INVALID_MESSAGE`` for JSON that is
+    not an object or has a missing or mistyped field, ``UNKNOWN_MSG_TYPE`` for a
+    ``msg_type`` a client may not send. Never raises anything else.
+    """
+    try:
+        obj = load_json_object(raw)
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError(ErrorCode.INVALID_JSON, f"not valid JSON text: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError(
+            ErrorCode.INVALID_MESSAGE, f"a message must be a JSON object, not {type(obj).__name__}"
+        )
+    msg_id = obj.get("msg_id")
+    request_id = obj.get("request_id")
+    ref = msg_id if isinstance(msg_id, str) else None
+    rid = request_id if isinstance(request_id, str) else None
+    msg_type = obj.get("msg_type")
+    if not isinstance(msg_type, str):
+        raise ProtocolError(
+            ErrorCode.INVALID_MESSAGE,
+            "msg_type is required and must be a string",
+            ref=ref,
+            request_id=rid,
+        )
+    model = _CLIENT_MODELS.get(msg_type)
+    if model is None:
+        raise ProtocolError(
+            ErrorCode.UNKNOWN_MSG_TYPE,
+            f"{msg_type[:64]!r} is not a message type a client may send "
+            f"(expected one of {', '.join(_CLIENT_MODELS)})",
+            ref=ref,
+            request_id=rid,
+        )
+    try:
+        return model.model_validate(obj)
+    except ValidationError as exc:
+        raise ProtocolError(
+            ErrorCode.INVALID_MESSAGE, _describe_validation_error(exc), ref=ref, request_id=rid
+        ) from None
+
+
+def parse_server_message(raw: str | bytes) -> ServerMessage:
+    """Parse one server frame (the client side of the protocol).
+
+    Raises ``ValueError`` (``pydantic.ValidationError`` is one) when the frame is not
+    a valid protocol v1 server message.
+    """
+    obj = load_json_object(raw)
+    if not isinstance(obj, dict):
+        raise ValueError("a server message must be a JSON object")
+    model = SERVER_MODELS.get(obj.get("msg_type"))  # type: ignore[arg-type]
+    if model is None:
+        raise ValueError(f"unknown server msg_type {obj.get('msg_type')!r}")
+    return model.model_validate(obj)
+
+
+def now_ms() -> int:
+    """Wall-clock milliseconds since the epoch, the unit of every ``ts`` field."""
+    return time.time_ns() // 1_000_000
+
+
+def encode(message: BaseModel) -> str:
+    """Serialize a wire message to its JSON text, leaving out fields that are ``None``."""
+    return message.model_dump_json(exclude_none=True)
