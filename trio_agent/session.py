@@ -70,6 +70,7 @@ from .protocol import (
     parse_client_message,
 )
 from .registry import AdmissionRefused, RequestPhase, RequestRecord, RequestRegistry
+from .trace import NO_TRACE, Tracer
 
 if TYPE_CHECKING:
     from .config import ServerConfig
@@ -100,6 +101,7 @@ class Session:
     :param config: the server's settings.
     :param agents: agents by name.
     :param session_payload: the body of the SESSION frame (built once per server).
+    :param trace: where the session's events go (:mod:`trio_agent.trace`); off by default.
     """
 
     def __init__(
@@ -110,6 +112,7 @@ class Session:
         config: ServerConfig,
         agents: Mapping[str, Agent],
         session_payload: SessionPayload,
+        trace: Tracer = NO_TRACE,
     ) -> None:
         self.ws = ws
         self.session_id = session_id
@@ -132,6 +135,7 @@ class Session:
         self._request_tasks = 0
         self._request_tasks_gone = trio.Event()
         self._request_tasks_gone.set()
+        self.trace = trace.session(session_id)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -141,6 +145,7 @@ class Session:
         finished; never raises for anything the client does."""
         with logger.contextualize(session_id=self.session_id):
             logger.info("session opened", remote=str(self.ws.remote))
+            self.trace.session_opened()
             self._push_control(self._session_frame())
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -150,6 +155,7 @@ class Session:
                 await self._close(nursery)
             end = self._end or SessionEnd("reader stopped")
             logger.info("session closed", reason=end.reason, code=end.code)
+            self.trace.session_closed(end.reason)
 
     def begin_shutdown(self, reason: str = "server shutting down") -> None:
         """End every running request with ``DONE{status: shutdown}``, then close with 1001.
@@ -159,8 +165,9 @@ class Session:
         """
         with logger.contextualize(session_id=self.session_id):
             for record in self.registry.end_all(DoneStatus.SHUTDOWN, reason=reason):
-                self.lanes.discard(record)
+                discarded = self.lanes.discard(record)
                 record.scope.cancel(reason=f"shutdown: {reason}")
+                self.trace.scope_cancelled(record, discarded)
                 if not self._push_control(Outbound(FrameKind.DONE, record=record)):
                     break
             self._end_session(SessionEnd(reason, CloseCode.GOING_AWAY, flush=True))
@@ -186,9 +193,12 @@ class Session:
             with trio.move_on_after(CLOSE_HANDSHAKE_TIMEOUT_S, shield=True):
                 await self.ws.aclose(code=end.code, reason=end.reason[:120])
         nursery.cancel_scope.cancel(reason=f"session closing: {end.reason}")
+        self.trace.nursery_cancelled(end.reason)
         if self._request_tasks:
+            self.trace.cleanup_started("wait for request tasks", self.config.cleanup_grace_s)
             with trio.move_on_after(self.config.cleanup_grace_s, shield=True) as grace:
                 await self._request_tasks_gone.wait()
+            self.trace.cleanup_ended("wait for request tasks", grace.cancelled_caught)
             if grace.cancelled_caught:
                 logger.warning(
                     "an agent ignores cancellation; the session cannot finish until it returns",
@@ -245,6 +255,7 @@ class Session:
             logger.debug("protocol error", code=str(exc.code), detail=exc.message)
             self._send_error(exc.code, exc.message, ref=exc.ref, request_id=exc.request_id)
             return
+        self.trace.frame_read(message)
         if message.session_id is not None and message.session_id != self.session_id:
             self._send_error(
                 ErrorCode.INVALID_MESSAGE,
@@ -324,8 +335,10 @@ class Session:
         decision = self.registry.interrupt(message.request_id, reason=reason, msg_id=message.msg_id)
         discarded = 0
         for record in decision.cut:
-            discarded += self.lanes.discard(record)
+            dropped = self.lanes.discard(record)
+            discarded += dropped
             record.scope.cancel(reason=f"INTERRUPT {message.msg_id} ({reason})")
+            self.trace.scope_cancelled(record, dropped)
         ack = InterruptAckMessage(
             msg_id=self._next_msg_id(),
             session_id=self.session_id,
@@ -365,6 +378,7 @@ class Session:
             error: ErrorInfo | None = None
             try:
                 with record.scope:
+                    self.trace.scope_opened(record, timeout_s)
                     try:
                         await agent(request, _RequestStream(record, self))
                     except trio.Cancelled as cancelled:
@@ -377,6 +391,7 @@ class Session:
                             cancel_reason=cancelled.reason,
                             source_task=cancelled.source_task,
                         )
+                        self.trace.cancel_delivered(record, cancelled)
                         raise
             except AgentError as exc:
                 error = ErrorInfo(code=exc.code, message=exc.message)
@@ -388,6 +403,7 @@ class Session:
                 )
             finally:
                 self._settle(record, error, timeout_s)
+                self.trace.scope_closed(record, error)
                 self._request_tasks -= 1
                 if not self._request_tasks:
                     self._request_tasks_gone.set()
@@ -413,6 +429,7 @@ class Session:
         if self.registry.end(record, status, reason=reason, error=error):
             # Behind the request's own STREAM frames, never ahead of them.
             self.lanes.push_stream_terminal(Outbound(FrameKind.DONE, record=record))
+            self.trace.done_queued(record)
 
     # ------------------------------------------------------------------ writer
 
@@ -426,6 +443,7 @@ class Session:
                 text = frame.text if frame.text is not None else self._render_done(frame)
                 await self.ws.send_message(text)
                 lanes.frame_written()
+                self.trace.frame_written(frame)
                 if frame.kind is FrameKind.STREAM:
                     assert record is not None
                     record.frames_written += 1
@@ -494,6 +512,7 @@ class Session:
             frame = Outbound(FrameKind.CONTROL, encode(frame))
         try:
             self.lanes.push_priority(frame)
+            self.trace.priority_queued(frame)
         except LaneOverflow as exc:
             logger.warning("closing a session that does not read", detail=str(exc))
             self._end_session(
@@ -542,6 +561,7 @@ class _RequestStream:
         await self._lanes.wait_for_stream_room()  # backpressure, and an interrupt point
         record = self._record
         if record.phase is not RequestPhase.RUNNING:
+            self._session.trace.late_send(record)
             raise trio.ClosedResourceError(
                 f"request {record.request_id} has ended ({record.status}); nothing more is sent for it"
             )
@@ -557,3 +577,4 @@ class _RequestStream:
             )
         )
         self._lanes.push_stream(Outbound(FrameKind.STREAM, text, record))
+        self._session.trace.stream_queued(record, seq)
