@@ -10,6 +10,8 @@ import trio
 
 from . import __version__
 from .config import add_config_arguments, config_from
+from .demo import add_arguments as add_demo_arguments
+from .demo import run_from_args as run_demo
 from .logs import configure_logging
 
 
@@ -25,6 +27,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the server. Every flag can also be set as TRIO_AGENT_<NAME>.",
     )
     add_config_arguments(serve)
+    demo = commands.add_parser(
+        "demo",
+        help="watch an interrupt travel: in-process server, traced, narrated and drawn",
+        description="Run a scripted session against an in-process server with tracing on, "
+        "print the story of each INTERRUPT and draw it (see docs/cancellation.md).",
+    )
+    add_demo_arguments(demo)
     return parser
 
 
@@ -41,6 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         trio.run(serve, config)
         return 0
+    if args.command == "demo":
+        configure_logging("WARNING")
+        return run_demo(args)
     parser.error(f"unknown command {args.command}")  # pragma: no cover
     return 2
 
