@@ -47,8 +47,8 @@ def a_trace():
         ev(45, "stream_queued", "r2", "request r2", seq=0),
         ev(90, "interrupt_read", "r1", msg_id="c3", reason="USER_NEW_INPUT"),
         ev(91, "interrupt_read", "x", session="s2", msg_id="c3", reason="USER_NEW_INPUT"),
-        ev(95, "stream_discarded", "r1", count=5, first_seq=5, last_seq=9),
-        ev(96, "scope_cancelled", "r1", by="c3", status="interrupted", reason="USER_NEW_INPUT"),
+        ev(95, "scope_cancelled", "r1", by="c3", status="interrupted", reason="USER_NEW_INPUT"),
+        ev(96, "stream_discarded", "r1", count=5, first_seq=5, last_seq=9),
         ev(98, "ack_queued", "r1", ref="c3", interrupted=["r1"]),
         ev(99, "done_queued", "r1", lane="priority", status="interrupted"),
         ev(110, "stream_written", "r1", "writer", seq=4),
@@ -105,7 +105,7 @@ def test_a_story_runs_from_a_few_frames_before_to_the_end_of_what_it_cut():
 def test_milestones_are_in_time_order_and_relative_to_the_read():
     story = pick_story(a_trace(), msg_id="c3")
     assert [(label, us) for label, us, _ in story.milestones()] == [
-        ("scope of r1 cancelled", 6),
+        ("scope of r1 cancelled", 5),
         ("INTERRUPT_ACK written", 30),
         ("Cancelled out of r1's agent", 40),
         ("DONE of r1 written", 45),
@@ -130,7 +130,7 @@ def test_narration_tells_the_story_and_folds_runs_of_frames():
     text = narrate(pick_story(a_trace(), request_id="r1"))
     assert "INTERRUPT c3 (USER_NEW_INPUT) for request r1, session s1" in text
     assert "cut: r1" in text
-    assert re.search(r"scope of r1 cancelled +\+6 µs\n", text)
+    assert re.search(r"scope of r1 cancelled +\+5 µs\n", text)
     assert "STREAM r1 seq=0..3 written" in text  # four in a row, one line
     assert "5 queued STREAM frames of r1 discarded (seq 5..9): never sent" in text
     assert "INTERRUPT_ACK for c3 written, 30 µs after its INTERRUPT was read" in text

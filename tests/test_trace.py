@@ -58,8 +58,8 @@ async def test_an_interrupt_of_a_request_held_by_backpressure(autojump_clock):
     start = events.index(read)
     assert kinds(events[start : start + 5]) == [
         "interrupt_read",
-        "stream_discarded",
         "scope_cancelled",
+        "stream_discarded",
         "ack_queued",
         "done_queued",
     ]

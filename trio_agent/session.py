@@ -165,8 +165,8 @@ class Session:
         """
         with logger.contextualize(session_id=self.session_id):
             for record in self.registry.end_all(DoneStatus.SHUTDOWN, reason=reason):
-                discarded = self.lanes.discard(record)
                 record.scope.cancel(reason=f"shutdown: {reason}")
+                discarded = self.lanes.discard(record)
                 self.trace.scope_cancelled(record, discarded)
                 if not self._push_control(Outbound(FrameKind.DONE, record=record)):
                     break
@@ -335,9 +335,11 @@ class Session:
         decision = self.registry.interrupt(message.request_id, reason=reason, msg_id=message.msg_id)
         discarded = 0
         for record in decision.cut:
+            # Cancel first: an agent parked waiting for stream room then wakes with
+            # Cancelled, rather than being woken for the room discard() makes.
+            record.scope.cancel(reason=f"INTERRUPT {message.msg_id} ({reason})")
             dropped = self.lanes.discard(record)
             discarded += dropped
-            record.scope.cancel(reason=f"INTERRUPT {message.msg_id} ({reason})")
             self.trace.scope_cancelled(record, dropped)
         ack = InterruptAckMessage(
             msg_id=self._next_msg_id(),

@@ -73,7 +73,7 @@ class SessionTrace:
         """A client frame was read and parsed (an INTERRUPT is recorded as ``interrupt_read``)."""
 
     def scope_cancelled(self, record: RequestRecord, discarded: int) -> None:
-        """``record``'s scope was cancelled after ``discarded`` queued STREAM frames were dropped."""
+        """``record``'s scope was cancelled, and then its ``discarded`` queued STREAM frames dropped."""
 
     def priority_queued(self, frame: Outbound) -> None:
         """A frame went onto the priority lane (an ACK, an interrupted DONE, ...)."""
@@ -263,15 +263,6 @@ class RecordingSessionTrace(SessionTrace):
             )
 
     def scope_cancelled(self, record: RequestRecord, discarded: int) -> None:
-        if discarded:
-            first = record.frames_queued - discarded
-            self._emit(
-                "stream_discarded",
-                record.request_id,
-                count=discarded,
-                first_seq=first,
-                last_seq=record.frames_queued - 1,
-            )
         self._emit(
             "scope_cancelled",
             record.request_id,
@@ -279,6 +270,14 @@ class RecordingSessionTrace(SessionTrace):
             status=_text(record.status),
             reason=record.reason,
         )
+        if discarded:
+            self._emit(
+                "stream_discarded",
+                record.request_id,
+                count=discarded,
+                first_seq=record.frames_queued - discarded,
+                last_seq=record.frames_queued - 1,
+            )
 
     def priority_queued(self, frame: Outbound) -> None:
         if frame.kind is FrameKind.DONE:
