@@ -178,7 +178,7 @@ class JsonLinesTracer(RecordingTracer):
     def _write(self, event: TraceEvent) -> None:
         if self._file is None:
             self._file = self.path.open("a", encoding="utf-8")
-        self._file.write(json.dumps(event, separators=(",", ":")) + "\n")
+        self._file.write(_encode(event) + "\n")
 
     def flush(self) -> None:
         if self._file is not None:
@@ -194,6 +194,9 @@ def tracer_for(path: str) -> Tracer:
     """The tracer a server setting asks for: :data:`NO_TRACE` for ``""``, else JSON lines."""
     return JsonLinesTracer(path) if path else NO_TRACE
 
+
+#: Built once: json.dumps() with any option builds a new encoder on every call.
+_encode = json.JSONEncoder(separators=(",", ":")).encode
 
 _TASK_REPR = re.compile(r"^<Task '(.*)' at 0x[0-9a-f]+>$")
 
