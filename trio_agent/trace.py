@@ -217,15 +217,16 @@ class RecordingSessionTrace(SessionTrace):
     # -- plumbing ------------------------------------------------------------------
 
     def _emit(self, event: str, request: str | None, **fields: Any) -> None:
-        entry: TraceEvent = {
-            "t_us": round(trio.current_time() * 1e6),
-            "event": event,
-            "session": self._session_id,
-            "request": request,
-            "task": self._label(trio.lowlevel.current_task()),
-        }
-        entry.update(fields)
-        self._sink(entry)
+        self._sink(
+            {
+                "t_us": round(trio.current_time() * 1e6),
+                "event": event,
+                "session": self._session_id,
+                "request": request,
+                "task": self._label(trio.lowlevel.current_task()),
+                **fields,
+            }
+        )
 
     def _label(self, task: trio.lowlevel.Task) -> str:
         if task is self._reader:
