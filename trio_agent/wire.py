@@ -205,7 +205,7 @@ def summarize(frame: Frame) -> str:
 
 @asynccontextmanager
 async def open_wire(
-    server: AgentServer, transport: Transport = "memory"
+    server: AgentServer, transport: Transport = "memory", *, serve_in: trio.Nursery | None = None
 ) -> AsyncIterator[WireConnection]:
     """Connect to ``server`` and read its SESSION frame.
 
@@ -215,8 +215,13 @@ async def open_wire(
     until the client reads (the client's pace *is* the backpressure);
     ``"socket"`` opens a loopback TCP connection to the listening server.
 
+    The server side of a memory connection runs in ``serve_in`` if given, else
+    in this connection's own nursery, which is then cancelled on exit and waits
+    for the session to end: pass a nursery of yours to watch what the server
+    does after the client has gone.
+
     On exit the connection is closed politely if it can be within a second, and
-    dropped otherwise; the memory transport's server side is then cancelled.
+    dropped otherwise.
     """
     async with trio.open_nursery() as nursery:
         stream: trio.abc.Stream
@@ -233,7 +238,7 @@ async def open_wire(
                 else trio.testing.memory_stream_pair
             )
             stream, server_stream = pair()
-            nursery.start_soon(server.serve_stream, server_stream)
+            (serve_in or nursery).start_soon(server.serve_stream, server_stream)
         # trio-websocket annotates this as taking a socket or TLS stream, but any
         # trio.abc.Stream works (its own tests use memory streams).
         ws = await wrap_client_stream(
