@@ -42,35 +42,103 @@ def render(story: InterruptStory, path: Path, *, title: str | None = None) -> No
         loc="left",
     )
 
-    # The zoom is on what the server does by itself: read, cancel, ACK written.
-    # What the agent does next (cleanup, Cancelled coming out) is the overview's.
+    # The zoom is on the reader's one step: read, cancel, discard, queue the ACK
+    # and the DONEs, all before it reads another frame. If the writer put the
+    # ACK on the wire soon after, the zoom reaches it too.
     marks = story.milestones()
+    step_end = _reader_step_end(story)
     ack = story.first("ack_written", ref=story.msg_id)
-    end = max(int(ack["t_us"]) - story.read_us if ack else max([us for _, us, _ in marks] + [1]), 1)
+    ack_us = int(ack["t_us"]) - story.read_us if ack is not None else None
+    end = max(step_end, 1)
+    if ack_us is not None and ack_us <= 4 * end:
+        end = max(ack_us, 1)
     _draw(zoom, story, row, colour, scale=1.0)
     zoom.set_xlim(-max(end * 0.08, 1.0), end * 1.3)
-    zoom.set_xlabel("µs after the INTERRUPT was read (zoom on read -> ACK written)")
+    zoom.set_xlabel(
+        "µs after the INTERRUPT was read: zoom on the reader's step"
+        + (" and the ACK written" if ack_us is not None and ack_us <= end else "")
+    )
+    _label_reader_step(zoom, story, row)
+    labelled = {"scope_cancelled": False, "ack_written": False}
     for _, us, event in marks:
         lane = row.get(str(event["task"]))
-        if lane is not None and event["event"] in ("scope_cancelled", "ack_written"):
-            zoom.annotate(
-                f"+{us:,} µs",
-                (us, lane),
+        kind = str(event["event"])
+        if lane is not None and labelled.get(kind) is False:
+            labelled[kind] = True  # the first of each is enough
+            overview.annotate(
+                _short(us),
+                (us * 1e-3, lane),
                 xytext=(0, 11),
                 textcoords="offset points",
                 ha="center",
                 fontsize=8,
                 annotation_clip=True,
             )
-    _annotate(zoom, marks)
+            if kind == "ack_written":
+                zoom.annotate(
+                    f"ACK written +{us:,} µs",
+                    (us, lane),
+                    xytext=(0, 11),
+                    textcoords="offset points",
+                    ha="center",
+                    fontsize=8,
+                    annotation_clip=True,
+                )
+    _annotate(overview, marks)
 
     for axes in (overview, zoom):
         axes.set_yticks(list(row.values()), list(row.keys()))
         axes.set_ylim(-0.7, len(lanes) - 0.3)
         axes.grid(axis="x", alpha=0.25)
         axes.axvline(0, color=_INTERRUPT, linestyle="--", linewidth=1.5)
-    overview.legend(handles=_legend(), loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+    zoom.legend(handles=_legend(), loc="upper left", bbox_to_anchor=(1.0, 1.02), fontsize=8)
     figure.savefig(path, dpi=110)
+
+
+def _reader_step_end(story: InterruptStory) -> int:
+    """µs from the read to the reader's last event before any other task's."""
+    events = list(story.events)
+    start = next(i for i, e in enumerate(events) if e["event"] == "interrupt_read")
+    end = story.read_us
+    for event in events[start:]:
+        if event["task"] != "reader":
+            break
+        end = int(event["t_us"])
+    return end - story.read_us
+
+
+def _label_reader_step(axes: Axes, story: InterruptStory, row: dict[str, int]) -> None:
+    """Name each thing the reader does in its step, under its marker."""
+    events = list(story.events)
+    start = next(i for i, e in enumerate(events) if e["event"] == "interrupt_read")
+    for event in events[start:]:
+        if event["task"] != "reader":
+            break
+        kind, rid = event["event"], event.get("request")
+        text = {
+            "interrupt_read": "read",
+            "scope_cancelled": f"cancel {rid}",
+            "stream_discarded": f"drop {event.get('count')}",
+            "ack_queued": "ACK\nqueued",
+            "done_queued": f"DONE\n{rid}",
+        }.get(str(kind))
+        lane = row.get(f"request {rid}" if kind == "stream_discarded" else "reader")
+        if text is None or lane is None:
+            continue
+        axes.annotate(
+            text,
+            (int(event["t_us"]) - story.read_us, lane),
+            xytext=(0, -13),
+            textcoords="offset points",
+            ha="center",
+            va="top",
+            fontsize=7.5,
+            annotation_clip=True,
+        )
+
+
+def _short(us: int) -> str:
+    return f"+{us / 1000:,.1f} ms" if us >= 1000 else f"+{us} µs"
 
 
 def _colours(story: InterruptStory, lanes: list[str]) -> dict[str | None, str]:
