@@ -568,3 +568,36 @@ async def test_wrong_path_is_refused_with_404(start_server):
         async with open_websocket_url(f"ws://127.0.0.1:{server.port}/elsewhere"):
             pass  # pragma: no cover
     assert info.value.status_code == 404
+
+
+async def test_request_interrupted_before_its_task_ran_never_starts_its_agent(
+    start_server, autojump_clock
+):
+    probe = Probe()
+    server = await start_server(agent_set(probe))
+    async with connect(server) as c:
+        session = server.sessions[c.session_id]
+        # Feed both frames to the session in one go, so the INTERRUPT is handled
+        # before the request task gets its first turn.
+        session._handle_frame(
+            json.dumps(
+                {
+                    "msg_type": "REQUEST",
+                    "msg_id": "q",
+                    "request_id": "early",
+                    "payload": {"input": "", "agent": "endless"},
+                }
+            )
+        )
+        session._handle_frame(
+            json.dumps({"msg_type": "INTERRUPT", "msg_id": "i", "request_id": "early"})
+        )
+        c.checker.sent({"msg_type": "REQUEST", "request_id": "early"})
+        c.checker.sent({"msg_type": "INTERRUPT", "msg_id": "i", "request_id": "early"})
+        await c.until_ack("i")
+        done = (await c.until_done("early"))[-1]["payload"]
+        assert done["frames"] == 0
+        assert done["interrupted"] is True
+        await trio.testing.wait_all_tasks_blocked()
+        assert probe.started == []
+        c.assert_guarantees()

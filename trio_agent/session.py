@@ -366,6 +366,10 @@ class Session:
             try:
                 with record.scope:
                     try:
+                        # A scope cancelled before it was entered (an INTERRUPT that
+                        # arrived before this task first ran) raises here, so the
+                        # agent never starts.
+                        await trio.lowlevel.checkpoint_if_cancelled()
                         await agent(request, _RequestStream(record, self))
                     except trio.Cancelled as cancelled:
                         # Who cut us and why, straight from Trio: "explicit" with the
