@@ -601,3 +601,19 @@ async def test_request_interrupted_before_its_task_ran_never_starts_its_agent(
         await trio.testing.wait_all_tasks_blocked()
         assert probe.started == []
         c.assert_guarantees()
+
+
+async def test_shutdown_flush_does_not_wait_for_a_dead_connection(start_server, autojump_clock):
+    """The shutdown flush is bounded by the grace period, and ends at once when the
+    writer is gone: queued frames that can never be written do not hold it."""
+    server = await start_server(agent_set(), shutdown_grace_s=30)
+    async with connect(server, "memory", lockstep=True) as c:
+        await c.request("r1", agent="lorem", words=1000, words_per_s=0)
+        await c.recv_until(is_stream("r1"))
+        await trio.testing.wait_all_tasks_blocked()
+        t0 = trio.current_time()
+        server.shutdown()
+        await trio.aclose_forcefully(c.stream)  # the client vanishes with frames queued
+        with trio.fail_after(60):
+            await server.wait_idle()
+        assert trio.current_time() - t0 < 2

@@ -453,6 +453,8 @@ class Session:
         except Exception as exc:
             logger.opt(exception=exc).error("writer failed")
             self._end_session(SessionEnd("internal error in the writer", CloseCode.INTERNAL_ERROR))
+        finally:
+            lanes.writer_gone()
 
     def _render_done(self, frame: Outbound) -> str:
         record = frame.record
