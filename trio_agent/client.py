@@ -95,6 +95,7 @@ __all__ = [
     "ProtocolViolation",
     "Response",
     "ServerError",
+    "check_token",
     "open_agent_client",
 ]
 
@@ -871,9 +872,7 @@ async def open_agent_client(
     """
     subprotocols = [SUBPROTOCOL]
     if token is not None:
-        if not _TOKEN.fullmatch(token):
-            raise ValueError("a token may only contain RFC 7230 token characters (no spaces)")
-        subprotocols.append(TOKEN_SUBPROTOCOL_PREFIX + token)
+        subprotocols.append(TOKEN_SUBPROTOCOL_PREFIX + check_token(token))
     if heartbeat_s is not None and not heartbeat_s > 0:
         raise ValueError(f"heartbeat_s must be positive or None, not {heartbeat_s!r}")
     beat_timeout = heartbeat_timeout_s if heartbeat_timeout_s is not None else heartbeat_s
@@ -909,6 +908,13 @@ async def open_agent_client(
         _raise_unwrapped(error)
     if client._failure is not None:
         raise client._failure
+
+
+def check_token(token: str) -> str:
+    """Return ``token`` if it can travel in a subprotocol name; raise ``ValueError`` if not."""
+    if not _TOKEN.fullmatch(token):
+        raise ValueError("a token may only contain RFC 7230 token characters (no spaces)")
+    return token
 
 
 async def _dial(parts: SplitResult, ssl_context: ssl.SSLContext | None) -> trio.abc.Stream:
