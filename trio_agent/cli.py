@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import trio
 
 from . import __version__
+from .chat import add_chat_arguments, chat_main
 from .config import add_config_arguments, config_from
 from .logs import configure_logging
 
@@ -25,6 +26,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the server. Every flag can also be set as TRIO_AGENT_<NAME>.",
     )
     add_config_arguments(serve)
+    chat = commands.add_parser(
+        "chat", help="chat with a server from the terminal", description=chat_main.__doc__
+    )
+    add_chat_arguments(chat)
     return parser
 
 
@@ -41,6 +46,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         trio.run(serve, config)
         return 0
+    if args.command == "chat":
+        configure_logging("WARNING")
+        return chat_main(args)
     parser.error(f"unknown command {args.command}")  # pragma: no cover
     return 2
 

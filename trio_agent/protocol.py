@@ -170,14 +170,15 @@ class Limits(_Model):
     max_concurrent_requests: int
     stream_lane_capacity: int
     request_timeout_cap_s: float
-    idle_timeout_s: float | None
+    #: Left out of the frame when the server has none (every ``None`` is left out).
+    idle_timeout_s: float | None = None
 
 
 class SessionPayload(_Model):
     protocol: str = PROTOCOL_VERSION
     server: str
     agents: dict[str, AgentEntry]
-    default_agent: str | None
+    default_agent: str | None = None
     limits: Limits
 
 
