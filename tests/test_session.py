@@ -568,3 +568,52 @@ async def test_wrong_path_is_refused_with_404(start_server):
         async with open_websocket_url(f"ws://127.0.0.1:{server.port}/elsewhere"):
             pass  # pragma: no cover
     assert info.value.status_code == 404
+
+
+async def test_request_interrupted_before_its_task_ran_never_starts_its_agent(
+    start_server, autojump_clock
+):
+    probe = Probe()
+    server = await start_server(agent_set(probe))
+    async with connect(server) as c:
+        session = server.sessions[c.session_id]
+        # Feed both frames to the session in one go, so the INTERRUPT is handled
+        # before the request task gets its first turn.
+        session._handle_frame(
+            json.dumps(
+                {
+                    "msg_type": "REQUEST",
+                    "msg_id": "q",
+                    "request_id": "early",
+                    "payload": {"input": "", "agent": "endless"},
+                }
+            )
+        )
+        session._handle_frame(
+            json.dumps({"msg_type": "INTERRUPT", "msg_id": "i", "request_id": "early"})
+        )
+        c.checker.sent({"msg_type": "REQUEST", "request_id": "early"})
+        c.checker.sent({"msg_type": "INTERRUPT", "msg_id": "i", "request_id": "early"})
+        await c.until_ack("i")
+        done = (await c.until_done("early"))[-1]["payload"]
+        assert done["frames"] == 0
+        assert done["interrupted"] is True
+        await trio.testing.wait_all_tasks_blocked()
+        assert probe.started == []
+        c.assert_guarantees()
+
+
+async def test_shutdown_flush_does_not_wait_for_a_dead_connection(start_server, autojump_clock):
+    """The shutdown flush is bounded by the grace period, and ends at once when the
+    writer is gone: queued frames that can never be written do not hold it."""
+    server = await start_server(agent_set(), shutdown_grace_s=30)
+    async with connect(server, "memory", lockstep=True) as c:
+        await c.request("r1", agent="lorem", words=1000, words_per_s=0)
+        await c.recv_until(is_stream("r1"))
+        await trio.testing.wait_all_tasks_blocked()
+        t0 = trio.current_time()
+        server.shutdown()
+        await trio.aclose_forcefully(c.stream)  # the client vanishes with frames queued
+        with trio.fail_after(60):
+            await server.wait_idle()
+        assert trio.current_time() - t0 < 2

@@ -1,7 +1,9 @@
 """A raw protocol-v1 test client: sends dicts, receives dicts, checks every guarantee.
 
-The server tests speak the wire protocol directly with it (they must be able to
-send invalid frames, which a real client never would). Every frame in either
+Behaviour tests use the real client, :mod:`trio_agent.client` (see
+``test_client.py``). This raw client stays for the frame-level tests: those that
+must send invalid frames, which the real client never would, or look at the exact
+order of frames on the wire, which the real client hides. Every frame in either
 direction goes through a :class:`~trio_agent.guarantees.GuaranteeChecker`, so
 any test that drives a conversation also checks guarantees 1-7 on it.
 """

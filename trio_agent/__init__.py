@@ -6,6 +6,8 @@ The public surface is small:
 * :class:`Agent`, :class:`AgentRequest`, :class:`ResponseStream` and
   :class:`AgentError` are what you need to write an agent.
 * :mod:`trio_agent.protocol` holds every wire message as a pydantic model.
+* :mod:`trio_agent.client` is the Python client (``open_agent_client``); see
+  ``docs/client.md``.
 """
 
 __version__ = "0.1.0"

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import trio
 
 from . import __version__
+from .chat import add_chat_arguments, chat_main
 from .config import add_config_arguments, config_from
 from .demo import add_arguments as add_demo_arguments
 from .demo import run_from_args as run_demo
@@ -27,6 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the server. Every flag can also be set as TRIO_AGENT_<NAME>.",
     )
     add_config_arguments(serve)
+    chat = commands.add_parser(
+        "chat", help="chat with a server from the terminal", description=chat_main.__doc__
+    )
+    add_chat_arguments(chat)
     demo = commands.add_parser(
         "demo",
         help="watch an interrupt travel: in-process server, traced, narrated and drawn",
@@ -50,6 +55,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         trio.run(serve, config)
         return 0
+    if args.command == "chat":
+        configure_logging("WARNING")
+        return chat_main(args)
     if args.command == "demo":
         configure_logging("WARNING")
         return run_demo(args)

@@ -7,15 +7,21 @@ Call :meth:`GuaranteeChecker.finish` when the conversation is over to check what
 must have happened by then (a DONE for every accepted REQUEST, an ACK for every
 INTERRUPT).
 
-The test suite runs every conversation through it, the Python client uses it for
-``strict`` mode, and users can run it over transcripts of their own servers.
+The test suite runs every conversation through it, the Python client
+(:mod:`trio_agent.client`) runs it on every connection (it raises in ``strict``
+mode and logs otherwise), and users can run it over transcripts of their own
+servers. Because a client may live for days, what it remembers about requests and
+interrupts that are over is bounded (``memory``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
+
+#: How many ended request ids and answered INTERRUPTs a checker remembers by default.
+DEFAULT_MEMORY = 1024
 
 
 @dataclass(frozen=True)
@@ -44,19 +50,34 @@ class _Interrupt:
     msg_id: str
     target: str | None
     sent_at: int
-    acked: bool = False
-    refused: bool = False  # answered by an ERROR (an invalid INTERRUPT gets no ACK)
+
+
+def _remember(memory: dict[str, Any], key: str, value: Any, limit: int) -> None:
+    """Insert into an insertion-ordered dict used as a bounded memory (oldest out first)."""
+    memory.pop(key, None)
+    memory[key] = value
+    while len(memory) > limit:
+        del memory[next(iter(memory))]
 
 
 @dataclass
 class GuaranteeChecker:
-    """Checks a conversation against guarantees 1-7 of protocol v1 (see docs/protocol.md)."""
+    """Checks a conversation against guarantees 1-7 of protocol v1 (see docs/protocol.md).
+
+    :param memory: how many ended request ids and answered INTERRUPTs to remember
+        (to recognise a frame that comes after the end). Older ones are forgotten, so
+        a STREAM for a long-ended request is reported as one this client never sent.
+    """
 
     violations: list[Violation] = field(default_factory=list)
+    memory: int = DEFAULT_MEMORY
     _requests: dict[str, _Request] = field(default_factory=dict)
+    #: INTERRUPTs waiting for their answer.
     _interrupts: dict[str, _Interrupt] = field(default_factory=dict)
-    #: Ids whose DONE arrived (an id may be reused after its DONE).
-    _ended: set[str] = field(default_factory=set)
+    #: INTERRUPTs already answered, by an ACK or by an ERROR (bounded).
+    _answered: dict[str, Literal["ack", "error"]] = field(default_factory=dict)
+    #: Ids whose DONE arrived (an id may be reused after its DONE; bounded).
+    _ended: dict[str, None] = field(default_factory=dict)
     _clock: int = 0
 
     @property
@@ -75,8 +96,10 @@ class GuaranteeChecker:
         if kind == "REQUEST":
             rid = str(frame.get("request_id"))
             # A REQUEST reusing a running id is refused (DUPLICATE_REQUEST_ID) and
-            # must not replace the running one.
-            self._requests.setdefault(rid, _Request(rid, self._clock))
+            # must not replace the running one; a refused one never ran, so its id is free.
+            known = self._requests.get(rid)
+            if known is None or known.refused:
+                self._requests[rid] = _Request(rid, self._clock)
         elif kind == "INTERRUPT":
             msg_id = str(frame.get("msg_id"))
             self._interrupts[msg_id] = _Interrupt(msg_id, frame.get("request_id"), self._clock)
@@ -99,9 +122,9 @@ class GuaranteeChecker:
         return self.violations[before:]
 
     def _error(self, frame: Mapping[str, Any], payload: Mapping[str, Any]) -> None:
-        interrupt = self._interrupts.get(str(frame.get("ref")))
-        if interrupt is not None and not interrupt.acked:
-            interrupt.refused = True
+        interrupt = self._interrupts.pop(str(frame.get("ref")), None)
+        if interrupt is not None:
+            _remember(self._answered, interrupt.msg_id, "error", self.memory)
         rid = frame.get("request_id")
         # A REQUEST refused with an ERROR was never accepted: it gets no DONE. (A
         # DUPLICATE_REQUEST_ID refuses the new REQUEST, not the running one.)
@@ -147,18 +170,21 @@ class GuaranteeChecker:
             self._fail(5, f"DONE of {rid!r} after an ACK that named it is not interrupted: true")
         # The id may be reused from now on.
         del self._requests[rid]
-        self._ended.add(rid)
+        _remember(self._ended, rid, None, self.memory)
 
     def _ack(self, frame: Mapping[str, Any], payload: Mapping[str, Any]) -> None:
         ref = frame.get("ref")
-        interrupt = self._interrupts.get(str(ref))
-        if interrupt is None:
-            self._fail(3, f"INTERRUPT_ACK for {ref!r}, which this client never sent")
-            return
-        if interrupt.acked:
+        interrupt = self._interrupts.pop(str(ref), None)
+        answered = self._answered.get(str(ref))
+        if interrupt is None and answered == "ack":
             self._fail(3, f"a second INTERRUPT_ACK for {ref!r}")
             return
-        interrupt.acked = True
+        if interrupt is None and answered is None:
+            self._fail(3, f"INTERRUPT_ACK for {ref!r}, which this client never sent")
+            return
+        _remember(self._answered, str(ref), "ack", self.memory)
+        if interrupt is None:
+            return  # the INTERRUPT was refused with an ERROR, then acknowledged anyway
         named = payload.get("interrupted") or []
         if payload.get("interrupted_count") != len(named):
             self._fail(
@@ -189,6 +215,5 @@ class GuaranteeChecker:
             if request.done is None and not request.refused:
                 self._fail(1, f"request {request.request_id!r} never got a DONE")
         for interrupt in self._interrupts.values():
-            if not interrupt.acked and not interrupt.refused:
-                self._fail(3, f"INTERRUPT {interrupt.msg_id!r} never got an INTERRUPT_ACK")
+            self._fail(3, f"INTERRUPT {interrupt.msg_id!r} never got an INTERRUPT_ACK")
         return self.violations[before:]

@@ -86,6 +86,7 @@ class OutboundLanes:
         #: STREAM frames in the stream lane (the ones its capacity bounds).
         self._stream_frames = 0
         self._writer_busy = False
+        self._writer_gone = False
         self._room = trio.lowlevel.ParkingLot()  # agents waiting for stream room
         self._ready = trio.lowlevel.ParkingLot()  # the writer waiting for a frame
         self._idle = trio.lowlevel.ParkingLot()  # tasks waiting for everything to be written
@@ -189,10 +190,16 @@ class OutboundLanes:
         if not self._priority and not self._stream:
             self._idle.unpark_all()
 
+    def writer_gone(self) -> None:
+        """The writer stopped (the connection broke): nothing queued will be written."""
+        self._writer_gone = True
+        self._idle.unpark_all()
+
     async def wait_written(self) -> None:
-        """Wait until every queued frame has been written (used to flush on close)."""
+        """Wait until every queued frame has been written (used to flush on close),
+        or until the writer is gone and nothing more will be."""
         await trio.lowlevel.checkpoint()
-        while self._priority or self._stream or self._writer_busy:
+        while (self._priority or self._stream or self._writer_busy) and not self._writer_gone:
             await self._idle.park()
 
     # -- introspection ------------------------------------------------------------------

@@ -382,6 +382,10 @@ class Session:
                 with record.scope:
                     self.trace.scope_opened(record, timeout_s)
                     try:
+                        # A scope cancelled before it was entered (an INTERRUPT that
+                        # arrived before this task first ran) raises here, so the
+                        # agent never starts.
+                        await trio.lowlevel.checkpoint_if_cancelled()
                         await agent(request, _RequestStream(record, self))
                     except trio.Cancelled as cancelled:
                         # Who cut us and why, straight from Trio: "explicit" with the
@@ -469,6 +473,8 @@ class Session:
         except Exception as exc:
             logger.opt(exception=exc).error("writer failed")
             self._end_session(SessionEnd("internal error in the writer", CloseCode.INTERNAL_ERROR))
+        finally:
+            lanes.writer_gone()
 
     def _render_done(self, frame: Outbound) -> str:
         record = frame.record

@@ -1,0 +1,156 @@
+"""A scripted server for client tests: the test itself sends and receives raw frames.
+
+It can do what the real server never does (hold an ACK back, answer late, break
+a guarantee on purpose), which is how the client's optimism, its timeouts and its
+strict mode are tested. It speaks over in-memory streams, so it works with
+``MockClock`` and is deterministic.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from typing import Any
+
+import trio
+import trio.testing
+from trio_websocket import WebSocketConnection, wrap_server_stream
+
+Frame = dict[str, Any]
+
+#: The URL clients use with a fake server (only its path and host reach the fake).
+FAKE_URL = "ws://fake.test/ws"
+
+
+class FakeServer:
+    """The server end of one connection, driven frame by frame by a test.
+
+    :param send_session: send a SESSION frame as soon as the handshake is done.
+    :param lockstep: use a lockstep stream pair: the client's writes block until
+        the fake reads (the fake's WebSocket reader stops reading once one message
+        waits to be received by the test).
+    """
+
+    def __init__(self, *, send_session: bool = True, lockstep: bool = False) -> None:
+        self.send_session = send_session
+        self.session_id = "fake-session"
+        self.ws: WebSocketConnection | None = None
+        self.proposed_subprotocols: tuple[str, ...] = ()
+        self.received: list[Frame] = []
+        self.connected = trio.Event()
+        self._ids = itertools.count()
+        pair = trio.testing.lockstep_stream_pair if lockstep else trio.testing.memory_stream_pair
+        self.client_stream, self._server_stream = pair()
+
+    async def serve(self) -> None:
+        """Accept the client's handshake, send SESSION, then keep the connection
+        until the test's nursery is cancelled."""
+        async with trio.open_nursery() as nursery:
+            request = await wrap_server_stream(nursery, self._server_stream)
+            self.proposed_subprotocols = tuple(request.proposed_subprotocols)
+            self.ws = await request.accept(subprotocol="trio-agent.v1")
+            if self.send_session:
+                await self.send("SESSION", payload=session_payload())
+            self.connected.set()
+            await trio.sleep_forever()
+
+    async def send(self, msg_type: str, **fields: Any) -> Frame:
+        frame = {
+            "msg_type": msg_type,
+            "msg_id": f"s{next(self._ids)}",
+            "session_id": self.session_id,
+            "ts": 0,
+            **fields,
+        }
+        await self.send_raw(json.dumps(frame))
+        return frame
+
+    async def send_raw(self, raw: str) -> None:
+        assert self.ws is not None
+        await self.ws.send_message(raw)
+
+    async def recv(self) -> Frame:
+        assert self.ws is not None
+        frame: Frame = json.loads(await self.ws.get_message())
+        self.received.append(frame)
+        return frame
+
+    async def recv_type(self, msg_type: str) -> Frame:
+        """Receive until a frame of ``msg_type`` (answering HEARTBEATs on the way)."""
+        while True:
+            frame = await self.recv()
+            if frame["msg_type"] == msg_type:
+                return frame
+            if frame["msg_type"] == "HEARTBEAT":
+                await self.heartbeat_reply(frame)
+
+    # -- the frames a server sends ----------------------------------------------------
+
+    async def stream(self, request_id: str, seq: int, delta: str) -> Frame:
+        return await self.send(
+            "STREAM", request_id=request_id, payload={"seq": seq, "delta": delta}
+        )
+
+    async def done(
+        self,
+        request_id: str,
+        frames: int,
+        status: str = "completed",
+        *,
+        interrupted: bool = False,
+        reason: str | None = None,
+    ) -> Frame:
+        payload: Frame = {"status": status, "interrupted": interrupted, "frames": frames}
+        if reason is not None:
+            payload["reason"] = reason
+        return await self.send("DONE", request_id=request_id, payload=payload)
+
+    async def ack(
+        self,
+        ref: str,
+        interrupted: list[str],
+        *,
+        targets: dict[str, str] | None = None,
+        reason: str = "USER_NEW_INPUT",
+    ) -> Frame:
+        return await self.send(
+            "INTERRUPT_ACK",
+            ref=ref,
+            payload={
+                "interrupted": interrupted,
+                "interrupted_count": len(interrupted),
+                "reason": reason,
+                "targets": targets or {},
+            },
+        )
+
+    async def error(self, code: str, message: str, **fields: Any) -> Frame:
+        return await self.send("ERROR", payload={"code": code, "message": message}, **fields)
+
+    async def heartbeat_reply(self, heartbeat: Frame) -> Frame:
+        return await self.send("HEARTBEAT", ref=heartbeat["msg_id"], payload={})
+
+
+def session_payload() -> Frame:
+    return {
+        "protocol": "1.0",
+        "server": "fake/0",
+        "agents": {"lorem": {"description": "fake"}, "echo": {"description": "fake"}},
+        "default_agent": "lorem",
+        "limits": {
+            "max_message_bytes": 1_048_576,
+            "max_input_bytes": 65_536,
+            "max_concurrent_requests": 8,
+            "stream_lane_capacity": 32,
+            "request_timeout_cap_s": 300.0,
+            "idle_timeout_s": None,
+        },
+    }
+
+
+def start_fake(nursery: trio.Nursery, **options: Any) -> FakeServer:
+    """Start a :class:`FakeServer` in ``nursery``; connect a client to it with
+    ``open_agent_client(FAKE_URL, stream=fake.client_stream, ...)``."""
+    fake = FakeServer(**options)
+    nursery.start_soon(fake.serve)
+    return fake

@@ -1,0 +1,452 @@
+"""The client's side of one connection, as a pure state machine.
+
+:class:`Conversation` is to :mod:`trio_agent.client` what h11's ``Connection`` is
+to an HTTP client: it knows protocol v1 and keeps the books, and it does no I/O and
+never waits. It builds the frames the client sends, and turns each frame the
+client receives into :data:`Event` values for the Trio shell to act on (wake a
+reader, resolve an ACK, answer a heartbeat). A test can drive it frame by frame.
+
+The two rules that make an interruption feel instant live here:
+
+* :meth:`Conversation.interrupt` ends the targeted requests *locally* before the
+  INTERRUPT frame even exists: their status becomes ``interrupted``, their chunks
+  not yet consumed are dropped, and their iteration is over.
+* From then on, a STREAM frame of such a request that still arrives (the server
+  sent it before it read the INTERRUPT) is *stale*: it is dropped and counted,
+  never shown. The server's DONE, when it comes, is kept as ``server_done``.
+
+Every frame received also goes through a
+:class:`~trio_agent.guarantees.GuaranteeChecker`, so the client checks the
+server's guarantees as it goes (:class:`ProtocolBreach` events).
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from pydantic import BaseModel, ValidationError
+
+from .guarantees import GuaranteeChecker
+from .protocol import (
+    DEFAULT_INTERRUPT_REASON,
+    REQUEST_ID_PATTERN,
+    SERVER_MODELS,
+    DoneMessage,
+    DonePayload,
+    DoneStatus,
+    ErrorInfo,
+    ErrorMessage,
+    HeartbeatMessage,
+    InterruptAckMessage,
+    InterruptAckPayload,
+    InterruptMessage,
+    InterruptPayload,
+    RequestMessage,
+    RequestPayload,
+    ServerHeartbeatMessage,
+    SessionMessage,
+    StreamMessage,
+    encode,
+    load_json_object,
+    now_ms,
+)
+
+_REQUEST_ID: Final = re.compile(REQUEST_ID_PATTERN)
+
+
+# --------------------------------------------------------------------------- what the user sees
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """One piece of a reply: a STREAM frame's ``seq`` and ``delta``."""
+
+    seq: int
+    delta: str
+
+
+@dataclass(frozen=True, slots=True)
+class DoneInfo:
+    """How a request ended: the payload of its DONE frame, or the client's own cut.
+
+    ``local`` is true when the client decided the end itself (an optimistic
+    interrupt) and no DONE had been read yet; ``frames`` is then the number of
+    chunks that had arrived before the cut.
+    """
+
+    status: DoneStatus
+    interrupted: bool
+    frames: int
+    reason: str | None = None
+    error: ErrorInfo | None = None
+    local: bool = False
+
+    @classmethod
+    def from_payload(cls, payload: DonePayload) -> DoneInfo:
+        return cls(
+            status=payload.status,
+            interrupted=payload.interrupted,
+            frames=payload.frames,
+            reason=payload.reason,
+            error=payload.error,
+        )
+
+
+# --------------------------------------------------------------------------- the books
+
+
+@dataclass(eq=False)
+class RequestState:
+    """One request, from the moment the client queues its REQUEST until the server
+    has said its last word about it (its DONE, or an ERROR refusing it)."""
+
+    request_id: str
+    msg_id: str
+    #: Chunks that arrived and were not consumed yet. Unbounded on purpose: the
+    #: reader must never wait for a slow consumer (see docs/client.md).
+    chunks: deque[Chunk] = field(default_factory=deque)
+    #: The delta of every chunk that arrived before the request ended locally.
+    parts: list[str] = field(default_factory=list)
+    #: STREAM frames of this request dropped because they came after the local cut.
+    stale_dropped: int = 0
+    #: The ``msg_id`` of the INTERRUPT that ended it locally.
+    cut_by: str | None = None
+    #: The end the user sees: the local cut, or else the server's DONE.
+    done: DoneInfo | None = None
+    #: The DONE the server sent, once read (after a local cut too).
+    server_done: DoneInfo | None = None
+    #: The ERROR that refused the REQUEST (``code``/``message``).
+    error: ErrorInfo | None = None
+
+    @property
+    def ended(self) -> bool:
+        """Over for the user: cut locally, done, or refused."""
+        return self.done is not None or self.error is not None
+
+    @property
+    def settled(self) -> bool:
+        """Over for the server too: its DONE or its ERROR has been read."""
+        return self.server_done is not None or self.error is not None
+
+    @property
+    def frames(self) -> int:
+        """Chunks that arrived before the request ended locally."""
+        return len(self.parts)
+
+
+@dataclass(eq=False)
+class InterruptState:
+    """One INTERRUPT waiting for its answer."""
+
+    msg_id: str
+    request_id: str | None
+    reason: str
+    #: The requests this INTERRUPT ended locally, in the order they were sent.
+    cut: tuple[RequestState, ...]
+
+    @property
+    def stale_dropped(self) -> int:
+        """Stale frames dropped so far for the requests this INTERRUPT cut locally."""
+        return sum(state.stale_dropped for state in self.cut)
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A frame to send: its text, and its wire form for the guarantee checker."""
+
+    msg_id: str
+    text: str
+    frame: Mapping[str, Any]
+
+
+# --------------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """The SESSION frame arrived."""
+
+    session: SessionMessage
+
+
+@dataclass(frozen=True, slots=True)
+class RequestUpdated:
+    """A chunk arrived for ``state``, or it ended, or the server's last word came."""
+
+    state: RequestState
+
+
+@dataclass(frozen=True, slots=True)
+class Acknowledged:
+    """The INTERRUPT_ACK of ``interrupt`` arrived."""
+
+    interrupt: InterruptState
+    payload: InterruptAckPayload
+
+
+@dataclass(frozen=True, slots=True)
+class InterruptRefused:
+    """The server answered ``interrupt`` with an ERROR instead of an ACK."""
+
+    interrupt: InterruptState
+    error: ErrorMessage
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatAnswered:
+    """The server answered the HEARTBEAT whose ``msg_id`` is ``ref``."""
+
+    ref: str
+
+
+@dataclass(frozen=True, slots=True)
+class UnclaimedError:
+    """An ERROR that names no REQUEST or INTERRUPT this client is waiting on."""
+
+    error: ErrorMessage
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolBreach:
+    """The server broke protocol v1. ``guarantee`` is the number of the broken
+    guarantee in docs/protocol.md, or ``None`` when the frame itself is not a valid
+    protocol v1 server frame."""
+
+    guarantee: int | None
+    message: str
+    frame: str
+
+
+Event = (
+    Opened
+    | RequestUpdated
+    | Acknowledged
+    | InterruptRefused
+    | HeartbeatAnswered
+    | UnclaimedError
+    | ProtocolBreach
+)
+
+
+# --------------------------------------------------------------------------- the machine
+
+
+def check_request_id(request_id: str) -> str:
+    """Return ``request_id`` if it is a valid protocol v1 id; raise ``ValueError`` if not."""
+    if not isinstance(request_id, str) or not _REQUEST_ID.fullmatch(request_id):
+        raise ValueError(
+            f"request_id must be 1 to 64 characters of [A-Za-z0-9._:-], not {request_id!r}"
+        )
+    return request_id
+
+
+class Conversation:
+    """The books of one client connection. See the module docstring.
+
+    :param checker: the guarantee checker every received frame goes through.
+    """
+
+    def __init__(self, checker: GuaranteeChecker | None = None) -> None:
+        self.checker = checker if checker is not None else GuaranteeChecker()
+        self.session: SessionMessage | None = None
+        #: Requests the server has not said its last word about, by id.
+        self.requests: dict[str, RequestState] = {}
+        #: INTERRUPTs waiting for their ACK, by ``msg_id``.
+        self.interrupts: dict[str, InterruptState] = {}
+        self._msg_ids = itertools.count()
+        self._request_ids = itertools.count(1)
+
+    # ------------------------------------------------------------------ sending
+
+    def request(
+        self,
+        input: str,
+        *,
+        agent: str | None = None,
+        options: Mapping[str, Any] | None = None,
+        timeout_s: float | None = None,
+        request_id: str | None = None,
+    ) -> tuple[RequestState, Outgoing]:
+        """Register a new request and build its REQUEST frame.
+
+        Raises ``ValueError`` for an invalid field, or for a ``request_id`` this
+        client still uses (its DONE has not arrived, so the server would refuse it
+        as a duplicate).
+        """
+        if request_id is None:
+            request_id = self._fresh_request_id()
+        elif check_request_id(request_id) in self.requests:
+            raise ValueError(f"request_id {request_id!r} is still in use on this connection")
+        msg_id = self._next_msg_id()
+        try:
+            payload = RequestPayload(
+                input=input, agent=agent, options=dict(options or {}), timeout_s=timeout_s
+            )
+        except ValidationError as exc:
+            raise ValueError(f"invalid request: {exc}") from None
+        message = RequestMessage(msg_id=msg_id, request_id=request_id, ts=now_ms(), payload=payload)
+        state = RequestState(request_id=request_id, msg_id=msg_id)
+        self.requests[request_id] = state
+        return state, _outgoing(msg_id, message)
+
+    def forget(self, state: RequestState) -> None:
+        """Drop a request whose REQUEST was never sent (the caller withdrew it)."""
+        if self.requests.get(state.request_id) is state:
+            del self.requests[state.request_id]
+
+    def interrupt(
+        self, request_id: str | None = None, reason: str = DEFAULT_INTERRUPT_REASON
+    ) -> tuple[InterruptState, Outgoing]:
+        """End the targeted requests locally, then build the INTERRUPT frame.
+
+        The targets are the request named ``request_id`` or, when it is ``None``,
+        every request that has not ended locally. Each one ends at once with
+        ``status=interrupted`` (``local=True``), its unconsumed chunks are dropped,
+        and every STREAM frame of it that arrives later is stale.
+        """
+        if request_id is not None:
+            check_request_id(request_id)
+        if not isinstance(reason, str):
+            raise TypeError(f"reason must be a str, not {type(reason).__name__}")
+        msg_id = self._next_msg_id()
+        if request_id is None:
+            targets = [state for state in self.requests.values() if not state.ended]
+        else:
+            named = self.requests.get(request_id)
+            targets = [named] if named is not None and not named.ended else []
+        for state in targets:
+            state.cut_by = msg_id
+            state.chunks.clear()
+            state.done = DoneInfo(
+                status=DoneStatus.INTERRUPTED,
+                interrupted=True,
+                frames=state.frames,
+                reason=reason,
+                local=True,
+            )
+        interrupt = InterruptState(msg_id, request_id, reason, tuple(targets))
+        self.interrupts[msg_id] = interrupt
+        message = InterruptMessage(
+            msg_id=msg_id,
+            request_id=request_id,
+            ts=now_ms(),
+            payload=InterruptPayload(reason=reason),
+        )
+        return interrupt, _outgoing(msg_id, message)
+
+    def heartbeat(self) -> Outgoing:
+        """Build a HEARTBEAT frame; its reply comes back as :class:`HeartbeatAnswered`."""
+        msg_id = self._next_msg_id()
+        return _outgoing(msg_id, HeartbeatMessage(msg_id=msg_id, ts=now_ms()))
+
+    def sending(self, outgoing: Outgoing) -> None:
+        """Call right before ``outgoing`` goes on the wire (in wire order), so the
+        guarantee checker knows what was sent before any answer can arrive."""
+        self.checker.sent(outgoing.frame)
+
+    # ------------------------------------------------------------------ receiving
+
+    def receive(self, raw: str | bytes) -> list[Event]:
+        """Take one frame from the server; return what happened because of it."""
+        shown = raw if isinstance(raw, str) else repr(raw)
+        shown = shown[:300]
+        try:
+            obj = load_json_object(raw)
+        except (ValueError, RecursionError) as exc:
+            return [ProtocolBreach(None, f"a frame that is not JSON text: {exc}", shown)]
+        if not isinstance(obj, dict):
+            return [ProtocolBreach(None, "a frame that is not a JSON object", shown)]
+        events: list[Event] = [
+            ProtocolBreach(v.guarantee, v.message, shown) for v in self.checker.received(obj)
+        ]
+        model = SERVER_MODELS.get(obj.get("msg_type"))  # type: ignore[arg-type]
+        if model is None:
+            events.append(
+                ProtocolBreach(None, f"unknown server msg_type {obj.get('msg_type')!r}", shown)
+            )
+            return events
+        try:
+            message: BaseModel = model.model_validate(obj)
+        except ValidationError as exc:
+            events.append(ProtocolBreach(None, f"a malformed {model.__name__}: {exc}", shown))
+            return events
+        if isinstance(message, SessionMessage):
+            if self.session is None:
+                self.session = message
+                events.append(Opened(message))
+            else:
+                events.append(ProtocolBreach(None, "a second SESSION frame", shown))
+            return events
+        if self.session is None:
+            events.append(ProtocolBreach(None, "the first frame is not SESSION", shown))
+            return events
+        if isinstance(message, StreamMessage):
+            events.extend(self._stream(message))
+        elif isinstance(message, DoneMessage):
+            events.extend(self._done(message))
+        elif isinstance(message, InterruptAckMessage):
+            interrupt = self.interrupts.pop(str(message.ref), None)
+            if interrupt is not None:  # else: the checker has already reported it
+                events.append(Acknowledged(interrupt, message.payload))
+        elif isinstance(message, ServerHeartbeatMessage):
+            if message.ref is not None:
+                events.append(HeartbeatAnswered(message.ref))
+        elif isinstance(message, ErrorMessage):
+            events.append(self._error(message))
+        return events
+
+    def _stream(self, message: StreamMessage) -> list[Event]:
+        state = self.requests.get(message.request_id)
+        if state is None:
+            return []  # not ours, or after its DONE: the checker has reported it
+        if state.ended:
+            state.stale_dropped += 1
+            return []
+        chunk = Chunk(message.payload.seq, message.payload.delta)
+        state.chunks.append(chunk)
+        state.parts.append(chunk.delta)
+        return [RequestUpdated(state)]
+
+    def _done(self, message: DoneMessage) -> list[Event]:
+        state = self.requests.pop(message.request_id, None)
+        if state is None:
+            return []
+        state.server_done = DoneInfo.from_payload(message.payload)
+        if state.done is None:
+            state.done = state.server_done
+        return [RequestUpdated(state)]
+
+    def _error(self, message: ErrorMessage) -> Event:
+        ref = message.ref
+        if ref is not None:
+            interrupt = self.interrupts.pop(ref, None)
+            if interrupt is not None:
+                return InterruptRefused(interrupt, message)
+            for state in self.requests.values():
+                if state.msg_id == ref:
+                    del self.requests[state.request_id]
+                    state.error = ErrorInfo(
+                        code=str(message.payload.code), message=message.payload.message
+                    )
+                    return RequestUpdated(state)
+        return UnclaimedError(message)
+
+    # ------------------------------------------------------------------ ids
+
+    def _next_msg_id(self) -> str:
+        return f"c{next(self._msg_ids)}"
+
+    def _fresh_request_id(self) -> str:
+        while True:
+            request_id = f"req-{next(self._request_ids)}"
+            if request_id not in self.requests:
+                return request_id
+
+
+def _outgoing(msg_id: str, message: BaseModel) -> Outgoing:
+    return Outgoing(msg_id, encode(message), message.model_dump(mode="json", exclude_none=True))
