@@ -374,6 +374,7 @@ class RecordingSessionTrace(SessionTrace):
             outcome=outcome,
             status=_text(record.status),
             cancel_called=scope.cancel_called,
+            error=None if error is None else f"{error.code}: {error.message}",
         )
 
     # -- the writer ----------------------------------------------------------------
