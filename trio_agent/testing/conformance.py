@@ -28,6 +28,7 @@ then neither can the check (run your tests with a timeout, e.g. pytest-timeout).
 
 from __future__ import annotations
 
+import textwrap
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -87,7 +88,14 @@ class Finding:
     evidence: str = ""
 
     def __str__(self) -> str:
-        text = f"  x {self.rule}\n    {self.detail}"
+        detail = textwrap.fill(
+            self.detail,
+            width=100,
+            initial_indent="    ",
+            subsequent_indent="    ",
+            break_on_hyphens=False,
+        )
+        text = f"  x {self.rule}\n{detail}"
         if self.evidence:
             text += "\n" + "\n".join(f"    {line}" for line in self.evidence.splitlines())
         return text
@@ -321,7 +329,7 @@ class _Check:
                     f"it was cancelled in {where} and returned normally: trio.Cancelled was "
                     "caught and not re-raised. Catch `Exception`, not `BaseException` (or a bare "
                     "`except:`), and re-raise trio.Cancelled if you must catch everything.",
-                    stream.story(),
+                    "" if findings else stream.story(),  # the story is told once
                 )
             )
         elif raised and not isinstance(raised[0], trio.ClosedResourceError):
@@ -739,9 +747,11 @@ class _ConductStream:
         for i, delta in enumerate(self.sent, 1):
             mark = "   <- cancelled inside this send" if i == self.cancel_at else ""
             lines.append(f"  send #{i} {delta[:40]!r}{mark}")
-        for kind, delta in self.after_cancel:
+        for kind, delta in self.after_cancel[:3]:
             how = "after swallowing Cancelled" if kind == "swallowed" else "from a shielded block"
             lines.append(f"  send {delta[:40]!r} {how}")
+        if len(self.after_cancel) > 3:
+            lines.append(f"  ... and {len(self.after_cancel) - 3} more sends")
         return "\n".join(lines)
 
 
