@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import runpy
 from pathlib import Path
 
@@ -28,3 +29,30 @@ def test_example_runs_and_holds(path, monkeypatch, capsys):
     monkeypatch.setattr(logger, "remove", lambda *args: None)
     runpy.run_path(str(path), run_name="__main__")
     assert capsys.readouterr().out.strip()
+
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+@pytest.mark.parametrize("page", ["cancellation.md", "testing.md"])
+def test_every_relative_link_of_the_teaching_pages_resolves(page):
+    text = (DOCS / page).read_text()
+    links = re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", text)
+    assert links
+    for link in links:
+        assert (DOCS / link).exists(), link
+
+
+def test_the_trace_quoted_in_cancellation_md_is_the_committed_demo_run():
+    """Every trace line the page quotes comes from docs/img/demo-output.txt, the
+    narration of the run whose trace and pictures are committed next to it."""
+    narration = (DOCS / "img" / "demo-output.txt").read_text().splitlines()
+    quoted = [
+        line
+        for block in re.findall(r"```text\n(.*?)```", (DOCS / "cancellation.md").read_text(), re.S)
+        for line in block.splitlines()
+        if re.match(r"^\s+[+-]?[\d,]+ µs\s+\S", line)
+    ]
+    assert len(quoted) > 20
+    for line in quoted:
+        assert line in narration, line
