@@ -202,11 +202,19 @@ class StreamMessage(_ServerEnvelope):
 
 
 class ErrorInfo(_Model):
+    #: An agent may add fields of its own (``AgentError(code, message, **details)``),
+    #: e.g. ``upstream_status``.
+    model_config = ConfigDict(extra="allow")
+
     code: str
     message: str
 
 
 class DonePayload(_Model):
+    #: An agent may add fields of its own (``ResponseStream.add_done_fields``), e.g.
+    #: ``upstream_cancelled``; they never replace the fields below.
+    model_config = ConfigDict(extra="allow")
+
     status: DoneStatus
     interrupted: StrictBool
     reason: str | None = None
