@@ -55,6 +55,9 @@ class ErrorCode(StrEnum):
     INTERNAL_ERROR = "INTERNAL_ERROR"
     # Codes that only appear inside DONE.error, never as an ERROR frame:
     AGENT_ERROR = "AGENT_ERROR"
+    UPSTREAM_UNAVAILABLE = "UPSTREAM_UNAVAILABLE"
+    UPSTREAM_ERROR = "UPSTREAM_ERROR"
+    UPSTREAM_PROTOCOL = "UPSTREAM_PROTOCOL"
 
 
 class CloseCode(IntEnum):
