@@ -86,8 +86,12 @@ class FakeRequest:
     disconnected: trio.Event = field(default_factory=trio.Event)
     #: ``trio.current_time()`` at that moment.
     disconnected_at: float | None = None
+    #: ``time.monotonic()`` at that moment: comparable across processes.
+    disconnected_monotonic: float | None = None
     #: Set when the answer has been written completely.
     answered: trio.Event = field(default_factory=trio.Event)
+    #: Set when the fake is done with the request, whichever way it ended.
+    ended: trio.Event = field(default_factory=trio.Event)
 
     @property
     def messages(self) -> list[dict[str, Any]]:
@@ -194,6 +198,7 @@ class FakeOpenAI:
             else:
                 request.answered.set()
             nursery.cancel_scope.cancel()
+        request.ended.set()
         return not dropped and not request.disconnected.is_set()
 
     async def _respond(
@@ -239,8 +244,7 @@ class FakeOpenAI:
 
         await event(chunk({"role": "assistant", "content": ""}))
         interval = 1.0 / script.tokens_per_s if script.tokens_per_s > 0 else 0.0
-        count = len(script.tokens) if script.stop_after is None else script.stop_after
-        for i, token in enumerate(script.tokens[:count]):
+        for i, token in enumerate(itertools.islice(script.tokens, script.stop_after)):
             if interval and i:
                 await trio.sleep(interval)
             await event(chunk({"content": token}))
@@ -317,6 +321,7 @@ async def _watch_for_disconnect(
 def _mark_disconnected(request: FakeRequest) -> None:
     if not request.disconnected.is_set() and not request.answered.is_set():
         request.disconnected_at = trio.current_time()
+        request.disconnected_monotonic = time.monotonic()
         request.disconnected.set()
 
 
@@ -365,6 +370,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--tokens", type=int, default=200, help="tokens per reply")
     parser.add_argument("--tokens-per-s", type=float, default=20.0, help="0: as fast as possible")
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="print JSON lines: where it listens, then each client disconnect (time.monotonic())",
+    )
     args = parser.parse_args(argv)
     fake = FakeOpenAI(
         Script.counting(args.tokens, prefix="token", tokens_per_s=args.tokens_per_s),
@@ -372,10 +382,26 @@ def main(argv: Sequence[str] | None = None) -> None:
         port=args.port,
     )
 
+    def report(**fields: Any) -> None:
+        print(json.dumps(fields), flush=True)
+
+    async def report_disconnect(request: FakeRequest, number: int) -> None:
+        await request.ended.wait()
+        if request.disconnected.is_set():
+            report(event="disconnected", request=number, monotonic=request.disconnected_monotonic)
+
     async def serve() -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(fake.run)
-            print(f"fake OpenAI-compatible upstream: OPENAI_BASE_URL={fake.base_url}", flush=True)
+            if not args.report:
+                print(
+                    f"fake OpenAI-compatible upstream: OPENAI_BASE_URL={fake.base_url}", flush=True
+                )
+                return
+            report(event="listening", base_url=fake.base_url)
+            for number in itertools.count(1):
+                request = await fake.wait_for_requests(number)
+                nursery.start_soon(report_disconnect, request, number)
 
     with contextlib.suppress(KeyboardInterrupt):
         trio.run(serve)
