@@ -373,6 +373,16 @@ async def test_token_gap_timeout(start_openai, fake):
             await fake.requests[0].disconnected.wait()
 
 
+async def test_an_error_answer_that_never_ends_is_a_first_token_timeout(start_openai, fake):
+    fake.enqueue(Script(status=500, then="hang"))
+    server = await start_openai(openai_first_token_timeout_s=0.05)
+    async with connect(server) as c:
+        await c.request("r1", agent="openai")
+        done = (await c.until_done("r1"))[-1]["payload"]
+        assert done["status"] == "timeout"
+        assert done["reason"] == "upstream first_token timeout: 0.05 s elapsed"
+
+
 async def test_connect_timeout_covers_waiting_for_a_pooled_connection(start_openai, fake):
     """With one connection allowed and that one busy, a second request cannot get a
     connection: its connect deadline expires, and it never reaches the upstream."""

@@ -273,7 +273,7 @@ class ChatStream:
         finally:
             if response is not None:
                 await self._close(response)
-        if self._guard.cancelled_caught and not self.finished:
+        if self._guard.cancelled_caught and self.phase is not Phase.DRAIN:
             seconds = self._deadlines.of(self.phase)
             raise AgentTimeout(f"upstream {self.phase.value} timeout: {seconds:g} s elapsed")
 

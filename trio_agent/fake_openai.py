@@ -56,7 +56,8 @@ class Script:
     stop_after: int | None = None
     then: Ending = "finish"
     finish_reason: str = "stop"
-    #: Anything but 200 answers with that status and an OpenAI-style error body.
+    #: Anything but 200 answers with that status and an OpenAI-style error body
+    #: (with ``then="hang"``: half of it, then nothing).
     status: int = 200
     error_message: str = "the fake upstream refused the request"
     #: Never answer: accept the request and wait for the client to give up.
@@ -226,7 +227,8 @@ class FakeOpenAI:
         if script.hang_before_headers:
             await trio.sleep_forever()
         if script.status != 200:
-            await _send_json(send, script.status, _error_body(script.error_message))
+            body = _error_body(script.error_message)
+            await _send_json(send, script.status, body, hang=script.then == "hang")
             return
         await send(
             h11.Response(
@@ -348,8 +350,13 @@ def _error_body(message: str) -> dict[str, Any]:
 
 
 async def _send_json(
-    send: Callable[[h11.Event], Awaitable[None]], status: int, body: dict[str, Any]
+    send: Callable[[h11.Event], Awaitable[None]],
+    status: int,
+    body: dict[str, Any],
+    *,
+    hang: bool = False,
 ) -> None:
+    """Send ``body``; with ``hang``, only its first half, then wait for the client to go."""
     data = json.dumps(body).encode()
     await send(
         h11.Response(
@@ -357,6 +364,9 @@ async def _send_json(
             headers=[("content-type", "application/json"), ("content-length", str(len(data)))],
         )
     )
+    if hang:
+        await send(h11.Data(data=data[: len(data) // 2]))
+        await trio.sleep_forever()
     await send(h11.Data(data=data))
     await send(h11.EndOfMessage())
 

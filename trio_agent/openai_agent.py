@@ -274,7 +274,7 @@ class OpenAIAgent:
         try:
             await call.run(body, stream.send)
         except AgentError as exc:
-            logger.info("upstream failed", code=exc.code, **exc.details)
+            logger.info("upstream failed", code=exc.code, detail=exc.message, **exc.details)
             raise
         finally:
             if call.finish_reason is not None:
