@@ -1,9 +1,8 @@
 """How fast does an INTERRUPT reach the model? Interrupt-to-upstream-disconnect, measured.
 
-The fake OpenAI-compatible upstream streams 200 tokens/s in its own process (as a
-real model server would); the server and a WebSocket client share this one. Each
-round starts a reply, reads a few of its STREAM frames, sends an INTERRUPT and
-records:
+Three processes, as in real life: the fake OpenAI-compatible upstream streaming
+200 tokens/s, the server (this one), and a WebSocket client. Each round starts a
+reply, reads a few of its STREAM frames, sends an INTERRUPT and records:
 
 * the ACK latency (client sends the INTERRUPT -> client has the ACK), for the
   ``openai`` agent and, as the baseline, for ``lorem`` (no upstream at all);
@@ -35,6 +34,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -46,7 +46,9 @@ from trio_agent import agents as builtin
 from trio_agent.openai_agent import OpenAIAgent, OpenAIConfig
 from trio_agent.session import Session
 
-#: The target of the issue: the upstream connection closed within 5 ms (p99) of the
+SCRIPT = str(Path(__file__).resolve())
+
+#: The target: the upstream connection closed within 5 ms (p99) of the
 #: server reading the INTERRUPT.
 TARGET_P99_MS = 5.0
 
@@ -73,35 +75,27 @@ def interrupt_read_times() -> Iterator[dict[str, float]]:
 
 
 @asynccontextmanager
-async def fake_upstream_process(
-    tokens_per_s: float,
-) -> AsyncIterator[tuple[str, trio.MemoryReceiveChannel[dict[str, Any]]]]:
-    """``python -m trio_agent.fake_openai --report`` in its own process: its base URL,
-    and a channel of its reports (one per client disconnect)."""
-    process = await trio.lowlevel.open_process(
-        [
-            *(sys.executable, "-m", "trio_agent.fake_openai", "--port", "0", "--report"),
-            *("--tokens", "5000", "--tokens-per-s", str(tokens_per_s)),
-        ],
-        stdout=subprocess.PIPE,
-    )
-    reports, received = trio.open_memory_channel[dict[str, Any]](math.inf)
+async def json_lines_process(
+    argv: list[str],
+) -> AsyncIterator[trio.MemoryReceiveChannel[dict[str, Any]]]:
+    """Run ``argv``; yield a channel of the JSON objects it prints, one per line.
+    The process is killed when the block ends."""
+    process = await trio.lowlevel.open_process(argv, stdout=subprocess.PIPE)
+    lines, received = trio.open_memory_channel[dict[str, Any]](math.inf)
 
-    async def read_reports() -> None:
+    async def read_lines() -> None:
         assert process.stdout is not None
         pending = b""
         async for data in process.stdout:
             pending += data
-            *lines, pending = pending.split(b"\n")
-            for line in lines:
-                reports.send_nowait(json.loads(line))
+            *complete, pending = pending.split(b"\n")
+            for line in complete:
+                lines.send_nowait(json.loads(line))
 
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(read_reports)
-            with trio.fail_after(10):
-                listening = await received.receive()
-            yield listening["base_url"], received
+            nursery.start_soon(read_lines)
+            yield received
             nursery.cancel_scope.cancel()
     finally:
         process.kill()
@@ -117,7 +111,7 @@ async def _frame(ws: WebSocketConnection) -> dict[str, Any]:
 async def _round(
     ws: WebSocketConnection, request_id: str, agent: str, options: dict[str, Any], wait_frames: int
 ) -> dict[str, Any]:
-    """One request cut after ``wait_frames`` STREAM frames; times in seconds."""
+    """One request cut after ``wait_frames`` STREAM frames; ``time.monotonic()`` times."""
     await ws.send_message(
         json.dumps(
             {
@@ -146,7 +140,30 @@ async def _round(
             done = time.monotonic()
             done_payload = frame["payload"]
     assert ack is not None
-    return {"msg_id": msg_id, "sent": sent, "ack": ack, "done": done, "payload": done_payload}
+    return {
+        "agent": agent,
+        "msg_id": msg_id,
+        "sent": sent,
+        "ack": ack,
+        "done": done,
+        "payload": done_payload,
+    }
+
+
+async def run_client(url: str, rounds: int, tokens_per_s: float, seed: int) -> None:
+    """The client side (``--client URL``): alternate lorem and openai rounds, and print
+    each round's times as a JSON line."""
+    rng = random.Random(seed)
+    async with open_websocket_url(url) as ws:
+        await _frame(ws)  # SESSION
+        for i in range(rounds):
+            wait = rng.randint(3, 10)
+            lorem = {"words": 5000, "words_per_s": tokens_per_s}
+            for result in (
+                await _round(ws, f"l{i}", "lorem", lorem, wait),
+                await _round(ws, f"o{i}", "openai", {}, wait),
+            ):
+                print(json.dumps(result), flush=True)
 
 
 def _ms(values: list[float]) -> dict[str, float]:
@@ -163,42 +180,48 @@ async def measure_upstream_interrupts(
 ) -> dict[str, Any]:
     """Run the benchmark and return its figures (milliseconds; see the module docstring).
 
-    ``rounds`` interrupts per agent; each cuts a reply after 3 to 10 frames.
+    ``rounds`` interrupts per agent; each cuts a reply after 3 to 10 frames. The
+    upstream and the client run in processes of their own; the server in this one.
     """
-    rng = random.Random(seed)
     logger.disable("trio_agent")
     try:
-        return await _measure(rounds, tokens_per_s, rng)
+        return await _measure(rounds, tokens_per_s, seed)
     finally:
         logger.enable("trio_agent")
 
 
-async def _measure(rounds: int, tokens_per_s: float, rng: random.Random) -> dict[str, Any]:
+async def _measure(rounds: int, tokens_per_s: float, seed: int) -> dict[str, Any]:
+    python = sys.executable
     # 5000 tokens is 25 s of reply at 200 tokens/s; every round cuts it after 3-10.
+    upstream_argv = [python, "-m", "trio_agent.fake_openai", "--port", "0", "--report"]
+    upstream_argv += ["--tokens", "5000", "--tokens-per-s", str(tokens_per_s)]
+    openai_rounds, lorem_rounds = [], []
     with interrupt_read_times() as reads:
         async with (
-            fake_upstream_process(tokens_per_s) as (base_url, disconnects),
+            json_lines_process(upstream_argv) as upstream,
             trio.open_nursery() as nursery,
         ):
+            with trio.fail_after(10):
+                base_url = (await upstream.receive())["base_url"]
             agent = OpenAIAgent(OpenAIConfig(openai_base_url=base_url, openai_model="fake"))
             server = AgentServer(
                 replace(ServerConfig(port=0), idle_timeout_s=0),
                 {"openai": agent, "lorem": builtin.lorem},
             )
             await nursery.start(server.run)
-            openai_rounds, lorem_rounds = [], []
-            async with open_websocket_url(server.url) as ws:
-                await _frame(ws)  # SESSION
-                for i in range(rounds):
-                    wait = rng.randint(3, 10)
-                    lorem_rounds.append(
-                        await _round(
-                            ws, f"l{i}", "lorem", {"words": 5000, "words_per_s": tokens_per_s}, wait
-                        )
-                    )
-                    result = await _round(ws, f"o{i}", "openai", {}, wait)
+            client_argv = [python, SCRIPT, "--client", server.url]
+            client_argv += ["--rounds", str(rounds), "--tokens-per-s", str(tokens_per_s)]
+            client_argv += ["--seed", str(seed)]
+            async with json_lines_process(client_argv) as client:
+                for _ in range(2 * rounds):
+                    with trio.fail_after(30):
+                        result = await client.receive()
+                    if result["agent"] == "lorem":
+                        lorem_rounds.append(result)
+                        continue
+                    # The DONE waits for the close, so disconnects come in round order.
                     with trio.fail_after(5):
-                        result["eof"] = (await disconnects.receive())["monotonic"]
+                        result["eof"] = (await upstream.receive())["monotonic"]
                     openai_rounds.append(result)
             nursery.cancel_scope.cancel(reason="benchmark over")
     ack_lorem = _ms([r["ack"] - r["sent"] for r in lorem_rounds])
@@ -247,8 +270,8 @@ def table(figures: dict[str, Any], write: Callable[[str], Any] = print) -> None:
     """Print ``figures`` as the human-readable table."""
     write(
         f"interrupt -> upstream disconnect: fake upstream at {figures['tokens_per_s']:g} tokens/s, "
-        f"{figures['rounds']} interrupts per agent, loopback TCP, upstream in its own process, "
-        f"logging off, "
+        f"{figures['rounds']} interrupts per agent, loopback TCP, upstream, server and client "
+        f"in three processes, logging off, "
         f"load average {figures['load_average']:.2f} on {figures['cpus']} CPUs"
     )
     write(f"{'':46} {'p50 ms':>9} {'p99 ms':>9} {'max ms':>9}")
@@ -275,7 +298,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens-per-s", type=float, default=200.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--client", metavar="URL", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.client:
+        trio.run(run_client, args.client, args.rounds, args.tokens_per_s, args.seed)
+        return 0
     figures = trio.run(measure_upstream_interrupts, args.rounds, args.tokens_per_s, args.seed)
     if args.json:
         print(json.dumps(figures, indent=2))
