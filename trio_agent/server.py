@@ -8,6 +8,11 @@ The top of the cancel-scope tree::
         ├── Session.run  (one per connection; see trio_agent.session)
         └── ...
 
+Agents that hold resources are async context managers: :meth:`AgentServer.run`
+enters them before it listens and exits them after the last session has ended
+(:func:`~trio_agent.agents.open_agents`), so an agent's HTTP client, say, lives
+exactly as long as the server that uses it.
+
 A session's failure stays in that session: :meth:`AgentServer.serve_connection`
 logs anything a session raises and returns, because trio-websocket would otherwise
 let the handler's exception escape into the server nursery and take every other
@@ -30,9 +35,9 @@ from trio_websocket import (
 )
 
 from . import __version__
-from .agents import Agent, builtin_agents, describe
+from .agents import Agent, agent_entry, builtin_agents, open_agents
 from .config import ServerConfig
-from .protocol import AgentEntry, Limits, SessionPayload
+from .protocol import Limits, SessionPayload
 from .session import Session
 
 
@@ -62,9 +67,7 @@ class AgentServer:
         self._nursery: trio.Nursery | None = None
         self._session_payload = SessionPayload(
             server=f"trio-agent/{__version__}",
-            agents={
-                name: AgentEntry(description=describe(agent)) for name, agent in self.agents.items()
-            },
+            agents={name: agent_entry(agent) for name, agent in self.agents.items()},
             default_agent=self.config.default_agent
             if self.config.default_agent in self.agents
             else None,
@@ -96,7 +99,14 @@ class AgentServer:
         Draining: stop accepting, end every running request with
         ``DONE{status: shutdown}``, let each session flush and close with 1001, all
         within ``shutdown_grace_s``; whatever is left after that is cancelled.
+
+        The agents' resources are opened first and closed last (see the module
+        docstring); an agent that fails to open stops the server before it listens.
         """
+        async with open_agents(self.agents.values()):
+            await self._serve(task_status)
+
+    async def _serve(self, task_status: trio.TaskStatus[AgentServer]) -> None:
         if self.config.lanes == "fifo":
             logger.warning("lanes=fifo: diagnostic mode, INTERRUPT_ACK queues behind stream frames")
         async with trio.open_nursery() as nursery:

@@ -26,6 +26,10 @@ Rules this code keeps, each one a guarantee of ``docs/protocol.md``:
   only the task that wins it queues a DONE.
 * A DONE is rendered by the writer when it is about to send it, so ``frames`` counts
   the STREAM frames that really reached the socket.
+* An agent may add fields to its DONE, ask that an interrupted DONE wait for its
+  cleanup, and be called back as its DONE is sent with exactly what the client
+  received (:class:`~trio_agent.agents.ResponseStream`). A deferred DONE is queued by
+  the request task when the agent returns, and by shutdown if that comes first.
 * Everything the session started lives in its nursery, so when :meth:`Session.run`
   returns no task of the session is left.
 """
@@ -34,16 +38,16 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 from loguru import logger
 from pydantic import BaseModel
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
-from .agents import Agent, AgentError, AgentRequest
+from .agents import Agent, AgentError, AgentRequest, AgentTimeout, RequestOutcome, json_fields
 from .lanes import FrameKind, LaneOverflow, Outbound, OutboundLanes
 from .protocol import (
     CloseCode,
@@ -132,6 +136,10 @@ class Session:
         self._request_tasks = 0
         self._request_tasks_gone = trio.Event()
         self._request_tasks_gone.set()
+        #: Interrupted requests whose DONE waits for their agent (``defer_done``).
+        self._deferred_dones: set[RequestRecord] = set()
+        #: ``AgentRequest.session_state``: what agents keep for this session.
+        self.agent_state: dict[object, Any] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -158,9 +166,14 @@ class Session:
         reader is cancelled, so no REQUEST read after this starts anything.
         """
         with logger.contextualize(session_id=self.session_id):
-            for record in self.registry.end_all(DoneStatus.SHUTDOWN, reason=reason):
+            ending = self.registry.end_all(DoneStatus.SHUTDOWN, reason=reason)
+            for record in ending:
                 self.lanes.discard(record)
                 record.scope.cancel(reason=f"shutdown: {reason}")
+            # The DONEs still deferred go now too: the session is about to flush.
+            ending += self._deferred_dones
+            self._deferred_dones.clear()
+            for record in ending:
                 if not self._push_control(Outbound(FrameKind.DONE, record=record)):
                     break
             self._end_session(SessionEnd(reason, CloseCode.GOING_AWAY, flush=True))
@@ -310,6 +323,7 @@ class Session:
             input=payload.input,
             options=payload.options,
             session_id=self.session_id,
+            session_state=self.agent_state,
         )
         assert self._nursery is not None
         if not self._request_tasks:
@@ -344,7 +358,9 @@ class Session:
         if not self._push_control(Outbound(FrameKind.CONTROL, encode(ack), read_at=read_at)):
             return
         for record in decision.cut:
-            if not self._push_control(Outbound(FrameKind.DONE, record=record)):
+            if record.defer_done:
+                self._deferred_dones.add(record)  # queued by _settle once the agent returns
+            elif not self._push_control(Outbound(FrameKind.DONE, record=record)):
                 return
         logger.info(
             "interrupt processed",
@@ -363,6 +379,7 @@ class Session:
         with logger.contextualize(request_id=record.request_id):
             logger.info("request started", agent=record.agent, timeout_s=timeout_s)
             error: ErrorInfo | None = None
+            timeout_reason: str | None = None
             try:
                 with record.scope:
                     try:
@@ -382,8 +399,10 @@ class Session:
                             source_task=cancelled.source_task,
                         )
                         raise
+            except AgentTimeout as exc:
+                timeout_reason = exc.reason
             except AgentError as exc:
-                error = ErrorInfo(code=exc.code, message=exc.message)
+                error = ErrorInfo(code=exc.code, message=exc.message, **exc.details)
             except Exception as exc:
                 # An agent's failure ends its request, never the session.
                 logger.opt(exception=exc).warning("agent raised")
@@ -391,16 +410,23 @@ class Session:
                     code=ErrorCode.AGENT_ERROR, message=f"{type(exc).__name__}: {exc}"[:500]
                 )
             finally:
-                self._settle(record, error, timeout_s)
+                self._settle(record, error, timeout_s, timeout_reason)
                 self._request_tasks -= 1
                 if not self._request_tasks:
                     self._request_tasks_gone.set()
 
-    def _settle(self, record: RequestRecord, error: ErrorInfo | None, timeout_s: float) -> None:
+    def _settle(
+        self,
+        record: RequestRecord,
+        error: ErrorInfo | None,
+        timeout_s: float,
+        timeout_reason: str | None = None,
+    ) -> None:
         """Decide how a request ended once its task is done, and queue its DONE.
 
         If an INTERRUPT or shutdown already decided (the usual case when the scope
-        was cancelled), ``registry.end`` returns False and nothing more is sent.
+        was cancelled), ``registry.end`` returns False and nothing more is sent,
+        except the DONE an interrupt deferred until now.
         """
         if self._closing:
             if record.phase is RequestPhase.RUNNING:
@@ -408,6 +434,8 @@ class Session:
             return
         if error is not None:
             status, reason = DoneStatus.FAILED, error.message
+        elif timeout_reason is not None:
+            status, reason = DoneStatus.TIMEOUT, timeout_reason
         elif record.scope.cancel_called:
             # Nobody cancels a RUNNING request's scope without ending it first
             # except its own deadline.
@@ -417,6 +445,9 @@ class Session:
         if self.registry.end(record, status, reason=reason, error=error):
             # Behind the request's own STREAM frames, never ahead of them.
             self.lanes.push_stream_terminal(Outbound(FrameKind.DONE, record=record))
+        elif record in self._deferred_dones:
+            self._deferred_dones.remove(record)
+            self._push_control(Outbound(FrameKind.DONE, record=record))
 
     # ------------------------------------------------------------------ writer
 
@@ -428,6 +459,9 @@ class Session:
                 frame = await lanes.next_frame()
                 record = frame.record
                 text = frame.text if frame.text is not None else self._render_done(frame)
+                if frame.kind is FrameKind.DONE:
+                    # Before the write: a client that has the DONE can count on it.
+                    self._report_done(frame)
                 await self.ws.send_message(text)
                 lanes.frame_written()
                 if frame.kind is FrameKind.STREAM:
@@ -456,6 +490,18 @@ class Session:
         finally:
             lanes.writer_gone()
 
+    def _report_done(self, frame: Outbound) -> None:
+        """Run the agent's ``on_done`` callbacks: the DONE is rendered, its count final."""
+        record = frame.record
+        assert record is not None
+        for callback in record.done_callbacks:
+            try:
+                callback()
+            except Exception as exc:
+                logger.opt(exception=exc).error(
+                    "an on_done callback raised", request_id=record.request_id
+                )
+
     def _render_done(self, frame: Outbound) -> str:
         record = frame.record
         assert record is not None
@@ -474,6 +520,7 @@ class Session:
                     frames=record.frames_written,
                     error=record.error,
                     cancelled_by=record.cancelled_by,
+                    **record.done_fields,
                 ),
             )
         )
@@ -548,6 +595,9 @@ class _RequestStream:
         await self._lanes.wait_for_stream_room()  # backpressure, and an interrupt point
         record = self._record
         if record.phase is not RequestPhase.RUNNING:
+            # Cut while waiting for room: the discard that made the room woke us
+            # before the cancellation could. Deliver the cancellation, not an error.
+            await trio.lowlevel.checkpoint_if_cancelled()
             raise trio.ClosedResourceError(
                 f"request {record.request_id} has ended ({record.status}); nothing more is sent for it"
             )
@@ -563,3 +613,35 @@ class _RequestStream:
             )
         )
         self._lanes.push_stream(Outbound(FrameKind.STREAM, text, record))
+        if record.deltas is not None:
+            record.deltas.append(delta)
+
+    def add_done_fields(self, **fields: Any) -> None:
+        self._record.done_fields.update(
+            json_fields(fields, reserved=DonePayload.model_fields, where="DONE")
+        )
+
+    def defer_done(self) -> None:
+        if self._record.phase is RequestPhase.RUNNING:
+            self._record.defer_done = True
+
+    def on_done(self, callback: Callable[[RequestOutcome], None]) -> None:
+        record = self._record
+        if record.frames_queued:
+            raise RuntimeError("on_done() must be called before the first send()")
+        if record.deltas is None:
+            record.deltas = []
+
+        def report() -> None:
+            assert record.status is not None
+            assert record.deltas is not None
+            callback(
+                RequestOutcome(
+                    request_id=record.request_id,
+                    status=record.status,
+                    frames=record.frames_written,
+                    delivered=tuple(record.deltas[: record.frames_written]),
+                )
+            )
+
+        record.done_callbacks.append(report)
