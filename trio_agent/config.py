@@ -61,6 +61,10 @@ class ServerConfig:
         5.0, "how long shutdown waits for sessions to flush and close"
     )
     default_agent: str = _setting("lorem", "agent used by a REQUEST that names none")
+    web: bool = _setting(
+        True,
+        "serve the demo page at / (--no-web: the client module, health and metrics stay)",
+    )
     lanes: LaneMode = _setting(
         "priority",
         "outbound lanes: 'priority' (the design) or 'fifo' (diagnostic: ACK queues behind stream frames)",
@@ -106,7 +110,15 @@ class ServerConfig:
 ENV_PREFIX = "TRIO_AGENT_"
 
 
+_BOOLEANS = {"1": True, "true": True, "yes": True, "on": True}
+_BOOLEANS |= {"0": False, "false": False, "no": False, "off": False}
+
+
 def _convert(kind: Any, raw: str) -> Any:
+    if kind in (bool, "bool"):
+        if raw.strip().lower() not in _BOOLEANS:
+            raise ValueError(f"{raw!r} is not a boolean (use 1/0, true/false, yes/no, on/off)")
+        return _BOOLEANS[raw.strip().lower()]
     if kind in (int, "int"):
         return int(raw)
     if kind in (float, "float"):
@@ -124,6 +136,16 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         flag = "--" + f.name.replace("_", "-")
         env = ENV_PREFIX + f.name.upper()
         default = f.default if f.default is not MISSING else None
+        if f.type in (bool, "bool"):
+            # --web / --no-web
+            parser.add_argument(
+                flag,
+                dest=f.name,
+                default=None,
+                action=argparse.BooleanOptionalAction,
+                help=f"{f.metadata.get('help', '')} (env {env}=1|0; default {default!r})",
+            )
+            continue
         parser.add_argument(
             flag,
             dest=f.name,
