@@ -213,6 +213,8 @@ async def test_garbage_gets_400_and_the_connection_closes(start_server):
     reply = await raw_exchange(server, b"this is not HTTP\r\n\r\n")
     assert reply.startswith(b"HTTP/1.1 400 ")
     assert b"connection: close" in reply.lower()
+    assert b"x-content-type-options: nosniff" in reply.lower()
+    assert reply.endswith(b"\r\n\r\nBad Request\n")
 
 
 async def test_an_oversized_head_gets_431(start_server):

@@ -110,8 +110,10 @@ class ServerConfig:
 ENV_PREFIX = "TRIO_AGENT_"
 
 
-_BOOLEANS = {"1": True, "true": True, "yes": True, "on": True}
-_BOOLEANS |= {"0": False, "false": False, "no": False, "off": False}
+_BOOLEANS = {
+    **dict.fromkeys(("1", "true", "yes", "on"), True),
+    **dict.fromkeys(("0", "false", "no", "off"), False),
+}
 
 
 def _convert(kind: Any, raw: str) -> Any:

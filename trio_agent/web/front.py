@@ -26,7 +26,7 @@ from http import HTTPStatus
 import h11
 import trio
 
-from .routes import HttpRequest, HttpResponse, WebApp, text_response
+from .routes import HttpRequest, HttpResponse, WebApp
 from .routing import Route
 
 #: Bytes asked of the transport per read.
@@ -218,7 +218,7 @@ class _HttpConnection:
         if self.h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return
         status = status if 400 <= status < 600 else 400
-        await self._send(text_response(status, f"{HTTPStatus(status).phrase}\n"), head_only=False)
+        await self._send(self.app.error(status, now=time.time()), head_only=False)
 
     async def _linger(self) -> None:
         """Tell the client we are done, and read what it still sends, briefly."""

@@ -25,6 +25,7 @@ import html
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from email.utils import formatdate, parsedate_to_datetime
+from http import HTTPStatus
 
 from ..metrics import ServerMetrics
 from .assets import Asset, make_asset
@@ -153,7 +154,16 @@ class WebApp:
 
         ``now`` (seconds since the epoch) fills the ``Date`` header.
         """
-        response = self._dispatch(request, routed)
+        return self._with_common_headers(self._dispatch(request, routed), now)
+
+    def error(self, status: int, *, now: float) -> HttpResponse:
+        """The answer to a request that could not be read (400, 431, ...)."""
+        return self._with_common_headers(
+            text_response(status, f"{HTTPStatus(status).phrase}\n"), now
+        )
+
+    @staticmethod
+    def _with_common_headers(response: HttpResponse, now: float) -> HttpResponse:
         return HttpResponse(
             response.status,
             (
