@@ -241,6 +241,7 @@ def test_a_held_back_ack_still_clears_the_page_at_once_then_times_out(demo, tmp_
         demo.shot("ack-timeout")
         # The ACK comes late: counted, shown, and nothing of the cut reply leaks in.
         expect(demo.meta_of(0)).to_contain_text("it came late", timeout=10_000)
+        expect(demo.by("ack-ms")).to_have_text(re.compile(r"^\d+\.\d$"))
         stats = demo.stats()
         assert stats["lateAcks"] == 1
         assert stats["staleAfterAck"] == 0

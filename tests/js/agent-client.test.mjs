@@ -250,8 +250,10 @@ test("no ACK within ackTimeoutMs rejects with AckTimeoutError; a late ACK is sti
   assert.ok(events.some(([type, d]) => type === "ack-timeout" && d.msgId === interrupt.msg_id));
   socket.stream(r.requestId, 0, "in flight");
   assert.equal(client.stats.droppedAfterInterrupt, 1);
+  assert.equal(client.stats.lastAckMs, null);
   socket.ack(interrupt, [r.requestId]);
   assert.equal(client.stats.lateAcks, 1);
+  assert.ok(client.stats.lastAckMs >= 0);
   assert.ok(events.some(([type, d]) => type === "ack" && d.late));
   socket.stream(r.requestId, 1, "stale");
   assert.equal(client.stats.staleAfterAck, 1);

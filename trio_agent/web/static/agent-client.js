@@ -75,7 +75,7 @@ export const DEFAULT_REASON = "USER_NEW_INPUT";
  *
  * @typedef {object} ClientStats
  * @property {number | null} rttMs  last HEARTBEAT round trip
- * @property {number | null} lastAckMs  last INTERRUPT to INTERRUPT_ACK time
+ * @property {number | null} lastAckMs  last INTERRUPT to INTERRUPT_ACK time (late ones too)
  * @property {number} droppedAfterInterrupt  frames of cut responses that arrived before
  *   the ACK (they were in flight: normal)
  * @property {number} staleAfterAck  frames of a response that arrived after the ACK that
@@ -706,6 +706,7 @@ export class AgentClient extends EventTarget {
         this._timedOut.delete(frame.ref);
         this.stats.lateAcks += 1;
         const ackMs = now() - sentAt;
+        this.stats.lastAckMs = ackMs;
         this._emit("ack", { msgId: frame.ref, payload: { ...payload, msgId: frame.ref, ackMs }, ackMs, late: true });
       } else {
         this._violation(`an INTERRUPT_ACK for unknown INTERRUPT ${frame.ref}`);
