@@ -70,6 +70,10 @@ class ServerConfig:
         5.0, "how long shutdown waits for sessions to flush and close"
     )
     default_agent: str = _setting("lorem", "agent used by a REQUEST that names none")
+    web: bool = _setting(
+        True,
+        "serve the demo page at / (--no-web: the client module, health and metrics stay)",
+    )
     lanes: LaneMode = _setting(
         "priority",
         "outbound lanes: 'priority' (the design) or 'fifo' (diagnostic: ACK queues behind stream frames)",
@@ -115,7 +119,17 @@ class ServerConfig:
 ENV_PREFIX = "TRIO_AGENT_"
 
 
+_BOOLEANS = {
+    **dict.fromkeys(("1", "true", "yes", "on"), True),
+    **dict.fromkeys(("0", "false", "no", "off"), False),
+}
+
+
 def _convert(kind: Any, raw: str) -> Any:
+    if kind in (bool, "bool"):
+        if raw.strip().lower() not in _BOOLEANS:
+            raise ValueError(f"{raw!r} is not a boolean (use 1/0, true/false, yes/no, on/off)")
+        return _BOOLEANS[raw.strip().lower()]
     if kind in (int, "int"):
         return int(raw)
     if kind in (float, "float"):
@@ -139,6 +153,16 @@ def add_config_arguments(
         flag = "--" + f.name.replace("_", "-")
         env = _env_name(f)
         default = f.default if f.default is not MISSING else None
+        if f.type in (bool, "bool"):
+            # --web / --no-web
+            parser.add_argument(
+                flag,
+                dest=f.name,
+                default=None,
+                action=argparse.BooleanOptionalAction,
+                help=f"{f.metadata.get('help', '')} (env {env}=1|0; default {default!r})",
+            )
+            continue
         parser.add_argument(
             flag,
             dest=f.name,

@@ -37,8 +37,12 @@ from trio_websocket import (
 from . import __version__
 from .agents import Agent, agent_entry, builtin_agents, open_agents
 from .config import ServerConfig
+from .metrics import ServerMetrics
 from .protocol import Limits, SessionPayload
 from .session import Session
+from .web.assets import load_assets
+from .web.front import serve_http
+from .web.routes import WebApp
 
 
 class AgentServer:
@@ -80,12 +84,26 @@ class AgentServer:
                 idle_timeout_s=self.config.idle_timeout_s or None,
             ),
         )
+        self.metrics = ServerMetrics(self.stats)
+        self.web = WebApp(
+            websocket_path=self.config.path,
+            page=self.config.web,
+            assets=load_assets(demo=self.config.web),
+            ready=lambda: not self.shutting_down,
+            metrics=self.metrics,
+        )
 
     @property
     def url(self) -> str:
         """The ``ws://`` URL clients connect to (the real port once listening)."""
         port = self.port if self.port is not None else self.config.port
         return f"ws://{self.config.host}:{port}{self.config.path}"
+
+    @property
+    def http_url(self) -> str:
+        """The ``http://`` URL of the same listener: the demo page, /healthz, /metrics."""
+        port = self.port if self.port is not None else self.config.port
+        return f"http://{self.config.host}:{port}/"
 
     @property
     def shutting_down(self) -> bool:
@@ -114,7 +132,7 @@ class AgentServer:
             listener_scope = trio.CancelScope()
             listeners = await nursery.start(self._listen, listener_scope)
             self.port = listeners[0].socket.getsockname()[1]
-            logger.info("listening", url=self.url, agents=sorted(self.agents))
+            logger.info("listening", url=self.url, http=self.http_url, agents=sorted(self.agents))
             task_status.started(self)
             await self._shutdown_requested.wait()
 
@@ -171,6 +189,7 @@ class AgentServer:
             config=self.config,
             agents=self.agents,
             session_payload=self._session_payload,
+            metrics=self.metrics,
         )
         self.sessions[session.session_id] = session
         self.sessions_total += 1
@@ -185,14 +204,23 @@ class AgentServer:
 
     async def serve_stream(self, stream: trio.abc.Stream) -> None:
         """Serve one connection over any Trio stream: TCP from the listener, or memory
-        streams in tests. Runs the WebSocket handshake, then the session, and closes
-        the stream. When it returns, nothing of the connection is left running."""
+        streams in tests. Plain HTTP requests are answered (:mod:`trio_agent.web`);
+        a WebSocket upgrade to the agent's path runs the handshake, then the session.
+        Closes the stream. When it returns, nothing of the connection is left running."""
         self._connection_opened()
         try:
+            upgraded = await serve_http(
+                stream,
+                self.web,
+                head_timeout_s=self.config.handshake_timeout_s,
+                draining=self._shutdown_requested,
+            )
+            if upgraded is None:
+                return
             async with trio.open_nursery() as nursery:
                 with trio.move_on_after(self.config.handshake_timeout_s):
                     request = await wrap_server_stream(
-                        nursery, stream, max_message_size=self.config.max_message_bytes
+                        nursery, upgraded, max_message_size=self.config.max_message_bytes
                     )
                 if request is not None:
                     await self._handle_handshake(request)

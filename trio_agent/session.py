@@ -49,6 +49,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from .agents import Agent, AgentError, AgentRequest, AgentTimeout, RequestOutcome, json_fields
 from .lanes import FrameKind, LaneOverflow, Outbound, OutboundLanes
+from .metrics import NO_METRICS, SessionMetrics
 from .protocol import (
     CloseCode,
     DoneMessage,
@@ -104,6 +105,7 @@ class Session:
     :param config: the server's settings.
     :param agents: agents by name.
     :param session_payload: the body of the SESSION frame (built once per server).
+    :param metrics: where the session counts what it does (nowhere by default).
     """
 
     def __init__(
@@ -114,8 +116,10 @@ class Session:
         config: ServerConfig,
         agents: Mapping[str, Agent],
         session_payload: SessionPayload,
+        metrics: SessionMetrics = NO_METRICS,
     ) -> None:
         self.ws = ws
+        self.metrics = metrics
         self.session_id = session_id
         self.config = config
         self._agents = agents
@@ -340,6 +344,7 @@ class Session:
         for record in decision.cut:
             discarded += self.lanes.discard(record)
             record.scope.cancel(reason=f"INTERRUPT {message.msg_id} ({reason})")
+        self.metrics.interrupt_processed(cut=len(decision.cut), discarded=discarded)
         ack = InterruptAckMessage(
             msg_id=self._next_msg_id(),
             session_id=self.session_id,
@@ -464,12 +469,14 @@ class Session:
                     self._report_done(frame)
                 await self.ws.send_message(text)
                 lanes.frame_written()
+                self.metrics.frame_written(frame.kind, text)
                 if frame.kind is FrameKind.STREAM:
                     assert record is not None
                     record.frames_written += 1
                 elif frame.kind is FrameKind.DONE:
                     assert record is not None
                     self.registry.done_written(record)
+                    self.metrics.request_ended(record)
                     with logger.contextualize(request_id=record.request_id):
                         logger.info(
                             "request ended",
@@ -478,6 +485,7 @@ class Session:
                             reason=record.reason,
                         )
                 elif frame.read_at is not None:
+                    self.metrics.interrupt_acknowledged(trio.current_time() - frame.read_at)
                     logger.info(
                         "interrupt acknowledged",
                         latency_us=round((trio.current_time() - frame.read_at) * 1e6),
@@ -563,6 +571,7 @@ class Session:
         ref: str | None = None,
         request_id: str | None = None,
     ) -> None:
+        self.metrics.error_sent(code)
         self._push_control(
             ErrorMessage(
                 msg_id=self._next_msg_id(),
