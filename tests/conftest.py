@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import importlib.util
+import os
+import shutil
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from typing import Any
@@ -23,3 +26,44 @@ def start_server(nursery: trio.Nursery) -> StartServer:
         return server
 
     return start
+
+
+# ---------------------------------------------------------------- browser tests
+#
+# Tests marked `browser` drive Debian's Chromium through Playwright. They run whenever
+# a Chromium is found, and the run says loudly when they cannot.
+
+CHROMIUM = os.environ.get("TRIO_AGENT_CHROMIUM") or shutil.which("chromium")
+
+
+def browser_tests_unavailable() -> str | None:
+    """Why the browser tests cannot run here, or None when they can."""
+    if CHROMIUM is None:
+        return "no `chromium` on PATH (Debian: apt-get install chromium)"
+    if importlib.util.find_spec("playwright") is None:
+        return "playwright is not installed (pip install -e '.[dev]')"
+    return None
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    why = browser_tests_unavailable()
+    return f"browser tests: {CHROMIUM}" if why is None else f"BROWSER TESTS WILL BE SKIPPED: {why}"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    why = browser_tests_unavailable()
+    if why is None:
+        return
+    skip = pytest.mark.skip(reason=f"browser tests skipped: {why}")
+    for item in items:
+        if "browser" in item.keywords:
+            item.add_marker(skip)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    why = browser_tests_unavailable()
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if "browser" in r.keywords]
+    if why is not None and skipped:
+        terminalreporter.write_sep(
+            "!", f"{len(skipped)} BROWSER TESTS SKIPPED: {why}", red=True, bold=True
+        )

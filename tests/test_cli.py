@@ -90,3 +90,22 @@ async def test_real_process_serves_and_sigterm_drains_with_shutdown_done():
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "web"),
+    [
+        ([], {}, True),
+        (["--no-web"], {}, False),
+        (["--web"], {"TRIO_AGENT_WEB": "0"}, True),
+        ([], {"TRIO_AGENT_WEB": "off"}, False),
+        ([], {"TRIO_AGENT_WEB": "Yes"}, True),
+    ],
+)
+def test_the_web_switch(argv, env, web):
+    assert parse_config(argv, env).web is web
+
+
+def test_a_switch_that_is_not_a_boolean_is_refused():
+    with pytest.raises(ValueError, match="TRIO_AGENT_WEB"):
+        parse_config([], {"TRIO_AGENT_WEB": "maybe"})

@@ -9,11 +9,13 @@ from collections.abc import Sequence
 import trio
 
 from . import __version__
+from .agents import builtin_agents
 from .chat import add_chat_arguments, chat_main
 from .config import add_config_arguments, config_from
 from .demo import add_arguments as add_demo_arguments
 from .demo import run_from_args as run_demo
 from .logs import configure_logging
+from .openai_agent import OpenAIConfig, openai_agent_from
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,6 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the server. Every flag can also be set as TRIO_AGENT_<NAME>.",
     )
     add_config_arguments(serve)
+    openai = serve.add_argument_group(
+        "the openai agent", "OPENAI_API_KEY is read from the environment only."
+    )
+    add_config_arguments(openai, OpenAIConfig)
     chat = commands.add_parser(
         "chat", help="chat with a server from the terminal", description=chat_main.__doc__
     )
@@ -48,12 +54,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         try:
             config = config_from(args)
+            agents = {**builtin_agents(), "openai": openai_agent_from(args)}
         except ValueError as exc:
             parser.error(str(exc))
         configure_logging(config.log_level, config.log_format)
         from .server import serve
 
-        trio.run(serve, config)
+        trio.run(serve, config, agents)
         return 0
     if args.command == "chat":
         configure_logging("WARNING")

@@ -4,6 +4,10 @@ Each field of :class:`ServerConfig` is one setting. Its flag is the field name i
 kebab case (``max_message_bytes`` -> ``--max-message-bytes``) and its environment
 variable the name in upper case (``TRIO_AGENT_MAX_MESSAGE_BYTES``). A flag beats the
 variable, the variable beats the default. ``docs/protocol.md`` lists them all.
+
+An agent with settings of its own declares them the same way in a dataclass of its
+own (``OpenAIConfig``), read with :func:`settings_from`. A setting whose ecosystem
+already has a variable name (``OPENAI_BASE_URL``) says so with ``env=...``.
 """
 
 from __future__ import annotations
@@ -11,8 +15,13 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import MISSING, dataclass, field, fields, replace
-from typing import Any, Literal
+from dataclasses import MISSING, Field, dataclass, field, fields, replace
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+    Settings = TypeVar("Settings", bound=DataclassInstance)
 
 LogFormat = Literal["text", "json"]
 LaneMode = Literal["priority", "fifo"]
@@ -61,6 +70,10 @@ class ServerConfig:
         5.0, "how long shutdown waits for sessions to flush and close"
     )
     default_agent: str = _setting("lorem", "agent used by a REQUEST that names none")
+    web: bool = _setting(
+        True,
+        "serve the demo page at / (--no-web: the client module, health and metrics stay)",
+    )
     lanes: LaneMode = _setting(
         "priority",
         "outbound lanes: 'priority' (the design) or 'fifo' (diagnostic: ACK queues behind stream frames)",
@@ -110,7 +123,17 @@ class ServerConfig:
 ENV_PREFIX = "TRIO_AGENT_"
 
 
+_BOOLEANS = {
+    **dict.fromkeys(("1", "true", "yes", "on"), True),
+    **dict.fromkeys(("0", "false", "no", "off"), False),
+}
+
+
 def _convert(kind: Any, raw: str) -> Any:
+    if kind in (bool, "bool"):
+        if raw.strip().lower() not in _BOOLEANS:
+            raise ValueError(f"{raw!r} is not a boolean (use 1/0, true/false, yes/no, on/off)")
+        return _BOOLEANS[raw.strip().lower()]
     if kind in (int, "int"):
         return int(raw)
     if kind in (float, "float"):
@@ -122,12 +145,28 @@ def _parser_for(kind: Any) -> Callable[[str], Any]:
     return lambda raw: _convert(kind, raw)
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add one ``--flag`` per :class:`ServerConfig` field to ``parser``."""
-    for f in fields(ServerConfig):
+def _env_name(f: Field[Any]) -> str:
+    return str(f.metadata.get("env") or ENV_PREFIX + f.name.upper())
+
+
+def add_config_arguments(
+    parser: argparse._ActionsContainer, settings: type[DataclassInstance] = ServerConfig
+) -> None:
+    """Add one ``--flag`` per field of ``settings`` (:class:`ServerConfig`) to ``parser``."""
+    for f in fields(settings):
         flag = "--" + f.name.replace("_", "-")
-        env = ENV_PREFIX + f.name.upper()
+        env = _env_name(f)
         default = f.default if f.default is not MISSING else None
+        if f.type in (bool, "bool"):
+            # --web / --no-web
+            parser.add_argument(
+                flag,
+                dest=f.name,
+                default=None,
+                action=argparse.BooleanOptionalAction,
+                help=f"{f.metadata.get('help', '')} (env {env}=1|0; default {default!r})",
+            )
+            continue
         parser.add_argument(
             flag,
             dest=f.name,
@@ -142,18 +181,30 @@ def config_from(
     args: argparse.Namespace | None = None, environ: Mapping[str, str] | None = None
 ) -> ServerConfig:
     """Build a config from parsed flags, then ``TRIO_AGENT_*`` variables, then defaults."""
+    return settings_from(ServerConfig, args, environ)
+
+
+def settings_from(
+    settings: type[Settings],
+    args: argparse.Namespace | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build ``settings`` from parsed flags, then environment variables, then defaults.
+
+    Raises ``ValueError`` naming the variable or the setting that is not valid.
+    """
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}
-    for f in fields(ServerConfig):
+    for f in fields(settings):
         from_flag = getattr(args, f.name, None) if args is not None else None
         if from_flag is not None:
             values[f.name] = from_flag
-        elif (raw := environ.get(ENV_PREFIX + f.name.upper())) is not None:
+        elif (raw := environ.get(_env_name(f))) is not None:
             try:
                 values[f.name] = _convert(f.type, raw)
             except ValueError:
-                raise ValueError(f"{ENV_PREFIX + f.name.upper()}={raw!r} is not valid") from None
-    return replace(ServerConfig(), **values)
+                raise ValueError(f"{_env_name(f)}={raw!r} is not valid") from None
+    return replace(settings(), **values)
 
 
 def parse_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> ServerConfig:

@@ -55,6 +55,9 @@ class ErrorCode(StrEnum):
     INTERNAL_ERROR = "INTERNAL_ERROR"
     # Codes that only appear inside DONE.error, never as an ERROR frame:
     AGENT_ERROR = "AGENT_ERROR"
+    UPSTREAM_UNAVAILABLE = "UPSTREAM_UNAVAILABLE"
+    UPSTREAM_ERROR = "UPSTREAM_ERROR"
+    UPSTREAM_PROTOCOL = "UPSTREAM_PROTOCOL"
 
 
 class CloseCode(IntEnum):
@@ -203,11 +206,19 @@ class StreamMessage(_ServerEnvelope):
 
 
 class ErrorInfo(_Model):
+    #: An agent may add fields of its own (``AgentError(code, message, **details)``),
+    #: e.g. ``upstream_status``.
+    model_config = ConfigDict(extra="allow")
+
     code: str
     message: str
 
 
 class DonePayload(_Model):
+    #: An agent may add fields of its own (``ResponseStream.add_done_fields``), e.g.
+    #: ``upstream_cancelled``; they never replace the fields below.
+    model_config = ConfigDict(extra="allow")
+
     status: DoneStatus
     interrupted: StrictBool
     reason: str | None = None

@@ -28,11 +28,13 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .protocol import DoneStatus, ErrorCode, ErrorInfo, TargetOutcome
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import trio
 
 
@@ -63,6 +65,16 @@ class RequestRecord:
     reason: str | None = None
     error: ErrorInfo | None = None
     cancelled_by: str | None = None
+    # What the agent asked of its DONE (see ResponseStream in trio_agent.agents):
+    #: fields added to the DONE payload;
+    done_fields: dict[str, Any] = field(default_factory=dict)
+    #: that an interrupted request's DONE wait until the agent has returned;
+    defer_done: bool = False
+    #: the delta of every STREAM frame queued, kept only for ``done_callbacks``
+    #: (the first ``frames_written`` of them are what the client received);
+    deltas: list[str] | None = None
+    #: called by the writer once the DONE is on the wire.
+    done_callbacks: list[Callable[[], None]] = field(default_factory=list)
 
     @property
     def interrupted(self) -> bool:

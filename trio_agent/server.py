@@ -8,6 +8,11 @@ The top of the cancel-scope tree::
         ├── Session.run  (one per connection; see trio_agent.session)
         └── ...
 
+Agents that hold resources are async context managers: :meth:`AgentServer.run`
+enters them before it listens and exits them after the last session has ended
+(:func:`~trio_agent.agents.open_agents`), so an agent's HTTP client, say, lives
+exactly as long as the server that uses it.
+
 A session's failure stays in that session: :meth:`AgentServer.serve_connection`
 logs anything a session raises and returns, because trio-websocket would otherwise
 let the handler's exception escape into the server nursery and take every other
@@ -30,11 +35,15 @@ from trio_websocket import (
 )
 
 from . import __version__
-from .agents import Agent, builtin_agents, describe
+from .agents import Agent, agent_entry, builtin_agents, open_agents
 from .config import ServerConfig
-from .protocol import AgentEntry, Limits, SessionPayload
+from .metrics import ServerMetrics
+from .protocol import Limits, SessionPayload
 from .session import Session
 from .trace import Tracer, tracer_for
+from .web.assets import load_assets
+from .web.front import serve_http
+from .web.routes import WebApp
 
 
 class AgentServer:
@@ -72,9 +81,7 @@ class AgentServer:
         self._nursery: trio.Nursery | None = None
         self._session_payload = SessionPayload(
             server=f"trio-agent/{__version__}",
-            agents={
-                name: AgentEntry(description=describe(agent)) for name, agent in self.agents.items()
-            },
+            agents={name: agent_entry(agent) for name, agent in self.agents.items()},
             default_agent=self.config.default_agent
             if self.config.default_agent in self.agents
             else None,
@@ -87,12 +94,26 @@ class AgentServer:
                 idle_timeout_s=self.config.idle_timeout_s or None,
             ),
         )
+        self.metrics = ServerMetrics(self.stats)
+        self.web = WebApp(
+            websocket_path=self.config.path,
+            page=self.config.web,
+            assets=load_assets(demo=self.config.web),
+            ready=lambda: not self.shutting_down,
+            metrics=self.metrics,
+        )
 
     @property
     def url(self) -> str:
         """The ``ws://`` URL clients connect to (the real port once listening)."""
         port = self.port if self.port is not None else self.config.port
         return f"ws://{self.config.host}:{port}{self.config.path}"
+
+    @property
+    def http_url(self) -> str:
+        """The ``http://`` URL of the same listener: the demo page, /healthz, /metrics."""
+        port = self.port if self.port is not None else self.config.port
+        return f"http://{self.config.host}:{port}/"
 
     @property
     def shutting_down(self) -> bool:
@@ -106,7 +127,14 @@ class AgentServer:
         Draining: stop accepting, end every running request with
         ``DONE{status: shutdown}``, let each session flush and close with 1001, all
         within ``shutdown_grace_s``; whatever is left after that is cancelled.
+
+        The agents' resources are opened first and closed last (see the module
+        docstring); an agent that fails to open stops the server before it listens.
         """
+        async with open_agents(self.agents.values()):
+            await self._serve(task_status)
+
+    async def _serve(self, task_status: trio.TaskStatus[AgentServer]) -> None:
         if self.config.lanes == "fifo":
             logger.warning("lanes=fifo: diagnostic mode, INTERRUPT_ACK queues behind stream frames")
         async with trio.open_nursery() as nursery:
@@ -114,7 +142,7 @@ class AgentServer:
             listener_scope = trio.CancelScope()
             listeners = await nursery.start(self._listen, listener_scope)
             self.port = listeners[0].socket.getsockname()[1]
-            logger.info("listening", url=self.url, agents=sorted(self.agents))
+            logger.info("listening", url=self.url, http=self.http_url, agents=sorted(self.agents))
             task_status.started(self)
             await self._shutdown_requested.wait()
 
@@ -173,6 +201,7 @@ class AgentServer:
             config=self.config,
             agents=self.agents,
             session_payload=self._session_payload,
+            metrics=self.metrics,
             trace=self.tracer,
         )
         self.sessions[session.session_id] = session
@@ -188,14 +217,23 @@ class AgentServer:
 
     async def serve_stream(self, stream: trio.abc.Stream) -> None:
         """Serve one connection over any Trio stream: TCP from the listener, or memory
-        streams in tests. Runs the WebSocket handshake, then the session, and closes
-        the stream. When it returns, nothing of the connection is left running."""
+        streams in tests. Plain HTTP requests are answered (:mod:`trio_agent.web`);
+        a WebSocket upgrade to the agent's path runs the handshake, then the session.
+        Closes the stream. When it returns, nothing of the connection is left running."""
         self._connection_opened()
         try:
+            upgraded = await serve_http(
+                stream,
+                self.web,
+                head_timeout_s=self.config.handshake_timeout_s,
+                draining=self._shutdown_requested,
+            )
+            if upgraded is None:
+                return
             async with trio.open_nursery() as nursery:
                 with trio.move_on_after(self.config.handshake_timeout_s):
                     request = await wrap_server_stream(
-                        nursery, stream, max_message_size=self.config.max_message_bytes
+                        nursery, upgraded, max_message_size=self.config.max_message_bytes
                     )
                 if request is not None:
                     await self._handle_handshake(request)

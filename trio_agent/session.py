@@ -26,6 +26,10 @@ Rules this code keeps, each one a guarantee of ``docs/protocol.md``:
   only the task that wins it queues a DONE.
 * A DONE is rendered by the writer when it is about to send it, so ``frames`` counts
   the STREAM frames that really reached the socket.
+* An agent may add fields to its DONE, ask that an interrupted DONE wait for its
+  cleanup, and be called back as its DONE is sent with exactly what the client
+  received (:class:`~trio_agent.agents.ResponseStream`). A deferred DONE is queued by
+  the request task when the agent returns, and by shutdown if that comes first.
 * Everything the session started lives in its nursery, so when :meth:`Session.run`
   returns no task of the session is left.
 """
@@ -34,17 +38,18 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 from loguru import logger
 from pydantic import BaseModel
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
-from .agents import Agent, AgentError, AgentRequest
+from .agents import Agent, AgentError, AgentRequest, AgentTimeout, RequestOutcome, json_fields
 from .lanes import FrameKind, LaneOverflow, Outbound, OutboundLanes
+from .metrics import NO_METRICS, SessionMetrics
 from .protocol import (
     CloseCode,
     DoneMessage,
@@ -101,6 +106,7 @@ class Session:
     :param config: the server's settings.
     :param agents: agents by name.
     :param session_payload: the body of the SESSION frame (built once per server).
+    :param metrics: where the session counts what it does (nowhere by default).
     :param trace: where the session's events go (:mod:`trio_agent.trace`); off by default.
     """
 
@@ -112,9 +118,11 @@ class Session:
         config: ServerConfig,
         agents: Mapping[str, Agent],
         session_payload: SessionPayload,
+        metrics: SessionMetrics = NO_METRICS,
         trace: Tracer = NO_TRACE,
     ) -> None:
         self.ws = ws
+        self.metrics = metrics
         self.session_id = session_id
         self.config = config
         self._agents = agents
@@ -135,6 +143,10 @@ class Session:
         self._request_tasks = 0
         self._request_tasks_gone = trio.Event()
         self._request_tasks_gone.set()
+        #: Interrupted requests whose DONE waits for their agent (``defer_done``).
+        self._deferred_dones: set[RequestRecord] = set()
+        #: ``AgentRequest.session_state``: what agents keep for this session.
+        self.agent_state: dict[object, Any] = {}
         self.trace = trace.session(session_id)
 
     # ------------------------------------------------------------------ lifecycle
@@ -164,10 +176,15 @@ class Session:
         reader is cancelled, so no REQUEST read after this starts anything.
         """
         with logger.contextualize(session_id=self.session_id):
-            for record in self.registry.end_all(DoneStatus.SHUTDOWN, reason=reason):
+            ending = self.registry.end_all(DoneStatus.SHUTDOWN, reason=reason)
+            for record in ending:
                 record.scope.cancel(reason=f"shutdown: {reason}")
                 discarded = self.lanes.discard(record)
                 self.trace.scope_cancelled(record, discarded)
+            # The DONEs still deferred go now too: the session is about to flush.
+            ending += self._deferred_dones
+            self._deferred_dones.clear()
+            for record in ending:
                 if not self._push_control(Outbound(FrameKind.DONE, record=record)):
                     break
             self._end_session(SessionEnd(reason, CloseCode.GOING_AWAY, flush=True))
@@ -321,6 +338,7 @@ class Session:
             input=payload.input,
             options=payload.options,
             session_id=self.session_id,
+            session_state=self.agent_state,
         )
         assert self._nursery is not None
         if not self._request_tasks:
@@ -341,6 +359,7 @@ class Session:
             dropped = self.lanes.discard(record)
             discarded += dropped
             self.trace.scope_cancelled(record, dropped)
+        self.metrics.interrupt_processed(cut=len(decision.cut), discarded=discarded)
         ack = InterruptAckMessage(
             msg_id=self._next_msg_id(),
             session_id=self.session_id,
@@ -359,7 +378,9 @@ class Session:
         if not self._push_control(Outbound(FrameKind.CONTROL, encode(ack), read_at=read_at)):
             return
         for record in decision.cut:
-            if not self._push_control(Outbound(FrameKind.DONE, record=record)):
+            if record.defer_done:
+                self._deferred_dones.add(record)  # queued by _settle once the agent returns
+            elif not self._push_control(Outbound(FrameKind.DONE, record=record)):
                 return
         logger.info(
             "interrupt processed",
@@ -378,6 +399,7 @@ class Session:
         with logger.contextualize(request_id=record.request_id):
             logger.info("request started", agent=record.agent, timeout_s=timeout_s)
             error: ErrorInfo | None = None
+            timeout_reason: str | None = None
             try:
                 with record.scope:
                     self.trace.scope_opened(record, timeout_s)
@@ -399,8 +421,10 @@ class Session:
                         )
                         self.trace.cancel_delivered(record, cancelled)
                         raise
+            except AgentTimeout as exc:
+                timeout_reason = exc.reason
             except AgentError as exc:
-                error = ErrorInfo(code=exc.code, message=exc.message)
+                error = ErrorInfo(code=exc.code, message=exc.message, **exc.details)
             except Exception as exc:
                 # An agent's failure ends its request, never the session.
                 logger.opt(exception=exc).warning("agent raised")
@@ -408,17 +432,24 @@ class Session:
                     code=ErrorCode.AGENT_ERROR, message=f"{type(exc).__name__}: {exc}"[:500]
                 )
             finally:
-                self._settle(record, error, timeout_s)
+                self._settle(record, error, timeout_s, timeout_reason)
                 self.trace.scope_closed(record, error)
                 self._request_tasks -= 1
                 if not self._request_tasks:
                     self._request_tasks_gone.set()
 
-    def _settle(self, record: RequestRecord, error: ErrorInfo | None, timeout_s: float) -> None:
+    def _settle(
+        self,
+        record: RequestRecord,
+        error: ErrorInfo | None,
+        timeout_s: float,
+        timeout_reason: str | None = None,
+    ) -> None:
         """Decide how a request ended once its task is done, and queue its DONE.
 
         If an INTERRUPT or shutdown already decided (the usual case when the scope
-        was cancelled), ``registry.end`` returns False and nothing more is sent.
+        was cancelled), ``registry.end`` returns False and nothing more is sent,
+        except the DONE an interrupt deferred until now.
         """
         if self._closing:
             if record.phase is RequestPhase.RUNNING:
@@ -426,6 +457,8 @@ class Session:
             return
         if error is not None:
             status, reason = DoneStatus.FAILED, error.message
+        elif timeout_reason is not None:
+            status, reason = DoneStatus.TIMEOUT, timeout_reason
         elif record.scope.cancel_called:
             # Nobody cancels a RUNNING request's scope without ending it first
             # except its own deadline.
@@ -436,6 +469,9 @@ class Session:
             # Behind the request's own STREAM frames, never ahead of them.
             self.lanes.push_stream_terminal(Outbound(FrameKind.DONE, record=record))
             self.trace.done_queued(record)
+        elif record in self._deferred_dones:
+            self._deferred_dones.remove(record)
+            self._push_control(Outbound(FrameKind.DONE, record=record))
 
     # ------------------------------------------------------------------ writer
 
@@ -447,8 +483,12 @@ class Session:
                 frame = await lanes.next_frame()
                 record = frame.record
                 text = frame.text if frame.text is not None else self._render_done(frame)
+                if frame.kind is FrameKind.DONE:
+                    # Before the write: a client that has the DONE can count on it.
+                    self._report_done(frame)
                 await self.ws.send_message(text)
                 lanes.frame_written()
+                self.metrics.frame_written(frame.kind, text)
                 self.trace.frame_written(frame)
                 if frame.kind is FrameKind.STREAM:
                     assert record is not None
@@ -456,6 +496,7 @@ class Session:
                 elif frame.kind is FrameKind.DONE:
                     assert record is not None
                     self.registry.done_written(record)
+                    self.metrics.request_ended(record)
                     with logger.contextualize(request_id=record.request_id):
                         logger.info(
                             "request ended",
@@ -464,6 +505,7 @@ class Session:
                             reason=record.reason,
                         )
                 elif frame.read_at is not None:
+                    self.metrics.interrupt_acknowledged(trio.current_time() - frame.read_at)
                     logger.info(
                         "interrupt acknowledged",
                         latency_us=round((trio.current_time() - frame.read_at) * 1e6),
@@ -475,6 +517,18 @@ class Session:
             self._end_session(SessionEnd("internal error in the writer", CloseCode.INTERNAL_ERROR))
         finally:
             lanes.writer_gone()
+
+    def _report_done(self, frame: Outbound) -> None:
+        """Run the agent's ``on_done`` callbacks: the DONE is rendered, its count final."""
+        record = frame.record
+        assert record is not None
+        for callback in record.done_callbacks:
+            try:
+                callback()
+            except Exception as exc:
+                logger.opt(exception=exc).error(
+                    "an on_done callback raised", request_id=record.request_id
+                )
 
     def _render_done(self, frame: Outbound) -> str:
         record = frame.record
@@ -494,6 +548,7 @@ class Session:
                     frames=record.frames_written,
                     error=record.error,
                     cancelled_by=record.cancelled_by,
+                    **record.done_fields,
                 ),
             )
         )
@@ -537,6 +592,7 @@ class Session:
         ref: str | None = None,
         request_id: str | None = None,
     ) -> None:
+        self.metrics.error_sent(code)
         self._push_control(
             ErrorMessage(
                 msg_id=self._next_msg_id(),
@@ -569,6 +625,9 @@ class _RequestStream:
         await self._lanes.wait_for_stream_room()  # backpressure, and an interrupt point
         record = self._record
         if record.phase is not RequestPhase.RUNNING:
+            # Cut while waiting for room: the discard that made the room woke us
+            # before the cancellation could. Deliver the cancellation, not an error.
+            await trio.lowlevel.checkpoint_if_cancelled()
             self._session.trace.late_send(record)
             raise trio.ClosedResourceError(
                 f"request {record.request_id} has ended ({record.status}); nothing more is sent for it"
@@ -586,3 +645,35 @@ class _RequestStream:
         )
         self._lanes.push_stream(Outbound(FrameKind.STREAM, text, record))
         self._session.trace.stream_queued(record, seq)
+        if record.deltas is not None:
+            record.deltas.append(delta)
+
+    def add_done_fields(self, **fields: Any) -> None:
+        self._record.done_fields.update(
+            json_fields(fields, reserved=DonePayload.model_fields, where="DONE")
+        )
+
+    def defer_done(self) -> None:
+        if self._record.phase is RequestPhase.RUNNING:
+            self._record.defer_done = True
+
+    def on_done(self, callback: Callable[[RequestOutcome], None]) -> None:
+        record = self._record
+        if record.frames_queued:
+            raise RuntimeError("on_done() must be called before the first send()")
+        if record.deltas is None:
+            record.deltas = []
+
+        def report() -> None:
+            assert record.status is not None
+            assert record.deltas is not None
+            callback(
+                RequestOutcome(
+                    request_id=record.request_id,
+                    status=record.status,
+                    frames=record.frames_written,
+                    delivered=tuple(record.deltas[: record.frames_written]),
+                )
+            )
+
+        record.done_callbacks.append(report)

@@ -36,8 +36,9 @@ from typing import Any
 
 import trio
 
-from ..agents import Agent, AgentRequest
+from ..agents import Agent, AgentRequest, RequestOutcome, json_fields
 from ..config import ServerConfig
+from ..protocol import DonePayload, DoneStatus
 from ..server import AgentServer
 from ..timeline import describe
 from ..trace import MemoryTracer, TraceEvent
@@ -290,6 +291,7 @@ class _Check:
             async with trio.open_nursery() as nursery:
                 # Named like the server's request tasks, so the step timer watches it.
                 nursery.start_soon(run_agent, name="request conduct")
+        stream.report_done()
         findings = []
         where = f"its {_ordinal(stream.cancel_at)} `await stream.send(...)`"
         if patience.cancelled_caught:
@@ -712,7 +714,12 @@ def _ordinal(n: int) -> str:
 
 
 class _ConductStream:
-    """A ResponseStream that cancels its caller inside the ``cancel_at``-th send."""
+    """A ResponseStream that cancels its caller inside the ``cancel_at``-th send.
+
+    Everything else behaves as the server's stream does: DONE fields are checked
+    the same way, and ``on_done`` callbacks run when the run is over, with every
+    delta sent before the cancellation as delivered.
+    """
 
     request_id = "conduct"
 
@@ -723,6 +730,32 @@ class _ConductStream:
         self.cancelled_at: float | None = None
         #: ("swallowed" | "shielded", delta) for each send after the cancellation.
         self.after_cancel: list[tuple[str, str]] = []
+        self.done_fields: dict[str, Any] = {}
+        self._callbacks: list[Callable[[RequestOutcome], None]] = []
+
+    def add_done_fields(self, **fields: Any) -> None:
+        self.done_fields.update(
+            json_fields(fields, reserved=DonePayload.model_fields, where="DONE")
+        )
+
+    def defer_done(self) -> None:
+        """Nothing to defer: there is no client here."""
+
+    def on_done(self, callback: Callable[[RequestOutcome], None]) -> None:
+        if self.sent:
+            raise RuntimeError("on_done() must be called before the first send()")
+        self._callbacks.append(callback)
+
+    def report_done(self) -> None:
+        """Run the ``on_done`` callbacks, as the server's writer would with the DONE."""
+        outcome = RequestOutcome(
+            request_id=self.request_id,
+            status=DoneStatus.COMPLETED if self.cancelled_at is None else DoneStatus.INTERRUPTED,
+            frames=len(self.sent),
+            delivered=tuple(self.sent),
+        )
+        for callback in self._callbacks:
+            callback(outcome)
 
     async def send(self, delta: str) -> None:
         if not isinstance(delta, str):

@@ -1,0 +1,465 @@
+// Unit tests of agent-client.js logic that needs no browser: `node --test tests/js/`.
+// A fake WebSocket plays the server; Node's mock timers drive timeouts and backoff.
+// The browser tests (tests/test_web_browser.py) are the proof against a real server.
+
+import { test } from "node:test";
+import assert from "node:assert/strict";
+
+import {
+  AckTimeoutError,
+  AgentClient,
+  AudioPlayback,
+  NotConnectedError,
+} from "../../trio_agent/web/static/agent-client.js";
+
+class FakeSocket {
+  /** @type {FakeSocket[]} */
+  static all = [];
+
+  constructor(url, protocols) {
+    this.url = url;
+    this.protocols = protocols;
+    this.sent = [];
+    this.closedWith = null;
+    FakeSocket.all.push(this);
+  }
+
+  send(text) {
+    this.sent.push(JSON.parse(text));
+  }
+
+  close(code, reason) {
+    this.closedWith = { code, reason };
+  }
+
+  // ---- the server's side
+  deliver(frame) {
+    this.onmessage?.({ data: JSON.stringify({ session_id: "s", msg_id: "s1", ts: 0, ...frame }) });
+  }
+
+  session(agents = { lorem: { description: "", available: true } }) {
+    this.deliver({
+      msg_type: "SESSION",
+      session_id: `session-${FakeSocket.all.indexOf(this)}`,
+      payload: { protocol: "1.0", server: "fake", agents, default_agent: "lorem", limits: {} },
+    });
+  }
+
+  stream(requestId, seq, delta) {
+    this.deliver({ msg_type: "STREAM", request_id: requestId, payload: { seq, delta } });
+  }
+
+  done(requestId, payload) {
+    this.deliver({ msg_type: "DONE", request_id: requestId, payload });
+  }
+
+  ack(interrupt, interrupted) {
+    this.deliver({
+      msg_type: "INTERRUPT_ACK",
+      ref: interrupt.msg_id,
+      payload: {
+        interrupted,
+        interrupted_count: interrupted.length,
+        reason: interrupt.payload.reason,
+        targets: {},
+      },
+    });
+  }
+
+  serverClose(code = 1001) {
+    this.onclose?.({ code });
+  }
+
+  last(type) {
+    return this.sent.filter((f) => f.msg_type === type).at(-1);
+  }
+}
+
+function newClient(options = {}) {
+  FakeSocket.all = [];
+  const client = new AgentClient("ws://test/ws", {
+    WebSocket: /** @type {any} */ (FakeSocket),
+    heartbeatMs: 0,
+    ...options,
+  });
+  const events = [];
+  for (const type of [
+    "status",
+    "session",
+    "stream",
+    "done",
+    "interrupted",
+    "ack",
+    "ack-timeout",
+    "error",
+    "heartbeat",
+  ]) {
+    client.addEventListener(type, (e) => events.push([type, /** @type {any} */ (e).detail]));
+  }
+  return { client, events };
+}
+
+async function connected(options = {}) {
+  const { client, events } = newClient(options);
+  const opening = client.connect();
+  const socket = FakeSocket.all[0];
+  socket.session();
+  await opening;
+  return { client, events, socket };
+}
+
+test("connect resolves with the SESSION payload, and offers no subprotocol without a token", async () => {
+  const { client, events, socket } = await connected();
+  assert.equal(client.state, "open");
+  assert.equal(client.sessionId, "session-0");
+  assert.deepEqual(Object.keys(client.session.agents), ["lorem"]);
+  assert.equal(socket.protocols, undefined);
+  assert.deepEqual(
+    events.filter(([t]) => t === "status").map(([, d]) => d.state),
+    ["connecting", "open"],
+  );
+});
+
+test("a token travels as a subprotocol, never in the URL", async () => {
+  const { socket } = await connected({ token: "s3cret" });
+  assert.deepEqual(socket.protocols, ["trio-agent.v1", "trio-agent.token.s3cret"]);
+  assert.equal(socket.url, "ws://test/ws");
+});
+
+test("a first connection that fails rejects connect()", async () => {
+  const { client } = newClient();
+  const opening = client.connect();
+  FakeSocket.all[0].serverClose(1006);
+  await assert.rejects(opening, NotConnectedError);
+  assert.equal(client.state, "closed");
+  assert.equal(FakeSocket.all.length, 1);
+});
+
+test("a request streams into text, events and an async iterator, and ends with the DONE", async () => {
+  const { client, socket, events } = await connected();
+  const r = client.request("hi", { agent: "lorem", options: { words: 3 }, timeoutS: 5 });
+  const sent = socket.last("REQUEST");
+  assert.equal(sent.request_id, r.requestId);
+  assert.match(r.requestId, /^[A-Za-z0-9._:-]{1,64}$/);
+  assert.deepEqual(sent.payload, { input: "hi", agent: "lorem", options: { words: 3 }, timeout_s: 5 });
+  const deltas = [];
+  r.addEventListener("delta", (e) => deltas.push(/** @type {any} */ (e).detail.delta));
+  socket.stream(r.requestId, 0, "lorem");
+  socket.stream(r.requestId, 1, " ipsum");
+  assert.equal(r.text, "lorem ipsum");
+  assert.equal(r.frames, 2);
+  socket.done(r.requestId, { status: "completed", interrupted: false, frames: 2 });
+  const done = await r.done;
+  assert.equal(done.status, "completed");
+  assert.deepEqual(deltas, ["lorem", " ipsum"]);
+  const iterated = [];
+  for await (const delta of r) iterated.push(delta);
+  assert.deepEqual(iterated, ["lorem", " ipsum"]);
+  assert.equal(events.filter(([t]) => t === "stream").length, 2);
+  assert.equal(client.streaming.length, 0);
+});
+
+test("interrupt is optimistic: done resolves before the ACK, late frames never reach the text", async () => {
+  const { client, socket, events } = await connected();
+  const r = client.request("hi");
+  socket.stream(r.requestId, 0, "one");
+  const ack = client.interrupt(r.requestId, "USER_NEW_INPUT");
+  // Ended locally, before anything came back.
+  assert.equal(r.status, "interrupted");
+  const done = await r.done;
+  assert.deepEqual(
+    { status: done.status, interrupted: done.interrupted, frames: done.frames, local: done.local },
+    { status: "interrupted", interrupted: true, frames: 1, local: true },
+  );
+  const interrupt = socket.last("INTERRUPT");
+  assert.equal(interrupt.request_id, r.requestId);
+  assert.equal(interrupt.payload.reason, "USER_NEW_INPUT");
+  // Frames that were in flight: dropped and counted, not stale.
+  socket.stream(r.requestId, 1, " two");
+  socket.stream(r.requestId, 2, " three");
+  assert.equal(r.text, "one");
+  assert.equal(client.stats.droppedAfterInterrupt, 2);
+  socket.ack(interrupt, [r.requestId]);
+  const payload = await ack;
+  assert.deepEqual(payload.interrupted, [r.requestId]);
+  assert.equal(payload.msgId, interrupt.msg_id);
+  assert.ok(payload.ackMs >= 0);
+  assert.equal(client.stats.lastAckMs, payload.ackMs);
+  assert.equal(client.stats.staleAfterAck, 0);
+  // A STREAM after the ACK that named it breaks guarantee 5: counted as stale.
+  socket.stream(r.requestId, 3, " four");
+  assert.equal(client.stats.staleAfterAck, 1);
+  assert.equal(r.text, "one");
+  assert.ok(events.some(([t, d]) => t === "error" && d.code === "PROTOCOL_VIOLATION"));
+  socket.done(r.requestId, { status: "interrupted", interrupted: true, frames: 4 });
+  assert.equal(r.serverDone.frames, 4);
+  assert.equal(r.result.local, true);
+  assert.deepEqual(
+    events.filter(([t]) => t === "interrupted").map(([, d]) => d.msgId),
+    [interrupt.msg_id],
+  );
+});
+
+test("interrupt() without an id cuts every streaming response and names none on the wire", async () => {
+  const { client, socket } = await connected();
+  const a = client.request("a");
+  const b = client.request("b");
+  socket.done(b.requestId, { status: "completed", interrupted: false, frames: 0 });
+  const c = client.request("c");
+  const ack = client.interrupt();
+  const interrupt = socket.last("INTERRUPT");
+  assert.equal(interrupt.request_id, undefined);
+  assert.equal(a.status, "interrupted");
+  assert.equal(b.status, "completed");
+  assert.equal(c.status, "interrupted");
+  socket.ack(interrupt, [a.requestId, c.requestId]);
+  assert.equal((await ack).interrupted_count, 2);
+});
+
+test("a new request right after an interrupt streams normally", async () => {
+  const { client, socket } = await connected();
+  const old = client.request("old");
+  socket.stream(old.requestId, 0, "a");
+  client.interrupt().catch(() => {});
+  const fresh = client.request("new");
+  socket.stream(old.requestId, 1, " late");
+  socket.stream(fresh.requestId, 0, "fresh");
+  assert.equal(old.text, "a");
+  assert.equal(fresh.text, "fresh");
+  assert.equal(fresh.status, "streaming");
+  client.close();
+});
+
+test("no ACK within ackTimeoutMs rejects with AckTimeoutError; a late ACK is still counted", async (t) => {
+  t.mock.timers.enable({ apis: ["setTimeout", "setInterval"] });
+  const { client, socket, events } = await connected({ ackTimeoutMs: 1000 });
+  const r = client.request("hi");
+  const ack = client.interrupt(r.requestId);
+  const interrupt = socket.last("INTERRUPT");
+  assert.equal(r.status, "interrupted");
+  t.mock.timers.tick(999);
+  assert.equal(client.stats.ackTimeouts, 0);
+  t.mock.timers.tick(1);
+  await assert.rejects(ack, (error) => {
+    assert.ok(error instanceof AckTimeoutError);
+    assert.equal(error.msgId, interrupt.msg_id);
+    assert.deepEqual(error.requestIds, [r.requestId]);
+    return true;
+  });
+  assert.equal(client.stats.ackTimeouts, 1);
+  assert.ok(events.some(([type, d]) => type === "ack-timeout" && d.msgId === interrupt.msg_id));
+  socket.stream(r.requestId, 0, "in flight");
+  assert.equal(client.stats.droppedAfterInterrupt, 1);
+  assert.equal(client.stats.lastAckMs, null);
+  socket.ack(interrupt, [r.requestId]);
+  assert.equal(client.stats.lateAcks, 1);
+  assert.ok(client.stats.lastAckMs >= 0);
+  assert.ok(events.some(([type, d]) => type === "ack" && d.late));
+  socket.stream(r.requestId, 1, "stale");
+  assert.equal(client.stats.staleAfterAck, 1);
+  assert.equal(r.text, "");
+});
+
+test("interrupting a response that already ended changes nothing locally", async () => {
+  const { client, socket } = await connected();
+  const r = client.request("hi");
+  socket.done(r.requestId, { status: "completed", interrupted: false, frames: 0 });
+  const ack = client.interrupt(r.requestId);
+  const interrupt = socket.last("INTERRUPT");
+  assert.equal(r.status, "completed");
+  socket.deliver({
+    msg_type: "INTERRUPT_ACK",
+    ref: interrupt.msg_id,
+    payload: {
+      interrupted: [],
+      interrupted_count: 0,
+      reason: "USER_NEW_INPUT",
+      targets: { [r.requestId]: "already_done" },
+    },
+  });
+  assert.equal((await ack).targets[r.requestId], "already_done");
+});
+
+test("playedMs travels in the INTERRUPT payload", async () => {
+  const { client, socket } = await connected();
+  client.interrupt(null, "USER_NEW_INPUT", { playedMs: 1234.4 }).catch(() => {});
+  assert.equal(socket.last("INTERRUPT").payload.played_ms, 1234);
+  client.close();
+});
+
+test("an ERROR that refuses a REQUEST ends it as failed with the code", async () => {
+  const { client, socket, events } = await connected();
+  const r = client.request("hi", { agent: "nope" });
+  socket.deliver({
+    msg_type: "ERROR",
+    ref: socket.last("REQUEST").msg_id,
+    request_id: r.requestId,
+    payload: { code: "UNKNOWN_AGENT", message: "agent 'nope' is not available here" },
+  });
+  const done = await r.done;
+  assert.equal(done.status, "failed");
+  assert.equal(done.error.code, "UNKNOWN_AGENT");
+  assert.ok(events.some(([type, d]) => type === "error" && d.code === "UNKNOWN_AGENT"));
+});
+
+test("a gap in seq is a protocol violation", async () => {
+  const { client, socket } = await connected();
+  const r = client.request("hi");
+  socket.stream(r.requestId, 0, "a");
+  socket.stream(r.requestId, 2, "c");
+  assert.equal(client.stats.violations, 1);
+});
+
+test("request() without a session throws NotConnectedError", () => {
+  const { client } = newClient();
+  assert.throws(() => client.request("hi"), NotConnectedError);
+});
+
+test("heartbeats measure the RTT, and silence means the connection is lost", async (t) => {
+  t.mock.timers.enable({ apis: ["setTimeout", "setInterval"] });
+  const { client, socket, events } = await connected({
+    heartbeatMs: 1000,
+    heartbeatTimeoutMs: 2500,
+    reconnectMinMs: 100,
+  });
+  const first = socket.last("HEARTBEAT"); // sent as soon as the session opened
+  socket.deliver({ msg_type: "HEARTBEAT", ref: first.msg_id, payload: {} });
+  assert.ok(client.stats.rttMs >= 0);
+  assert.ok(events.some(([type]) => type === "heartbeat"));
+  const r = client.request("hi");
+  t.mock.timers.tick(1000); // the next heartbeat: nobody answers it, nor the ones after
+  t.mock.timers.tick(2499);
+  assert.equal(client.state, "open");
+  t.mock.timers.tick(1); // 2500 ms since the first unanswered one: lost
+  assert.equal(client.state, "reconnecting");
+  assert.equal(socket.closedWith.code, 4000);
+  const done = await r.done;
+  assert.equal(done.status, "disconnected");
+  assert.match(done.reason, /no HEARTBEAT reply/);
+});
+
+test("after a lost session the client reconnects with growing backoff to a new session", async (t) => {
+  t.mock.timers.enable({ apis: ["setTimeout", "setInterval"] });
+  const { client, socket, events } = await connected({
+    reconnectMinMs: 100,
+    reconnectMaxMs: 350,
+  });
+  const r = client.request("hi");
+  const ack = client.interrupt(r.requestId);
+  const pending = client.request("second");
+  socket.serverClose(1001);
+  await assert.rejects(ack, NotConnectedError);
+  assert.equal((await pending.done).status, "disconnected");
+  assert.equal(client.state, "reconnecting");
+  const delays = [];
+  for (let attempt = 1; attempt <= 4; attempt++) {
+    const scheduled = events.filter(([type, d]) => type === "status" && d.delayMs !== undefined);
+    const delay = scheduled.at(-1)[1].delayMs;
+    delays.push(delay);
+    const before = FakeSocket.all.length;
+    t.mock.timers.tick(delay);
+    assert.equal(FakeSocket.all.length, before + 1);
+    if (attempt < 4) FakeSocket.all.at(-1).serverClose(1006); // still down
+  }
+  // Each delay is within [base/2, base], base = min(350, 100 * 2^n).
+  [100, 200, 350, 350].forEach((base, i) => {
+    assert.ok(delays[i] >= base / 2 && delays[i] <= base, `${delays[i]} for ${base}`);
+  });
+  FakeSocket.all.at(-1).session();
+  assert.equal(client.state, "open");
+  assert.equal(client.sessionId, `session-${FakeSocket.all.length - 1}`);
+  assert.equal(client.stats.reconnects, 1);
+  const reopened = events.filter(([type]) => type === "session").at(-1)[1];
+  assert.equal(reopened.reconnected, true);
+  // The backoff starts over after a success.
+  FakeSocket.all.at(-1).serverClose(1001);
+  const next = events.filter(([type, d]) => type === "status" && d.delayMs !== undefined).at(-1);
+  assert.ok(next[1].delayMs <= 100);
+  client.close();
+});
+
+test("close() ends what streams and never reconnects", async (t) => {
+  t.mock.timers.enable({ apis: ["setTimeout", "setInterval"] });
+  const { client, socket } = await connected();
+  const r = client.request("hi");
+  client.close();
+  assert.equal(client.state, "closed");
+  assert.equal(socket.closedWith.code, 1000);
+  assert.equal((await r.done).status, "disconnected");
+  t.mock.timers.tick(60_000);
+  assert.equal(FakeSocket.all.length, 1);
+});
+
+// ---------------------------------------------------------------- audio
+
+class FakeSource extends EventTarget {
+  constructor(context) {
+    super();
+    this.context = context;
+    this.buffer = null;
+    this.startedAt = null;
+    this.stoppedAt = null;
+  }
+  connect() {}
+  disconnect() {
+    this.disconnected = true;
+  }
+  start(when) {
+    this.startedAt = when;
+  }
+  stop() {
+    this.stoppedAt = this.context.currentTime;
+  }
+}
+
+class FakeAudioContext {
+  constructor() {
+    this.currentTime = 0;
+    this.destination = {};
+    this.sources = [];
+  }
+  createBuffer(channels, length, sampleRate) {
+    const samples = new Float32Array(length);
+    return { duration: length / sampleRate, getChannelData: () => samples };
+  }
+  createBufferSource() {
+    const source = new FakeSource(this);
+    this.sources.push(source);
+    return source;
+  }
+}
+
+test("the playback queue plays back to back and stops everything at once", () => {
+  const context = new FakeAudioContext();
+  const audio = new AudioPlayback(() => /** @type {any} */ (context));
+  const second = new Float32Array(24000); // one second at 24 kHz
+  assert.deepEqual(audio.enqueue(second, { requestId: "a" }), { startAt: 0, duration: 1 });
+  assert.deepEqual(audio.enqueue(second, { requestId: "a" }), { startAt: 1, duration: 1 });
+  assert.deepEqual(audio.enqueue(second, { requestId: "b" }), { startAt: 2, duration: 1 });
+  assert.equal(audio.pending, 3);
+  context.currentTime = 1.5;
+  assert.equal(audio.playedMs("a"), 1500);
+  assert.equal(audio.stop("a"), 2);
+  assert.equal(audio.pending, 1);
+  assert.equal(audio.playedMs("a"), 1500);
+  assert.equal(audio.stop(), 1);
+  assert.equal(audio.pending, 0);
+  assert.ok(context.sources.every((s) => s.stoppedAt === 1.5 && s.disconnected));
+  // The next chunk plays now, not after what was stopped.
+  assert.equal(audio.enqueue(second).startAt, 1.5);
+});
+
+test("interrupt() silences the audio of what it cuts", async () => {
+  const context = new FakeAudioContext();
+  const audio = new AudioPlayback(() => /** @type {any} */ (context));
+  const { client } = await connected({ audio });
+  const a = client.request("a");
+  const b = client.request("b");
+  audio.enqueue(new Float32Array(2400), { requestId: a.requestId });
+  audio.enqueue(new Float32Array(2400), { requestId: b.requestId });
+  client.interrupt(a.requestId).catch(() => {});
+  assert.equal(audio.pending, 1);
+  client.interrupt().catch(() => {});
+  assert.equal(audio.pending, 0);
+  client.close();
+});

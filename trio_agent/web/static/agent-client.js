@@ -1,0 +1,828 @@
+// agent-client.js: the browser client of the trio-agent protocol v1.
+//
+// One ES module, no build step, no dependency. Import it from any page:
+//
+//   import { AgentClient } from "http://127.0.0.1:8765/static/agent-client.js";
+//   const client = new AgentClient("ws://127.0.0.1:8765/ws");
+//   const session = await client.connect();
+//   const r = client.request("Tell me a story", { agent: "lorem" });
+//   for await (const delta of r) show(delta);
+//   const ack = await client.interrupt(r.requestId);   // optimistic: r.done already resolved
+//
+// How it keeps an interrupt instant (docs/web.md has the timeline):
+//
+// * interrupt() ends the targeted responses locally *before* anything is sent:
+//   r.done resolves with status "interrupted", their audio stops, and every frame of
+//   theirs that still arrives is dropped and counted, never added to r.text.
+// * Every frame is handled synchronously in the WebSocket's message handler, with
+//   O(1) work per frame; consumers read deltas from per-response buffers. Nothing the
+//   page does to render text sits between the socket and an INTERRUPT_ACK or ERROR.
+//   (Pages should render in requestAnimationFrame, as the demo page does.)
+// * The ACK is awaited with a timeout, but the page never waits for it: local state is
+//   clean at once, and the ACK only confirms what the server cut.
+
+/** The subprotocol a client offers when it sends a token (see docs/security.md). */
+export const PROTOCOL_NAME = "trio-agent.v1";
+/** Prefix of the subprotocol that carries the token, for browsers that cannot set headers. */
+export const TOKEN_PREFIX = "trio-agent.token.";
+/** The default reason of an INTERRUPT, as in the protocol. */
+export const DEFAULT_REASON = "USER_NEW_INPUT";
+
+/**
+ * @typedef {"idle" | "connecting" | "open" | "reconnecting" | "closed"} ConnectionState
+ *
+ * @typedef {object} AgentClientOptions
+ * @property {number} [ackTimeoutMs=15000] how long interrupt() waits for the INTERRUPT_ACK
+ * @property {number} [heartbeatMs=10000] HEARTBEAT period; 0 turns heartbeats off
+ * @property {number} [heartbeatTimeoutMs] no HEARTBEAT reply for this long means the
+ *   connection is dead (default: twice heartbeatMs, at least 5000)
+ * @property {boolean} [reconnect=true] open a new session after an unexpected close
+ * @property {number} [reconnectMinMs=250] first reconnect delay; doubles per failed try
+ * @property {number} [reconnectMaxMs=10000] longest reconnect delay
+ * @property {string} [token] shared secret, offered as a subprotocol (never in the URL)
+ * @property {typeof WebSocket} [WebSocket] WebSocket implementation (tests, Node)
+ * @property {AudioPlayback} [audio] playback queue (default: one of its own)
+ *
+ * @typedef {object} AgentEntry
+ * @property {string} description
+ * @property {boolean} available
+ * @property {string} [unavailable_reason]
+ *
+ * @typedef {object} SessionPayload  the body of the SESSION frame
+ * @property {string} protocol
+ * @property {string} server
+ * @property {Record<string, AgentEntry>} agents
+ * @property {string} [default_agent]
+ * @property {Record<string, number>} limits
+ *
+ * @typedef {object} DonePayload  the body of a DONE frame, or the local one
+ * @property {string} status  completed | interrupted | timeout | failed | shutdown, or,
+ *   locally, disconnected
+ * @property {boolean} interrupted
+ * @property {number} frames  STREAM frames of this response that reached r.text
+ * @property {string} [reason]
+ * @property {{code: string, message: string}} [error]
+ * @property {string} [cancelled_by]  msg_id of the INTERRUPT that cut it
+ * @property {boolean} [local]  true when the client ended the response itself
+ *
+ * @typedef {object} AckPayload  the body of an INTERRUPT_ACK, plus what the client measured
+ * @property {string[]} interrupted
+ * @property {number} interrupted_count
+ * @property {string} reason
+ * @property {Record<string, string>} targets
+ * @property {string} msgId  the INTERRUPT's msg_id
+ * @property {number} ackMs  INTERRUPT sent to ACK received, in milliseconds
+ *
+ * @typedef {object} ClientStats
+ * @property {number | null} rttMs  last HEARTBEAT round trip
+ * @property {number | null} lastAckMs  last INTERRUPT to INTERRUPT_ACK time (late ones too)
+ * @property {number} droppedAfterInterrupt  frames of cut responses that arrived before
+ *   the ACK (they were in flight: normal)
+ * @property {number} staleAfterAck  frames of a response that arrived after the ACK that
+ *   named it (the server broke guarantee 5: must stay 0)
+ * @property {number} interrupts  INTERRUPTs sent
+ * @property {number} acks  ACKs received in time
+ * @property {number} ackTimeouts  ACKs that did not come within ackTimeoutMs
+ * @property {number} lateAcks  ACKs that came after their timeout
+ * @property {number} framesReceived  every frame read from the socket
+ * @property {number} reconnects  new sessions opened after a lost one
+ * @property {number} violations  frames that broke the protocol (see the "error" event)
+ */
+
+/** Base class of the errors this module raises. */
+export class AgentClientError extends Error {
+  /** @param {string} message @param {string} [code] */
+  constructor(message, code) {
+    super(message);
+    this.name = "AgentClientError";
+    /** @type {string | undefined} */
+    this.code = code;
+  }
+}
+
+/** No INTERRUPT_ACK within ackTimeoutMs. Local state was cleared already. */
+export class AckTimeoutError extends AgentClientError {
+  /** @param {string} msgId @param {number} timeoutMs @param {string[]} requestIds */
+  constructor(msgId, timeoutMs, requestIds) {
+    super(`no INTERRUPT_ACK for ${msgId} within ${timeoutMs} ms`, "ACK_TIMEOUT");
+    this.name = "AckTimeoutError";
+    this.msgId = msgId;
+    this.timeoutMs = timeoutMs;
+    this.requestIds = requestIds;
+  }
+}
+
+/** The client has no open session (not connected yet, reconnecting, or closed). */
+export class NotConnectedError extends AgentClientError {
+  /** @param {string} [message] */
+  constructor(message = "not connected") {
+    super(message, "NOT_CONNECTED");
+    this.name = "NotConnectedError";
+  }
+}
+
+/**
+ * One reply, as it streams in. Created by {@link AgentClient#request}.
+ *
+ * Events: "delta" (detail: {delta, seq}), "done" (detail: the DonePayload),
+ * "server-done" (detail: the server's DONE of a response the client ended itself).
+ */
+export class AgentResponse extends EventTarget {
+  /** @param {string} requestId @param {string | null} agent @param {string} msgId */
+  constructor(requestId, agent, msgId) {
+    super();
+    /** @readonly */ this.requestId = requestId;
+    /** @readonly */ this.agent = agent;
+    /** msg_id of the REQUEST, so an ERROR about it can be matched. @readonly */
+    this.msgId = msgId;
+    /** The text delivered so far. */
+    this.text = "";
+    /** STREAM frames delivered so far. */
+    this.frames = 0;
+    /** @type {string[]} every delta, in order */
+    this.deltas = [];
+    /** @type {"streaming" | string} "streaming", then the final status */
+    this.status = "streaming";
+    /** @type {DonePayload | null} the payload r.done resolved with */
+    this.result = null;
+    /** @type {DonePayload | null} the server's DONE, when it came after a local end */
+    this.serverDone = null;
+    /** @type {string | null} msg_id of the INTERRUPT that ended it locally */
+    this.cutBy = null;
+    /** True once an INTERRUPT_ACK named this response: from then on, frames are stale. */
+    this.ackSeen = false;
+    /** @type {(payload: DonePayload) => void} */
+    let resolve = () => {};
+    /** @type {Promise<DonePayload>} resolves once, with the server's DONE or the local one */
+    this.done = new Promise((r) => {
+      resolve = r;
+    });
+    this._resolve = resolve;
+    /** @type {Array<() => void>} iterators waiting for a delta */
+    this._waiting = [];
+  }
+
+  /** True once the response has ended, locally or by the server's DONE. */
+  get ended() {
+    return this.result !== null;
+  }
+
+  /** @param {number} seq @param {string} delta @internal */
+  _deliver(seq, delta) {
+    this.text += delta;
+    this.frames += 1;
+    this.deltas.push(delta);
+    this._wake();
+    this.dispatchEvent(new CustomEvent("delta", { detail: { delta, seq } }));
+  }
+
+  /** @param {DonePayload} payload @internal */
+  _end(payload) {
+    if (this.result !== null) return false;
+    this.result = payload;
+    this.status = payload.status;
+    this._resolve(payload);
+    this._wake();
+    this.dispatchEvent(new CustomEvent("done", { detail: payload }));
+    return true;
+  }
+
+  _wake() {
+    const waiting = this._waiting;
+    this._waiting = [];
+    for (const wake of waiting) wake();
+  }
+
+  /**
+   * Iterate the deltas: those delivered so far, then each new one, until the response
+   * ends. Several loops may run; each sees every delta.
+   * @returns {AsyncIterator<string>}
+   */
+  [Symbol.asyncIterator]() {
+    let next = 0;
+    return {
+      next: async () => {
+        while (next >= this.deltas.length && !this.ended) {
+          await new Promise((wake) => this._waiting.push(() => wake(undefined)));
+        }
+        if (next < this.deltas.length) return { value: this.deltas[next++], done: false };
+        return { value: undefined, done: true };
+      },
+    };
+  }
+}
+
+/**
+ * A small playback queue on an AudioContext: buffers play one after the other, and
+ * {@link AudioPlayback#stop} silences everything scheduled at once. The client calls
+ * stop() on interrupt(); until an agent sends audio, pages feed it themselves.
+ */
+export class AudioPlayback {
+  /** @param {() => AudioContext} [createContext] */
+  constructor(createContext = () => new AudioContext()) {
+    this._createContext = createContext;
+    /** @type {AudioContext | null} */
+    this._context = null;
+    /** @type {Array<{source: AudioScheduledSourceNode, requestId: string | null, startAt: number, duration: number, stoppedAt: number | null, ended: boolean}>} */
+    this._entries = [];
+    this._cursor = 0;
+  }
+
+  /** The AudioContext, created on first use (browsers want a user gesture first). */
+  get context() {
+    if (this._context === null) this._context = this._createContext();
+    return this._context;
+  }
+
+  /** Buffers scheduled and not yet ended or stopped. */
+  get pending() {
+    return this._entries.filter((e) => !e.ended && e.stoppedAt === null).length;
+  }
+
+  /**
+   * Schedule a chunk right after those already queued.
+   * @param {AudioBuffer | Float32Array} chunk  a buffer, or mono samples in [-1, 1]
+   * @param {{requestId?: string | null, sampleRate?: number}} [options]
+   * @returns {{startAt: number, duration: number}} when it plays, in context seconds
+   */
+  enqueue(chunk, { requestId = null, sampleRate = 24000 } = {}) {
+    const context = this.context;
+    let buffer = /** @type {AudioBuffer} */ (chunk);
+    if (chunk instanceof Float32Array) {
+      buffer = context.createBuffer(1, chunk.length, sampleRate);
+      buffer.getChannelData(0).set(chunk);
+    }
+    const source = context.createBufferSource();
+    source.buffer = buffer;
+    source.connect(context.destination);
+    const startAt = Math.max(context.currentTime, this._cursor);
+    const entry = {
+      source,
+      requestId,
+      startAt,
+      duration: buffer.duration,
+      stoppedAt: /** @type {number | null} */ (null),
+      ended: false,
+    };
+    source.addEventListener("ended", () => {
+      entry.ended = true;
+    });
+    source.start(startAt);
+    this._cursor = startAt + buffer.duration;
+    this._entries.push(entry);
+    return { startAt, duration: buffer.duration };
+  }
+
+  /**
+   * Stop at once every buffer scheduled for `requestId`, or every buffer at all.
+   * @param {string | null} [requestId]
+   * @returns {number} how many buffers were stopped
+   */
+  stop(requestId) {
+    if (this._context === null) return 0;
+    const now = this._context.currentTime;
+    let stopped = 0;
+    for (const entry of this._entries) {
+      if (entry.ended || entry.stoppedAt !== null) continue;
+      if (requestId != null && entry.requestId !== requestId) continue;
+      entry.stoppedAt = now;
+      try {
+        entry.source.stop(0);
+      } catch {
+        // already stopped
+      }
+      entry.source.disconnect();
+      stopped += 1;
+    }
+    const playing = this._entries.filter((e) => !e.ended && e.stoppedAt === null);
+    this._cursor = playing.length ? Math.max(...playing.map((e) => e.startAt + e.duration)) : now;
+    return stopped;
+  }
+
+  /**
+   * Milliseconds of `requestId`'s audio played so far: what interrupt()'s
+   * {playedMs} should carry.
+   * @param {string | null} [requestId]
+   */
+  playedMs(requestId) {
+    if (this._context === null) return 0;
+    const now = this._context.currentTime;
+    let played = 0;
+    for (const e of this._entries) {
+      if (requestId != null && e.requestId !== requestId) continue;
+      const until = e.stoppedAt ?? now;
+      played += Math.min(Math.max(until - e.startAt, 0), e.duration);
+    }
+    return Math.round(played * 1000);
+  }
+
+  /** Forget buffers that finished playing. */
+  prune() {
+    this._entries = this._entries.filter((e) => !e.ended && e.stoppedAt === null);
+  }
+}
+
+/**
+ * A connection to a trio-agent server, with optimistic interrupts, heartbeats and
+ * reconnection.
+ *
+ * Events (all CustomEvent; `detail` in brackets):
+ * - "status" [{state, sessionId, attempt, delayMs, reason}]: the connection state changed
+ * - "session" [{session, sessionId, reconnected}]: a SESSION frame opened a session
+ * - "stream" [{response, delta, seq}]: a delta was delivered
+ * - "dropped" [{response, stale}]: a frame of a response ended by interrupt() was dropped
+ * - "done" [{response, payload}]: a response ended (server DONE, interrupt, disconnect)
+ * - "interrupted" [{responses, msgId, reason}]: interrupt() ended responses locally
+ * - "ack" [{msgId, payload, ackMs, late}]: an INTERRUPT_ACK arrived
+ * - "ack-timeout" [{msgId, timeoutMs, requestIds}]: no ACK within ackTimeoutMs
+ * - "error" [{code, message, requestId, ref}]: an ERROR frame, or a protocol violation
+ *   by the server (code "PROTOCOL_VIOLATION")
+ * - "heartbeat" [{rttMs}]: a HEARTBEAT reply measured the round trip
+ */
+export class AgentClient extends EventTarget {
+  /** @param {string} url  ws:// or wss:// URL of the agent endpoint @param {AgentClientOptions} [options] */
+  constructor(url, options = {}) {
+    super();
+    this.url = url;
+    this.ackTimeoutMs = options.ackTimeoutMs ?? 15000;
+    this.heartbeatMs = options.heartbeatMs ?? 10000;
+    this.heartbeatTimeoutMs =
+      options.heartbeatTimeoutMs ?? Math.max(2 * this.heartbeatMs, 5000);
+    this.reconnect = options.reconnect ?? true;
+    this.reconnectMinMs = options.reconnectMinMs ?? 250;
+    this.reconnectMaxMs = options.reconnectMaxMs ?? 10000;
+    this._token = options.token ?? null;
+    this._WebSocket = options.WebSocket ?? globalThis.WebSocket;
+    /** The playback queue interrupt() silences. */
+    this.audio = options.audio ?? new AudioPlayback();
+    /** @type {ClientStats} */
+    this.stats = {
+      rttMs: null,
+      lastAckMs: null,
+      droppedAfterInterrupt: 0,
+      staleAfterAck: 0,
+      interrupts: 0,
+      acks: 0,
+      ackTimeouts: 0,
+      lateAcks: 0,
+      framesReceived: 0,
+      reconnects: 0,
+      violations: 0,
+    };
+    /** @type {ConnectionState} */
+    this.state = "idle";
+    /** @type {SessionPayload | null} */
+    this.session = null;
+    /** @type {string | null} */
+    this.sessionId = null;
+    /** @type {WebSocket | null} */
+    this._ws = null;
+    /** @type {Map<string, AgentResponse>} responses whose server DONE has not come */
+    this._responses = new Map();
+    /** @type {Map<string, {sentAt: number, timer: any, requestIds: string[], resolve: (p: AckPayload) => void, reject: (e: Error) => void}>} */
+    this._interrupts = new Map();
+    /** @type {Map<string, number>} INTERRUPTs whose ACK timed out: msg_id -> sent at (bounded) */
+    this._timedOut = new Map();
+    /** @type {Map<string, number>} outstanding HEARTBEATs: msg_id -> sent at */
+    this._heartbeats = new Map();
+    this._heartbeatTimer = /** @type {any} */ (null);
+    this._silenceTimer = /** @type {any} */ (null);
+    this._reconnectTimer = /** @type {any} */ (null);
+    this._attempt = 0;
+    this._closedByUser = false;
+    this._everOpened = false;
+    this._msgCount = 0;
+    this._requestCount = 0;
+    this._idPrefix = Math.random().toString(36).slice(2, 8);
+    /** @type {{resolve: (s: SessionPayload) => void, reject: (e: Error) => void} | null} */
+    this._connecting = null;
+  }
+
+  /** Responses still streaming. */
+  get streaming() {
+    return [...this._responses.values()].filter((r) => !r.ended);
+  }
+
+  /**
+   * Open the connection and wait for the SESSION frame.
+   * Rejects if the first connection fails; later losses reconnect by themselves.
+   * @returns {Promise<SessionPayload>}
+   */
+  connect() {
+    if (this.state === "open" && this.session) return Promise.resolve(this.session);
+    this._closedByUser = false;
+    return new Promise((resolve, reject) => {
+      this._connecting = { resolve, reject };
+      if (this._ws === null) this._open();
+    });
+  }
+
+  /** Close the connection for good: no reconnect; responses still streaming end. */
+  close() {
+    this._closedByUser = true;
+    clearTimeout(this._reconnectTimer);
+    const ws = this._ws;
+    this._teardown("closed by the client");
+    if (ws) ws.close(1000, "client closed");
+    this._setState("closed", { reason: "closed by the client" });
+  }
+
+  /**
+   * Start a request. Returns at once; the response streams into the returned object.
+   * @param {string} input
+   * @param {{agent?: string, options?: object, timeoutS?: number, requestId?: string}} [params]
+   * @returns {AgentResponse}
+   * @throws {NotConnectedError} when no session is open
+   */
+  request(input, { agent, options, timeoutS, requestId } = {}) {
+    const ws = this._ws;
+    if (this.state !== "open" || ws === null) throw new NotConnectedError();
+    const id = requestId ?? `${this._idPrefix}-${++this._requestCount}`;
+    const msgId = this._nextMsgId();
+    const response = new AgentResponse(id, agent ?? null, msgId);
+    this._responses.set(id, response);
+    /** @type {Record<string, unknown>} */
+    const payload = { input };
+    if (agent != null) payload.agent = agent;
+    if (options != null) payload.options = options;
+    if (timeoutS != null) payload.timeout_s = timeoutS;
+    this._send({ msg_type: "REQUEST", msg_id: msgId, request_id: id, payload });
+    return response;
+  }
+
+  /**
+   * Interrupt one response, or all of them (no requestId). Optimistic: the targeted
+   * responses end locally before this returns (r.done resolves with status
+   * "interrupted"), their audio stops, and their late frames are dropped.
+   * @param {string | null} [requestId]
+   * @param {string} [reason]
+   * @param {{playedMs?: number}} [extra]  playback position of a spoken reply
+   * @returns {Promise<AckPayload>} the ACK; rejects with AckTimeoutError after
+   *   ackTimeoutMs, or NotConnectedError if the connection is lost first
+   */
+  interrupt(requestId = null, reason = DEFAULT_REASON, extra = {}) {
+    const msgId = this._nextMsgId();
+    const targets =
+      requestId == null
+        ? this.streaming
+        : [this._responses.get(requestId)].filter((r) => r !== undefined && !r.ended);
+    const cut = /** @type {AgentResponse[]} */ (targets);
+    for (const response of cut) {
+      response.cutBy = msgId;
+      this._finish(response, {
+        status: "interrupted",
+        interrupted: true,
+        reason,
+        frames: response.frames,
+        cancelled_by: msgId,
+        local: true,
+      });
+    }
+    if (requestId == null) this.audio.stop();
+    else this.audio.stop(requestId);
+    if (cut.length) {
+      this._emit("interrupted", { responses: cut, msgId, reason });
+    }
+    const ws = this._ws;
+    if (this.state !== "open" || ws === null) return Promise.reject(new NotConnectedError());
+    /** @type {Record<string, unknown>} */
+    const payload = { reason };
+    if (extra.playedMs != null) payload.played_ms = Math.round(extra.playedMs);
+    /** @type {Record<string, unknown>} */
+    const frame = { msg_type: "INTERRUPT", msg_id: msgId, payload };
+    if (requestId != null) frame.request_id = requestId;
+    const requestIds = cut.map((r) => r.requestId);
+    const ack = new Promise((resolve, reject) => {
+      const timer = setTimeout(() => this._ackTimedOut(msgId), this.ackTimeoutMs);
+      this._interrupts.set(msgId, { sentAt: now(), timer, requestIds, resolve, reject });
+    });
+    this.stats.interrupts += 1;
+    this._send(frame);
+    return /** @type {Promise<AckPayload>} */ (ack);
+  }
+
+  // ---------------------------------------------------------------- connection
+
+  _open() {
+    clearTimeout(this._reconnectTimer);
+    this._setState(this._everOpened ? "reconnecting" : "connecting", { attempt: this._attempt });
+    const protocols = this._token ? [PROTOCOL_NAME, TOKEN_PREFIX + this._token] : undefined;
+    let ws;
+    try {
+      ws = new this._WebSocket(this.url, protocols);
+    } catch (error) {
+      this._connectFailed(/** @type {Error} */ (error));
+      return;
+    }
+    this._ws = ws;
+    ws.onmessage = (event) => {
+      if (this._ws === ws) this._onMessage(event.data);
+    };
+    ws.onclose = (event) => {
+      if (this._ws === ws) this._lost(`closed by the server (code ${event.code})`);
+    };
+    ws.onerror = () => {
+      // Always followed by "close", which does the work.
+    };
+  }
+
+  /** @param {Error} error */
+  _connectFailed(error) {
+    this._ws = null;
+    if (this._everOpened && this.reconnect && !this._closedByUser) {
+      this._scheduleReconnect(error.message);
+      return;
+    }
+    const connecting = this._connecting;
+    this._connecting = null;
+    this._setState("closed", { reason: error.message });
+    if (connecting) connecting.reject(new NotConnectedError(`could not connect: ${error.message}`));
+  }
+
+  /** The connection is gone (closed by the server, network, or no heartbeat reply). @param {string} reason */
+  _lost(reason) {
+    const ws = this._ws;
+    this._teardown(`connection lost: ${reason}`);
+    if (ws) {
+      ws.onmessage = ws.onclose = ws.onerror = null;
+      try {
+        ws.close(4000, "connection lost");
+      } catch {
+        // already closing
+      }
+    }
+    if (this._closedByUser) return;
+    if (!this._everOpened) {
+      this._connectFailed(new Error(reason));
+      return;
+    }
+    if (this.reconnect) this._scheduleReconnect(reason);
+    else this._setState("closed", { reason });
+  }
+
+  /** @param {string} reason */
+  _scheduleReconnect(reason) {
+    const base = Math.min(this.reconnectMaxMs, this.reconnectMinMs * 2 ** this._attempt);
+    const delayMs = Math.round(base / 2 + (Math.random() * base) / 2);
+    this._attempt += 1;
+    this._setState("reconnecting", { attempt: this._attempt, delayMs, reason });
+    this._reconnectTimer = setTimeout(() => this._open(), delayMs);
+  }
+
+  /** End everything that belonged to the session that is going away. @param {string} reason */
+  _teardown(reason) {
+    this._ws = null;
+    clearInterval(this._heartbeatTimer);
+    clearTimeout(this._silenceTimer);
+    this._heartbeatTimer = this._silenceTimer = null;
+    this._heartbeats.clear();
+    for (const response of this._responses.values()) {
+      this._finish(response, {
+        status: "disconnected",
+        interrupted: false,
+        reason,
+        frames: response.frames,
+        local: true,
+      });
+    }
+    this._responses.clear();
+    for (const [msgId, pending] of this._interrupts) {
+      clearTimeout(pending.timer);
+      pending.reject(new NotConnectedError(`${reason} before the ACK of ${msgId}`));
+    }
+    this._interrupts.clear();
+  }
+
+  /** @param {ConnectionState} state @param {Record<string, unknown>} [detail] */
+  _setState(state, detail = {}) {
+    this.state = state;
+    this._emit("status", { state, sessionId: this.sessionId, ...detail });
+  }
+
+  // ---------------------------------------------------------------- frames in
+
+  /** @param {unknown} data */
+  _onMessage(data) {
+    this.stats.framesReceived += 1;
+    if (typeof data !== "string") {
+      this._violation("a binary frame (protocol v1 is JSON text)");
+      return;
+    }
+    /** @type {any} */
+    let frame;
+    try {
+      frame = JSON.parse(data);
+    } catch {
+      this._violation("a frame that is not JSON");
+      return;
+    }
+    switch (frame?.msg_type) {
+      case "STREAM":
+        return this._onStream(frame);
+      case "DONE":
+        return this._onDone(frame);
+      case "INTERRUPT_ACK":
+        return this._onAck(frame);
+      case "ERROR":
+        return this._onError(frame);
+      case "HEARTBEAT":
+        return this._onHeartbeat(frame);
+      case "SESSION":
+        return this._onSession(frame);
+      default:
+      // Later protocol versions only add message types: ignore what we do not know.
+    }
+  }
+
+  /** @param {any} frame */
+  _onSession(frame) {
+    const reconnected = this._everOpened;
+    this.session = frame.payload;
+    this.sessionId = frame.session_id;
+    this._everOpened = true;
+    if (reconnected) this.stats.reconnects += 1;
+    this._attempt = 0;
+    this._setState("open");
+    this._emit("session", { session: this.session, sessionId: this.sessionId, reconnected });
+    const connecting = this._connecting;
+    this._connecting = null;
+    if (connecting && this.session) connecting.resolve(this.session);
+    if (this.heartbeatMs > 0) {
+      this._heartbeat();
+      this._heartbeatTimer = setInterval(() => this._heartbeat(), this.heartbeatMs);
+    }
+  }
+
+  /** @param {any} frame */
+  _onStream(frame) {
+    const response = this._responses.get(frame.request_id);
+    if (response === undefined) {
+      this._violation(`a STREAM frame for unknown request ${frame.request_id}`);
+      return;
+    }
+    if (response.ended) {
+      const stale = response.ackSeen;
+      if (stale) this.stats.staleAfterAck += 1;
+      else this.stats.droppedAfterInterrupt += 1;
+      this._emit("dropped", { response, stale });
+      if (stale) this._violation(`a STREAM frame of ${response.requestId} after the ACK that cut it`);
+      return;
+    }
+    const { seq, delta } = frame.payload;
+    if (seq !== response.frames) {
+      this._violation(`STREAM seq ${seq} of ${response.requestId}, expected ${response.frames}`);
+    }
+    response._deliver(seq, delta);
+    this._emit("stream", { response, delta, seq });
+  }
+
+  /** @param {any} frame */
+  _onDone(frame) {
+    const response = this._responses.get(frame.request_id);
+    if (response === undefined) {
+      this._violation(`a DONE for unknown request ${frame.request_id}`);
+      return;
+    }
+    this._responses.delete(frame.request_id);
+    if (response.ended) {
+      response.serverDone = frame.payload;
+      response.dispatchEvent(new CustomEvent("server-done", { detail: frame.payload }));
+      return;
+    }
+    this._finish(response, frame.payload);
+  }
+
+  /** @param {any} frame */
+  _onAck(frame) {
+    const payload = frame.payload;
+    for (const requestId of payload.interrupted ?? []) {
+      const response = this._responses.get(requestId);
+      if (response) response.ackSeen = true;
+    }
+    const pending = this._interrupts.get(frame.ref);
+    if (pending === undefined) {
+      const sentAt = this._timedOut.get(frame.ref);
+      if (sentAt !== undefined) {
+        this._timedOut.delete(frame.ref);
+        this.stats.lateAcks += 1;
+        const ackMs = now() - sentAt;
+        this.stats.lastAckMs = ackMs;
+        this._emit("ack", { msgId: frame.ref, payload: { ...payload, msgId: frame.ref, ackMs }, ackMs, late: true });
+      } else {
+        this._violation(`an INTERRUPT_ACK for unknown INTERRUPT ${frame.ref}`);
+      }
+      return;
+    }
+    this._interrupts.delete(frame.ref);
+    clearTimeout(pending.timer);
+    const ackMs = now() - pending.sentAt;
+    this.stats.acks += 1;
+    this.stats.lastAckMs = ackMs;
+    const result = { ...payload, msgId: frame.ref, ackMs };
+    this._emit("ack", { msgId: frame.ref, payload: result, ackMs, late: false });
+    pending.resolve(result);
+  }
+
+  /** @param {any} frame */
+  _onError(frame) {
+    const { code, message } = frame.payload ?? {};
+    const ref = frame.ref ?? null;
+    const requestId = frame.request_id ?? null;
+    const refused = requestId !== null ? this._responses.get(requestId) : undefined;
+    if (refused !== undefined && refused.msgId === ref && refused.frames === 0) {
+      // The server refused this REQUEST: it never started.
+      this._responses.delete(requestId);
+      this._finish(refused, {
+        status: "failed",
+        interrupted: false,
+        frames: 0,
+        reason: message,
+        error: { code, message },
+        local: true,
+      });
+    }
+    const interrupt = ref !== null ? this._interrupts.get(ref) : undefined;
+    if (interrupt !== undefined) {
+      this._interrupts.delete(ref);
+      clearTimeout(interrupt.timer);
+      interrupt.reject(new AgentClientError(`INTERRUPT refused: ${message}`, code));
+    }
+    this._emit("error", { code, message, requestId, ref });
+  }
+
+  /** @param {any} frame */
+  _onHeartbeat(frame) {
+    const sentAt = this._heartbeats.get(frame.ref);
+    if (sentAt === undefined) return;
+    // Replies come in order: this one answers every older HEARTBEAT too.
+    for (const [msgId, at] of this._heartbeats) if (at <= sentAt) this._heartbeats.delete(msgId);
+    clearTimeout(this._silenceTimer);
+    this._silenceTimer = null;
+    this.stats.rttMs = now() - sentAt;
+    this._emit("heartbeat", { rttMs: this.stats.rttMs });
+  }
+
+  // ---------------------------------------------------------------- frames out
+
+  _heartbeat() {
+    const msgId = this._nextMsgId();
+    this._heartbeats.set(msgId, now());
+    this._send({ msg_type: "HEARTBEAT", msg_id: msgId });
+    if (this._silenceTimer === null) {
+      // Armed by the oldest unanswered HEARTBEAT; any reply disarms it.
+      this._silenceTimer = setTimeout(
+        () => this._lost(`no HEARTBEAT reply within ${this.heartbeatTimeoutMs} ms`),
+        this.heartbeatTimeoutMs,
+      );
+    }
+  }
+
+  /** @param {string} msgId */
+  _ackTimedOut(msgId) {
+    const pending = this._interrupts.get(msgId);
+    if (pending === undefined) return;
+    this._interrupts.delete(msgId);
+    this._timedOut.set(msgId, pending.sentAt);
+    const oldest = this._timedOut.keys().next().value;
+    if (this._timedOut.size > 256 && oldest !== undefined) this._timedOut.delete(oldest);
+    this.stats.ackTimeouts += 1;
+    const error = new AckTimeoutError(msgId, this.ackTimeoutMs, pending.requestIds);
+    this._emit("ack-timeout", {
+      msgId,
+      timeoutMs: this.ackTimeoutMs,
+      requestIds: pending.requestIds,
+    });
+    pending.reject(error);
+  }
+
+  /** @param {Record<string, unknown>} frame */
+  _send(frame) {
+    frame.ts = Date.now();
+    /** @type {WebSocket} */ (this._ws).send(JSON.stringify(frame));
+  }
+
+  _nextMsgId() {
+    return `c${++this._msgCount}`;
+  }
+
+  /** @param {AgentResponse} response @param {DonePayload} payload */
+  _finish(response, payload) {
+    if (response._end(payload)) this._emit("done", { response, payload });
+  }
+
+  /** @param {string} message */
+  _violation(message) {
+    this.stats.violations += 1;
+    this._emit("error", { code: "PROTOCOL_VIOLATION", message, requestId: null, ref: null });
+  }
+
+  /** @param {string} type @param {object} detail */
+  _emit(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+}
+
+/** Milliseconds from a monotonic clock. */
+function now() {
+  return globalThis.performance ? performance.now() : Date.now();
+}

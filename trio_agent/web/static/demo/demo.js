@@ -1,0 +1,301 @@
+// The demo page: a barge-in chat on agent-client.js.
+//
+// What it shows: sending while a reply streams interrupts it (optimistically: the old
+// reply stops at its last delivered word at once, the new one starts at once), and the
+// INTERRUPT_ACK then confirms what the server cut. Text is rendered once per animation
+// frame, never per frame received, so rendering never competes with the socket.
+//
+// URL parameters: ?agent=NAME picks the agent; ?ack_timeout_ms=N, ?heartbeat_ms=N and
+// ?reconnect_max_ms=N tune the client; #token=SECRET passes a server token (a fragment never reaches the
+// server's logs). The client is window.agentClient, for the browser's console.
+
+import { AckTimeoutError, AgentClient, NotConnectedError } from "/static/agent-client.js";
+
+const $ = (/** @type {string} */ id) => /** @type {HTMLElement} */ (document.getElementById(id));
+const promptBox = /** @type {HTMLTextAreaElement} */ ($("prompt"));
+const sendButton = /** @type {HTMLButtonElement} */ ($("send"));
+const stopButton = /** @type {HTMLButtonElement} */ ($("stop"));
+const agentSelect = /** @type {HTMLSelectElement} */ ($("agent"));
+const wordsInput = /** @type {HTMLInputElement} */ ($("words"));
+const speedInput = /** @type {HTMLInputElement} */ ($("speed"));
+const log = $("log");
+
+const query = new URLSearchParams(location.search);
+const fragment = new URLSearchParams(location.hash.slice(1));
+
+/** @param {string | null} raw @param {number} fallback */
+function number(raw, fallback) {
+  const value = raw === null || raw === "" ? NaN : Number(raw);
+  return Number.isFinite(value) && value >= 0 ? value : fallback;
+}
+
+const websocketPath =
+  document.querySelector('meta[name="trio-agent-websocket-path"]')?.getAttribute("content") ||
+  "/ws";
+const scheme = location.protocol === "https:" ? "wss" : "ws";
+const client = new AgentClient(`${scheme}://${location.host}${websocketPath}`, {
+  ackTimeoutMs: number(query.get("ack_timeout_ms"), 15000),
+  heartbeatMs: number(query.get("heartbeat_ms"), 5000),
+  reconnectMaxMs: number(query.get("reconnect_max_ms"), 10000),
+  token: fragment.get("token") ?? undefined,
+});
+Object.assign(window, { agentClient: client });
+
+// ------------------------------------------------------------------ rendering
+
+/** @type {Set<() => void>} */
+const dirty = new Set();
+let frameRequested = false;
+
+/** Render `paint` at the next animation frame (once, however often it is asked). */
+function schedule(/** @type {() => void} */ paint) {
+  dirty.add(paint);
+  if (!frameRequested) {
+    frameRequested = true;
+    requestAnimationFrame(() => {
+      frameRequested = false;
+      const work = [...dirty];
+      dirty.clear();
+      for (const paint of work) paint();
+    });
+  }
+}
+
+function paintFigures() {
+  const { rttMs, lastAckMs, droppedAfterInterrupt, staleAfterAck, ackTimeouts } = client.stats;
+  $("rtt").textContent = rttMs === null ? "" : rttMs.toFixed(1);
+  $("ack-ms").textContent = lastAckMs === null ? "" : lastAckMs.toFixed(1);
+  $("dropped").textContent = String(droppedAfterInterrupt);
+  $("stale").textContent = String(staleAfterAck);
+  $("stale").classList.toggle("bad", staleAfterAck > 0);
+  $("ack-timeouts").textContent = String(ackTimeouts);
+  $("session").textContent = client.sessionId ?? "";
+}
+
+function paintButtons() {
+  sendButton.disabled = client.state !== "open";
+  stopButton.disabled = client.streaming.length === 0;
+}
+
+/** @param {string} text */
+function announce(text) {
+  $("announcer").textContent = text;
+}
+
+/** @param {"user" | "system"} kind @param {string} text */
+function addNote(kind, text) {
+  const item = document.createElement("li");
+  item.className = `msg ${kind}`;
+  const who = document.createElement("p");
+  who.className = "who";
+  who.textContent = kind === "user" ? "You" : "Connection";
+  const body = document.createElement("p");
+  body.className = "text";
+  body.textContent = text;
+  item.append(who, body);
+  log.append(item);
+  item.scrollIntoView({ block: "end" });
+}
+
+/** What the page shows of each reply, by request id. */
+const replies = new Map();
+
+/** @param {import("/static/agent-client.js").AgentResponse} response */
+function addReply(response) {
+  const item = document.createElement("li");
+  item.className = "msg assistant";
+  item.dataset.testid = "reply";
+  item.dataset.status = "streaming";
+  item.dataset.requestId = response.requestId;
+  const who = document.createElement("p");
+  who.className = "who";
+  who.textContent = response.agent ?? "agent";
+  const text = document.createElement("p");
+  text.className = "text";
+  text.dataset.testid = "reply-text";
+  const meta = document.createElement("p");
+  meta.className = "meta";
+  meta.dataset.testid = "reply-meta";
+  meta.textContent = "streaming…";
+  item.append(who, text, meta);
+  log.append(item);
+
+  const view = { item, text, meta, ack: "" };
+  const paintText = () => {
+    text.textContent = response.text;
+    item.scrollIntoView({ block: "end" });
+  };
+  replies.set(response.requestId, view);
+  response.addEventListener("delta", () => schedule(paintText));
+  response.done.then((done) => {
+    // At once, not at the next frame: the reply stops exactly where it was cut.
+    dirty.delete(paintText);
+    paintText();
+    item.dataset.status = done.status;
+    meta.textContent = describe(done) + view.ack;
+    announce(`Reply ${done.status}`);
+    paintButtons();
+    schedule(paintFigures);
+  });
+  return view;
+}
+
+/** @param {import("/static/agent-client.js").DonePayload} done */
+function describe(done) {
+  const frames = `${done.frames} frame${done.frames === 1 ? "" : "s"}`;
+  switch (done.status) {
+    case "completed":
+      return `completed · ${frames}`;
+    case "interrupted":
+      return `cut after ${frames}`;
+    case "disconnected":
+      return `connection lost after ${frames}`;
+    case "shutdown":
+      return `server shut down after ${frames}`;
+    case "timeout":
+      return `timed out after ${frames}`;
+    case "failed":
+      return `failed: ${done.error?.code ?? ""} ${done.error?.message ?? done.reason ?? ""}`;
+    default:
+      return `${done.status} · ${frames}`;
+  }
+}
+
+/** Replies whose interrupt timed out, by the INTERRUPT's msg_id: a late ACK still shows. */
+const awaitingLateAck = new Map();
+
+/** Interrupt every streaming reply and show the ACK (or its absence) on each. @param {string} reason */
+function interruptAll(reason) {
+  const cut = client.streaming;
+  if (!cut.length) return;
+  client.interrupt(null, reason).then(
+    (ack) => {
+      for (const response of cut) {
+        const view = replies.get(response.requestId);
+        const confirmed = ack.interrupted.includes(response.requestId);
+        view.ack = ` · ACK in ${ack.ackMs.toFixed(1)} ms${confirmed ? "" : " (it had already finished)"}`;
+        view.meta.textContent = describe(/** @type {any} */ (response.result)) + view.ack;
+      }
+      schedule(paintFigures);
+    },
+    (error) => {
+      if (error instanceof AckTimeoutError) {
+        for (const response of cut) {
+          const view = replies.get(response.requestId);
+          view.ack = ` · no ACK within ${error.timeoutMs} ms`;
+          view.meta.textContent = describe(/** @type {any} */ (response.result)) + view.ack;
+        }
+        awaitingLateAck.set(error.msgId, cut);
+        announce("The server did not acknowledge the interrupt in time");
+      } else if (!(error instanceof NotConnectedError)) {
+        throw error;
+      }
+      schedule(paintFigures);
+    },
+  );
+}
+
+// ------------------------------------------------------------------ actions
+
+function send() {
+  const input = promptBox.value.trim();
+  if (!input || client.state !== "open") return;
+  // Barge-in: the replies still streaming end here, before the new request goes out.
+  interruptAll("USER_NEW_INPUT");
+  addNote("user", input);
+  const agent = agentSelect.value || undefined;
+  const speed = number(speedInput.value, 12);
+  const options =
+    agent === "lorem"
+      ? { words: Math.max(1, Math.round(number(wordsInput.value, 60))), words_per_s: speed }
+      : { words_per_s: speed };
+  addReply(client.request(input, { agent, options }));
+  promptBox.value = "";
+  paintButtons();
+}
+
+$("composer").addEventListener("submit", (event) => {
+  event.preventDefault();
+  send();
+});
+
+promptBox.addEventListener("keydown", (event) => {
+  if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+    event.preventDefault();
+    send();
+  }
+});
+
+stopButton.addEventListener("click", () => {
+  interruptAll("USER_STOP");
+  promptBox.focus();
+});
+
+document.addEventListener("keydown", (event) => {
+  if (event.key === "Escape" && client.streaming.length) {
+    event.preventDefault();
+    interruptAll("USER_STOP");
+  }
+});
+
+agentSelect.addEventListener("change", () => {
+  const entry = client.session?.agents[agentSelect.value];
+  $("agent-description").textContent = entry?.description ?? "";
+});
+
+// ------------------------------------------------------------------ the connection
+
+/** @param {import("/static/agent-client.js").SessionPayload} session */
+function fillAgents(session) {
+  const previous = agentSelect.value || query.get("agent") || session.default_agent || "";
+  agentSelect.replaceChildren();
+  for (const [name, entry] of Object.entries(session.agents)) {
+    const option = document.createElement("option");
+    option.value = name;
+    option.textContent = entry.available ? name : `${name} (unavailable)`;
+    option.disabled = !entry.available;
+    if (!entry.available && entry.unavailable_reason) option.title = entry.unavailable_reason;
+    agentSelect.append(option);
+  }
+  const usable = [...agentSelect.options].filter((o) => !o.disabled).map((o) => o.value);
+  agentSelect.value = usable.includes(previous) ? previous : (usable[0] ?? "");
+  agentSelect.dispatchEvent(new Event("change"));
+}
+
+client.addEventListener("status", (event) => {
+  const { state, reason } = /** @type {CustomEvent} */ (event).detail;
+  const status = $("status");
+  if (status.dataset.state === "open" && state === "reconnecting") {
+    addNote("system", `Connection lost (${reason ?? "closed"}); reconnecting…`);
+  }
+  status.textContent = state;
+  status.dataset.state = state;
+  paintButtons();
+});
+
+client.addEventListener("session", (event) => {
+  const { session, sessionId, reconnected } = /** @type {CustomEvent} */ (event).detail;
+  fillAgents(session);
+  if (reconnected) addNote("system", `Reconnected: new session ${sessionId}.`);
+  schedule(paintFigures);
+});
+
+client.addEventListener("ack", (event) => {
+  const { msgId, ackMs, late } = /** @type {CustomEvent} */ (event).detail;
+  const cut = late ? awaitingLateAck.get(msgId) : undefined;
+  if (!cut) return;
+  awaitingLateAck.delete(msgId);
+  for (const response of cut) {
+    const view = replies.get(response.requestId);
+    view.ack += `; it came late, after ${ackMs.toFixed(0)} ms`;
+    view.meta.textContent = describe(response.result) + view.ack;
+  }
+});
+
+for (const type of ["heartbeat", "ack", "ack-timeout", "dropped", "error"]) {
+  client.addEventListener(type, () => schedule(paintFigures));
+}
+
+client.connect().catch((error) => {
+  addNote("system", `Could not connect: ${error.message}`);
+});
