@@ -14,7 +14,9 @@ import trio
 
 from trio_agent import AgentRequest, ResponseStream
 from trio_agent import agents as builtin
+from trio_agent.fake_openai import FakeOpenAI, Script
 from trio_agent.lanes import OutboundLanes
+from trio_agent.openai_agent import OpenAIAgent, OpenAIConfig
 from trio_agent.testing import SCENARIOS, AgentCheckFailed, check_agent
 
 SLOW_LOREM = {"words": 12, "words_per_s": 20}
@@ -60,6 +62,19 @@ async def test_a_careful_agent_with_bounded_cleanup_passes(autojump_clock):
                 await trio.sleep(0.1)  # closes its upstream
 
     await check_agent(careful)
+
+
+async def test_the_openai_agent_passes_against_a_paced_upstream(nursery):
+    """A real agent behind a real socket (so on the real clock), entered as the
+    server enters it: every scenario has something to cut."""
+    fake = await nursery.start(FakeOpenAI(default=Script.counting(20, tokens_per_s=200)).run)
+    agent = OpenAIAgent(OpenAIConfig(openai_base_url=fake.base_url, openai_model="fake-model"))
+    report = await check_agent(agent, name="openai")
+    assert report.scenarios["complete"] == "completed, 20 frames"
+    assert report.scenarios["interrupt late"] == "ACK interrupted=['late'], DONE interrupted"
+    assert report.scenarios["timeout"].startswith("DONE timeout")
+    # Every request that was cut closed its upstream connection early.
+    assert sum(r.disconnected.is_set() for r in fake.requests) >= 5
 
 
 async def test_unknown_scenarios_are_refused():
@@ -133,6 +148,25 @@ async def test_an_agent_that_never_checkpoints_is_caught(autojump_clock):
     assert finding.rule == "agent rule: reach a checkpoint often (never hold the event loop)"
     assert "without reaching a checkpoint (task 'request complete'" in finding.detail
     assert "trio.to_thread.run_sync(fn, abandon_on_cancel=True)" in finding.detail
+
+
+async def test_a_long_step_that_does_not_come_back_is_reported_not_failed(autojump_clock):
+    """A step is timed on the wall clock, and a busy machine can stretch one: a long
+    step is only a failure if it happens again when the scenario is played again."""
+    blocked = []
+
+    async def blocks_once(request: AgentRequest, stream: ResponseStream) -> None:
+        if not blocked:
+            blocked.append(True)
+            time.sleep(0.1)
+        await twenty_words(stream)
+
+    report = await check_agent(blocks_once, max_step_s=0.05)
+    assert re.fullmatch(
+        r"completed, 20 frames \(one step of [\d,]+ ms without a checkpoint, not on a second run\)",
+        report.scenarios["complete"],
+    )
+    assert report.longest_step_s >= 0.1
 
 
 async def test_an_agent_that_sends_after_being_cancelled_is_caught(autojump_clock):

@@ -36,7 +36,7 @@ from typing import Any
 
 import trio
 
-from ..agents import Agent, AgentRequest, RequestOutcome, json_fields
+from ..agents import Agent, AgentRequest, RequestOutcome, json_fields, open_agents
 from ..config import ServerConfig
 from ..protocol import DonePayload, DoneStatus
 from ..server import AgentServer
@@ -174,6 +174,9 @@ async def check_agent(
     :param config: server settings to check under (default: the defaults with a
         stream lane of 4, so that backpressure comes into play).
 
+    An agent that is an async context manager is entered for the whole check, as
+    the server enters it for as long as it serves: pass one that is not open yet.
+
     Cancellation: this runs scenarios in the caller's task and nurseries; cancel it
     like anything else. It adds a Trio instrument while it runs and removes it after.
     """
@@ -201,17 +204,40 @@ async def check_agent(
     steps = _StepTimer()
     trio.lowlevel.add_instrument(steps)
     try:
-        for scenario in SCENARIOS:
-            if scenario in scenarios:
-                steps.reset()
-                findings = await check.run(scenario)
-                findings += steps.findings(scenario, max_step_s)
-                if findings:
-                    raise AgentCheckFailed(label, scenario, findings)
-                check.report.longest_step_s = max(check.report.longest_step_s, steps.longest)
+        async with open_agents([agent]):
+            await _run_scenarios(check, scenarios, steps, max_step_s)
     finally:
         trio.lowlevel.remove_instrument(steps)
     return check.report
+
+
+async def _run_scenarios(
+    check: _Check, scenarios: Sequence[str], steps: _StepTimer, max_step_s: float
+) -> None:
+    for scenario in SCENARIOS:
+        if scenario not in scenarios:
+            continue
+        steps.reset()
+        findings = await check.run(scenario)
+        long_step = steps.findings(scenario, max_step_s)
+        longest = steps.longest
+        if long_step and not findings:
+            # A step is timed on the wall clock, so a busy machine that takes the CPU
+            # away mid-step looks like a blocking agent. A blocking agent blocks every
+            # time: play the scenario once more and believe the long step only if it
+            # comes back. (One that blocks only once, say on a lazy first
+            # connection, shows in the report.)
+            steps.reset()
+            findings = await check.run(scenario)
+            long_step = steps.findings(scenario, max_step_s)
+            if not findings and not long_step:
+                check.report.scenarios[scenario] += (
+                    f" (one step of {longest * 1e3:,.0f} ms without a checkpoint,"
+                    " not on a second run)"
+                )
+        if findings or long_step:
+            raise AgentCheckFailed(check.label, scenario, findings + long_step)
+        check.report.longest_step_s = max(check.report.longest_step_s, longest, steps.longest)
 
 
 # --------------------------------------------------------------------------- the scenarios
