@@ -127,3 +127,27 @@ async def test_wait_written_returns_once_the_writer_is_idle():
         lanes.frame_written()
         await trio.testing.wait_all_tasks_blocked()
         assert flushed.is_set()
+
+
+async def test_a_waiter_given_room_and_cancelled_in_the_same_tick_gets_cancelled(nursery):
+    """The writer makes room (waking the agent) and an INTERRUPT cancels the agent's
+    scope before the agent runs again: the agent must see Cancelled, not go on to
+    push a frame for a request that has already ended."""
+    lanes = OutboundLanes(stream_capacity=1, priority_capacity=4)
+    rec = record()
+    await put(lanes, stream_frame(rec, "s0"))
+    scope = trio.CancelScope()
+    got_room = []
+
+    async def agent() -> None:
+        with scope:
+            await lanes.wait_for_stream_room()
+            got_room.append(True)
+
+    nursery.start_soon(agent)
+    await trio.testing.wait_all_tasks_blocked()
+    await lanes.next_frame()  # room for one more: the agent is rescheduled...
+    scope.cancel()  # ...and cut before it runs
+    await trio.testing.wait_all_tasks_blocked()
+    assert got_room == []
+    assert scope.cancelled_caught

@@ -192,3 +192,17 @@ def test_any_json_object_gives_a_message_or_a_coded_error(frame):
     else:
         return
     assert error.code in (ErrorCode.INVALID_MESSAGE, ErrorCode.UNKNOWN_MSG_TYPE)
+
+
+def test_a_session_frame_without_default_agent_or_idle_timeout_parses():
+    """The server leaves out every None; its own parser must accept the result."""
+    from trio_agent import AgentServer, ServerConfig
+    from trio_agent.protocol import SessionMessage, encode, parse_server_message
+
+    server = AgentServer(ServerConfig(idle_timeout_s=0), {"mine": lambda request, stream: None})
+    payload = server._session_payload
+    assert payload.default_agent is None
+    text = encode(SessionMessage(msg_id="s0", session_id="x", ts=0, payload=payload))
+    assert "default_agent" not in text
+    assert "idle_timeout_s" not in text
+    assert parse_server_message(text).payload == payload

@@ -12,6 +12,8 @@ from . import __version__
 from .agents import builtin_agents
 from .chat import add_chat_arguments, chat_main
 from .config import add_config_arguments, config_from
+from .demo import add_arguments as add_demo_arguments
+from .demo import run_from_args as run_demo
 from .logs import configure_logging
 from .openai_agent import OpenAIConfig, openai_agent_from
 
@@ -36,6 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
         "chat", help="chat with a server from the terminal", description=chat_main.__doc__
     )
     add_chat_arguments(chat)
+    demo = commands.add_parser(
+        "demo",
+        help="watch an interrupt travel: in-process server, traced, narrated and drawn",
+        description="Run a scripted session against an in-process server with tracing on, "
+        "print the story of each INTERRUPT and draw it (see docs/cancellation.md).",
+    )
+    add_demo_arguments(demo)
     return parser
 
 
@@ -56,6 +65,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "chat":
         configure_logging("WARNING")
         return chat_main(args)
+    if args.command == "demo":
+        configure_logging("WARNING")
+        return run_demo(args)
     parser.error(f"unknown command {args.command}")  # pragma: no cover
     return 2
 

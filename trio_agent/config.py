@@ -79,6 +79,10 @@ class ServerConfig:
         "outbound lanes: 'priority' (the design) or 'fifo' (diagnostic: ACK queues behind stream frames)",
         choices=("priority", "fifo"),
     )
+    trace: str = _setting(
+        "",
+        "append one JSON line per cancellation event to this file ('' = off; see docs/cancellation.md)",
+    )
     log_level: str = _setting("INFO", "TRACE, DEBUG (logs frames), INFO, WARNING or ERROR")
     log_format: LogFormat = _setting(
         "text", "'text' or 'json' (one JSON object per line)", choices=("text", "json")

@@ -117,8 +117,14 @@ class OutboundLanes:
         pushes with :meth:`push_stream` without awaiting in between.
         """
         await trio.lowlevel.checkpoint()
-        while self._stream_frames >= self.stream_capacity:
-            await self._room.park()
+        if self._stream_frames >= self.stream_capacity:
+            while self._stream_frames >= self.stream_capacity:
+                await self._room.park()
+            # park() returns normally when a pop woke us, even if our scope was
+            # cancelled before we ran again (an INTERRUPT read in the same tick).
+            # Deliver that cancellation here, so the agent never pushes for a
+            # request that has already ended.
+            await trio.lowlevel.checkpoint_if_cancelled()
 
     def push_stream(self, frame: Outbound) -> None:
         """Queue a STREAM frame; call right after :meth:`wait_for_stream_room`."""

@@ -40,6 +40,7 @@ from .config import ServerConfig
 from .metrics import ServerMetrics
 from .protocol import Limits, SessionPayload
 from .session import Session
+from .trace import Tracer, tracer_for
 from .web.assets import load_assets
 from .web.front import serve_http
 from .web.routes import WebApp
@@ -50,15 +51,24 @@ class AgentServer:
 
     :param config: settings; ``ServerConfig()`` serves ``ws://127.0.0.1:8765/ws``.
     :param agents: agents by name; the built-in ``lorem`` and ``echo`` when omitted.
+    :param trace: where trace events go (:mod:`trio_agent.trace`), e.g. a
+        :class:`~trio_agent.trace.MemoryTracer`; by default the file named by
+        ``config.trace``, if any, which the server closes when :meth:`run` returns.
 
     Use ``server = await nursery.start(AgentServer(config).run)`` to get the server
     back once it listens (its :attr:`port` is then the real one, even for port 0).
     """
 
     def __init__(
-        self, config: ServerConfig | None = None, agents: Mapping[str, Agent] | None = None
+        self,
+        config: ServerConfig | None = None,
+        agents: Mapping[str, Agent] | None = None,
+        *,
+        trace: Tracer | None = None,
     ) -> None:
         self.config = config or ServerConfig()
+        self.tracer = trace if trace is not None else tracer_for(self.config.trace)
+        self._owns_tracer = trace is None
         self.agents: dict[str, Agent] = dict(builtin_agents() if agents is None else agents)
         self.port: int | None = None
         self.sessions: dict[str, Session] = {}
@@ -148,6 +158,8 @@ class AgentServer:
                     left=len(self.sessions),
                 )
             nursery.cancel_scope.cancel(reason="server stopped")
+        if self._owns_tracer:
+            self.tracer.close()
         logger.info("server stopped")
 
     def shutdown(self, reason: str = "server shutting down") -> None:
@@ -190,6 +202,7 @@ class AgentServer:
             agents=self.agents,
             session_payload=self._session_payload,
             metrics=self.metrics,
+            trace=self.tracer,
         )
         self.sessions[session.session_id] = session
         self.sessions_total += 1

@@ -75,6 +75,7 @@ from .protocol import (
     parse_client_message,
 )
 from .registry import AdmissionRefused, RequestPhase, RequestRecord, RequestRegistry
+from .trace import NO_TRACE, Tracer
 
 if TYPE_CHECKING:
     from .config import ServerConfig
@@ -106,6 +107,7 @@ class Session:
     :param agents: agents by name.
     :param session_payload: the body of the SESSION frame (built once per server).
     :param metrics: where the session counts what it does (nowhere by default).
+    :param trace: where the session's events go (:mod:`trio_agent.trace`); off by default.
     """
 
     def __init__(
@@ -117,6 +119,7 @@ class Session:
         agents: Mapping[str, Agent],
         session_payload: SessionPayload,
         metrics: SessionMetrics = NO_METRICS,
+        trace: Tracer = NO_TRACE,
     ) -> None:
         self.ws = ws
         self.metrics = metrics
@@ -144,6 +147,7 @@ class Session:
         self._deferred_dones: set[RequestRecord] = set()
         #: ``AgentRequest.session_state``: what agents keep for this session.
         self.agent_state: dict[object, Any] = {}
+        self.trace = trace.session(session_id)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -153,6 +157,7 @@ class Session:
         finished; never raises for anything the client does."""
         with logger.contextualize(session_id=self.session_id):
             logger.info("session opened", remote=str(self.ws.remote))
+            self.trace.session_opened()
             self._push_control(self._session_frame())
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -162,6 +167,7 @@ class Session:
                 await self._close(nursery)
             end = self._end or SessionEnd("reader stopped")
             logger.info("session closed", reason=end.reason, code=end.code)
+            self.trace.session_closed(end.reason)
 
     def begin_shutdown(self, reason: str = "server shutting down") -> None:
         """End every running request with ``DONE{status: shutdown}``, then close with 1001.
@@ -172,8 +178,9 @@ class Session:
         with logger.contextualize(session_id=self.session_id):
             ending = self.registry.end_all(DoneStatus.SHUTDOWN, reason=reason)
             for record in ending:
-                self.lanes.discard(record)
                 record.scope.cancel(reason=f"shutdown: {reason}")
+                discarded = self.lanes.discard(record)
+                self.trace.scope_cancelled(record, discarded)
             # The DONEs still deferred go now too: the session is about to flush.
             ending += self._deferred_dones
             self._deferred_dones.clear()
@@ -203,9 +210,12 @@ class Session:
             with trio.move_on_after(CLOSE_HANDSHAKE_TIMEOUT_S, shield=True):
                 await self.ws.aclose(code=end.code, reason=end.reason[:120])
         nursery.cancel_scope.cancel(reason=f"session closing: {end.reason}")
+        self.trace.nursery_cancelled(end.reason)
         if self._request_tasks:
+            self.trace.cleanup_started("wait for request tasks", self.config.cleanup_grace_s)
             with trio.move_on_after(self.config.cleanup_grace_s, shield=True) as grace:
                 await self._request_tasks_gone.wait()
+            self.trace.cleanup_ended("wait for request tasks", grace.cancelled_caught)
             if grace.cancelled_caught:
                 logger.warning(
                     "an agent ignores cancellation; the session cannot finish until it returns",
@@ -262,6 +272,7 @@ class Session:
             logger.debug("protocol error", code=str(exc.code), detail=exc.message)
             self._send_error(exc.code, exc.message, ref=exc.ref, request_id=exc.request_id)
             return
+        self.trace.frame_read(message)
         if message.session_id is not None and message.session_id != self.session_id:
             self._send_error(
                 ErrorCode.INVALID_MESSAGE,
@@ -342,8 +353,12 @@ class Session:
         decision = self.registry.interrupt(message.request_id, reason=reason, msg_id=message.msg_id)
         discarded = 0
         for record in decision.cut:
-            discarded += self.lanes.discard(record)
+            # Cancel first: an agent parked waiting for stream room then wakes with
+            # Cancelled, rather than being woken for the room discard() makes.
             record.scope.cancel(reason=f"INTERRUPT {message.msg_id} ({reason})")
+            dropped = self.lanes.discard(record)
+            discarded += dropped
+            self.trace.scope_cancelled(record, dropped)
         self.metrics.interrupt_processed(cut=len(decision.cut), discarded=discarded)
         ack = InterruptAckMessage(
             msg_id=self._next_msg_id(),
@@ -387,6 +402,7 @@ class Session:
             timeout_reason: str | None = None
             try:
                 with record.scope:
+                    self.trace.scope_opened(record, timeout_s)
                     try:
                         # A scope cancelled before it was entered (an INTERRUPT that
                         # arrived before this task first ran) raises here, so the
@@ -403,6 +419,7 @@ class Session:
                             cancel_reason=cancelled.reason,
                             source_task=cancelled.source_task,
                         )
+                        self.trace.cancel_delivered(record, cancelled)
                         raise
             except AgentTimeout as exc:
                 timeout_reason = exc.reason
@@ -416,6 +433,7 @@ class Session:
                 )
             finally:
                 self._settle(record, error, timeout_s, timeout_reason)
+                self.trace.scope_closed(record, error)
                 self._request_tasks -= 1
                 if not self._request_tasks:
                     self._request_tasks_gone.set()
@@ -450,6 +468,7 @@ class Session:
         if self.registry.end(record, status, reason=reason, error=error):
             # Behind the request's own STREAM frames, never ahead of them.
             self.lanes.push_stream_terminal(Outbound(FrameKind.DONE, record=record))
+            self.trace.done_queued(record)
         elif record in self._deferred_dones:
             self._deferred_dones.remove(record)
             self._push_control(Outbound(FrameKind.DONE, record=record))
@@ -470,6 +489,7 @@ class Session:
                 await self.ws.send_message(text)
                 lanes.frame_written()
                 self.metrics.frame_written(frame.kind, text)
+                self.trace.frame_written(frame)
                 if frame.kind is FrameKind.STREAM:
                     assert record is not None
                     record.frames_written += 1
@@ -555,6 +575,7 @@ class Session:
             frame = Outbound(FrameKind.CONTROL, encode(frame))
         try:
             self.lanes.push_priority(frame)
+            self.trace.priority_queued(frame)
         except LaneOverflow as exc:
             logger.warning("closing a session that does not read", detail=str(exc))
             self._end_session(
@@ -607,6 +628,7 @@ class _RequestStream:
             # Cut while waiting for room: the discard that made the room woke us
             # before the cancellation could. Deliver the cancellation, not an error.
             await trio.lowlevel.checkpoint_if_cancelled()
+            self._session.trace.late_send(record)
             raise trio.ClosedResourceError(
                 f"request {record.request_id} has ended ({record.status}); nothing more is sent for it"
             )
@@ -622,6 +644,7 @@ class _RequestStream:
             )
         )
         self._lanes.push_stream(Outbound(FrameKind.STREAM, text, record))
+        self._session.trace.stream_queued(record, seq)
         if record.deltas is not None:
             record.deltas.append(delta)
 

@@ -1,0 +1,88 @@
+"""The pytest fixtures of the trio-agent plugin (they need pytest-trio).
+
+* ``agent_server``: an :class:`~trio_agent.AgentServer` running in the test's
+  nursery, listening on a free loopback port, with the agents of
+  ``agent_server_agents`` and the settings of ``agent_server_config``. It traces
+  into memory: ``agent_server.tracer.events`` is the list of trace events.
+* ``agent_client``: the project's client (:func:`~trio_agent.client.open_agent_client`)
+  connected to ``agent_server``, in strict mode (a broken guarantee fails the
+  test with :class:`~trio_agent.client.ProtocolViolation`) and without heartbeats
+  (so a test's clock only moves when the test makes it). By default it connects
+  over in-memory streams, which keeps ``trio.testing.MockClock`` deterministic;
+  ``agent_transport`` set to ``"socket"`` uses the loopback port instead.
+
+Override a fixture to change it, in a module or a conftest.py::
+
+    @pytest.fixture
+    def agent_server_agents():
+        return {"mine": MyAgent()}
+
+or for one test, by parametrizing it::
+
+    @pytest.mark.parametrize("agent_server_agents", [{"mine": MyAgent()}])
+    async def test_mine(agent_client): ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from typing import Literal
+
+import pytest
+import trio
+import trio.testing
+
+from ..agents import Agent, builtin_agents
+from ..client import AgentClient, open_agent_client
+from ..config import ServerConfig
+from ..server import AgentServer
+from ..trace import MemoryTracer
+
+
+@pytest.fixture
+def agent_server_agents() -> Mapping[str, Agent]:
+    """The agents ``agent_server`` serves: the built-in ``lorem`` and ``echo`` unless overridden."""
+    return builtin_agents()
+
+
+@pytest.fixture
+def agent_server_config() -> ServerConfig:
+    """The settings of ``agent_server``: the defaults on a free port unless overridden."""
+    return ServerConfig(port=0)
+
+
+@pytest.fixture
+def agent_transport() -> Literal["memory", "socket"]:
+    """How ``agent_client`` reaches ``agent_server``: ``"memory"`` unless overridden."""
+    return "memory"
+
+
+@pytest.fixture
+async def agent_server(
+    nursery: trio.Nursery,
+    agent_server_agents: Mapping[str, Agent],
+    agent_server_config: ServerConfig,
+) -> AgentServer:
+    """A traced server in the test's nursery, listening on a loopback port; stops with the test."""
+    server = AgentServer(agent_server_config, agent_server_agents, trace=MemoryTracer())
+    await nursery.start(server.run)
+    return server
+
+
+@pytest.fixture
+async def agent_client(
+    nursery: trio.Nursery,
+    agent_server: AgentServer,
+    agent_transport: Literal["memory", "socket"],
+) -> AsyncIterator[AgentClient]:
+    """The project's client, strict and without heartbeats, connected to ``agent_server``."""
+    stream: trio.abc.Stream | None = None
+    if agent_transport == "memory":
+        stream, server_stream = trio.testing.memory_stream_pair()
+        nursery.start_soon(agent_server.serve_stream, server_stream)
+    elif agent_transport != "socket":
+        raise ValueError(f"agent_transport must be 'memory' or 'socket', not {agent_transport!r}")
+    async with open_agent_client(
+        agent_server.url, strict=True, heartbeat_s=None, stream=stream
+    ) as client:
+        yield client
