@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
+import trio
 from loguru import logger
-from testing_agents import endless
 from wire import connect
 
+from trio_agent import AgentRequest, ResponseStream
 from trio_agent import agents as builtin
 
 
@@ -18,8 +19,15 @@ def log_records():
     logger.remove(sink)
 
 
+async def one_word_then_wait(request: AgentRequest, stream: ResponseStream) -> None:
+    """Sends a word, then waits with no deadline of its own: the only way out is a
+    cancellation of its request scope, so ``Cancelled.source`` is unambiguous."""
+    await stream.send("word")
+    await trio.sleep_forever()
+
+
 async def test_lifecycle_lines_carry_session_and_request_ids(start_server, log_records):
-    server = await start_server({"lorem": builtin.lorem, "endless": endless()})
+    server = await start_server({"lorem": builtin.lorem, "endless": one_word_then_wait})
     async with connect(server) as c:
         await c.request("r1", agent="endless")
         await c.recv_until(lambda f: f["msg_type"] == "STREAM")
