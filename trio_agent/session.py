@@ -82,6 +82,7 @@ from .protocol import (
     now_ms,
     parse_client_message,
 )
+from .ratelimit import FrameRateLimit, Verdict
 from .registry import AdmissionRefused, RequestPhase, RequestRecord, RequestRegistry
 from .trace import NO_TRACE, Tracer
 
@@ -145,6 +146,16 @@ class Session:
             fifo=config.lanes == "fifo",
         )
         self._msg_ids = itertools.count()
+        self._frame_rate = (
+            FrameRateLimit(
+                rate_per_s=config.rate_limit_per_s,
+                burst=config.rate_limit_burst,
+                close_after=config.rate_limit_close_after,
+                now=trio.current_time(),
+            )
+            if config.rate_limit_per_s > 0
+            else None
+        )
         self._end: SessionEnd | None = None
         self._reader_scope = trio.CancelScope()
         self._nursery: trio.Nursery | None = None
@@ -270,6 +281,8 @@ class Session:
 
     def _handle_frame(self, raw: str | bytes) -> None:
         """Act on one client frame. Synchronous on purpose: see the module docstring."""
+        if self._frame_rate is not None and not self._within_rate(raw):
+            return
         if isinstance(raw, bytes):
             self._send_error(
                 ErrorCode.INVALID_MESSAGE,
@@ -305,6 +318,29 @@ class Session:
                     ts=now_ms(),
                 )
             )
+
+    def _within_rate(self, raw: str | bytes) -> bool:
+        """Apply the frame rate limit (:mod:`trio_agent.ratelimit`); False: skip ``raw``."""
+        assert self._frame_rate is not None
+        verdict = self._frame_rate.check(trio.current_time())
+        if verdict is Verdict.ACCEPT:
+            return True
+        if verdict is Verdict.CLOSE:
+            logger.warning("closing a session that floods", refused=self._frame_rate.refused_total)
+            self._end_session(
+                SessionEnd("client exceeded the frame rate limit", CloseCode.POLICY_VIOLATION)
+            )
+            return False
+        if self._frame_rate.refused_in_flood == 1:
+            logger.info("rate limiting a client", rate_per_s=self.config.rate_limit_per_s)
+        ref, request_id = _references(raw)
+        self._send_error(
+            ErrorCode.RATE_LIMITED,
+            f"more than {self.config.rate_limit_per_s:g} frames/s; this frame was not acted on",
+            ref=ref,
+            request_id=request_id,
+        )
+        return False
 
     def _start_request(self, message: RequestMessage) -> None:
         payload = message.payload
@@ -699,6 +735,17 @@ class _RequestStream:
             )
 
         record.done_callbacks.append(report)
+
+
+def _references(raw: str | bytes) -> tuple[str | None, str | None]:
+    """The ``msg_id`` and ``request_id`` of a client frame, where they can be read."""
+    if isinstance(raw, bytes):
+        return None, None
+    try:
+        message = parse_client_message(raw)
+    except ProtocolError as exc:
+        return exc.ref, exc.request_id
+    return message.msg_id, message.request_id
 
 
 def _text(value: object, limit: int) -> str:
