@@ -11,12 +11,16 @@ agent gets fixed (``await trio.to_thread.run_sync(...)`` for blocking work, or a
 :class:`BlockingTaskMonitor` measures each task step (the time between Trio
 handing a task the thread and getting it back) and logs a WARNING for a step longer
 than the threshold. The line is logged in the task's own context, so it carries
-that task's ``session_id`` and ``request_id``. Once the agent does reach a
+that task's ``session_id`` and ``request_id``, and it gives the step's CPU time
+next to its length: ``cpu_s`` close to ``blocked_s`` is a computation, ``cpu_s``
+near zero a blocking call (or a machine so busy that the process did not run). Once the agent does reach a
 checkpoint, its request ends as any other would: an INTERRUPT or a deadline that
 passed meanwhile is delivered there, and the request gets its DONE.
 """
 
 from __future__ import annotations
+
+import time
 
 import trio
 from loguru import logger
@@ -34,11 +38,13 @@ class BlockingTaskMonitor(trio.abc.Instrument):
         #: When the current step began; None outside a step (and during the step
         #: that installs the instrument, which began before it could be timed).
         self._step_started: float | None = None
+        self._step_cpu_started = 0.0
         #: How many over-long steps were seen.
         self.warnings = 0
 
     def before_task_step(self, task: trio.lowlevel.Task) -> None:
         self._step_started = trio.current_time()
+        self._step_cpu_started = time.thread_time()
 
     def after_task_step(self, task: trio.lowlevel.Task) -> None:
         if self._step_started is None:
@@ -52,6 +58,7 @@ class BlockingTaskMonitor(trio.abc.Instrument):
                 "a task ran without a checkpoint, freezing every session meanwhile",
                 task=task.name,
                 blocked_s=round(took, 3),
+                cpu_s=round(time.thread_time() - self._step_cpu_started, 3),
             )
 
 
