@@ -15,6 +15,7 @@ import pytest
 import trio
 import trio.testing
 from handshakes import RawClient, raw_handshake, request_bytes
+from loguru import logger
 from testing_agents import endless
 from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
 from wire import WireClient, connect, only
@@ -588,3 +589,35 @@ async def test_a_client_that_vanishes_at_any_point_leaves_no_task(
     assert trio.current_time() - t0 == 0
     assert server.stats()["connections"] == 0
     assert server.stats()["sessions"] == 0
+
+
+# --------------------------------------------------------------------------- stats
+
+
+async def test_stats_are_logged_at_debug_every_interval(start_server):
+    """The DEBUG "server stats" line carries what stats() returns, live tasks included."""
+    busy = trio.Event()
+    lines: list[dict] = []
+
+    def sink(message) -> None:
+        record = message.record
+        if record["message"] == "server stats":
+            lines.append(record)
+            if record["extra"]["requests_running"] == 1:
+                busy.set()
+
+    handler = logger.add(sink, level="DEBUG")
+    try:
+        server = await start_server(agent_set(), stats_interval_s=0.01)
+        async with connect(server, "socket") as c:
+            await c.request("r", agent="endless")
+            with trio.fail_after(5):
+                await busy.wait()
+    finally:
+        logger.remove(handler)
+    idle, latest = lines[0], lines[-1]
+    assert latest["level"].name == "DEBUG"
+    assert latest["extra"]["sessions"] == 1
+    # A session with a running request: its connection, reader, writer and
+    # request tasks are all counted.
+    assert latest["extra"]["tasks"] >= idle["extra"]["tasks"] + 4
