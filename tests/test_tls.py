@@ -118,3 +118,24 @@ def test_a_certificate_that_cannot_be_read_stops_the_server_with_its_name(tmp_pa
     garbage.write_text("not a certificate")
     with pytest.raises(ValueError, match=r"garbage\.pem"):
         AgentServer(ServerConfig(port=0, certfile=str(garbage)))
+
+
+async def test_the_python_client_connects_over_wss_with_its_token(
+    start_server, cert_files, client_context
+):
+    from trio_agent.client import ConnectionFailed, open_agent_client
+
+    certfile, keyfile = cert_files
+    server = await start_server(agent_set(), certfile=certfile, keyfile=keyfile, token=TOKEN)
+    async with open_agent_client(
+        server.url, token=TOKEN, ssl_context=client_context, heartbeat_s=None
+    ) as client:
+        response = await client.request("hi", agent="lorem", options={"words": 3, "words_per_s": 0})
+        assert (await response.done()).status == "completed"
+    for token in ("wrong-token", None):
+        with pytest.raises(ConnectionFailed) as failed:
+            async with open_agent_client(
+                server.url, token=token, ssl_context=client_context, heartbeat_s=None
+            ):
+                pass  # pragma: no cover
+        assert failed.value.status_code == 401
