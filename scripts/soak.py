@@ -811,6 +811,10 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
             "fds": end_fds,
             "rss_mb": round(end_rss / 2**20, 1),
         },
+        rss_mb_over_time={
+            f"{sample.t:.0f}s": round(sample.rss / 2**20, 1)
+            for sample in samples[:: max(1, len(samples) // 6)]
+        },
         back_to_idle=idle,
         leaked_tasks=(end_stats.get("tasks") or 0) - baseline_tasks,
         leaked_fds=end_fds - baseline_fds,
@@ -876,6 +880,7 @@ def report(result: dict[str, Any]) -> str:
             "open fds: idle / peak / end",
             f"{result['baseline']['fds']} / {result['peak']['fds']} / {result['end']['fds']}",
         ),
+        ("RSS MB over the run", result["rss_mb_over_time"]),
         (
             "RSS MB: idle / peak / end",
             f"{result['baseline']['rss_mb']} / {result['peak']['rss_mb']} / {result['end']['rss_mb']}",
