@@ -100,6 +100,22 @@ async def test_401_through_a_real_client(start_server):
     assert rejected.value.status_code == 401
 
 
+async def test_refused_handshakes_are_counted_by_status(start_server):
+    server = await start_server(agent_set(), token=TOKEN, max_sessions=1)
+
+    def refused(code: str) -> float | None:
+        return server.metrics.registry.get_sample_value(
+            "trio_agent_handshakes_refused_total", {"code": code}
+        )
+
+    await raw_handshake(server.port)
+    await raw_handshake(server.port, headers=[("Origin", "http://evil.example")])
+    await raw_handshake(server.port, headers=[("Origin", "http://evil.example")])
+    async with connect(server, "socket", target=f"/ws?token={TOKEN}"):
+        await raw_handshake(server.port, f"/ws?token={TOKEN}")
+    assert (refused("401"), refused("403"), refused("503")) == (1, 2, 1)
+
+
 # --------------------------------------------------------------------------- origin (403)
 
 

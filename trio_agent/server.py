@@ -222,6 +222,7 @@ class AgentServer:
             facts, self._admission, draining=self.shutting_down, sessions=self._admitted
         )
         if isinstance(decision, Refuse):
+            self.metrics.handshake_refused(decision.status)
             logger.info(
                 "handshake refused",
                 status=decision.status,
