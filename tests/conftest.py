@@ -3,12 +3,13 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import replace
 from typing import Any
 
 import pytest
 import trio
+from loguru import logger
 
 from trio_agent import Agent, AgentServer, ServerConfig
 
@@ -67,3 +68,12 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.write_sep(
             "!", f"{len(skipped)} BROWSER TESTS SKIPPED: {why}", red=True, bold=True
         )
+
+
+@pytest.fixture
+def log_records() -> Iterator[list[dict[str, Any]]]:
+    """Every log record (TRACE and up) while the test runs."""
+    records: list[dict[str, Any]] = []
+    sink = logger.add(lambda message: records.append(message.record), level="TRACE")
+    yield records
+    logger.remove(sink)

@@ -2,21 +2,11 @@
 
 from __future__ import annotations
 
-import pytest
 import trio
-from loguru import logger
 from wire import connect
 
 from trio_agent import AgentRequest, ResponseStream
 from trio_agent import agents as builtin
-
-
-@pytest.fixture
-def log_records():
-    records: list[dict] = []
-    sink = logger.add(lambda message: records.append(message.record), level="DEBUG")
-    yield records
-    logger.remove(sink)
 
 
 async def one_word_then_wait(request: AgentRequest, stream: ResponseStream) -> None:

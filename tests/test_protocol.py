@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trio_agent.protocol import (
@@ -206,3 +206,90 @@ def test_a_session_frame_without_default_agent_or_idle_timeout_parses():
     assert "default_agent" not in text
     assert "idle_timeout_s" not in text
     assert parse_server_message(text).payload == payload
+
+
+# --------------------------------------------------------------------------- more properties
+
+request_ids = st.from_regex(r"[A-Za-z0-9._:-]{1,64}", fullmatch=True)
+msg_ids = st.text(min_size=1, max_size=128)
+
+
+@given(
+    st.one_of(
+        st.fixed_dictionaries(
+            {
+                "msg_type": st.just("REQUEST"),
+                "request_id": request_ids,
+                "payload": st.fixed_dictionaries(
+                    {"input": st.text()},
+                    optional={
+                        "agent": st.text(max_size=20),
+                        "options": st.dictionaries(st.text(max_size=5), json_values, max_size=3),
+                        "timeout_s": st.floats(min_value=0.001, max_value=1e6),
+                    },
+                ),
+            },
+            optional={"msg_id": msg_ids},
+        ),
+        st.fixed_dictionaries(
+            {"msg_type": st.just("INTERRUPT"), "msg_id": msg_ids},
+            optional={
+                "request_id": request_ids | st.none(),
+                "payload": st.fixed_dictionaries({}, optional={"reason": st.text()}),
+            },
+        ),
+        st.fixed_dictionaries({"msg_type": st.just("HEARTBEAT"), "msg_id": msg_ids}),
+    ),
+    st.booleans(),
+)
+def test_every_valid_message_parses_to_what_was_sent(frame, ascii_only):
+    """Whatever the JSON encoder (ASCII escapes or raw UTF-8), a valid frame parses
+    to a message holding exactly the fields sent."""
+    message = parse_client_message(json.dumps(frame, ensure_ascii=ascii_only))
+    assert message.msg_type == frame["msg_type"]
+    assert message.msg_id == frame.get("msg_id")
+    assert message.request_id == frame.get("request_id")
+    if isinstance(message, RequestMessage):
+        assert message.payload.input == frame["payload"]["input"]
+
+
+@given(st.one_of(st.text(), st.binary()))
+def test_whatever_parses_can_be_sent_back(raw):
+    """Every string a parsed message holds is real Unicode, so echoing any of it
+    (an ACK's ref, a reason, a DONE's ref) can never fail to encode."""
+    try:
+        message = parse_client_message(raw)
+    except ProtocolError:
+        return
+    message.model_dump_json().encode("utf-8")
+
+
+@pytest.mark.parametrize(
+    "escape", ["\\ud800", "\\udfff", "\\uDBFF", "x\\ud83d", "\\ude00y", "\\ud83d\\ud83d"]
+)
+@pytest.mark.parametrize("where", ["msg_id", "reason", "key"])
+def test_a_lone_surrogate_escape_anywhere_is_invalid_json(escape, where):
+    frames = {
+        "msg_id": '{"msg_type": "INTERRUPT", "msg_id": "%s"}',
+        "reason": '{"msg_type": "INTERRUPT", "msg_id": "i", "payload": {"reason": "%s"}}',
+        "key": '{"msg_type": "HEARTBEAT", "msg_id": "h", "payload": {"%s": 1}}',
+    }
+    assert code_of(frames[where] % escape).code is ErrorCode.INVALID_JSON
+
+
+def test_a_surrogate_pair_escape_is_fine():
+    msg = parse_client_message('{"msg_type": "HEARTBEAT", "msg_id": "\\ud83d\\ude00"}')
+    assert msg.msg_id == "\U0001f600"
+
+
+@given(st.integers(1, 100_000), st.sampled_from(["[", '{"a":']))
+def test_deep_nesting_is_a_coded_error_not_a_crash(depth, opener):
+    assert code_of(opener * depth).code in (ErrorCode.INVALID_JSON, ErrorCode.INVALID_MESSAGE)
+
+
+@settings(max_examples=50)
+@given(json_values, msg_ids, request_ids)
+def test_a_refused_frame_names_its_msg_id_and_request_id(payload, msg_id, request_id):
+    frame = {"msg_type": "NOPE", "msg_id": msg_id, "request_id": request_id, "payload": payload}
+    err = code_of(json.dumps(frame))
+    assert (err.ref, err.request_id) == (msg_id, request_id)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -139,7 +139,13 @@ def only(frames: list[Frame], msg_type: str, request_id: str | None = None) -> l
 
 @asynccontextmanager
 async def connect(
-    server: AgentServer, transport: str = "memory", *, lockstep: bool = False
+    server: AgentServer,
+    transport: str = "memory",
+    *,
+    lockstep: bool = False,
+    subprotocols: Sequence[str] = (),
+    headers: Sequence[tuple[bytes, bytes]] = (),
+    target: str | None = None,
 ) -> AsyncIterator[WireClient]:
     """Connect a :class:`WireClient` to ``server``.
 
@@ -147,6 +153,7 @@ async def connect(
     MockClock; ``lockstep=True`` removes all buffering, so the server's writer blocks
     until the client reads) or ``"socket"`` (a real loopback TCP connection). The
     client owns the raw stream (``client.stream``) so a test can drop it abruptly.
+    ``subprotocols``, ``headers`` and ``target`` (path and query) shape the handshake.
     """
     async with trio.open_nursery() as nursery:
         stream: trio.abc.Stream
@@ -159,7 +166,14 @@ async def connect(
         else:
             assert server.port is not None
             stream = await trio.open_tcp_stream(server.config.host, server.port)
-        ws = await wrap_client_stream(nursery, stream, "test", server.config.path)
+        ws = await wrap_client_stream(
+            nursery,
+            stream,
+            "test",
+            target or server.config.path,
+            subprotocols=subprotocols,
+            extra_headers=list(headers),
+        )
         client = WireClient(ws)
         client.stream = stream
         try:

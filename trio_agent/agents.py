@@ -20,7 +20,15 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, MutableMapping
+from collections.abc import (
+    AsyncIterator,
+    Callable,
+    Collection,
+    Iterable,
+    Iterator,
+    Mapping,
+    MutableMapping,
+)
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -139,7 +147,9 @@ def json_fields(
         if name in reserved:
             raise ValueError(f"{name!r} is a protocol field of {where}; an agent cannot set it")
         try:
-            json.dumps(value, allow_nan=False)
+            # Encoded too: a lone surrogate passes json.dumps as an escape but can
+            # never be sent (UnicodeEncodeError is a ValueError).
+            json.dumps(value, allow_nan=False, ensure_ascii=False).encode("utf-8")
         except (TypeError, ValueError) as exc:
             raise type(exc)(f"{where} field {name!r} is not JSON: {exc}") from None
     return dict(fields)
@@ -296,10 +306,16 @@ _LOREM = [
 
 def lorem_words(count: int) -> list[str]:
     """The first ``count`` deltas ``lorem`` sends: deterministic, word by word."""
-    return [(" " if i else "") + _LOREM[i % len(_LOREM)] for i in range(count)]
+    return list(_lorem_stream(count))
 
 
-async def _paced(words: list[str], words_per_s: float, stream: ResponseStream) -> None:
+def _lorem_stream(count: int) -> Iterator[str]:
+    # One word at a time: a REQUEST for a million words must not cost a million
+    # strings of memory before the first one is sent.
+    return ((" " if i else "") + _LOREM[i % len(_LOREM)] for i in range(count))
+
+
+async def _paced(words: Iterable[str], words_per_s: float, stream: ResponseStream) -> None:
     interval = 1.0 / words_per_s if words_per_s > 0 else 0.0
     for i, word in enumerate(words):
         if interval and i:
@@ -311,7 +327,7 @@ async def lorem(request: AgentRequest, stream: ResponseStream) -> None:
     """Deterministic placeholder text (options: words=50, words_per_s=20; 0 = as fast as possible)."""
     words = int(_option_number(request.options, "words", 50, minimum=0, maximum=1_000_000))
     words_per_s = _option_number(request.options, "words_per_s", 20, minimum=0, maximum=1_000_000)
-    await _paced(lorem_words(words), words_per_s, stream)
+    await _paced(_lorem_stream(words), words_per_s, stream)
 
 
 async def echo(request: AgentRequest, stream: ResponseStream) -> None:

@@ -23,12 +23,15 @@ if TYPE_CHECKING:
 
     Settings = TypeVar("Settings", bound=DataclassInstance)
 
+from .admission import TOKEN_CHARACTERS, parse_allowed_origins
+
 LogFormat = Literal["text", "json"]
 LaneMode = Literal["priority", "fifo"]
 
 
-def _setting(default: Any, help: str, **extra: Any) -> Any:
-    return field(default=default, metadata={"help": help, **extra})
+def _setting(default: Any, help: str, *, secret: bool = False, **extra: Any) -> Any:
+    # A secret stays out of repr(), and so out of any log line that shows a config.
+    return field(default=default, repr=not secret, metadata={"help": help, **extra})
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,37 @@ class ServerConfig:
     shutdown_grace_s: float = _setting(
         5.0, "how long shutdown waits for sessions to flush and close"
     )
+    # -- hardening: see docs/security.md
+    max_sessions: int = _setting(1000, "sessions open at once; the next handshake gets HTTP 503")
+    send_timeout_s: float = _setting(
+        10.0, "abort a connection whose writes make no progress for this long (0: never)"
+    )
+    rate_limit_per_s: float = _setting(
+        50.0, "client frames per second per session (token bucket; 0: no limit)"
+    )
+    rate_limit_burst: int = _setting(100, "client frames a session may send at once")
+    rate_limit_close_after: int = _setting(
+        100, "frames refused with RATE_LIMITED in one flood before the session is closed with 1008"
+    )
+    token: str = _setting(
+        "",
+        "shared secret clients must present (Authorization: Bearer, ?token= or subprotocol "
+        "trio-agent.token.<TOKEN>); prefer the environment variable to the flag; empty: none",
+        secret=True,
+    )
+    allow_origin: str = _setting(
+        "",
+        "comma-separated origins a browser may connect from, or '*'; empty: the page's "
+        "origin must match the Host it connects to",
+    )
+    certfile: str = _setting("", "TLS certificate chain (PEM); with --keyfile, serves wss://")
+    keyfile: str = _setting("", "TLS private key (PEM) of --certfile; empty: it is in --certfile")
+    slow_step_warn_s: float = _setting(
+        0.5, "warn when a task runs this long without a checkpoint, freezing all sessions (0: off)"
+    )
+    stats_interval_s: float = _setting(
+        0.0, "log a DEBUG 'server stats' line (sessions, live tasks) every N s (0: never)"
+    )
     default_agent: str = _setting("lorem", "agent used by a REQUEST that names none")
     web: bool = _setting(
         True,
@@ -96,6 +130,8 @@ class ServerConfig:
             "priority_lane_capacity",
             "max_concurrent_requests",
             "request_timeout_cap_s",
+            "max_sessions",
+            "rate_limit_burst",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -105,6 +141,11 @@ class ServerConfig:
             "handshake_timeout_s",
             "cleanup_grace_s",
             "shutdown_grace_s",
+            "send_timeout_s",
+            "rate_limit_per_s",
+            "rate_limit_close_after",
+            "slow_step_warn_s",
+            "stats_interval_s",
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
@@ -114,10 +155,22 @@ class ServerConfig:
             raise ValueError("lanes must be 'priority' or 'fifo'")
         if self.log_format not in ("text", "json"):
             raise ValueError("log_format must be 'text' or 'json'")
+        if not set(self.token) <= TOKEN_CHARACTERS:
+            raise ValueError(
+                "token may only use letters, digits and !#$%&'*+-.^_`|~ "
+                "(it must fit a header, a subprotocol and a query string)"
+            )
+        parse_allowed_origins(self.allow_origin)  # raises ValueError on a bad entry
+        if self.keyfile and not self.certfile:
+            raise ValueError("keyfile needs certfile")
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.certfile)
 
     @property
     def url(self) -> str:
-        return f"ws://{self.host}:{self.port}{self.path}"
+        return f"{'wss' if self.tls else 'ws'}://{self.host}:{self.port}{self.path}"
 
 
 ENV_PREFIX = "TRIO_AGENT_"

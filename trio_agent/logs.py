@@ -39,8 +39,12 @@ def _patch(record: dict) -> None:  # type: ignore[type-arg]
 def configure_logging(level: str = "INFO", fmt: LogFormat = "text") -> None:
     """Send logs to stderr as coloured text or as one JSON object per line."""
     logger.remove()
+    # diagnose=False: tracebacks never show the values of local variables, which
+    # could hold a request's headers or the server's token.
     if fmt == "json":
-        logger.add(sys.stderr, level=level.upper(), serialize=True, enqueue=False)
+        logger.add(sys.stderr, level=level.upper(), serialize=True, enqueue=False, diagnose=False)
     else:
         logger.configure(patcher=_patch)  # type: ignore[arg-type]
-        logger.add(sys.stderr, level=level.upper(), format=_TEXT_FORMAT, colorize=None)
+        logger.add(
+            sys.stderr, level=level.upper(), format=_TEXT_FORMAT, colorize=None, diagnose=False
+        )

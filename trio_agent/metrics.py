@@ -165,6 +165,11 @@ class ServerMetrics:
             "plain HTTP responses (not WebSocket handshakes), by status",
             ("code",),
         )
+        self.handshakes_refused = counter(
+            "handshakes_refused",
+            "WebSocket handshakes refused (no session created), by HTTP status",
+            ("code",),
+        )
 
     # -- SessionMetrics ------------------------------------------------------------------
 
@@ -193,6 +198,9 @@ class ServerMetrics:
 
     def http_response(self, status: int) -> None:
         self.http_responses.labels(code=str(status)).inc()
+
+    def handshake_refused(self, status: int) -> None:
+        self.handshakes_refused.labels(code=str(status)).inc()
 
     def render(self, accept: str = "") -> tuple[bytes, str]:
         """The exposition body and its content type, negotiated from an ``Accept``

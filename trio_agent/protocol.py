@@ -16,6 +16,7 @@ twin, and the two must agree field for field.
 from __future__ import annotations
 
 import json
+import re
 import time
 from enum import IntEnum, StrEnum
 from typing import Annotated, Any, Final, Literal
@@ -53,6 +54,7 @@ class ErrorCode(StrEnum):
     TOO_MANY_REQUESTS = "TOO_MANY_REQUESTS"
     UNKNOWN_AGENT = "UNKNOWN_AGENT"
     INTERNAL_ERROR = "INTERNAL_ERROR"
+    RATE_LIMITED = "RATE_LIMITED"
     # Codes that only appear inside DONE.error, never as an ERROR frame:
     AGENT_ERROR = "AGENT_ERROR"
     UPSTREAM_UNAVAILABLE = "UPSTREAM_UNAVAILABLE"
@@ -317,11 +319,41 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+#: A JSON escape of a UTF-16 surrogate (``\\ud800`` to ``\\udfff``).
+_SURROGATE_ESCAPE: Final = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _holds_lone_surrogate(obj: Any) -> bool:
+    pending = [obj]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, dict):
+            pending += item.keys()
+            pending += item.values()
+        elif isinstance(item, list):
+            pending += item
+    return False
+
+
 def load_json_object(raw: str | bytes) -> Any:
-    """Decode strict JSON (no NaN/Infinity); raise ``ValueError`` on anything else."""
+    """Decode strict JSON (no NaN/Infinity); raise ``ValueError`` on anything else.
+
+    A string escape of a lone surrogate (``"\\ud800"`` without its pair) is refused
+    too: it decodes to a text that is not Unicode, which no reply could carry back.
+    """
     if isinstance(raw, bytes):
         raw = raw.decode("utf-8")  # UnicodeDecodeError is a ValueError
-    return json.loads(raw, parse_constant=_reject_constant)
+    obj = json.loads(raw, parse_constant=_reject_constant)
+    if _SURROGATE_ESCAPE.search(raw) and _holds_lone_surrogate(obj):
+        raise ValueError(
+            "a string holds a lone surrogate escape (\\ud800-\\udfff without its pair)"
+        )
+    return obj
 
 
 def _describe_validation_error(exc: ValidationError) -> str:

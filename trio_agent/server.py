@@ -24,23 +24,33 @@ from __future__ import annotations
 import secrets
 import signal
 from collections.abc import Mapping
-from urllib.parse import urlsplit
 
 import trio
 from loguru import logger
 from trio_websocket import (
+    ConnectionClosed,
     WebSocketConnection,
     WebSocketRequest,
     wrap_server_stream,
 )
 
 from . import __version__
+from .admission import AdmissionPolicy, HandshakeFacts, Refuse, admit
 from .agents import Agent, agent_entry, builtin_agents, open_agents
+from .blocking import report_blocking_tasks
 from .config import ServerConfig
 from .metrics import ServerMetrics
 from .protocol import Limits, SessionPayload
+from .redaction import redact_subprotocols, redact_target
 from .session import Session
 from .trace import Tracer, tracer_for
+from .transport import (
+    Listener,
+    guard,
+    listening_port,
+    open_listeners,
+    server_ssl_context,
+)
 from .web.assets import load_assets
 from .web.front import serve_http
 from .web.routes import WebApp
@@ -79,6 +89,15 @@ class AgentServer:
         self._no_connections = trio.Event()
         self._no_connections.set()
         self._nursery: trio.Nursery | None = None
+        self._admission = AdmissionPolicy.from_config(self.config)
+        # Loaded now, so that a bad certificate stops the server before it starts.
+        self._ssl_context = (
+            server_ssl_context(self.config.certfile, self.config.keyfile)
+            if self.config.tls
+            else None
+        )
+        #: Sessions admitted at the handshake and not yet over: what max_sessions bounds.
+        self._admitted = 0
         self._session_payload = SessionPayload(
             server=f"trio-agent/{__version__}",
             agents={name: agent_entry(agent) for name, agent in self.agents.items()},
@@ -105,15 +124,18 @@ class AgentServer:
 
     @property
     def url(self) -> str:
-        """The ``ws://`` URL clients connect to (the real port once listening)."""
+        """The ``ws://`` (or ``wss://``) URL clients connect to (the real port once listening)."""
         port = self.port if self.port is not None else self.config.port
-        return f"ws://{self.config.host}:{port}{self.config.path}"
+        scheme = "wss" if self.config.tls else "ws"
+        return f"{scheme}://{self.config.host}:{port}{self.config.path}"
 
     @property
     def http_url(self) -> str:
-        """The ``http://`` URL of the same listener: the demo page, /healthz, /metrics."""
+        """The ``http://`` (or ``https://``) URL of the same listener: the demo page,
+        /healthz, /metrics."""
         port = self.port if self.port is not None else self.config.port
-        return f"http://{self.config.host}:{port}/"
+        scheme = "https" if self.config.tls else "http"
+        return f"{scheme}://{self.config.host}:{port}/"
 
     @property
     def shutting_down(self) -> bool:
@@ -141,8 +163,12 @@ class AgentServer:
             self._nursery = nursery
             listener_scope = trio.CancelScope()
             listeners = await nursery.start(self._listen, listener_scope)
-            self.port = listeners[0].socket.getsockname()[1]
+            self.port = listening_port(listeners[0])
             logger.info("listening", url=self.url, http=self.http_url, agents=sorted(self.agents))
+            if self.config.slow_step_warn_s > 0:
+                nursery.start_soon(report_blocking_tasks, self.config.slow_step_warn_s)
+            if self.config.stats_interval_s > 0:
+                nursery.start_soon(self._log_stats, name="server stats")
             task_status.started(self)
             await self._shutdown_requested.wait()
 
@@ -172,26 +198,55 @@ class AgentServer:
         self,
         scope: trio.CancelScope,
         *,
-        task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+        task_status: trio.TaskStatus[list[Listener]] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Accept TCP connections; each one is served by :meth:`serve_stream` in the
-        server nursery (not under this scope: stopping the listener keeps them)."""
+        """Accept TCP (or TLS) connections; each one is served by :meth:`serve_stream`
+        in the server nursery (not under this scope: stopping the listener keeps them)."""
         assert self._nursery is not None
         with scope:
-            listeners = await trio.open_tcp_listeners(self.config.port, host=self.config.host)
+            listeners = await open_listeners(self.config, self._ssl_context)
             await trio.serve_listeners(
                 self.serve_stream, listeners, handler_nursery=self._nursery, task_status=task_status
             )
 
     async def _handle_handshake(self, request: WebSocketRequest) -> None:
-        if urlsplit(request.path).path != self.config.path:
-            await request.reject(404, body=b"no WebSocket endpoint here\n")
+        """Admit or refuse a handshake (the policy is :func:`trio_agent.admission.admit`),
+        then serve the session. A refused client gets an HTTP status and no session."""
+        facts = HandshakeFacts(
+            target=request.path,
+            host=_host_of(request),
+            headers=request.headers,
+            subprotocols=request.proposed_subprotocols,
+        )
+        decision = admit(
+            facts, self._admission, draining=self.shutting_down, sessions=self._admitted
+        )
+        if isinstance(decision, Refuse):
+            self.metrics.handshake_refused(decision.status)
+            logger.info(
+                "handshake refused",
+                status=decision.status,
+                why=decision.reason,
+                target=redact_target(facts.target),
+                origin=", ".join(facts.header("origin")),
+                remote=str(request.remote),
+            )
+            await request.reject(
+                decision.status, extra_headers=list(decision.headers), body=decision.body
+            )
             return
-        if self.shutting_down:
-            await request.reject(503, body=b"server is shutting down\n")
-            return
-        ws = await request.accept()
-        await self.serve_connection(ws)
+        logger.debug(
+            "handshake accepted",
+            target=redact_target(facts.target),
+            subprotocols=redact_subprotocols(facts.subprotocols),
+            remote=str(request.remote),
+        )
+        self._admitted += 1
+        try:
+            ws = await request.accept(subprotocol=decision.subprotocol)
+            await self.serve_connection(ws)
+        finally:
+            self._admitted -= 1
 
     async def serve_connection(self, ws: WebSocketConnection) -> None:
         """Run one session on an accepted WebSocket; never raises for a session's failure."""
@@ -221,9 +276,12 @@ class AgentServer:
         a WebSocket upgrade to the agent's path runs the handshake, then the session.
         Closes the stream. When it returns, nothing of the connection is left running."""
         self._connection_opened()
+        # The guard bounds how long a write may wait for a client that does not
+        # read, and aborts the connection when a frame could not be finished.
+        guarded = guard(stream, send_timeout_s=self.config.send_timeout_s)
         try:
             upgraded = await serve_http(
-                stream,
+                guarded,
                 self.web,
                 head_timeout_s=self.config.handshake_timeout_s,
                 draining=self._shutdown_requested,
@@ -231,7 +289,12 @@ class AgentServer:
             if upgraded is None:
                 return
             async with trio.open_nursery() as nursery:
-                with trio.move_on_after(self.config.handshake_timeout_s):
+                request = None
+                # Bounded, and a client that leaves mid-handshake ends the wait at once.
+                with (
+                    trio.move_on_after(self.config.handshake_timeout_s),
+                    guarded.cancel_if_peer_leaves(),
+                ):
                     request = await wrap_server_stream(
                         nursery, upgraded, max_message_size=self.config.max_message_bytes
                     )
@@ -240,11 +303,15 @@ class AgentServer:
                 # trio-websocket's reader task for this connection lives in this
                 # nursery; the session is over, so stop it.
                 nursery.cancel_scope.cancel(reason="connection over")
-        except Exception as exc:
-            logger.opt(exception=exc).warning("connection failed")
+        except* ConnectionClosed:
+            # trio-websocket's reader lets this escape when the peer is gone before
+            # a malformed handshake could be answered: an ordinary disconnect.
+            logger.debug("connection closed during the handshake")
+        except* Exception as group:
+            logger.opt(exception=group).warning("connection failed")
         finally:
             self._connection_closed()
-            await trio.aclose_forcefully(stream)
+            await trio.aclose_forcefully(guarded)
 
     def _connection_opened(self) -> None:
         if not self._connections:
@@ -261,8 +328,19 @@ class AgentServer:
         if none is). Handy in tests: ``await server.wait_idle()`` after a client left."""
         await self._no_connections.wait()
 
+    async def _log_stats(self) -> None:
+        """Log :meth:`stats` at DEBUG every ``stats_interval_s`` (the soak reads it)."""
+        while True:
+            logger.debug("server stats", **self.stats())
+            await trio.sleep(self.config.stats_interval_s)
+
     def stats(self) -> dict[str, int]:
-        """Counts for monitoring and tests: sessions, requests, live tasks."""
+        """Counts for monitoring and tests: sessions, requests, live tasks.
+
+        ``tasks`` counts every task under the server's nursery (listeners and
+        connections with all their descendants): back at its idle value, nothing
+        of any connection is left.
+        """
         return {
             "sessions": len(self.sessions),
             "sessions_total": self.sessions_total,
@@ -270,6 +348,14 @@ class AgentServer:
             "requests_running": sum(s.registry.running_count for s in self.sessions.values()),
             "tasks": _count_tasks(self._nursery) if self._nursery is not None else 0,
         }
+
+
+def _host_of(request: WebSocketRequest) -> str:
+    # wsproto keeps the Host header out of the header list and trio-websocket does
+    # not expose it, so read it from the handshake event the request wraps.
+    event = getattr(request, "_event", None)
+    host = getattr(event, "host", None)
+    return host if isinstance(host, str) else ""
 
 
 def _count_tasks(nursery: trio.Nursery) -> int:

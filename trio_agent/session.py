@@ -38,16 +38,24 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import trio
 from loguru import logger
 from pydantic import BaseModel
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
-from .agents import Agent, AgentError, AgentRequest, AgentTimeout, RequestOutcome, json_fields
+from .agents import (
+    Agent,
+    AgentError,
+    AgentRequest,
+    AgentTimeout,
+    RequestOutcome,
+    ResponseStream,
+    json_fields,
+)
 from .lanes import FrameKind, LaneOverflow, Outbound, OutboundLanes
 from .metrics import NO_METRICS, SessionMetrics
 from .protocol import (
@@ -74,11 +82,15 @@ from .protocol import (
     now_ms,
     parse_client_message,
 )
+from .ratelimit import FrameRateLimit, Verdict
 from .registry import AdmissionRefused, RequestPhase, RequestRecord, RequestRegistry
 from .trace import NO_TRACE, Tracer
 
 if TYPE_CHECKING:
     from .config import ServerConfig
+
+#: An agent as it may really be: returning anything.
+_AnyAgent = Callable[[AgentRequest, ResponseStream], Awaitable[object]]
 
 #: How long closing the WebSocket (sending the close frame, waiting for the peer's)
 #: may take before the session gives up on the handshake and drops the connection.
@@ -134,6 +146,16 @@ class Session:
             fifo=config.lanes == "fifo",
         )
         self._msg_ids = itertools.count()
+        self._frame_rate = (
+            FrameRateLimit(
+                rate_per_s=config.rate_limit_per_s,
+                burst=config.rate_limit_burst,
+                close_after=config.rate_limit_close_after,
+                now=trio.current_time(),
+            )
+            if config.rate_limit_per_s > 0
+            else None
+        )
         self._end: SessionEnd | None = None
         self._reader_scope = trio.CancelScope()
         self._nursery: trio.Nursery | None = None
@@ -259,6 +281,8 @@ class Session:
 
     def _handle_frame(self, raw: str | bytes) -> None:
         """Act on one client frame. Synchronous on purpose: see the module docstring."""
+        if self._frame_rate is not None and not self._within_rate(raw):
+            return
         if isinstance(raw, bytes):
             self._send_error(
                 ErrorCode.INVALID_MESSAGE,
@@ -294,6 +318,29 @@ class Session:
                     ts=now_ms(),
                 )
             )
+
+    def _within_rate(self, raw: str | bytes) -> bool:
+        """Apply the frame rate limit (:mod:`trio_agent.ratelimit`); False: skip ``raw``."""
+        assert self._frame_rate is not None
+        verdict = self._frame_rate.check(trio.current_time())
+        if verdict is Verdict.ACCEPT:
+            return True
+        if verdict is Verdict.CLOSE:
+            logger.warning("closing a session that floods", refused=self._frame_rate.refused_total)
+            self._end_session(
+                SessionEnd("client exceeded the frame rate limit", CloseCode.POLICY_VIOLATION)
+            )
+            return False
+        if self._frame_rate.refused_in_flood == 1:
+            logger.info("rate limiting a client", rate_per_s=self.config.rate_limit_per_s)
+        ref, request_id = _references(raw)
+        self._send_error(
+            ErrorCode.RATE_LIMITED,
+            f"more than {self.config.rate_limit_per_s:g} frames/s; this frame was not acted on",
+            ref=ref,
+            request_id=request_id,
+        )
+        return False
 
     def _start_request(self, message: RequestMessage) -> None:
         payload = message.payload
@@ -408,7 +455,15 @@ class Session:
                         # arrived before this task first ran) raises here, so the
                         # agent never starts.
                         await trio.lowlevel.checkpoint_if_cancelled()
-                        await agent(request, _RequestStream(record, self))
+                        # The protocol says None, but an agent in the wild may return
+                        # its text instead of sending it: look at what comes back.
+                        stream = _RequestStream(record, self)
+                        returned = await cast("_AnyAgent", agent)(request, stream)
+                        if returned is not None:
+                            raise TypeError(
+                                f"the agent returned a {type(returned).__name__}; an agent "
+                                "streams its reply with stream.send() and returns None"
+                            )
                     except trio.Cancelled as cancelled:
                         # Who cut us and why, straight from Trio: "explicit" with the
                         # INTERRUPT's msg id, "deadline" for a timeout, "nursery" when
@@ -422,15 +477,15 @@ class Session:
                         self.trace.cancel_delivered(record, cancelled)
                         raise
             except AgentTimeout as exc:
-                timeout_reason = exc.reason
+                timeout_reason = _text(exc.reason, 500)
             except AgentError as exc:
-                error = ErrorInfo(code=exc.code, message=exc.message, **exc.details)
+                error = ErrorInfo(
+                    code=_text(exc.code, 64), message=_text(exc.message, 500), **exc.details
+                )
             except Exception as exc:
                 # An agent's failure ends its request, never the session.
                 logger.opt(exception=exc).warning("agent raised")
-                error = ErrorInfo(
-                    code=ErrorCode.AGENT_ERROR, message=f"{type(exc).__name__}: {exc}"[:500]
-                )
+                error = ErrorInfo(code=ErrorCode.AGENT_ERROR, message=_describe(exc))
             finally:
                 self._settle(record, error, timeout_s, timeout_reason)
                 self.trace.scope_closed(record, error)
@@ -632,8 +687,10 @@ class _RequestStream:
             raise trio.ClosedResourceError(
                 f"request {record.request_id} has ended ({record.status}); nothing more is sent for it"
             )
+        # Encoded before seq is taken: a delta that cannot be encoded (a lone
+        # surrogate) raises here and leaves no gap in seq, even for an agent that
+        # catches the error and goes on.
         seq = record.frames_queued
-        record.frames_queued += 1
         text = encode(
             StreamMessage(
                 msg_id=self._session._next_msg_id(),
@@ -643,6 +700,7 @@ class _RequestStream:
                 payload=StreamPayload(seq=seq, delta=delta),
             )
         )
+        record.frames_queued += 1
         self._lanes.push_stream(Outbound(FrameKind.STREAM, text, record))
         self._session.trace.stream_queued(record, seq)
         if record.deltas is not None:
@@ -677,3 +735,30 @@ class _RequestStream:
             )
 
         record.done_callbacks.append(report)
+
+
+def _references(raw: str | bytes) -> tuple[str | None, str | None]:
+    """The ``msg_id`` and ``request_id`` of a client frame, where they can be read."""
+    if isinstance(raw, bytes):
+        return None, None
+    try:
+        message = parse_client_message(raw)
+    except ProtocolError as exc:
+        return exc.ref, exc.request_id
+    return message.msg_id, message.request_id
+
+
+def _text(value: object, limit: int) -> str:
+    """``str(value)`` cut to ``limit`` characters, for what an agent hands us: even a
+    value whose ``__str__`` raises, or a text with lone surrogates (which JSON cannot
+    carry), gives a text that can be sent, never an exception."""
+    try:
+        text = str(value)[:limit]
+    except Exception:
+        text = f"({type(value).__name__} that cannot be shown)"[:limit]
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message`` of an agent's exception, at most 500 characters."""
+    return f"{type(exc).__name__}: {_text(exc, 500)}"[:500]
