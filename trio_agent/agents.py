@@ -14,7 +14,7 @@ cleanup it needs (bounded: ``with trio.move_on_after(t, shield=True): ...``).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -164,12 +164,18 @@ _LOREM = [
 ]
 
 
+def lorem_deltas(count: int) -> Iterator[str]:
+    """The deltas ``lorem`` sends, made one at a time: a request for a million words
+    must not stop the event loop to build a million strings before its first send."""
+    return ((" " if i else "") + _LOREM[i % len(_LOREM)] for i in range(count))
+
+
 def lorem_words(count: int) -> list[str]:
     """The first ``count`` deltas ``lorem`` sends: deterministic, word by word."""
-    return [(" " if i else "") + _LOREM[i % len(_LOREM)] for i in range(count)]
+    return list(lorem_deltas(count))
 
 
-async def _paced(words: list[str], words_per_s: float, stream: ResponseStream) -> None:
+async def _paced(words: Iterable[str], words_per_s: float, stream: ResponseStream) -> None:
     interval = 1.0 / words_per_s if words_per_s > 0 else 0.0
     for i, word in enumerate(words):
         if interval and i:
@@ -181,7 +187,7 @@ async def lorem(request: AgentRequest, stream: ResponseStream) -> None:
     """Deterministic placeholder text (options: words=50, words_per_s=20; 0 = as fast as possible)."""
     words = int(_option_number(request.options, "words", 50, minimum=0, maximum=1_000_000))
     words_per_s = _option_number(request.options, "words_per_s", 20, minimum=0, maximum=1_000_000)
-    await _paced(lorem_words(words), words_per_s, stream)
+    await _paced(lorem_deltas(words), words_per_s, stream)
 
 
 async def echo(request: AgentRequest, stream: ResponseStream) -> None:

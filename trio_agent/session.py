@@ -159,8 +159,9 @@ class Session:
         """
         with logger.contextualize(session_id=self.session_id):
             for record in self.registry.end_all(DoneStatus.SHUTDOWN, reason=reason):
-                self.lanes.discard(record)
+                # Cancel before discarding: see _interrupt.
                 record.scope.cancel(reason=f"shutdown: {reason}")
+                self.lanes.discard(record)
                 if not self._push_control(Outbound(FrameKind.DONE, record=record)):
                     break
             self._end_session(SessionEnd(reason, CloseCode.GOING_AWAY, flush=True))
@@ -324,8 +325,11 @@ class Session:
         decision = self.registry.interrupt(message.request_id, reason=reason, msg_id=message.msg_id)
         discarded = 0
         for record in decision.cut:
-            discarded += self.lanes.discard(record)
+            # Cancel first: an agent parked waiting for stream room then wakes with
+            # Cancelled. Discarding first would make room and wake it normally, to
+            # find its request ended (ClosedResourceError, logged as a failure).
             record.scope.cancel(reason=f"INTERRUPT {message.msg_id} ({reason})")
+            discarded += self.lanes.discard(record)
         ack = InterruptAckMessage(
             msg_id=self._next_msg_id(),
             session_id=self.session_id,
@@ -542,6 +546,9 @@ class _RequestStream:
         await self._lanes.wait_for_stream_room()  # backpressure, and an interrupt point
         record = self._record
         if record.phase is not RequestPhase.RUNNING:
+            # Cut while this task was already woken to take room: its scope is
+            # cancelled, so the Cancelled lands here. Only a shielded agent gets past.
+            await trio.lowlevel.checkpoint_if_cancelled()
             raise trio.ClosedResourceError(
                 f"request {record.request_id} has ended ({record.status}); nothing more is sent for it"
             )
