@@ -60,6 +60,12 @@ class ServerConfig:
     shutdown_grace_s: float = _setting(
         5.0, "how long shutdown waits for sessions to flush and close"
     )
+    tcp_notsent_lowat: int = _setting(
+        0,
+        "bytes of unsent data the kernel may hold per TCP connection (Linux TCP_NOTSENT_LOWAT; "
+        "0: the system default). Small values keep frames in the lanes, where an INTERRUPT "
+        "can overtake and drop them, instead of in the kernel, where it cannot",
+    )
     default_agent: str = _setting("lorem", "agent used by a REQUEST that names none")
     lanes: LaneMode = _setting(
         "priority",
@@ -84,6 +90,7 @@ class ServerConfig:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         for name in (
+            "tcp_notsent_lowat",
             "idle_timeout_s",
             "handshake_timeout_s",
             "cleanup_grace_s",

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import secrets
 import signal
+import socket
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
@@ -34,6 +35,9 @@ from .agents import Agent, builtin_agents, describe
 from .config import ServerConfig
 from .protocol import AgentEntry, Limits, SessionPayload
 from .session import Session
+
+#: Linux's TCP_NOTSENT_LOWAT (``socket`` names it only on some builds).
+_TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)
 
 
 class AgentServer:
@@ -179,6 +183,7 @@ class AgentServer:
         the stream. When it returns, nothing of the connection is left running."""
         self._connection_opened()
         try:
+            self._bound_unsent_data(stream)
             async with trio.open_nursery() as nursery:
                 with trio.move_on_after(self.config.handshake_timeout_s):
                     request = await wrap_server_stream(
@@ -194,6 +199,20 @@ class AgentServer:
         finally:
             self._connection_closed()
             await trio.aclose_forcefully(stream)
+
+    def _bound_unsent_data(self, stream: trio.abc.Stream) -> None:
+        """Apply ``tcp_notsent_lowat`` to a TCP stream (a no-op for other streams).
+
+        With it, the socket stops taking data once that much is unsent, so a slow
+        client's backlog waits in the stream lane, where an INTERRUPT drops it,
+        rather than in the kernel, where the INTERRUPT_ACK would queue behind it.
+        """
+        lowat = self.config.tcp_notsent_lowat
+        if lowat and isinstance(stream, trio.SocketStream):
+            try:
+                stream.setsockopt(socket.IPPROTO_TCP, _TCP_NOTSENT_LOWAT, lowat)
+            except OSError as exc:
+                logger.warning("tcp_notsent_lowat is not supported here", error=str(exc))
 
     def _connection_opened(self) -> None:
         if not self._connections:
