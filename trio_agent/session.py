@@ -63,8 +63,7 @@ from .protocol import (
     ServerHeartbeatMessage,
     SessionMessage,
     SessionPayload,
-    StreamMessage,
-    StreamPayload,
+    StreamFrameEncoder,
     encode,
     now_ms,
     parse_client_message,
@@ -529,12 +528,13 @@ class Session:
 class _RequestStream:
     """The :class:`~trio_agent.agents.ResponseStream` a request's agent writes into."""
 
-    __slots__ = ("_lanes", "_record", "_session")
+    __slots__ = ("_encode", "_lanes", "_record", "_session")
 
     def __init__(self, record: RequestRecord, session: Session) -> None:
         self._record = record
         self._session = session
         self._lanes = session.lanes
+        self._encode = StreamFrameEncoder(session.session_id, record.request_id)
 
     @property
     def request_id(self) -> str:
@@ -552,15 +552,9 @@ class _RequestStream:
             raise trio.ClosedResourceError(
                 f"request {record.request_id} has ended ({record.status}); nothing more is sent for it"
             )
-        seq = record.frames_queued
-        record.frames_queued += 1
-        text = encode(
-            StreamMessage(
-                msg_id=self._session._next_msg_id(),
-                session_id=self._session.session_id,
-                request_id=record.request_id,
-                ts=now_ms(),
-                payload=StreamPayload(seq=seq, delta=delta),
-            )
+        # Render before counting: text that cannot be encoded raises here and uses no seq.
+        text = self._encode(
+            msg_id=self._session._next_msg_id(), ts=now_ms(), seq=record.frames_queued, delta=delta
         )
+        record.frames_queued += 1
         self._lanes.push_stream(Outbound(FrameKind.STREAM, text, record))
