@@ -192,6 +192,11 @@ class OutboundLanes:
     # -- introspection ------------------------------------------------------------------
 
     @property
+    def queued(self) -> int:
+        """Frames waiting in both lanes, terminal frames included."""
+        return len(self._priority) + len(self._stream)
+
+    @property
     def priority_depth(self) -> int:
         return len(self._priority)
 

@@ -33,6 +33,7 @@ from trio_websocket import (
 from . import __version__
 from .agents import Agent, builtin_agents, describe
 from .config import ServerConfig
+from .cork import CorkableStream
 from .protocol import AgentEntry, Limits, SessionPayload
 from .session import Session
 
@@ -147,7 +148,9 @@ class AgentServer:
                 self.serve_stream, listeners, handler_nursery=self._nursery, task_status=task_status
             )
 
-    async def _handle_handshake(self, request: WebSocketRequest) -> None:
+    async def _handle_handshake(
+        self, request: WebSocketRequest, cork: CorkableStream | None = None
+    ) -> None:
         if urlsplit(request.path).path != self.config.path:
             await request.reject(404, body=b"no WebSocket endpoint here\n")
             return
@@ -155,16 +158,22 @@ class AgentServer:
             await request.reject(503, body=b"server is shutting down\n")
             return
         ws = await request.accept()
-        await self.serve_connection(ws)
+        await self.serve_connection(ws, cork)
 
-    async def serve_connection(self, ws: WebSocketConnection) -> None:
-        """Run one session on an accepted WebSocket; never raises for a session's failure."""
+    async def serve_connection(
+        self, ws: WebSocketConnection, cork: CorkableStream | None = None
+    ) -> None:
+        """Run one session on an accepted WebSocket; never raises for a session's failure.
+
+        ``cork`` is the stream under ``ws`` when it is a :class:`CorkableStream`.
+        """
         session = Session(
             ws,
             session_id=secrets.token_hex(8),
             config=self.config,
             agents=self.agents,
             session_payload=self._session_payload,
+            cork=cork,
         )
         self.sessions[session.session_id] = session
         self.sessions_total += 1
@@ -185,12 +194,14 @@ class AgentServer:
         try:
             self._bound_unsent_data(stream)
             async with trio.open_nursery() as nursery:
+                # The session's writer batches frames through the cork.
+                cork = CorkableStream(stream)
                 with trio.move_on_after(self.config.handshake_timeout_s):
                     request = await wrap_server_stream(
-                        nursery, stream, max_message_size=self.config.max_message_bytes
+                        nursery, cork, max_message_size=self.config.max_message_bytes
                     )
                 if request is not None:
-                    await self._handle_handshake(request)
+                    await self._handle_handshake(request, cork)
                 # trio-websocket's reader task for this connection lives in this
                 # nursery; the session is over, so stop it.
                 nursery.cancel_scope.cancel(reason="connection over")

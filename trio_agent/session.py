@@ -44,6 +44,7 @@ from pydantic import BaseModel
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from .agents import Agent, AgentError, AgentRequest
+from .cork import CorkableStream
 from .lanes import FrameKind, LaneOverflow, Outbound, OutboundLanes
 from .protocol import (
     CloseCode,
@@ -99,6 +100,8 @@ class Session:
     :param config: the server's settings.
     :param agents: agents by name.
     :param session_payload: the body of the SESSION frame (built once per server).
+    :param cork: the stream under ``ws``, if it is a :class:`CorkableStream`: the
+        writer then sends frames in batches.
     """
 
     def __init__(
@@ -109,8 +112,10 @@ class Session:
         config: ServerConfig,
         agents: Mapping[str, Agent],
         session_payload: SessionPayload,
+        cork: CorkableStream | None = None,
     ) -> None:
         self.ws = ws
+        self._cork = cork
         self.session_id = session_id
         self.config = config
         self._agents = agents
@@ -420,38 +425,70 @@ class Session:
     # ------------------------------------------------------------------ writer
 
     async def _write_loop(self) -> None:
-        """Take frames from the lanes, priority first, and send them. The only sender."""
+        """Take frames from the lanes, priority first, and send them. The only sender.
+
+        With a :class:`~trio_agent.cork.CorkableStream` under the connection, the
+        frames the writer takes one after another leave in one socket write: a
+        *batch*. A batch ends when the lanes are empty, when it holds
+        ``config.write_batch_frames``, and right after any frame that is not a STREAM
+        frame, so an INTERRUPT_ACK is never held back. The lanes are still read one
+        frame at a time, so an ACK queued while a batch is being built is the next
+        frame in it. A STREAM frame counts as written once it is in the batch: the
+        batch reaches the socket whole and in order, or the connection is gone, so
+        a DONE counts exactly the STREAM frames ahead of it on the wire.
+        """
         lanes = self.lanes
+        most = self.config.write_batch_frames
+        cork = self._cork if most > 1 else None
+        batch: list[Outbound] = []
         try:
             while True:
                 frame = await lanes.next_frame()
-                record = frame.record
+                if cork is not None and not batch:
+                    cork.cork()
                 text = frame.text if frame.text is not None else self._render_done(frame)
                 await self.ws.send_message(text)
-                lanes.frame_written()
                 if frame.kind is FrameKind.STREAM:
-                    assert record is not None
-                    record.frames_written += 1
-                elif frame.kind is FrameKind.DONE:
-                    assert record is not None
-                    self.registry.done_written(record)
-                    with logger.contextualize(request_id=record.request_id):
-                        logger.info(
-                            "request ended",
-                            status=str(record.status),
-                            frames=record.frames_written,
-                            reason=record.reason,
-                        )
-                elif frame.read_at is not None:
-                    logger.info(
-                        "interrupt acknowledged",
-                        latency_us=round((trio.current_time() - frame.read_at) * 1e6),
-                    )
-        except ConnectionClosed:
+                    assert frame.record is not None
+                    frame.record.frames_written += 1
+                batch.append(frame)
+                if (
+                    cork is None
+                    or frame.kind is not FrameKind.STREAM
+                    or not lanes.queued
+                    or len(batch) >= most
+                ):
+                    if cork is not None:
+                        await cork.flush()
+                    lanes.frame_written()
+                    self._batch_written(batch)
+                    batch = []
+        except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
+            # (A flush raises the stream's own errors: trio-websocket only sees the cork.)
             self._end_session(SessionEnd("connection closed while writing"))
         except Exception as exc:
             logger.opt(exception=exc).error("writer failed")
             self._end_session(SessionEnd("internal error in the writer", CloseCode.INTERNAL_ERROR))
+
+    def _batch_written(self, batch: list[Outbound]) -> None:
+        """Book-keeping once a batch is on the socket: free the ids of DONE requests."""
+        for frame in batch:
+            record = frame.record
+            if frame.kind is FrameKind.DONE:
+                assert record is not None
+                self.registry.done_written(record)
+                with logger.contextualize(request_id=record.request_id):
+                    logger.info(
+                        "request ended",
+                        status=str(record.status),
+                        frames=record.frames_written,
+                        reason=record.reason,
+                    )
+            elif frame.read_at is not None:
+                logger.info(
+                    "interrupt acknowledged",
+                    latency_us=round((trio.current_time() - frame.read_at) * 1e6),
+                )
 
     def _render_done(self, frame: Outbound) -> str:
         record = frame.record
