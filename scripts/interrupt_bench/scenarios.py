@@ -464,6 +464,7 @@ class Scale(Scenario):
         rng = random.Random(budget.seed)
         rss_idle = server.rss_bytes()
         conversations: list[Conversation] = []
+        starts: list[Awaitable[None]] = []
         for start in range(0, budget.scale_sessions, self.ramp_batch):
             count = min(self.ramp_batch, budget.scale_sessions - start)
             opened = await asyncio.gather(
@@ -475,7 +476,10 @@ class Scale(Scenario):
                     tally.errors.append(f"connect: {result!r}")
                 else:
                     conversations.append(result)
-                    result.request("w", words=ENDLESS, words_per_s=budget.scale_words_per_s)
+                    starts.append(self._start(result, budget, rng))
+        # Requests start at random moments within one word interval, as independent
+        # users would: sessions opened together must not tick in lockstep.
+        await asyncio.gather(*starts)
         await asyncio.sleep(budget.scale_settle_s)  # every session streams before we look
         rss_loaded = server.rss_bytes()
         frames_before = sum(c.stream_frames for c in conversations)
@@ -508,6 +512,10 @@ class Scale(Scenario):
         figures.update(tally.figures())
         figures["samples"] = {"ack_ms": sorted(round(c[0], 4) for c in cuts if c[0] is not None)}
         return figures
+
+    async def _start(self, conversation: Conversation, budget: Budget, rng: random.Random) -> None:
+        await asyncio.sleep(rng.uniform(0, 1 / budget.scale_words_per_s))
+        conversation.request("w", words=ENDLESS, words_per_s=budget.scale_words_per_s)
 
     async def _cut(
         self, conversation: Conversation, delay: float, tally: Tally
