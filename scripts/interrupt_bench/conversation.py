@@ -73,11 +73,21 @@ class Conversation:
     _ids: itertools.count[int] = field(default_factory=itertools.count)
 
     @classmethod
-    async def open(cls, host: str, port: int, path: str, *, check: bool = True) -> Conversation:
+    async def open(
+        cls,
+        host: str,
+        port: int,
+        path: str,
+        *,
+        check: bool = True,
+        receive_buffer: int | None = None,
+    ) -> Conversation:
         """Connect and wait for the SESSION frame."""
         conversation = cls(check=check)
         conversation._started = asyncio.get_running_loop().create_future()
-        conversation.client = await connect(host, port, path, conversation.on_message)
+        conversation.client = await connect(
+            host, port, path, conversation.on_message, receive_buffer=receive_buffer
+        )
         await conversation._started
         return conversation
 

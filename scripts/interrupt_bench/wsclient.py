@@ -20,6 +20,7 @@ import asyncio
 import base64
 import hashlib
 import os
+import socket
 import struct
 import time
 from collections.abc import Callable
@@ -200,11 +201,28 @@ class WebSocketClient(asyncio.Protocol):
             self.transport.close()
 
 
-async def connect(host: str, port: int, path: str, on_message: OnMessage) -> WebSocketClient:
-    """Open a connection and complete the opening handshake."""
+async def connect(
+    host: str, port: int, path: str, on_message: OnMessage, *, receive_buffer: int | None = None
+) -> WebSocketClient:
+    """Open a connection and complete the opening handshake.
+
+    ``receive_buffer`` fixes the socket's receive buffer (``SO_RCVBUF``, set before
+    connecting so the TCP window is negotiated with it) instead of letting the
+    kernel grow it: how much a client that stops reading can hold is then the same
+    whatever server it talks to.
+    """
     loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        if receive_buffer is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        sock.setblocking(False)
+        await loop.sock_connect(sock, (host, port))
+    except BaseException:
+        sock.close()
+        raise
     _, client = await loop.create_connection(
-        lambda: WebSocketClient(host, port, path, on_message), host, port
+        lambda: WebSocketClient(host, port, path, on_message), sock=sock
     )
     await client.opened
     return client
