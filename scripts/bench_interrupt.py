@@ -93,8 +93,11 @@ async def run_scenario(
     results: dict[str, dict[str, Any]] = {}
     for server in servers:
         t0 = time.perf_counter()
-        results[server.spec.key] = await scenario.run(server, budget)
-        results[server.spec.key]["wall_s"] = round(time.perf_counter() - t0, 2)
+        figures = await scenario.run(server, budget)
+        figures["wall_s"] = round(time.perf_counter() - t0, 2)
+        # Other work on the machine shows here: read the figures with it.
+        figures["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+        results[server.spec.key] = figures
     return {"title": scenario.title, "results": results, "ratios": scenario.ratios(results)}
 
 
@@ -140,6 +143,8 @@ async def run_all(args: argparse.Namespace, budget: Budget, log_dir: Path) -> di
                 print(f"   {key}: {json.dumps(value)}")
             sys.stdout.flush()
     finally:
+        for server in started.values():
+            server.terminate()
         for server in started.values():
             server.stop()
     run["wall_s"] = round(time.perf_counter() - t0, 1)

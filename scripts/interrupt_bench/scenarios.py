@@ -47,7 +47,7 @@ class Budget:
     slow_reader_trials: int = 8
     slow_reader_pause_s: float = 0.5
     scale_sessions: int = 1000
-    scale_words_per_s: float = 5.0
+    scale_words_per_s: float = 2.0
     scale_interrupts: int = 200
     scale_window_s: float = 4.0
     #: How long every session streams before memory is measured and interrupts start.
@@ -121,10 +121,12 @@ class Tally:
         }
 
 
-async def bounded(awaitable: Awaitable[Any], what: str, tally: Tally) -> bool:
-    """Await within :data:`TIMEOUT_S`; count a timeout as an error instead of hanging."""
+async def bounded(
+    awaitable: Awaitable[Any], what: str, tally: Tally, limit_s: float = TIMEOUT_S
+) -> bool:
+    """Await within ``limit_s``; count a timeout as an error instead of hanging."""
     try:
-        await asyncio.wait_for(awaitable, TIMEOUT_S)
+        await asyncio.wait_for(awaitable, limit_s)
     except TimeoutError:
         tally.errors.append(f"timed out waiting for {what}")
         return False
@@ -328,7 +330,9 @@ class Throughput(Scenario):
                 c.request("measured", words=frames // sessions, words_per_s=0)
                 for c in conversations
             ]
-            await bounded(asyncio.gather(*(t.done for t in traces)), "throughput DONEs", tally)
+            # Bounded, but never by less than 500 frames/s.
+            limit = TIMEOUT_S + frames / 500
+            await bounded(asyncio.gather(*(t.done for t in traces)), "DONEs", tally, limit)
             ended = max((t.done_at or started) for t in traces)
             server_cpu = server.cpu_seconds() - server_cpu
             client_cpu = sum(me.cpu_times()[:2]) - client_cpu
@@ -455,6 +459,7 @@ class Scale(Scenario):
     columns = (
         Column("sessions", "sessions_open"),
         Column("frames/s", "frames_per_s", 0),
+        Column("% of pace", "delivered_percent", 0),
         Column("server CPU %", "server_cpu_percent", 0),
         Column("ACK n", "ack_ms.count"),
         Column("ACK p50 ms", "ack_ms.p50"),
@@ -508,6 +513,12 @@ class Scale(Scenario):
             "sessions_open": len(conversations),
             "words_per_s_each": budget.scale_words_per_s,
             "frames_per_s": round(frames / window, 1),
+            # Below 100: the server (or the machine) could not keep up with the pace.
+            "delivered_percent": round(
+                100 * frames / window / (len(conversations) * budget.scale_words_per_s), 1
+            )
+            if conversations
+            else None,
             "server_cpu_percent": round(100 * cpu / window, 1),
             "rss_idle_mib": round(rss_idle / 2**20, 1),
             "rss_loaded_mib": round(rss_loaded / 2**20, 1),

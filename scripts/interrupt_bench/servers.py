@@ -149,6 +149,11 @@ class RunningServer:
     def rss_bytes(self) -> int:
         return int(self.ps.memory_info().rss)
 
+    def terminate(self) -> None:
+        """Ask the server to stop (SIGTERM); :meth:`stop` waits for it."""
+        if self.process.poll() is None:
+            self.process.terminate()
+
     def stop(self, timeout: float = 10.0) -> int | None:
         """SIGTERM, then SIGKILL if it does not exit in time; returns the exit code."""
         if self.process.poll() is None:
