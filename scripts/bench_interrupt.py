@@ -89,15 +89,18 @@ def budget_from(args: argparse.Namespace) -> Budget:
 async def run_scenario(
     scenario: Scenario, servers: list[RunningServer], budget: Budget
 ) -> dict[str, Any]:
-    """Drive the servers one after the other: never two servers under load at once."""
-    results: dict[str, dict[str, Any]] = {}
-    for server in servers:
-        t0 = time.perf_counter()
-        figures = await scenario.run(server, budget)
-        figures["wall_s"] = round(time.perf_counter() - t0, 2)
-        # Other work on the machine shows here: read the figures with it.
-        figures["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
-        results[server.spec.key] = figures
+    """Drive the servers one after the other, never two under load at once; with
+    several rounds, in turn (A B C, A B C, ...)."""
+    runs: dict[str, list[dict[str, Any]]] = {s.spec.key: [] for s in servers}
+    for _ in range(scenario.rounds(budget)):
+        for server in servers:
+            t0 = time.perf_counter()
+            figures = await scenario.run(server, budget)
+            figures["wall_s"] = round(time.perf_counter() - t0, 2)
+            # Other work on the machine shows here: read the figures with it.
+            figures["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+            runs[server.spec.key].append(figures)
+    results = {key: scenario.merge(figures) for key, figures in runs.items()}
     return {"title": scenario.title, "results": results, "ratios": scenario.ratios(results)}
 
 
