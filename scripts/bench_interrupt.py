@@ -95,7 +95,11 @@ async def run_scenario(
     for _ in range(scenario.rounds(budget)):
         for server in servers:
             t0 = time.perf_counter()
-            figures = await scenario.run(server, budget)
+            try:
+                figures = await scenario.run(server, budget)
+            except Exception as exc:  # one broken server must not lose the whole run
+                print(f"   {server.spec.label}: failed: {exc!r}", flush=True)
+                figures = {"errors": 1, "failed": repr(exc), "first_problems": [repr(exc)]}
             figures["wall_s"] = round(time.perf_counter() - t0, 2)
             # Other work on the machine shows here: read the figures with it.
             figures["load_average_after"] = [round(x, 2) for x in os.getloadavg()]

@@ -117,7 +117,8 @@ class Conversation:
             if trace is not None and trace.done_at is None:
                 trace.done_at = at
                 trace.done_payload = frame.get("payload")
-                trace.done.set_result(None)
+                if not trace.done.done():
+                    trace.done.set_result(None)
         elif kind == "INTERRUPT_ACK":
             interrupt = self.interrupts.get(frame.get("ref"))
             if interrupt is not None and interrupt.ack_at is None:
@@ -128,7 +129,8 @@ class Conversation:
                     named = self.requests.get(rid)
                     if named is not None and named.acked_at is None:
                         named.acked_at = at
-                interrupt.acked.set_result(None)
+                if not interrupt.acked.done():
+                    interrupt.acked.set_result(None)
         elif kind == "SESSION":
             self.session_id = frame.get("session_id")
             if self._started is not None and not self._started.done():

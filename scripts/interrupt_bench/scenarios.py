@@ -126,9 +126,13 @@ class Tally:
 async def bounded(
     awaitable: Awaitable[Any], what: str, tally: Tally, limit_s: float = TIMEOUT_S
 ) -> bool:
-    """Await within ``limit_s``; count a timeout as an error instead of hanging."""
+    """Await within ``limit_s``; count a timeout as an error instead of hanging.
+
+    Shielded: a timeout must not cancel the futures it waited for (a late ACK is
+    still recorded, and a later wait on the same DONE still works).
+    """
     try:
-        await asyncio.wait_for(awaitable, limit_s)
+        await asyncio.wait_for(asyncio.shield(awaitable), limit_s)
     except TimeoutError:
         tally.errors.append(f"timed out waiting for {what}")
         return False
@@ -321,12 +325,17 @@ class Throughput(Scenario):
     def merge(self, runs: list[dict[str, Any]]) -> dict[str, Any]:
         """The best round of each part: the rate the server reached when the machine
         let it. (Every round is kept under ``rounds``.)"""
+        measured = [r for r in runs if "one" in r]
+        if not measured:  # every round failed: report the failure
+            return runs[0]
         merged: dict[str, Any] = {"rounds": runs}
         for part in ("one", "many"):
-            merged[part] = dict(max((r[part] for r in runs), key=lambda f: f["frames_per_s"] or 0))
+            merged[part] = dict(
+                max((r[part] for r in measured), key=lambda f: f["frames_per_s"] or 0)
+            )
         for key in ("errors", "violations", "stale_frames"):
-            merged[key] = sum(r[key] for r in runs)
-        merged["first_problems"] = [p for r in runs for p in r["first_problems"]][:5]
+            merged[key] = sum(r.get(key, 0) for r in runs)
+        merged["first_problems"] = [p for r in runs for p in r.get("first_problems", [])][:5]
         return merged
 
     async def run(self, server: RunningServer, budget: Budget) -> dict[str, Any]:
