@@ -45,6 +45,8 @@ class Budget:
     trials: int = 25
     throughput_frames: int = 20_000
     throughput_rounds: int = 3
+    #: Barge-in trials are split over this many rounds, servers in turn.
+    latency_rounds: int = 3
     slow_reader_trials: int = 8
     slow_reader_pause_s: float = 0.5
     scale_sessions: int = 1000
@@ -62,6 +64,7 @@ QUICK = Budget(
     trials=8,
     throughput_frames=10_000,
     throughput_rounds=1,
+    latency_rounds=1,
     slow_reader_trials=3,
     scale_sessions=300,
     scale_interrupts=60,
@@ -228,14 +231,31 @@ class BargeIn(Scenario):
     new_words = 20
     slow_words_per_s = 10.0
 
+    def __init__(self) -> None:
+        self._rounds_run: dict[str, int] = {}
+
+    def rounds(self, budget: Budget) -> int:
+        return budget.latency_rounds
+
     async def run(self, server: RunningServer, budget: Budget) -> dict[str, Any]:
+        """One round: ``trials / rounds`` trials in each of the S sessions. Returns the
+        raw trials; :meth:`merge` summarizes the rounds together."""
         trials: list[dict[str, Any]] = []
         tally = Tally()
+        done = self._rounds_run.get(server.spec.key, 0)
+        self._rounds_run[server.spec.key] = done + 1
+        count = -(-budget.trials // budget.latency_rounds)  # rounded up
+        seeds = range(done * budget.sessions, (done + 1) * budget.sessions)
         await asyncio.gather(
-            *(self._session(server, budget, i, trials, tally) for i in range(budget.sessions))
+            *(self._session(server, budget, seed, count, trials, tally) for seed in seeds)
         )
+        return {"sessions": budget.sessions, "trials": trials, **tally.figures()}
+
+    def merge(self, runs: list[dict[str, Any]]) -> dict[str, Any]:
+        trials = [t for r in runs if "trials" in r for t in r["trials"]]
         figures: dict[str, Any] = {
-            "sessions": budget.sessions,
+            "sessions": runs[0].get("sessions"),
+            "rounds": len(runs),
             "ack_ms": summarize(_present([t["ack_ms"] for t in trials])),
             "done_ms": summarize(_present([t["done_ms"] for t in trials])),
             "turnaround_ms": summarize(_present([t["turnaround_ms"] for t in trials])),
@@ -245,8 +265,12 @@ class BargeIn(Scenario):
         for kind in ("fast", "slow"):
             mine = [t for t in trials if t["victim"] == kind]
             figures[f"ack_ms_{kind}_victim"] = summarize(_present([t["ack_ms"] for t in mine]))
-        figures.update(tally.figures())
+            figures[f"done_ms_{kind}_victim"] = summarize(_present([t["done_ms"] for t in mine]))
+        for key in ("errors", "violations", "stale_frames"):
+            figures[key] = sum(r.get(key, 0) for r in runs)
+        figures["first_problems"] = [p for r in runs for p in r.get("first_problems", [])][:5]
         figures["samples"] = {"ack_ms": sorted(round(t["ack_ms"], 4) for t in trials)}
+        figures["load_average_after"] = [r.get("load_average_after") for r in runs]
         return figures
 
     async def _session(
@@ -254,13 +278,14 @@ class BargeIn(Scenario):
         server: RunningServer,
         budget: Budget,
         index: int,
+        count: int,
         trials: list[dict[str, Any]],
         tally: Tally,
     ) -> None:
         rng = random.Random(budget.seed * 7919 + index)
         conversation = await Conversation.open(HOST, server.port, PATH)
         try:
-            for k in range(budget.trials):
+            for k in range(count):
                 fast = conversation.request(f"f{k}", words=ENDLESS, words_per_s=0)
                 slow = conversation.request(
                     f"s{k}", words=ENDLESS, words_per_s=self.slow_words_per_s
