@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import trio
 from wire import connect, only
 
@@ -47,13 +48,14 @@ async def test_fifo_mode_keeps_arrival_order_across_requests():
     assert await drain(lanes) == ["o0", "o1", "n0", "ack"]
 
 
+@pytest.mark.parametrize("batch", [1, 8])
 async def test_turnaround_after_an_interrupt_does_not_wait_for_the_other_stream(
-    start_server, autojump_clock
+    start_server, autojump_clock, batch
 ):
     """A streams as fast as it can and fills the lane; B (slow) is cut and C is sent
     at once: C's frames arrive while A's backlog is still being sent."""
     server = await start_server(
-        {"lorem": builtin.lorem}, stream_lane_capacity=16, write_batch_frames=1
+        {"lorem": builtin.lorem}, stream_lane_capacity=16, write_batch_frames=batch
     )
     async with connect(server, "memory", lockstep=True) as c:
         await c.request("a", words=10_000, words_per_s=0)

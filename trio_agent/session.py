@@ -430,8 +430,9 @@ class Session:
         With a :class:`~trio_agent.cork.CorkableStream` under the connection, the
         frames the writer takes one after another leave in one socket write: a
         *batch*. A batch ends when the lanes are empty, when it holds
-        ``config.write_batch_frames``, and right after any frame that is not a STREAM
-        frame, so an INTERRUPT_ACK is never held back. The lanes are still read one
+        ``config.write_batch_frames``, right after any frame that is not a STREAM
+        frame, so an INTERRUPT_ACK is never held back, and right after the first
+        STREAM frame of a request, so a new reply's first words are not either. The lanes are still read one
         frame at a time, so an ACK queued while a batch is being built is the next
         frame in it. A STREAM frame counts as written once it is in the batch: the
         batch reaches the socket whole and in order, or the connection is gone, so
@@ -448,13 +449,16 @@ class Session:
                     cork.cork()
                 text = frame.text if frame.text is not None else self._render_done(frame)
                 await self.ws.send_message(text)
+                first = False
                 if frame.kind is FrameKind.STREAM:
                     assert frame.record is not None
                     frame.record.frames_written += 1
+                    first = frame.record.frames_written == 1
                 batch.append(frame)
                 if (
                     cork is None
                     or frame.kind is not FrameKind.STREAM
+                    or first
                     or not lanes.queued
                     or len(batch) >= most
                 ):
