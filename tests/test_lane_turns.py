@@ -39,6 +39,21 @@ async def test_a_new_request_is_not_queued_behind_another_ones_backlog():
     assert await drain(lanes) == ["o0", "n0", "o1", "n1", "o2", "n-done", "o3"]
 
 
+async def test_a_request_with_nothing_queued_always_has_room_for_one_frame(autojump_clock):
+    lanes = OutboundLanes(stream_capacity=2, priority_capacity=8)
+    busy, quiet = record("busy"), record("quiet")
+    await fill(lanes, busy, "b0", "b1")  # the lane is full of busy's frames
+    with trio.move_on_after(1) as waited:
+        await lanes.wait_for_stream_room(busy)
+    assert waited.cancelled_caught  # busy waits: backpressure
+    await lanes.wait_for_stream_room(quiet)  # quiet does not
+    lanes.push_stream(Outbound(FrameKind.STREAM, "q0", quiet))
+    with trio.move_on_after(1) as waited:
+        await lanes.wait_for_stream_room(quiet)
+    assert waited.cancelled_caught  # one frame, not more
+    assert await drain(lanes) == ["b0", "q0", "b1"]
+
+
 async def test_fifo_mode_keeps_arrival_order_across_requests():
     lanes = OutboundLanes(stream_capacity=8, priority_capacity=8, fifo=True)
     old, new = record("old"), record("new")

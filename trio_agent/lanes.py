@@ -103,6 +103,9 @@ class _Turns:
         self._len -= 1
         return frame
 
+    def holds_nothing_of(self, key: RequestRecord) -> bool:
+        return key not in self._queues
+
     def drop_stream_frames(self, key: RequestRecord) -> int:
         """Remove ``key``'s STREAM frames (its DONE, if queued, stays); return how many."""
         queue = self._queues.get(key)
@@ -165,16 +168,24 @@ class OutboundLanes:
             self._priority.append(frame)
         self._ready.unpark()
 
-    async def wait_for_stream_room(self) -> None:
-        """Wait until the stream lane has room for one more STREAM frame.
+    async def wait_for_stream_room(self, record: RequestRecord | None = None) -> None:
+        """Wait until the stream lane has room for one more STREAM frame of ``record``.
 
         Always a checkpoint: cancellation is delivered here even when there is room,
         which is what makes ``await stream.send(...)`` an interrupt point. When it
         returns, the room is there until the caller's next ``await``, so the caller
         pushes with :meth:`push_stream` without awaiting in between.
+
+        A request with nothing queued always has room for one frame, even when
+        other requests have filled the lane: a new reply's first word (or a slow
+        one's next word) does not wait for another request's backlog. That lets
+        the lane exceed its capacity by at most one frame per request, and requests
+        per connection are bounded.
         """
         await trio.lowlevel.checkpoint()
-        while self._stream_frames >= self.stream_capacity:
+        while self._stream_frames >= self.stream_capacity and not (
+            record is not None and not self.fifo and self._stream.holds_nothing_of(record)
+        ):
             await self._room.park()
 
     def push_stream(self, frame: Outbound) -> None:

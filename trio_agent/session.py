@@ -584,7 +584,8 @@ class _RequestStream:
     async def send(self, delta: str) -> None:
         if not isinstance(delta, str):
             raise TypeError(f"a delta must be a str, not {type(delta).__name__}")
-        await self._lanes.wait_for_stream_room()  # backpressure, and an interrupt point
+        # Backpressure, and an interrupt point.
+        await self._lanes.wait_for_stream_room(self._record)
         record = self._record
         if record.phase is not RequestPhase.RUNNING:
             # Cut while this task was already woken to take room: its scope is
