@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import shlex
+import signal
 import sys
 import tempfile
 import time
@@ -162,6 +163,8 @@ async def run_all(args: argparse.Namespace, budget: Budget, log_dir: Path) -> di
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     budget = budget_from(args)
+    # SIGTERM stops the run the way Ctrl-C does, so the servers are stopped too.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     raise_open_file_limit()
     with tempfile.TemporaryDirectory(prefix="bench-interrupt-") as tmp:
         log_dir = args.log_dir or Path(tmp)
