@@ -65,3 +65,10 @@ def test_trio_agent_sends_nothing_stale_and_breaks_no_guarantee(run, name):
             assert figures["stale_frames"] == 0, (server, figures)
             assert figures["violations"] == 0, (server, figures["first_problems"])
             assert figures["errors"] == 0, (server, figures["first_problems"])
+
+
+def test_trio_agent_bench_runs_the_script(capfd):
+    from trio_agent.cli import main
+
+    assert main(["bench", "--help"]) == 0
+    assert "--quick" in capfd.readouterr().out

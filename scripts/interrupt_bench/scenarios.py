@@ -51,7 +51,9 @@ class Budget:
     slow_reader_pause_s: float = 0.5
     scale_sessions: int = 1000
     scale_words_per_s: float = 2.0
-    scale_interrupts: int = 200
+    scale_interrupts: int = 100
+    #: Scale runs this many times, servers in turn (interrupts are per round).
+    scale_rounds: int = 2
     scale_window_s: float = 4.0
     #: How long every session streams before memory is measured and interrupts start.
     scale_settle_s: float = 1.0
@@ -68,6 +70,7 @@ QUICK = Budget(
     slow_reader_trials=3,
     scale_sessions=300,
     scale_interrupts=60,
+    scale_rounds=1,
     scale_window_s=2.0,
 )
 
@@ -589,8 +592,44 @@ class Scale(Scenario):
             "done_ms": summarize(_present([c[1] for c in cuts])),
         }
         figures.update(tally.figures())
-        figures["samples"] = {"ack_ms": sorted(round(c[0], 4) for c in cuts if c[0] is not None)}
+        figures["samples"] = {
+            "ack_ms": sorted(round(c[0], 4) for c in cuts if c[0] is not None),
+            "done_ms": sorted(round(c[1], 4) for c in cuts if c[1] is not None),
+        }
         return figures
+
+    def rounds(self, budget: Budget) -> int:
+        return budget.scale_rounds
+
+    def merge(self, runs: list[dict[str, Any]]) -> dict[str, Any]:
+        """Latencies of every round together; rates, CPU and memory averaged."""
+        measured = [r for r in runs if "samples" in r]
+        if not measured:
+            return runs[0]
+        merged: dict[str, Any] = {"rounds": runs}
+        for key in ("sessions_wanted", "words_per_s_each"):
+            merged[key] = measured[0][key]
+        merged["sessions_open"] = min(r["sessions_open"] for r in measured)
+        for key in (
+            "frames_per_s",
+            "delivered_percent",
+            "server_cpu_percent",
+            "rss_idle_mib",
+            "rss_loaded_mib",
+            "rss_kib_per_session",
+        ):
+            values = [r[key] for r in measured if r[key] is not None]
+            merged[key] = round(sum(values) / len(values), 1) if values else None
+        samples = {
+            k: sorted(v for r in measured for v in r["samples"][k]) for k in ("ack_ms", "done_ms")
+        }
+        merged["ack_ms"] = summarize(samples["ack_ms"])
+        merged["done_ms"] = summarize(samples["done_ms"])
+        merged["samples"] = samples
+        for key in ("errors", "violations", "stale_frames"):
+            merged[key] = sum(r.get(key, 0) for r in runs)
+        merged["first_problems"] = [p for r in runs for p in r.get("first_problems", [])][:5]
+        return merged
 
     async def _start(self, conversation: Conversation, budget: Budget, rng: random.Random) -> None:
         await asyncio.sleep(rng.uniform(0, 1 / budget.scale_words_per_s))
