@@ -602,7 +602,8 @@ class Scale(Scenario):
         return budget.scale_rounds
 
     def merge(self, runs: list[dict[str, Any]]) -> dict[str, Any]:
-        """Latencies of every round together; rates, CPU and memory averaged."""
+        """Latencies of every round together; rates and CPU averaged; memory from the
+        round that grew it most (the first: later rounds reuse what it allocated)."""
         measured = [r for r in runs if "samples" in r]
         if not measured:
             return runs[0]
@@ -610,16 +611,12 @@ class Scale(Scenario):
         for key in ("sessions_wanted", "words_per_s_each"):
             merged[key] = measured[0][key]
         merged["sessions_open"] = min(r["sessions_open"] for r in measured)
-        for key in (
-            "frames_per_s",
-            "delivered_percent",
-            "server_cpu_percent",
-            "rss_idle_mib",
-            "rss_loaded_mib",
-            "rss_kib_per_session",
-        ):
+        for key in ("frames_per_s", "delivered_percent", "server_cpu_percent"):
             values = [r[key] for r in measured if r[key] is not None]
             merged[key] = round(sum(values) / len(values), 1) if values else None
+        grown = max(measured, key=lambda r: r["rss_kib_per_session"] or 0)
+        for key in ("rss_idle_mib", "rss_loaded_mib", "rss_kib_per_session"):
+            merged[key] = grown[key]
         samples = {
             k: sorted(v for r in measured for v in r["samples"][k]) for k in ("ack_ms", "done_ms")
         }
