@@ -40,7 +40,11 @@ def summarize(values: Sequence[float], *, scale: float = 1.0, digits: int = 3) -
 
 
 def ratio(numerator: float | None, denominator: float | None, digits: int = 1) -> float | None:
-    """``numerator / denominator``, or ``None`` when either is missing or the denominator is 0."""
+    """``numerator / denominator``, or ``None`` when either is missing or the denominator is 0.
+
+    Ratios below 1 keep two significant digits (0.02, not 0.0).
+    """
     if numerator is None or denominator is None or denominator == 0:
         return None
-    return round(numerator / denominator, digits)
+    value = numerator / denominator
+    return round(value, digits) if value >= 1 else float(f"{value:.2g}")
