@@ -431,12 +431,13 @@ class Session:
         frames the writer takes one after another leave in one socket write: a
         *batch*. A batch ends when the lanes are empty, when it holds
         ``config.write_batch_frames``, right after any frame that is not a STREAM
-        frame, so an INTERRUPT_ACK is never held back, and right after the first
-        STREAM frame of a request, so a new reply's first words are not either. The lanes are still read one
-        frame at a time, so an ACK queued while a batch is being built is the next
-        frame in it. A STREAM frame counts as written once it is in the batch: the
-        batch reaches the socket whole and in order, or the connection is gone, so
-        a DONE counts exactly the STREAM frames ahead of it on the wire.
+        frame (so an INTERRUPT_ACK is never held back), and right after the first
+        STREAM frame of a request (so a new reply's first words are not either).
+        The lanes are still read one frame at a time, so an ACK queued while a
+        batch is being built is the next frame in it. A STREAM frame counts as
+        written once it is in the batch: the batch reaches the socket whole and in
+        order, or the connection is gone, so a DONE counts exactly the STREAM
+        frames ahead of it on the wire.
         """
         lanes = self.lanes
         most = self.config.write_batch_frames
