@@ -19,6 +19,7 @@ from trio_websocket import WebSocketConnection
 from trio_agent import AgentServer
 from trio_agent.cli import build_parser
 from trio_agent.config import config_from
+from trio_agent.cork import CorkableStream
 from trio_agent.logs import configure_logging
 
 
@@ -41,8 +42,11 @@ class HeldAcks:
 class AckHoldingServer(AgentServer):
     hold_s = 0.0
 
-    async def serve_connection(self, ws: WebSocketConnection) -> None:
-        await super().serve_connection(HeldAcks(ws, self.hold_s))  # type: ignore[arg-type]
+    async def serve_connection(
+        self, ws: WebSocketConnection, cork: CorkableStream | None = None
+    ) -> None:
+        held = HeldAcks(ws, self.hold_s)
+        await super().serve_connection(held, cork)  # type: ignore[arg-type]
 
 
 def main(argv: list[str]) -> None:

@@ -26,6 +26,7 @@ NOT_LIMITS = {
     "certfile",
     "keyfile",
     "stats_interval_s",
+    "write_batch_frames",  # a throughput knob; docs/protocol.md and docs/performance.md
 }
 LIMITS = [f for f in fields(ServerConfig) if f.name not in NOT_LIMITS]
 

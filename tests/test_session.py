@@ -176,7 +176,7 @@ async def test_g2_frames_counts_what_was_delivered_when_queued_frames_are_droppe
 ):
     """The stream lane is full when the INTERRUPT is read: queued frames are dropped,
     and DONE.frames is exactly what the client received (seq contiguous from 0)."""
-    server = await start_server(agent_set(), stream_lane_capacity=8)
+    server = await start_server(agent_set(), stream_lane_capacity=8, write_batch_frames=1)
     async with connect(server, "memory", lockstep=True) as c:
         await c.request("r1", agent="lorem", words=1000, words_per_s=0)
         await c.recv_until(is_stream("r1"))
@@ -217,8 +217,9 @@ async def test_g4_ack_overtakes_queued_stream_frames(start_server, autojump_cloc
     """Request A fills the stream lane; an INTERRUPT of B is read; its ACK is written
     before A's queued frames. At most three A frames arrive first: the one the
     writer is sending, and two that trio-websocket's client reader holds (its
-    one-message queue and the message it is putting there); 16 were queued."""
-    server = await start_server(agent_set(), stream_lane_capacity=16)
+    one-message queue and the message it is putting there); 16 were queued. (With
+    write batches, the frames of the batch being written come first too.)"""
+    server = await start_server(agent_set(), stream_lane_capacity=16, write_batch_frames=1)
     async with connect(server, "memory", lockstep=True) as c:
         await c.request("b", agent="endless")
         await c.recv_until(is_stream("b"))

@@ -231,14 +231,18 @@ async def test_a_broken_guarantee_is_named_with_the_frames_around_it(autojump_cl
     assert failure.scenario == "interrupt early"
     [finding] = failure.findings
     assert finding.rule == "guarantee 1: every accepted REQUEST ends with exactly one DONE"
-    assert finding.detail.startswith("STREAM seq=2 of 'early' after its DONE")
+    # How many frames were already on their way when the INTERRUPT was read depends
+    # on the writer's batching; the first kept frame's seq is that count.
+    match = re.match(r"STREAM seq=(\d+) of 'early' after its DONE", finding.detail)
+    assert match, finding.detail
+    n = int(match.group(1))
     lines = finding.evidence.splitlines()
     assert lines[0] == "frames around it:"
     assert any("<- INTERRUPT_ACK early ref=c1 interrupted=['early']" in line for line in lines)
-    assert any("<- DONE early interrupted frames=2" in line for line in lines)
+    assert any(f"<- DONE early interrupted frames={n}" in line for line in lines)
     assert any(
         line.endswith(
-            "<- STREAM early seq=2   <-- guarantee 1: STREAM seq=2 of 'early' after its DONE"
+            f"<- STREAM early seq={n}   <-- guarantee 1: STREAM seq={n} of 'early' after its DONE"
         )
         for line in lines
     )

@@ -304,15 +304,15 @@ _LOREM = [
 ]
 
 
+def lorem_deltas(count: int) -> Iterator[str]:
+    """The deltas ``lorem`` sends, made one at a time: a request for a million words
+    must not stop the event loop to build a million strings before its first send."""
+    return ((" " if i else "") + _LOREM[i % len(_LOREM)] for i in range(count))
+
+
 def lorem_words(count: int) -> list[str]:
     """The first ``count`` deltas ``lorem`` sends: deterministic, word by word."""
-    return list(_lorem_stream(count))
-
-
-def _lorem_stream(count: int) -> Iterator[str]:
-    # One word at a time: a REQUEST for a million words must not cost a million
-    # strings of memory before the first one is sent.
-    return ((" " if i else "") + _LOREM[i % len(_LOREM)] for i in range(count))
+    return list(lorem_deltas(count))
 
 
 async def _paced(words: Iterable[str], words_per_s: float, stream: ResponseStream) -> None:
@@ -327,7 +327,7 @@ async def lorem(request: AgentRequest, stream: ResponseStream) -> None:
     """Deterministic placeholder text (options: words=50, words_per_s=20; 0 = as fast as possible)."""
     words = int(_option_number(request.options, "words", 50, minimum=0, maximum=1_000_000))
     words_per_s = _option_number(request.options, "words_per_s", 20, minimum=0, maximum=1_000_000)
-    await _paced(_lorem_stream(words), words_per_s, stream)
+    await _paced(lorem_deltas(words), words_per_s, stream)
 
 
 async def echo(request: AgentRequest, stream: ResponseStream) -> None:

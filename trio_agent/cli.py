@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import trio
 
@@ -45,12 +47,21 @@ def build_parser() -> argparse.ArgumentParser:
         "print the story of each INTERRUPT and draw it (see docs/cancellation.md).",
     )
     add_demo_arguments(demo)
+    commands.add_parser(
+        "bench",
+        help="run scripts/bench_interrupt.py (flags are passed through; try --help)",
+        add_help=False,
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "bench":
+        return _bench(rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "serve":
         try:
             config = config_from(args)
@@ -70,6 +81,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_demo(args)
     parser.error(f"unknown command {args.command}")  # pragma: no cover
     return 2
+
+
+def _bench(argv: list[str]) -> int:
+    """The benchmark lives in the source tree (scripts/), not in the installed package."""
+    script = Path(__file__).resolve().parent.parent / "scripts" / "bench_interrupt.py"
+    if not script.is_file():
+        print(
+            "trio-agent bench: scripts/bench_interrupt.py is not here; run it from a source "
+            "checkout installed with pip install -e '.[bench]'",
+            file=sys.stderr,
+        )
+        return 2
+    return subprocess.call([sys.executable, str(script), *argv])
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -16,6 +16,12 @@ queued while a hundred STREAM frames wait is the next frame on the wire, and the
 queued frames of a cut request are removed (:meth:`OutboundLanes.discard`) before
 the writer could ever reach them.
 
+The stream lane is fair between the requests of a connection: the writer takes
+their frames in turn, one request after the other (:class:`_Turns`). A request
+that has just started (the user's new turn, right after an INTERRUPT) is then
+not queued behind the whole backlog of another request still streaming. Each
+request's own frames, and its DONE after them, keep their order.
+
 The lanes know nothing about the protocol; they hold :class:`Outbound` items and
 wake the right task. There is no polling anywhere: waiting tasks sleep in a
 :class:`trio.lowlevel.ParkingLot` until a push, a pop or a discard wakes them.
@@ -61,6 +67,61 @@ class Outbound:
     read_at: float | None = None
 
 
+class _Turns:
+    """The stream lane's queue: one FIFO per request, served in turn (round robin).
+
+    ``key`` is the request a frame belongs to (``None`` puts everything in one
+    queue, which is what ``fifo`` mode does).
+    """
+
+    __slots__ = ("_len", "_order", "_queues")
+
+    def __init__(self) -> None:
+        self._queues: dict[RequestRecord | None, deque[Outbound]] = {}
+        self._order: deque[RequestRecord | None] = deque()  # whose turn is next
+        self._len = 0
+
+    def __len__(self) -> int:
+        return self._len
+
+    def append(self, key: RequestRecord | None, frame: Outbound) -> None:
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._queues[key] = deque()
+            self._order.append(key)
+        queue.append(frame)
+        self._len += 1
+
+    def popleft(self) -> Outbound:
+        key = self._order.popleft()
+        queue = self._queues[key]
+        frame = queue.popleft()
+        if queue:
+            self._order.append(key)  # back of the line
+        else:
+            del self._queues[key]
+        self._len -= 1
+        return frame
+
+    def holds_nothing_of(self, key: RequestRecord) -> bool:
+        return key not in self._queues
+
+    def drop_stream_frames(self, key: RequestRecord) -> int:
+        """Remove ``key``'s STREAM frames (its DONE, if queued, stays); return how many."""
+        queue = self._queues.get(key)
+        if queue is None:
+            return 0
+        kept = deque(frame for frame in queue if frame.kind is not FrameKind.STREAM)
+        dropped = len(queue) - len(kept)
+        self._len -= dropped
+        if kept:
+            self._queues[key] = kept
+        else:
+            del self._queues[key]
+            self._order.remove(key)
+        return dropped
+
+
 class LaneOverflow(Exception):
     """The priority lane is full: the client sends control traffic but does not read."""
 
@@ -82,7 +143,7 @@ class OutboundLanes:
         self.priority_capacity = priority_capacity
         self.fifo = fifo
         self._priority: deque[Outbound] = deque()
-        self._stream: deque[Outbound] = deque()
+        self._stream = _Turns()
         #: STREAM frames in the stream lane (the ones its capacity bounds).
         self._stream_frames = 0
         self._writer_busy = False
@@ -99,7 +160,7 @@ class OutboundLanes:
         Raises :class:`LaneOverflow` when the priority lane is full.
         """
         if self.fifo:
-            self._stream.append(frame)
+            self._stream.append(None, frame)
         else:
             if len(self._priority) >= self.priority_capacity:
                 raise LaneOverflow(
@@ -108,17 +169,23 @@ class OutboundLanes:
             self._priority.append(frame)
         self._ready.unpark()
 
-    async def wait_for_stream_room(self) -> None:
-        """Wait until the stream lane has room for one more STREAM frame.
+    async def wait_for_stream_room(self, record: RequestRecord | None = None) -> None:
+        """Wait until the stream lane has room for one more STREAM frame of ``record``.
 
         Always a checkpoint: cancellation is delivered here even when there is room,
         which is what makes ``await stream.send(...)`` an interrupt point. When it
         returns, the room is there until the caller's next ``await``, so the caller
         pushes with :meth:`push_stream` without awaiting in between.
+
+        A request with nothing queued always has room for one frame, even when
+        other requests have filled the lane: a new reply's first word (or a slow
+        one's next word) does not wait for another request's backlog. That lets
+        the lane exceed its capacity by at most one frame per request, and requests
+        per connection are bounded.
         """
         await trio.lowlevel.checkpoint()
-        if self._stream_frames >= self.stream_capacity:
-            while self._stream_frames >= self.stream_capacity:
+        if not self._has_room_for(record):
+            while not self._has_room_for(record):
                 await self._room.park()
             # park() returns normally when a pop woke us, even if our scope was
             # cancelled before we ran again (an INTERRUPT read in the same tick).
@@ -126,9 +193,14 @@ class OutboundLanes:
             # request that has already ended.
             await trio.lowlevel.checkpoint_if_cancelled()
 
+    def _has_room_for(self, record: RequestRecord | None) -> bool:
+        return self._stream_frames < self.stream_capacity or (
+            record is not None and not self.fifo and self._stream.holds_nothing_of(record)
+        )
+
     def push_stream(self, frame: Outbound) -> None:
         """Queue a STREAM frame; call right after :meth:`wait_for_stream_room`."""
-        self._stream.append(frame)
+        self._stream.append(self._turn_of(frame), frame)
         self._stream_frames += 1
         self._ready.unpark()
 
@@ -139,7 +211,7 @@ class OutboundLanes:
         exactly one and the number of requests is bounded, so this stays bounded,
         and ending a request never has to wait for a slow client.
         """
-        self._stream.append(frame)
+        self._stream.append(self._turn_of(frame), frame)
         self._ready.unpark()
 
     def discard(self, record: RequestRecord) -> int:
@@ -149,18 +221,15 @@ class OutboundLanes:
         """
         if self.fifo:
             return 0
-        kept: deque[Outbound] = deque()
-        dropped = 0
-        for frame in self._stream:
-            if frame.record is record and frame.kind is FrameKind.STREAM:
-                dropped += 1
-            else:
-                kept.append(frame)
+        dropped = self._stream.drop_stream_frames(record)
         if dropped:
-            self._stream = kept
             self._stream_frames -= dropped
             self._room.unpark(count=dropped)
         return dropped
+
+    def _turn_of(self, frame: Outbound) -> RequestRecord | None:
+        # fifo mode: one queue for everything, in arrival order.
+        return None if self.fifo else frame.record
 
     # -- the writer ---------------------------------------------------------------------
 
@@ -203,6 +272,11 @@ class OutboundLanes:
             await self._idle.park()
 
     # -- introspection ------------------------------------------------------------------
+
+    @property
+    def queued(self) -> int:
+        """Frames waiting in both lanes, terminal frames included."""
+        return len(self._priority) + len(self._stream)
 
     @property
     def priority_depth(self) -> int:

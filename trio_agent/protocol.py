@@ -30,6 +30,7 @@ from pydantic import (
     StringConstraints,
     ValidationError,
 )
+from pydantic_core import to_json
 
 PROTOCOL_VERSION: Final = "1.0"
 
@@ -432,3 +433,31 @@ def now_ms() -> int:
 def encode(message: BaseModel) -> str:
     """Serialize a wire message to its JSON text, leaving out fields that are ``None``."""
     return message.model_dump_json(exclude_none=True)
+
+
+class StreamFrameEncoder:
+    """Renders the STREAM frames of one request: the server's hot path.
+
+    A server sends one STREAM frame per delta, and building a :class:`StreamMessage`
+    and dumping it costs about 10 us, most of it in model construction. This renders
+    the same text (byte for byte what ``encode(StreamMessage(...))`` gives, which a
+    test checks for arbitrary deltas) in about 1.5 us: the parts that do not change
+    during a request are rendered once, and every string goes through pydantic-core's
+    JSON encoder, so escaping and errors (a lone surrogate raises
+    ``PydanticSerializationError``) are the model's own.
+    """
+
+    __slots__ = ("_middle",)
+
+    def __init__(self, session_id: str, request_id: str) -> None:
+        self._middle = f',"session_id":{_json(session_id)},"request_id":{_json(request_id)},"ts":'
+
+    def __call__(self, *, msg_id: str, ts: int, seq: int, delta: str) -> str:
+        return (
+            f'{{"msg_id":{_json(msg_id)}{self._middle}{ts:d},"msg_type":"STREAM",'
+            f'"payload":{{"seq":{seq:d},"delta":{_json(delta)}}}}}'
+        )
+
+
+def _json(text: str) -> str:
+    return to_json(text).decode()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import secrets
 import signal
+import socket
 from collections.abc import Mapping
 
 import trio
@@ -39,6 +40,7 @@ from .admission import AdmissionPolicy, HandshakeFacts, Refuse, admit
 from .agents import Agent, agent_entry, builtin_agents, open_agents
 from .blocking import report_blocking_tasks
 from .config import ServerConfig
+from .cork import CorkableStream
 from .metrics import ServerMetrics
 from .protocol import Limits, SessionPayload
 from .redaction import redact_subprotocols, redact_target
@@ -54,6 +56,9 @@ from .transport import (
 from .web.assets import load_assets
 from .web.front import serve_http
 from .web.routes import WebApp
+
+#: Linux's TCP_NOTSENT_LOWAT (``socket`` names it only on some builds).
+_TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)
 
 
 class AgentServer:
@@ -209,7 +214,9 @@ class AgentServer:
                 self.serve_stream, listeners, handler_nursery=self._nursery, task_status=task_status
             )
 
-    async def _handle_handshake(self, request: WebSocketRequest) -> None:
+    async def _handle_handshake(
+        self, request: WebSocketRequest, cork: CorkableStream | None = None
+    ) -> None:
         """Admit or refuse a handshake (the policy is :func:`trio_agent.admission.admit`),
         then serve the session. A refused client gets an HTTP status and no session."""
         facts = HandshakeFacts(
@@ -244,12 +251,17 @@ class AgentServer:
         self._admitted += 1
         try:
             ws = await request.accept(subprotocol=decision.subprotocol)
-            await self.serve_connection(ws)
+            await self.serve_connection(ws, cork)
         finally:
             self._admitted -= 1
 
-    async def serve_connection(self, ws: WebSocketConnection) -> None:
-        """Run one session on an accepted WebSocket; never raises for a session's failure."""
+    async def serve_connection(
+        self, ws: WebSocketConnection, cork: CorkableStream | None = None
+    ) -> None:
+        """Run one session on an accepted WebSocket; never raises for a session's failure.
+
+        ``cork`` is the stream under ``ws`` when it is a :class:`CorkableStream`.
+        """
         session = Session(
             ws,
             session_id=secrets.token_hex(8),
@@ -258,6 +270,7 @@ class AgentServer:
             session_payload=self._session_payload,
             metrics=self.metrics,
             trace=self.tracer,
+            cork=cork,
         )
         self.sessions[session.session_id] = session
         self.sessions_total += 1
@@ -276,6 +289,7 @@ class AgentServer:
         a WebSocket upgrade to the agent's path runs the handshake, then the session.
         Closes the stream. When it returns, nothing of the connection is left running."""
         self._connection_opened()
+        self._bound_unsent_data(stream)
         # The guard bounds how long a write may wait for a client that does not
         # read, and aborts the connection when a frame could not be finished.
         guarded = guard(stream, send_timeout_s=self.config.send_timeout_s)
@@ -288,6 +302,8 @@ class AgentServer:
             )
             if upgraded is None:
                 return
+            # The session's writer batches frames through the cork.
+            cork = CorkableStream(upgraded)
             async with trio.open_nursery() as nursery:
                 request = None
                 # Bounded, and a client that leaves mid-handshake ends the wait at once.
@@ -296,10 +312,10 @@ class AgentServer:
                     guarded.cancel_if_peer_leaves(),
                 ):
                     request = await wrap_server_stream(
-                        nursery, upgraded, max_message_size=self.config.max_message_bytes
+                        nursery, cork, max_message_size=self.config.max_message_bytes
                     )
                 if request is not None:
-                    await self._handle_handshake(request)
+                    await self._handle_handshake(request, cork)
                 # trio-websocket's reader task for this connection lives in this
                 # nursery; the session is over, so stop it.
                 nursery.cancel_scope.cancel(reason="connection over")
@@ -312,6 +328,20 @@ class AgentServer:
         finally:
             self._connection_closed()
             await trio.aclose_forcefully(guarded)
+
+    def _bound_unsent_data(self, stream: trio.abc.Stream) -> None:
+        """Apply ``tcp_notsent_lowat`` to a TCP stream (a no-op for other streams).
+
+        With it, the socket stops taking data once that much is unsent, so a slow
+        client's backlog waits in the stream lane, where an INTERRUPT drops it,
+        rather than in the kernel, where the INTERRUPT_ACK would queue behind it.
+        """
+        lowat = self.config.tcp_notsent_lowat
+        if lowat and isinstance(stream, trio.SocketStream):
+            try:
+                stream.setsockopt(socket.IPPROTO_TCP, _TCP_NOTSENT_LOWAT, lowat)
+            except OSError as exc:
+                logger.warning("tcp_notsent_lowat is not supported here", error=str(exc))
 
     def _connection_opened(self) -> None:
         if not self._connections:

@@ -56,6 +56,7 @@ from .agents import (
     ResponseStream,
     json_fields,
 )
+from .cork import CorkableStream
 from .lanes import FrameKind, LaneOverflow, Outbound, OutboundLanes
 from .metrics import NO_METRICS, SessionMetrics
 from .protocol import (
@@ -76,8 +77,7 @@ from .protocol import (
     ServerHeartbeatMessage,
     SessionMessage,
     SessionPayload,
-    StreamMessage,
-    StreamPayload,
+    StreamFrameEncoder,
     encode,
     now_ms,
     parse_client_message,
@@ -120,6 +120,8 @@ class Session:
     :param session_payload: the body of the SESSION frame (built once per server).
     :param metrics: where the session counts what it does (nowhere by default).
     :param trace: where the session's events go (:mod:`trio_agent.trace`); off by default.
+    :param cork: the stream under ``ws``, if it is a :class:`CorkableStream`: the
+        writer then sends frames in batches.
     """
 
     def __init__(
@@ -132,8 +134,10 @@ class Session:
         session_payload: SessionPayload,
         metrics: SessionMetrics = NO_METRICS,
         trace: Tracer = NO_TRACE,
+        cork: CorkableStream | None = None,
     ) -> None:
         self.ws = ws
+        self._cork = cork
         self.metrics = metrics
         self.session_id = session_id
         self.config = config
@@ -531,41 +535,56 @@ class Session:
     # ------------------------------------------------------------------ writer
 
     async def _write_loop(self) -> None:
-        """Take frames from the lanes, priority first, and send them. The only sender."""
+        """Take frames from the lanes, priority first, and send them. The only sender.
+
+        With a :class:`~trio_agent.cork.CorkableStream` under the connection, the
+        frames the writer takes one after another leave in one socket write: a
+        *batch*. A batch ends when the lanes are empty, when it holds
+        ``config.write_batch_frames``, right after any frame that is not a STREAM
+        frame (so an INTERRUPT_ACK is never held back), and right after the first
+        STREAM frame of a request (so a new reply's first words are not either).
+        The lanes are still read one frame at a time, so an ACK queued while a
+        batch is being built is the next frame in it. A STREAM frame counts as
+        written once it is in the batch: the batch reaches the socket whole and in
+        order, or the connection is gone, so a DONE counts exactly the STREAM
+        frames ahead of it on the wire.
+        """
         lanes = self.lanes
+        most = self.config.write_batch_frames
+        cork = self._cork if most > 1 else None
+        batch: list[tuple[Outbound, str]] = []
         try:
             while True:
                 frame = await lanes.next_frame()
-                record = frame.record
+                if cork is not None and not batch:
+                    cork.cork()
                 text = frame.text if frame.text is not None else self._render_done(frame)
                 if frame.kind is FrameKind.DONE:
                     # Before the write: a client that has the DONE can count on it.
                     self._report_done(frame)
                 await self.ws.send_message(text)
-                lanes.frame_written()
-                self.metrics.frame_written(frame.kind, text)
+                # In a batch, a frame counts as written from here on (see above).
                 self.trace.frame_written(frame)
+                first = False
                 if frame.kind is FrameKind.STREAM:
-                    assert record is not None
-                    record.frames_written += 1
-                elif frame.kind is FrameKind.DONE:
-                    assert record is not None
-                    self.registry.done_written(record)
-                    self.metrics.request_ended(record)
-                    with logger.contextualize(request_id=record.request_id):
-                        logger.info(
-                            "request ended",
-                            status=str(record.status),
-                            frames=record.frames_written,
-                            reason=record.reason,
-                        )
-                elif frame.read_at is not None:
-                    self.metrics.interrupt_acknowledged(trio.current_time() - frame.read_at)
-                    logger.info(
-                        "interrupt acknowledged",
-                        latency_us=round((trio.current_time() - frame.read_at) * 1e6),
-                    )
-        except ConnectionClosed:
+                    assert frame.record is not None
+                    frame.record.frames_written += 1
+                    first = frame.record.frames_written == 1
+                batch.append((frame, text))
+                if (
+                    cork is None
+                    or frame.kind is not FrameKind.STREAM
+                    or first
+                    or not lanes.queued
+                    or len(batch) >= most
+                ):
+                    if cork is not None:
+                        await cork.flush()
+                    lanes.frame_written()
+                    self._batch_written(batch)
+                    batch = []
+        except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
+            # (A flush raises the stream's own errors: trio-websocket only sees the cork.)
             self._end_session(SessionEnd("connection closed while writing"))
         except Exception as exc:
             logger.opt(exception=exc).error("writer failed")
@@ -583,6 +602,30 @@ class Session:
             except Exception as exc:
                 logger.opt(exception=exc).error(
                     "an on_done callback raised", request_id=record.request_id
+                )
+
+    def _batch_written(self, batch: list[tuple[Outbound, str]]) -> None:
+        """Book-keeping once a batch is on the socket: count it, free the ids of
+        DONE requests, log the ends and the ACK latencies."""
+        for frame, text in batch:
+            self.metrics.frame_written(frame.kind, text)
+            record = frame.record
+            if frame.kind is FrameKind.DONE:
+                assert record is not None
+                self.registry.done_written(record)
+                self.metrics.request_ended(record)
+                with logger.contextualize(request_id=record.request_id):
+                    logger.info(
+                        "request ended",
+                        status=str(record.status),
+                        frames=record.frames_written,
+                        reason=record.reason,
+                    )
+            elif frame.read_at is not None:
+                self.metrics.interrupt_acknowledged(trio.current_time() - frame.read_at)
+                logger.info(
+                    "interrupt acknowledged",
+                    latency_us=round((trio.current_time() - frame.read_at) * 1e6),
                 )
 
     def _render_done(self, frame: Outbound) -> str:
@@ -663,12 +706,13 @@ class Session:
 class _RequestStream:
     """The :class:`~trio_agent.agents.ResponseStream` a request's agent writes into."""
 
-    __slots__ = ("_lanes", "_record", "_session")
+    __slots__ = ("_encode", "_lanes", "_record", "_session")
 
     def __init__(self, record: RequestRecord, session: Session) -> None:
         self._record = record
         self._session = session
         self._lanes = session.lanes
+        self._encode = StreamFrameEncoder(session.session_id, record.request_id)
 
     @property
     def request_id(self) -> str:
@@ -677,7 +721,8 @@ class _RequestStream:
     async def send(self, delta: str) -> None:
         if not isinstance(delta, str):
             raise TypeError(f"a delta must be a str, not {type(delta).__name__}")
-        await self._lanes.wait_for_stream_room()  # backpressure, and an interrupt point
+        # Backpressure, and an interrupt point.
+        await self._lanes.wait_for_stream_room(self._record)
         record = self._record
         if record.phase is not RequestPhase.RUNNING:
             # Cut while waiting for room: the discard that made the room woke us
@@ -687,19 +732,10 @@ class _RequestStream:
             raise trio.ClosedResourceError(
                 f"request {record.request_id} has ended ({record.status}); nothing more is sent for it"
             )
-        # Encoded before seq is taken: a delta that cannot be encoded (a lone
-        # surrogate) raises here and leaves no gap in seq, even for an agent that
-        # catches the error and goes on.
+        # Render before counting: text that cannot be encoded (a lone surrogate)
+        # raises here and uses no seq, even for an agent that catches the error.
         seq = record.frames_queued
-        text = encode(
-            StreamMessage(
-                msg_id=self._session._next_msg_id(),
-                session_id=self._session.session_id,
-                request_id=record.request_id,
-                ts=now_ms(),
-                payload=StreamPayload(seq=seq, delta=delta),
-            )
-        )
+        text = self._encode(msg_id=self._session._next_msg_id(), ts=now_ms(), seq=seq, delta=delta)
         record.frames_queued += 1
         self._lanes.push_stream(Outbound(FrameKind.STREAM, text, record))
         self._session.trace.stream_queued(record, seq)

@@ -1,0 +1,192 @@
+#!/usr/bin/env python3
+"""Interrupt latency under load: trio-agent against a FIFO baseline and the asyncio design.
+
+Starts each server under test as its own process on 127.0.0.1, drives it from
+this process (the load generator), and prints one table per workload, with the
+ratios against the baselines measured in the same run. ``docs/performance.md``
+explains every figure.
+
+    scripts/bench_interrupt.py                    # full run (a few minutes)
+    scripts/bench_interrupt.py --quick            # under a minute
+    scripts/bench_interrupt.py --json out.json --plot out.png
+    scripts/bench_interrupt.py --scenario barge-in --server trio-agent --server fifo
+
+Also reachable as ``trio-agent bench``. Needs the ``bench`` extra
+(``pip install -e '.[bench]'``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import shlex
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from interrupt_bench.report import markdown_table, plot, table
+from interrupt_bench.scenarios import FULL, QUICK, SCENARIOS, Budget, Scenario
+from interrupt_bench.servers import SERVERS, RunningServer, raise_open_file_limit
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bench_interrupt.py",
+        description=__doc__.splitlines()[0] if __doc__ else None,
+    )
+    parser.add_argument("--quick", action="store_true", help="smaller counts: under a minute")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="write every figure here")
+    parser.add_argument("--plot", type=Path, metavar="PATH", help="write the PNG here")
+    parser.add_argument(
+        "--markdown", type=Path, metavar="PATH", help="write the tables as Markdown here"
+    )
+    parser.add_argument(
+        "--scenario",
+        action="append",
+        choices=list(SCENARIOS),
+        help="run only this workload (repeatable; default: all)",
+    )
+    parser.add_argument(
+        "--server",
+        action="append",
+        choices=list(SERVERS),
+        help="run only against this server (repeatable; default: each workload's own list)",
+    )
+    parser.add_argument(
+        "--log-dir", type=Path, help="keep the servers' logs here (default: a temporary folder)"
+    )
+    counts = parser.add_argument_group("counts (override the --quick or full presets)")
+    for f in dataclasses.fields(Budget):
+        counts.add_argument(
+            "--" + f.name.replace("_", "-"),
+            type=type(f.default),
+            default=None,
+            metavar=f.name.split("_")[-1].upper(),
+            help=f"(full: {getattr(FULL, f.name)}, quick: {getattr(QUICK, f.name)})",
+        )
+    return parser
+
+
+def budget_from(args: argparse.Namespace) -> Budget:
+    preset = QUICK if args.quick else FULL
+    overrides = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(Budget)
+        if getattr(args, f.name) is not None
+    }
+    return dataclasses.replace(preset, **overrides)
+
+
+async def run_scenario(
+    scenario: Scenario, servers: list[RunningServer], budget: Budget
+) -> dict[str, Any]:
+    """Drive the servers one after the other, never two under load at once; with
+    several rounds, in turn (A B C, A B C, ...)."""
+    runs: dict[str, list[dict[str, Any]]] = {s.spec.key: [] for s in servers}
+    for _ in range(scenario.rounds(budget)):
+        for server in servers:
+            t0 = time.perf_counter()
+            try:
+                figures = await scenario.run(server, budget)
+            except Exception as exc:  # one broken server must not lose the whole run
+                print(f"   {server.spec.label}: failed: {exc!r}", flush=True)
+                figures = {"errors": 1, "failed": repr(exc), "first_problems": [repr(exc)]}
+            figures["wall_s"] = round(time.perf_counter() - t0, 2)
+            # Other work on the machine shows here: read the figures with it.
+            figures["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+            runs[server.spec.key].append(figures)
+    results = {key: scenario.merge(figures) for key, figures in runs.items()}
+    return {"title": scenario.title, "results": results, "ratios": scenario.ratios(results)}
+
+
+async def run_all(args: argparse.Namespace, budget: Budget, log_dir: Path) -> dict[str, Any]:
+    chosen = args.scenario or list(SCENARIOS)
+    run: dict[str, Any] = {
+        "command": shlex.join(["scripts/bench_interrupt.py", *sys.argv[1:]]),
+        "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "load_average_at_start": os.getloadavg(),
+        },
+        "budget": dataclasses.asdict(budget),
+        "servers": {
+            key: {"label": s.label, "description": s.description, "argv": list(s.argv)}
+            for key, s in SERVERS.items()
+        },
+        "scenarios": {},
+    }
+    plan = {
+        name: [k for k in SCENARIOS[name].servers if not args.server or k in args.server]
+        for name in chosen
+    }
+    # Every server is started once, all at the same time (start-up is mostly imports),
+    # and serves every workload that names it; each figure is a difference measured
+    # around its own workload, so what ran before does not count.
+    keys = list(dict.fromkeys(k for servers in plan.values() for k in servers))
+    t0 = time.perf_counter()
+    started = {key: RunningServer(SERVERS[key], log_dir) for key in keys}
+    try:
+        await asyncio.gather(*(s.wait_ready() for s in started.values()))
+        for name, servers in plan.items():
+            if not servers:
+                continue
+            scenario = SCENARIOS[name]
+            print(f"\n== {scenario.title}", flush=True)
+            result = await run_scenario(scenario, [started[k] for k in servers], budget)
+            run["scenarios"][name] = result
+            print(table(scenario, result["results"]))
+            for key, value in result["ratios"].items():
+                print(f"   {key}: {json.dumps(value)}")
+            sys.stdout.flush()
+    finally:
+        for server in started.values():
+            server.terminate()
+        for server in started.values():
+            server.stop()
+    run["wall_s"] = round(time.perf_counter() - t0, 1)
+    run["machine"]["load_average_at_end"] = os.getloadavg()
+    return run
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    budget = budget_from(args)
+    # SIGTERM stops the run the way Ctrl-C does, so the servers are stopped too.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    raise_open_file_limit()
+    with tempfile.TemporaryDirectory(prefix="bench-interrupt-") as tmp:
+        log_dir = args.log_dir or Path(tmp)
+        log_dir.mkdir(parents=True, exist_ok=True)
+        run = asyncio.run(run_all(args, budget, log_dir))
+    print(f"\nwall time: {run['wall_s']} s")
+    if args.json:
+        args.json.write_text(json.dumps(run, indent=2) + "\n")
+        print(f"figures: {args.json}")
+    if args.markdown:
+        args.markdown.write_text(
+            "\n\n".join(
+                f"**{SCENARIOS[name].title}**\n\n{markdown_table(SCENARIOS[name], r['results'])}"
+                for name, r in run["scenarios"].items()
+            )
+            + "\n"
+        )
+    if args.plot:
+        plot(run, SCENARIOS, args.plot)
+        print(f"plot: {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

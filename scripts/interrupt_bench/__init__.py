@@ -1,0 +1,1 @@
+"""The interrupt benchmark's parts: load-generator client, servers, workloads, report."""

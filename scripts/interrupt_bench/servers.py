@@ -1,0 +1,167 @@
+"""The servers under test, each run as its own process on loopback.
+
+A server is a command line with a ``{port}`` placeholder. The benchmark picks a
+free port, starts the process with its output going to a log file, waits until
+the port accepts connections, and measures the process from outside with psutil
+(CPU seconds, resident memory): nothing in a server knows it is being measured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+SCRIPTS = Path(__file__).resolve().parent.parent
+REPO = SCRIPTS.parent
+HOST = "127.0.0.1"
+PATH = "/ws"
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """How to start one server under test."""
+
+    key: str
+    label: str
+    description: str
+    argv: tuple[str, ...]
+
+    def command(self, port: int) -> list[str]:
+        return [arg.replace("{port}", str(port)) for arg in self.argv]
+
+
+def _trio_agent(*flags: str) -> tuple[str, ...]:
+    return (sys.executable, "-m", "trio_agent", "serve", "--port", "{port}", *flags)
+
+
+#: Every server the benchmark knows, by key. Scenarios name the ones they run.
+SERVERS: dict[str, ServerSpec] = {
+    spec.key: spec
+    for spec in (
+        ServerSpec(
+            "trio-agent",
+            "trio-agent",
+            "as shipped: priority lane, cancel scope per request",
+            _trio_agent(),
+        ),
+        ServerSpec(
+            "fifo",
+            "trio-agent --lanes fifo",
+            "baseline: ACK queues behind stream frames, cut requests' frames kept",
+            _trio_agent("--lanes", "fifo"),
+        ),
+        ServerSpec(
+            "asyncio",
+            "asyncio + websockets",
+            "baseline: the seed design (task per request, cancel event, direct sends)",
+            (sys.executable, str(SCRIPTS / "peers" / "asyncio_server.py"), "--port", "{port}"),
+        ),
+        ServerSpec(
+            "ceiling",
+            "bare trio-websocket loop",
+            "ceiling: one send_message per frame, no models, no lanes",
+            (
+                sys.executable,
+                str(SCRIPTS / "peers" / "trio_websocket_ceiling.py"),
+                "--port",
+                "{port}",
+            ),
+        ),
+        ServerSpec(
+            "lowat",
+            "trio-agent --tcp-notsent-lowat 16384",
+            "as shipped, with unsent kernel data bounded to 16 KiB",
+            _trio_agent("--tcp-notsent-lowat", "16384"),
+        ),
+    )
+}
+
+
+def raise_open_file_limit() -> int:
+    """Raise RLIMIT_NOFILE to its hard limit (children inherit it); return the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 65536
+    if soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind((HOST, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class RunningServer:
+    """A started server process. Stop it with :meth:`stop`."""
+
+    def __init__(self, spec: ServerSpec, log_dir: Path) -> None:
+        self.spec = spec
+        self.port = free_port()
+        self.log_path = log_dir / f"{spec.key}-{self.port}.log"
+        self._log = self.log_path.open("wb")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.process = subprocess.Popen(
+            spec.command(self.port),
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env=env,
+        )
+        self.ps = psutil.Process(self.process.pid)
+
+    async def wait_ready(self, limit_s: float = 30.0) -> None:
+        """Wait until the server listens on its port.
+
+        It looks at the process's sockets instead of connecting: a probe connection
+        that never completes a WebSocket handshake would sit in the server (until
+        its handshake timeout) and slow down its shutdown.
+        """
+        deadline = time.monotonic() + limit_s
+        while not any(
+            c.status == psutil.CONN_LISTEN and c.laddr.port == self.port
+            for c in self.ps.net_connections(kind="tcp")
+        ):
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"{self.spec.label} exited with {self.process.returncode}; see {self.log_path}"
+                )
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.spec.label} did not listen within {limit_s} s")
+            await asyncio.sleep(0.05)
+
+    def cpu_seconds(self) -> float:
+        """User plus system CPU seconds the server process has used so far."""
+        times = self.ps.cpu_times()
+        return float(times.user + times.system)
+
+    def rss_bytes(self) -> int:
+        return int(self.ps.memory_info().rss)
+
+    def terminate(self) -> None:
+        """Ask the server to stop (SIGTERM); :meth:`stop` waits for it."""
+        if self.process.poll() is None:
+            self.process.terminate()
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM, then SIGKILL if it does not exit in time; returns the exit code."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        return self.process.returncode
