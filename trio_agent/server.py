@@ -5,7 +5,10 @@ The top of the cancel-scope tree::
     AgentServer.run
     └── server nursery
         ├── listener task (its own CancelScope: shutdown stops accepting first)
-        ├── Session.run  (one per connection; see trio_agent.session)
+        ├── serve_stream (one per TCP connection)
+        │   ├── HTTP requests answered in place (trio_agent.web), until an upgrade
+        │   └── nursery: trio-websocket's reader task
+        │       └── Session.run  (see trio_agent.session)
         └── ...
 
 Agents that hold resources are async context managers: :meth:`AgentServer.run`
