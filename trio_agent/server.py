@@ -5,10 +5,11 @@ The top of the cancel-scope tree::
     AgentServer.run
     └── server nursery
         ├── listener task (its own CancelScope: shutdown stops accepting first)
-        ├── serve_stream (one per TCP connection)
-        │   ├── HTTP requests answered in place (trio_agent.web), until an upgrade
-        │   └── nursery: trio-websocket's reader task
-        │       └── Session.run  (see trio_agent.session)
+        ├── serve_stream (one task per TCP connection; plain HTTP is answered in
+        │   │             this task by trio_agent.web until a WebSocket upgrade)
+        │   └── nursery
+        │       ├── trio-websocket's reader task for the connection
+        │       └── (the nursery's own body) Session.run: see trio_agent.session
         └── ...
 
 Agents that hold resources are async context managers: :meth:`AgentServer.run`
