@@ -43,6 +43,7 @@ from trio_websocket import WebSocketConnection, open_websocket_url
 
 from trio_agent import AgentServer, ServerConfig
 from trio_agent import agents as builtin
+from trio_agent.guarantees import GuaranteeChecker
 from trio_agent.openai_agent import OpenAIAgent, OpenAIConfig
 from trio_agent.session import Session
 
@@ -103,39 +104,61 @@ async def json_lines_process(
             await process.wait()
 
 
-async def _frame(ws: WebSocketConnection) -> dict[str, Any]:
-    frame: dict[str, Any] = json.loads(await ws.get_message())
-    return frame
+class _CheckedConnection:
+    """The client's WebSocket, with every frame in both directions going through a
+    :class:`GuaranteeChecker`: a server that broke a guarantee while being timed
+    would be counted, whatever its latency."""
+
+    def __init__(self, ws: WebSocketConnection) -> None:
+        self.ws = ws
+        self.checker = GuaranteeChecker()
+        self._reported = 0
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        self.checker.sent(frame)
+        await self.ws.send_message(json.dumps(frame))
+
+    async def receive(self) -> dict[str, Any]:
+        frame: dict[str, Any] = json.loads(await self.ws.get_message())
+        self.checker.received(frame)
+        return frame
+
+    def new_violations(self) -> list[str]:
+        """The violations seen since the last call, as text."""
+        found = [str(v) for v in self.checker.violations[self._reported :]]
+        self._reported += len(found)
+        return found
 
 
 async def _round(
-    ws: WebSocketConnection, request_id: str, agent: str, options: dict[str, Any], wait_frames: int
+    conn: _CheckedConnection,
+    request_id: str,
+    agent: str,
+    options: dict[str, Any],
+    wait_frames: int,
 ) -> dict[str, Any]:
-    """One request cut after ``wait_frames`` STREAM frames; ``time.monotonic()`` times."""
-    await ws.send_message(
-        json.dumps(
-            {
-                "msg_type": "REQUEST",
-                "request_id": request_id,
-                "payload": {"input": "tell me a long story", "agent": agent, "options": options},
-            }
-        )
-    )
+    """One request cut after ``wait_frames`` STREAM frames; ``time.monotonic()`` times.
+
+    ``stale`` counts the cut request's STREAM frames that arrived after its ACK
+    (there must be none)."""
+    payload = {"input": "tell me a long story", "agent": agent, "options": options}
+    await conn.send({"msg_type": "REQUEST", "request_id": request_id, "payload": payload})
     seen = 0
     while seen < wait_frames:
-        frame = await _frame(ws)
+        frame = await conn.receive()
         seen += frame["msg_type"] == "STREAM" and frame["request_id"] == request_id
     msg_id = f"i-{request_id}"
     sent = time.monotonic()
-    await ws.send_message(
-        json.dumps({"msg_type": "INTERRUPT", "msg_id": msg_id, "request_id": request_id})
-    )
+    await conn.send({"msg_type": "INTERRUPT", "msg_id": msg_id, "request_id": request_id})
     ack = done = None
+    stale = 0
     done_payload: dict[str, Any] = {}
     while done is None:
-        frame = await _frame(ws)
+        frame = await conn.receive()
         if frame["msg_type"] == "INTERRUPT_ACK" and frame["ref"] == msg_id:
             ack = time.monotonic()
+        elif frame["msg_type"] == "STREAM" and frame["request_id"] == request_id:
+            stale += ack is not None
         elif frame["msg_type"] == "DONE" and frame["request_id"] == request_id:
             done = time.monotonic()
             done_payload = frame["payload"]
@@ -147,6 +170,8 @@ async def _round(
         "ack": ack,
         "done": done,
         "payload": done_payload,
+        "stale": stale,
+        "violations": conn.new_violations(),
     }
 
 
@@ -155,13 +180,14 @@ async def run_client(url: str, rounds: int, tokens_per_s: float, seed: int) -> N
     each round's times as a JSON line."""
     rng = random.Random(seed)
     async with open_websocket_url(url) as ws:
-        await _frame(ws)  # SESSION
+        conn = _CheckedConnection(ws)
+        await conn.receive()  # SESSION
         for i in range(rounds):
             wait = rng.randint(3, 10)
             lorem = {"words": 5000, "words_per_s": tokens_per_s}
             for result in (
-                await _round(ws, f"l{i}", "lorem", lorem, wait),
-                await _round(ws, f"o{i}", "openai", {}, wait),
+                await _round(conn, f"l{i}", "lorem", lorem, wait),
+                await _round(conn, f"o{i}", "openai", {}, wait),
             ):
                 print(json.dumps(result), flush=True)
 
@@ -231,8 +257,13 @@ async def _measure(rounds: int, tokens_per_s: float, seed: int) -> dict[str, Any
     close = _ms([r["payload"]["upstream_close_ms"] / 1000 for r in openai_rounds])
     ack_to_done = _ms([r["done"] - r["ack"] for r in openai_rounds])
     cancelled = sum(r["payload"].get("upstream_cancelled") is True for r in openai_rounds)
+    every_round = lorem_rounds + openai_rounds
+    violations = [v for r in every_round for v in r["violations"]]
     return {
         "rounds": rounds,
+        "stale_frames": sum(r["stale"] for r in every_round),
+        "violations": len(violations),
+        "first_violations": violations[:5],
         "load_average": os.getloadavg()[0],
         "cpus": os.cpu_count(),
         "tokens_per_s": tokens_per_s,
@@ -290,6 +321,10 @@ def table(figures: dict[str, Any], write: Callable[[str], Any] = print) -> None:
         f"({p99:.3f} ms); upstream_cancelled in {figures['upstream_cancelled_rounds']}/"
         f"{figures['rounds']} DONEs"
     )
+    write(
+        f"STREAM frames after their ACK: {figures['stale_frames']}; "
+        f"guarantees broken: {figures['violations']}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -308,7 +343,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(figures, indent=2))
     else:
         table(figures)
-    return 0 if figures["target"]["met"] else 1
+    clean = figures["stale_frames"] == 0 and figures["violations"] == 0
+    return 0 if figures["target"]["met"] and clean else 1
 
 
 if __name__ == "__main__":

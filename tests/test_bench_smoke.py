@@ -30,6 +30,7 @@ TINY = [
     "--scale-interrupts", "3",
     "--scale-window-s", "0.3",
     "--scale-settle-s", "0.1",
+    "--upstream-rounds", "2",
 ]  # fmt: skip
 
 OURS = ("trio-agent", "fifo", "lowat")

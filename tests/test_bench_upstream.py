@@ -28,6 +28,8 @@ async def test_the_benchmark_runs_and_reports_every_figure():
     figures = await bench.measure_upstream_interrupts(rounds=2, tokens_per_s=400)
     assert figures["rounds"] == 2
     assert figures["upstream_cancelled_rounds"] == 2
+    assert figures["stale_frames"] == 0
+    assert figures["violations"] == 0, figures["first_violations"]
     assert set(figures["rows"]) == set(bench._LABELS)
     for row in figures["rows"].values():
         assert 0 <= row["p50_ms"] <= row["p99_ms"] <= row["max_ms"]

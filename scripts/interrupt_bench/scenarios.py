@@ -17,10 +17,13 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import json
 import random
+import sys
 import time
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import psutil
@@ -57,6 +60,8 @@ class Budget:
     scale_window_s: float = 4.0
     #: How long every session streams before memory is measured and interrupts start.
     scale_settle_s: float = 1.0
+    #: Interrupts per agent (openai and lorem) in the upstream workload.
+    upstream_rounds: int = 200
     seed: int = 1
 
 
@@ -72,6 +77,7 @@ QUICK = Budget(
     scale_interrupts=60,
     scale_rounds=1,
     scale_window_s=2.0,
+    upstream_rounds=40,
 )
 
 
@@ -659,7 +665,73 @@ class Scale(Scenario):
         return _latency_ratios(results, "trio-agent", ("ack_ms",), ("p50", "p99"))
 
 
+# --------------------------------------------------------------------------- upstream
+
+#: The upstream benchmark, run by :class:`Upstream` as a process of its own.
+BENCH_UPSTREAM = Path(__file__).resolve().parent.parent / "bench_upstream.py"
+
+
+class Upstream(Scenario):
+    """The ``openai`` agent against a fake upstream at 200 tokens/s: how soon after
+    the server reads an INTERRUPT the upstream sees its connection closed, next to
+    the ACK latency of the same agent and of ``lorem`` (no upstream).
+
+    The figures need the moment the server *read* each INTERRUPT, which only an
+    instrumented server can tell, so this workload runs ``scripts/bench_upstream.py``:
+    the fake upstream, an instrumented trio-agent and the client, each in a process
+    of its own. The shared trio-agent process stays idle meanwhile. See
+    ``docs/agents.md`` for what the figures mean.
+    """
+
+    name = "upstream"
+    title = (
+        "Upstream: INTERRUPT to upstream disconnect (openai agent, fake upstream at 200 tokens/s)"
+    )
+    servers = ("trio-agent",)
+    columns = (
+        Column("rounds", "rounds"),
+        Column("read->EOF p50 ms", "rows.interrupt_read_to_upstream_eof.p50_ms", 3),
+        Column("read->EOF p99", "rows.interrupt_read_to_upstream_eof.p99_ms", 3),
+        Column("read->EOF max", "rows.interrupt_read_to_upstream_eof.max_ms", 3),
+        Column("target p99 <= 5 ms", "target_verdict"),
+        Column("ACK openai p50", "rows.ack_latency_openai.p50_ms"),
+        Column("ACK openai p99", "rows.ack_latency_openai.p99_ms"),
+        Column("ACK lorem p50", "rows.ack_latency_lorem.p50_ms"),
+        Column("ACK lorem p99", "rows.ack_latency_lorem.p99_ms"),
+        Column("upstream cancelled", "upstream_cancelled_rounds"),
+        *PROBLEM_COLUMNS,
+    )
+
+    async def run(self, server: RunningServer, budget: Budget) -> dict[str, Any]:
+        argv = [sys.executable, str(BENCH_UPSTREAM), "--json"]
+        argv += ["--rounds", str(budget.upstream_rounds), "--seed", str(budget.seed)]
+        process = await asyncio.create_subprocess_exec(
+            *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
+        try:
+            # Rounds take tens of milliseconds; a generous bound all the same.
+            out, err = await asyncio.wait_for(
+                process.communicate(), TIMEOUT_S + budget.upstream_rounds
+            )
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+        # It exits 1 when the target is missed: the figures still stand.
+        if not out.strip():
+            raise RuntimeError(f"bench_upstream.py printed no figures: {err.decode()[-500:]}")
+        figures: dict[str, Any] = json.loads(out)
+        figures["target_verdict"] = "met" if figures["target"]["met"] else "MISSED"
+        figures["errors"] = 0
+        figures["first_problems"] = figures.pop("first_violations")
+        return figures
+
+    def ratios(self, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        mine = results.get("trio-agent")
+        return {"trio-agent": mine["ratios"]} if mine and "ratios" in mine else {}
+
+
 #: Every workload, in the order a run goes through them.
 SCENARIOS: dict[str, Scenario] = {
-    s.name: s for s in (BargeIn(), Throughput(), SlowReader(), Scale())
+    s.name: s for s in (BargeIn(), Throughput(), SlowReader(), Scale(), Upstream())
 }
