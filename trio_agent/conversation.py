@@ -15,6 +15,13 @@ The two rules that make an interruption feel instant live here:
   sent it before it read the INTERRUPT) is *stale*: it is dropped and counted,
   never shown. The server's DONE, when it comes, is kept as ``server_done``.
 
+Protocol v1.1 adds speech: a text frame is ``str`` and a *binary* frame
+(``bytes``) is an AUDIO frame, decoded by :mod:`trio_agent.audio`. Its samples
+become :class:`AudioChunk` values next to the text chunks, and the same two rules
+hold for them: the cut drops the audio not yet consumed, and audio arriving after
+it is stale. An INTERRUPT naming one spoken request carries ``played_ms``, the
+caller's playback position, so the server can say what was heard (``heard_text``).
+
 Every frame received also goes through a
 :class:`~trio_agent.guarantees.GuaranteeChecker`, so the client checks the
 server's guarantees as it goes (:class:`ProtocolBreach` events).
@@ -23,6 +30,8 @@ server's guarantees as it goes (:class:`ProtocolBreach` events).
 from __future__ import annotations
 
 import itertools
+import json
+import math
 import re
 from collections import deque
 from collections.abc import Mapping
@@ -31,6 +40,7 @@ from typing import Any, Final
 
 from pydantic import BaseModel, ValidationError
 
+from .audio import AudioHeader, decode_audio_frame
 from .guarantees import GuaranteeChecker
 from .protocol import (
     DEFAULT_INTERRUPT_REASON,
@@ -46,6 +56,7 @@ from .protocol import (
     InterruptAckPayload,
     InterruptMessage,
     InterruptPayload,
+    ProtocolError,
     RequestMessage,
     RequestPayload,
     ServerHeartbeatMessage,
@@ -64,10 +75,48 @@ _REQUEST_ID: Final = re.compile(REQUEST_ID_PATTERN)
 
 @dataclass(frozen=True, slots=True)
 class Chunk:
-    """One piece of a reply: a STREAM frame's ``seq`` and ``delta``."""
+    """One piece of a reply: a STREAM frame's ``seq`` and ``delta``, and, when the
+    reply is spoken, ``start_ms``: where its words start in the reply's audio."""
 
     seq: int
     delta: str
+    start_ms: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AudioChunk:
+    """One AUDIO frame of a spoken reply: its samples and where they sit in it.
+
+    ``samples`` are raw ``format`` bytes (``pcm_s16le``: signed 16-bit
+    little-endian, ``channels`` interleaved) at ``sample_rate``; always use the
+    chunk's own rate, servers differ. ``start_ms`` is the chunk's offset in the
+    spoken reply and ``duration_ms`` its length, so ``end_ms`` is where the next
+    chunk starts.
+    """
+
+    seq: int
+    start_ms: float
+    duration_ms: float
+    sample_rate: int
+    channels: int
+    samples: bytes
+    format: str = "pcm_s16le"
+
+    @property
+    def end_ms(self) -> float:
+        return self.start_ms + self.duration_ms
+
+    @classmethod
+    def from_frame(cls, header: AudioHeader, samples: bytes) -> AudioChunk:
+        return cls(
+            seq=header.seq,
+            start_ms=header.start_ms,
+            duration_ms=header.duration_ms,
+            sample_rate=header.sample_rate,
+            channels=header.channels,
+            samples=samples,
+            format=header.format,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +126,12 @@ class DoneInfo:
     ``local`` is true when the client decided the end itself (an optimistic
     interrupt) and no DONE had been read yet; ``frames`` is then the number of
     chunks that had arrived before the cut.
+
+    A spoken reply's DONE adds ``audio_ms`` (audio the server wrote to the
+    socket), ``heard_ms`` (the ``played_ms`` of the INTERRUPT that cut it, capped
+    by ``audio_ms``; else ``audio_ms``) and ``heard_text`` (the words whose audio
+    lies wholly within ``heard_ms``). A local end leaves them ``None``: only the
+    server knows what it wrote; see :attr:`RequestState.server_done`.
     """
 
     status: DoneStatus
@@ -85,16 +140,78 @@ class DoneInfo:
     reason: str | None = None
     error: ErrorInfo | None = None
     local: bool = False
+    audio_ms: float | None = None
+    heard_ms: float | None = None
+    heard_text: str | None = None
 
     @classmethod
-    def from_payload(cls, payload: DonePayload) -> DoneInfo:
+    def from_payload(cls, payload: DonePayload, raw: Mapping[str, Any]) -> DoneInfo:
+        """From the validated payload, plus the v1.1 speech fields read from its
+        ``raw`` form (additive fields, read tolerantly: a wrong type reads as absent)."""
+        heard_text = raw.get("heard_text")
         return cls(
             status=payload.status,
             interrupted=payload.interrupted,
             frames=payload.frames,
             reason=payload.reason,
             error=payload.error,
+            audio_ms=_milliseconds(raw.get("audio_ms")),
+            heard_ms=_milliseconds(raw.get("heard_ms")),
+            heard_text=heard_text if isinstance(heard_text, str) else None,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class AudioFormat:
+    """One audio format a server offers (SESSION ``audio_formats``)."""
+
+    format: str
+    sample_rate: int
+    channels: int
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechOffer:
+    """What the SESSION frame says about speech (protocol v1.1): ``voices`` (empty
+    when the server cannot speak), ``default_voice``, ``audio_formats`` and the
+    ``synthesizer`` in use. Read tolerantly from the payload: a v1.0 server, or a
+    field of the wrong type, reads as no speech."""
+
+    voices: tuple[str, ...] = ()
+    default_voice: str | None = None
+    audio_formats: tuple[AudioFormat, ...] = ()
+    synthesizer: str | None = None
+
+    @classmethod
+    def from_payload(cls, raw: Mapping[str, Any]) -> SpeechOffer:
+        voices = raw.get("voices")
+        default_voice = raw.get("default_voice")
+        synthesizer = raw.get("synthesizer")
+        formats = raw.get("audio_formats")
+        return cls(
+            voices=tuple(v for v in voices if isinstance(v, str))
+            if isinstance(voices, list)
+            else (),
+            default_voice=default_voice if isinstance(default_voice, str) else None,
+            audio_formats=tuple(
+                AudioFormat(str(f["format"]), f["sample_rate"], f.get("channels", 1))
+                for f in formats
+                if isinstance(f, dict)
+                and isinstance(f.get("format"), str)
+                and isinstance(f.get("sample_rate"), int)
+                and isinstance(f.get("channels", 1), int)
+            )
+            if isinstance(formats, list)
+            else (),
+            synthesizer=synthesizer if isinstance(synthesizer, str) else None,
+        )
+
+
+def _milliseconds(value: Any) -> float | None:
+    """``value`` as milliseconds if it is a finite number >= 0, else ``None``."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) and value >= 0 else None
 
 
 # --------------------------------------------------------------------------- the books
@@ -107,6 +224,8 @@ class RequestState:
 
     request_id: str
     msg_id: str
+    #: True when the REQUEST asked for speech (``options.voice``).
+    voice: bool = False
     #: Chunks that arrived and were not consumed yet. Unbounded on purpose: the
     #: reader must never wait for a slow consumer (see docs/client.md).
     chunks: deque[Chunk] = field(default_factory=deque)
@@ -122,6 +241,23 @@ class RequestState:
     server_done: DoneInfo | None = None
     #: The ERROR that refused the REQUEST (``code``/``message``).
     error: ErrorInfo | None = None
+    #: Audio chunks that arrived and were not consumed yet (unbounded, like ``chunks``).
+    audio: deque[AudioChunk] = field(default_factory=deque)
+    #: AUDIO frames that arrived before the request ended locally.
+    audio_frames: int = 0
+    #: Milliseconds of audio that arrived before the request ended locally.
+    audio_received_ms: float = 0.0
+    #: Milliseconds of audio the application has taken from ``audio``: the default
+    #: playback clock (see :attr:`played_ms`).
+    audio_consumed_ms: float = 0.0
+    #: AUDIO frames of this request dropped because they came after the local cut.
+    stale_audio_dropped: int = 0
+
+    def take_audio(self) -> AudioChunk:
+        """Pop the next audio chunk and advance the consumed-audio clock."""
+        chunk = self.audio.popleft()
+        self.audio_consumed_ms += chunk.duration_ms
+        return chunk
 
     @property
     def ended(self) -> bool:
@@ -254,6 +390,8 @@ class Conversation:
     def __init__(self, checker: GuaranteeChecker | None = None) -> None:
         self.checker = checker if checker is not None else GuaranteeChecker()
         self.session: SessionMessage | None = None
+        #: What the SESSION frame offers for speech (protocol v1.1).
+        self.speech = SpeechOffer()
         #: Requests the server has not said its last word about, by id.
         self.requests: dict[str, RequestState] = {}
         #: INTERRUPTs waiting for their ACK, by ``msg_id``.
@@ -290,7 +428,10 @@ class Conversation:
         except ValidationError as exc:
             raise ValueError(f"invalid request: {exc}") from None
         message = RequestMessage(msg_id=msg_id, request_id=request_id, ts=now_ms(), payload=payload)
-        state = RequestState(request_id=request_id, msg_id=msg_id)
+        voice = payload.options.get("voice")
+        state = RequestState(
+            request_id=request_id, msg_id=msg_id, voice=voice is not None and voice is not False
+        )
         self.requests[request_id] = state
         return state, _outgoing(msg_id, message)
 
@@ -300,19 +441,33 @@ class Conversation:
             del self.requests[state.request_id]
 
     def interrupt(
-        self, request_id: str | None = None, reason: str = DEFAULT_INTERRUPT_REASON
+        self,
+        request_id: str | None = None,
+        reason: str = DEFAULT_INTERRUPT_REASON,
+        *,
+        played_ms: float | None = None,
     ) -> tuple[InterruptState, Outgoing]:
         """End the targeted requests locally, then build the INTERRUPT frame.
 
         The targets are the request named ``request_id`` or, when it is ``None``,
         every request that has not ended locally. Each one ends at once with
-        ``status=interrupted`` (``local=True``), its unconsumed chunks are dropped,
-        and every STREAM frame of it that arrives later is stale.
+        ``status=interrupted`` (``local=True``), its unconsumed chunks and audio
+        are dropped, and every STREAM or AUDIO frame of it that arrives later is
+        stale.
+
+        ``played_ms`` (the caller's playback position in that request's audio)
+        goes into the payload; it counts only when one request is named, so it is
+        refused (``ValueError``) for an interrupt-all.
         """
         if request_id is not None:
             check_request_id(request_id)
         if not isinstance(reason, str):
             raise TypeError(f"reason must be a str, not {type(reason).__name__}")
+        if played_ms is not None:
+            if request_id is None:
+                raise ValueError("played_ms counts only for an INTERRUPT that names one request")
+            if not (isinstance(played_ms, int | float) and 0 <= played_ms < float("inf")):
+                raise ValueError(f"played_ms must be a finite number >= 0, not {played_ms!r}")
         msg_id = self._next_msg_id()
         if request_id is None:
             targets = [state for state in self.requests.values() if not state.ended]
@@ -322,6 +477,7 @@ class Conversation:
         for state in targets:
             state.cut_by = msg_id
             state.chunks.clear()
+            state.audio.clear()
             state.done = DoneInfo(
                 status=DoneStatus.INTERRUPTED,
                 interrupted=True,
@@ -337,7 +493,12 @@ class Conversation:
             ts=now_ms(),
             payload=InterruptPayload(reason=reason),
         )
-        return interrupt, _outgoing(msg_id, message)
+        if played_ms is None:
+            return interrupt, _outgoing(msg_id, message)
+        frame = message.model_dump(mode="json", exclude_none=True)
+        frame["payload"]["played_ms"] = played_ms
+        text = json.dumps(frame, ensure_ascii=False, separators=(",", ":"))
+        return interrupt, Outgoing(msg_id, text, frame)
 
     def heartbeat(self) -> Outgoing:
         """Build a HEARTBEAT frame; its reply comes back as :class:`HeartbeatAnswered`."""
@@ -352,7 +513,13 @@ class Conversation:
     # ------------------------------------------------------------------ receiving
 
     def receive(self, raw: str | bytes) -> list[Event]:
-        """Take one frame from the server; return what happened because of it."""
+        """Take one frame from the server; return what happened because of it.
+
+        ``str`` is a text frame (JSON); ``bytes`` is a binary frame, which in
+        protocol v1.1 can only be AUDIO.
+        """
+        if isinstance(raw, bytes | bytearray | memoryview):
+            return self._audio(bytes(raw))
         shown = raw if isinstance(raw, str) else repr(raw)
         shown = shown[:300]
         try:
@@ -378,6 +545,8 @@ class Conversation:
         if isinstance(message, SessionMessage):
             if self.session is None:
                 self.session = message
+                payload = obj.get("payload")
+                self.speech = SpeechOffer.from_payload(payload if isinstance(payload, dict) else {})
                 events.append(Opened(message))
             else:
                 events.append(ProtocolBreach(None, "a second SESSION frame", shown))
@@ -385,10 +554,12 @@ class Conversation:
         if self.session is None:
             events.append(ProtocolBreach(None, "the first frame is not SESSION", shown))
             return events
+        raw_payload = obj.get("payload")
+        raw_payload = raw_payload if isinstance(raw_payload, dict) else {}
         if isinstance(message, StreamMessage):
-            events.extend(self._stream(message))
+            events.extend(self._stream(message, _milliseconds(raw_payload.get("start_ms"))))
         elif isinstance(message, DoneMessage):
-            events.extend(self._done(message))
+            events.extend(self._done(message, raw_payload))
         elif isinstance(message, InterruptAckMessage):
             interrupt = self.interrupts.pop(str(message.ref), None)
             if interrupt is not None:  # else: the checker has already reported it
@@ -400,23 +571,48 @@ class Conversation:
             events.append(self._error(message))
         return events
 
-    def _stream(self, message: StreamMessage) -> list[Event]:
+    def _stream(self, message: StreamMessage, start_ms: float | None) -> list[Event]:
         state = self.requests.get(message.request_id)
         if state is None:
             return []  # not ours, or after its DONE: the checker has reported it
         if state.ended:
             state.stale_dropped += 1
             return []
-        chunk = Chunk(message.payload.seq, message.payload.delta)
+        chunk = Chunk(message.payload.seq, message.payload.delta, start_ms)
         state.chunks.append(chunk)
         state.parts.append(chunk.delta)
         return [RequestUpdated(state)]
 
-    def _done(self, message: DoneMessage) -> list[Event]:
+    def _audio(self, data: bytes) -> list[Event]:
+        shown = repr(data[:300])
+        if self.session is None:
+            return [ProtocolBreach(None, "the first frame is not SESSION", shown)]
+        try:
+            header, samples = decode_audio_frame(data)
+        except ProtocolError as exc:
+            return [ProtocolBreach(None, f"a malformed AUDIO frame: {exc.message}", shown)]
+        events: list[Event] = [
+            ProtocolBreach(v.guarantee, v.message, shown)
+            for v in self.checker.received(header.model_dump(mode="json"))
+        ]
+        state = self.requests.get(header.request_id)
+        if state is None:
+            return events  # not ours, or after its DONE: the checker has reported it
+        if state.ended:
+            state.stale_audio_dropped += 1
+            return events
+        chunk = AudioChunk.from_frame(header, samples)
+        state.audio.append(chunk)
+        state.audio_frames += 1
+        state.audio_received_ms += chunk.duration_ms
+        events.append(RequestUpdated(state))
+        return events
+
+    def _done(self, message: DoneMessage, raw_payload: Mapping[str, Any]) -> list[Event]:
         state = self.requests.pop(message.request_id, None)
         if state is None:
             return []
-        state.server_done = DoneInfo.from_payload(message.payload)
+        state.server_done = DoneInfo.from_payload(message.payload, raw_payload)
         if state.done is None:
             state.done = state.server_done
         return [RequestUpdated(state)]

@@ -41,6 +41,7 @@ class _Request:
     sent_at: int  # position of the REQUEST in the conversation
     refused: bool = False
     frames: int = 0
+    audio_frames: int = 0  # AUDIO frames (protocol v1.1), their own seq
     done: Mapping[str, Any] | None = None
     acked_by: str | None = None  # msg_id of the INTERRUPT whose ACK named it
 
@@ -105,7 +106,11 @@ class GuaranteeChecker:
             self._interrupts[msg_id] = _Interrupt(msg_id, frame.get("request_id"), self._clock)
 
     def received(self, frame: Mapping[str, Any]) -> list[Violation]:
-        """Record a frame the client received; return the violations it revealed."""
+        """Record a frame the client received; return the violations it revealed.
+
+        An AUDIO binary frame is passed as its header (``msg_type: "AUDIO"``): it
+        obeys the same guarantees as STREAM, with a ``seq`` of its own.
+        """
         self._clock += 1
         before = len(self.violations)
         kind = frame.get("msg_type")
@@ -113,6 +118,8 @@ class GuaranteeChecker:
         rid = frame.get("request_id")
         if kind == "STREAM":
             self._stream(str(rid), payload)
+        elif kind == "AUDIO":
+            self._audio(str(rid), frame.get("seq"))
         elif kind == "DONE":
             self._done(str(rid), payload)
         elif kind == "INTERRUPT_ACK":
@@ -151,6 +158,22 @@ class GuaranteeChecker:
                 2, f"STREAM of {rid!r} has seq={payload.get('seq')}, expected {request.frames}"
             )
         request.frames += 1
+
+    def _audio(self, rid: str, seq: Any) -> None:
+        request = self._requests.get(rid)
+        if request is None:
+            if rid in self._ended:
+                self._fail(1, f"AUDIO seq={seq} of {rid!r} after its DONE")
+            else:
+                self._fail(8, f"AUDIO for request {rid!r}, which this client never sent")
+            return
+        if request.acked_by is not None:
+            self._fail(
+                5, f"AUDIO seq={seq} of {rid!r} after the ACK of {request.acked_by!r} named it"
+            )
+        if seq != request.audio_frames:
+            self._fail(2, f"AUDIO of {rid!r} has seq={seq}, expected {request.audio_frames}")
+        request.audio_frames += 1
 
     def _done(self, rid: str, payload: Mapping[str, Any]) -> None:
         request = self._requests.get(rid)
