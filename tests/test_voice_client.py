@@ -54,8 +54,9 @@ def spoken_request(c: Conversation, request_id: str = "r1"):
 
 def test_audio_frames_become_chunks_with_their_timing():
     c = opened()
-    assert c.speech.voices == ("builtin",)
-    assert c.speech.audio_formats[0].sample_rate == 16000
+    assert c.session is not None
+    assert c.session.payload.voices == ["builtin"]
+    assert c.session.payload.audio_formats[0].sample_rate == 16000
     state = spoken_request(c)
     assert state.voice
     c.receive(frame("STREAM", request_id="r1", payload={"seq": 0, "delta": "Hi", "start_ms": 0}))
@@ -101,6 +102,8 @@ def test_played_ms_goes_with_an_interrupt_of_one_request_only():
     _, out = c.interrupt("r1", played_ms=123.5)
     assert json.loads(out.text)["payload"] == {"reason": "USER_NEW_INPUT", "played_ms": 123.5}
     assert out.frame["payload"]["played_ms"] == 123.5
+    _, out = c.interrupt("r1", played_ms=100)
+    assert json.loads(out.text)["payload"]["played_ms"] == 100.0
     with pytest.raises(ValueError, match="names one request"):
         c.interrupt(None, played_ms=10)
     with pytest.raises(ValueError, match="finite number"):
@@ -181,7 +184,7 @@ async def test_the_client_streams_audio_and_reports_what_was_heard(nursery, auto
     ) as client:
         assert client.voices == ("builtin",)
         assert (client.default_voice, client.synthesizer) == ("builtin", "builtin")
-        assert client.audio_formats == (AudioFormat("pcm_s16le", 16000, 1),)
+        assert client.audio_formats == (AudioFormat(sample_rate=16000),)
         response = await client.request("speak", request_id="r1", voice=True, audio_pace=0)
         request = await fake.recv_type("REQUEST")
         assert request["payload"]["options"] == {"voice": True, "audio_pace": 0}

@@ -518,3 +518,34 @@ def test_the_speak_toggle_follows_what_the_server_offers(demo: Demo, server: Ser
     else:
         expect(toggle).to_be_disabled()
         expect(demo.by("speak-hint")).to_have_text("This server offers no voices.")
+
+
+def test_a_spoken_reply_from_the_server_plays_and_falls_silent_on_barge_in(demo: Demo, server):
+    """End to end: `scripts/serve` speaks a lorem reply; the page plays it; Stop
+    silences it at once, the INTERRUPT carries played_ms, and the reply's line then
+    shows what the server says was heard."""
+    demo.open(server, "?speak=1")
+    if not demo.page.evaluate("() => (agentClient.session.voices ?? []).length"):
+        pytest.skip("the server offers no voices here (speech off)")
+    demo.page.evaluate(FRAMES_JS)
+    expect(demo.by("speak")).to_be_enabled()
+    demo.ask("Speak to me", words=200, speed=4)
+    demo.wait_words(0, 1)
+    record_sent_frames(demo.page)
+    demo.page.wait_for_function("() => agentClient.stats.audioFrames > 0")
+    request_id = demo.reply(0).get_attribute("data-request-id")
+    demo.page.wait_for_function(f"() => agentClient.audio.playedMs({request_id!r}) > 600")
+    demo.page.wait_for_function("() => window.hearsSound()")
+    demo.by("stop").click()
+    expect(demo.reply(0)).to_have_attribute("data-status", "interrupted")
+    expect(demo.by("played-after")).to_have_text("0")
+    expect(demo.by("audio-queued")).to_have_text("0")
+    assert not demo.page.evaluate("() => window.hearsSound()")
+    (interrupt,) = [
+        f for f in demo.page.evaluate("() => window.sentFrames") if f["msg_type"] == "INTERRUPT"
+    ]
+    assert interrupt["request_id"] == request_id
+    assert interrupt["payload"]["played_ms"] >= 600
+    expect(demo.meta_of(0)).to_contain_text(re.compile(r"heard \d+\.\d\d s of \d+\.\d\d s: “\S"))
+    assert demo.stats()["staleAfterAck"] == 0
+    demo.shot("spoken")

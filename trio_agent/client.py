@@ -66,7 +66,6 @@ from trio_websocket import (
 from .conversation import (
     Acknowledged,
     AudioChunk,
-    AudioFormat,
     Chunk,
     Conversation,
     DoneInfo,
@@ -84,6 +83,7 @@ from .conversation import (
 from .protocol import (
     DEFAULT_INTERRUPT_REASON,
     AgentEntry,
+    AudioFormat,
     ErrorInfo,
     Limits,
     SessionMessage,
@@ -611,22 +611,22 @@ class AgentClient:
     @property
     def voices(self) -> tuple[str, ...]:
         """The voices the server can speak with (empty: it cannot speak)."""
-        return self._conversation.speech.voices
+        return tuple(self._opened.payload.voices)
 
     @property
     def default_voice(self) -> str | None:
         """The voice ``voice=True`` picks."""
-        return self._conversation.speech.default_voice
+        return self._opened.payload.default_voice
 
     @property
     def audio_formats(self) -> tuple[AudioFormat, ...]:
         """The audio formats the server sends (format, sample rate, channels)."""
-        return self._conversation.speech.audio_formats
+        return tuple(self._opened.payload.audio_formats)
 
     @property
     def synthesizer(self) -> str | None:
         """What the server speaks with (``espeak-ng``, ``builtin``), or ``None``."""
-        return self._conversation.speech.synthesizer
+        return self._opened.payload.synthesizer
 
     @property
     def _opened(self) -> SessionMessage:

@@ -30,7 +30,6 @@ server's guarantees as it goes (:class:`ProtocolBreach` events).
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import re
 from collections import deque
@@ -145,73 +144,17 @@ class DoneInfo:
     heard_text: str | None = None
 
     @classmethod
-    def from_payload(cls, payload: DonePayload, raw: Mapping[str, Any]) -> DoneInfo:
-        """From the validated payload, plus the v1.1 speech fields read from its
-        ``raw`` form (additive fields, read tolerantly: a wrong type reads as absent)."""
-        heard_text = raw.get("heard_text")
+    def from_payload(cls, payload: DonePayload) -> DoneInfo:
         return cls(
             status=payload.status,
             interrupted=payload.interrupted,
             frames=payload.frames,
             reason=payload.reason,
             error=payload.error,
-            audio_ms=_milliseconds(raw.get("audio_ms")),
-            heard_ms=_milliseconds(raw.get("heard_ms")),
-            heard_text=heard_text if isinstance(heard_text, str) else None,
+            audio_ms=payload.audio_ms,
+            heard_ms=payload.heard_ms,
+            heard_text=payload.heard_text,
         )
-
-
-@dataclass(frozen=True, slots=True)
-class AudioFormat:
-    """One audio format a server offers (SESSION ``audio_formats``)."""
-
-    format: str
-    sample_rate: int
-    channels: int
-
-
-@dataclass(frozen=True, slots=True)
-class SpeechOffer:
-    """What the SESSION frame says about speech (protocol v1.1): ``voices`` (empty
-    when the server cannot speak), ``default_voice``, ``audio_formats`` and the
-    ``synthesizer`` in use. Read tolerantly from the payload: a v1.0 server, or a
-    field of the wrong type, reads as no speech."""
-
-    voices: tuple[str, ...] = ()
-    default_voice: str | None = None
-    audio_formats: tuple[AudioFormat, ...] = ()
-    synthesizer: str | None = None
-
-    @classmethod
-    def from_payload(cls, raw: Mapping[str, Any]) -> SpeechOffer:
-        voices = raw.get("voices")
-        default_voice = raw.get("default_voice")
-        synthesizer = raw.get("synthesizer")
-        formats = raw.get("audio_formats")
-        return cls(
-            voices=tuple(v for v in voices if isinstance(v, str))
-            if isinstance(voices, list)
-            else (),
-            default_voice=default_voice if isinstance(default_voice, str) else None,
-            audio_formats=tuple(
-                AudioFormat(str(f["format"]), f["sample_rate"], f.get("channels", 1))
-                for f in formats
-                if isinstance(f, dict)
-                and isinstance(f.get("format"), str)
-                and isinstance(f.get("sample_rate"), int)
-                and isinstance(f.get("channels", 1), int)
-            )
-            if isinstance(formats, list)
-            else (),
-            synthesizer=synthesizer if isinstance(synthesizer, str) else None,
-        )
-
-
-def _milliseconds(value: Any) -> float | None:
-    """``value`` as milliseconds if it is a finite number >= 0, else ``None``."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value) if math.isfinite(value) and value >= 0 else None
 
 
 # --------------------------------------------------------------------------- the books
@@ -390,8 +333,6 @@ class Conversation:
     def __init__(self, checker: GuaranteeChecker | None = None) -> None:
         self.checker = checker if checker is not None else GuaranteeChecker()
         self.session: SessionMessage | None = None
-        #: What the SESSION frame offers for speech (protocol v1.1).
-        self.speech = SpeechOffer()
         #: Requests the server has not said its last word about, by id.
         self.requests: dict[str, RequestState] = {}
         #: INTERRUPTs waiting for their ACK, by ``msg_id``.
@@ -466,7 +407,7 @@ class Conversation:
         if played_ms is not None:
             if request_id is None:
                 raise ValueError("played_ms counts only for an INTERRUPT that names one request")
-            if not (isinstance(played_ms, int | float) and 0 <= played_ms < float("inf")):
+            if not (isinstance(played_ms, int | float) and 0 <= played_ms < math.inf):
                 raise ValueError(f"played_ms must be a finite number >= 0, not {played_ms!r}")
         msg_id = self._next_msg_id()
         if request_id is None:
@@ -491,14 +432,11 @@ class Conversation:
             msg_id=msg_id,
             request_id=request_id,
             ts=now_ms(),
-            payload=InterruptPayload(reason=reason),
+            payload=InterruptPayload(
+                reason=reason, played_ms=None if played_ms is None else float(played_ms)
+            ),
         )
-        if played_ms is None:
-            return interrupt, _outgoing(msg_id, message)
-        frame = message.model_dump(mode="json", exclude_none=True)
-        frame["payload"]["played_ms"] = played_ms
-        text = json.dumps(frame, ensure_ascii=False, separators=(",", ":"))
-        return interrupt, Outgoing(msg_id, text, frame)
+        return interrupt, _outgoing(msg_id, message)
 
     def heartbeat(self) -> Outgoing:
         """Build a HEARTBEAT frame; its reply comes back as :class:`HeartbeatAnswered`."""
@@ -545,8 +483,6 @@ class Conversation:
         if isinstance(message, SessionMessage):
             if self.session is None:
                 self.session = message
-                payload = obj.get("payload")
-                self.speech = SpeechOffer.from_payload(payload if isinstance(payload, dict) else {})
                 events.append(Opened(message))
             else:
                 events.append(ProtocolBreach(None, "a second SESSION frame", shown))
@@ -554,12 +490,10 @@ class Conversation:
         if self.session is None:
             events.append(ProtocolBreach(None, "the first frame is not SESSION", shown))
             return events
-        raw_payload = obj.get("payload")
-        raw_payload = raw_payload if isinstance(raw_payload, dict) else {}
         if isinstance(message, StreamMessage):
-            events.extend(self._stream(message, _milliseconds(raw_payload.get("start_ms"))))
+            events.extend(self._stream(message))
         elif isinstance(message, DoneMessage):
-            events.extend(self._done(message, raw_payload))
+            events.extend(self._done(message))
         elif isinstance(message, InterruptAckMessage):
             interrupt = self.interrupts.pop(str(message.ref), None)
             if interrupt is not None:  # else: the checker has already reported it
@@ -571,14 +505,14 @@ class Conversation:
             events.append(self._error(message))
         return events
 
-    def _stream(self, message: StreamMessage, start_ms: float | None) -> list[Event]:
+    def _stream(self, message: StreamMessage) -> list[Event]:
         state = self.requests.get(message.request_id)
         if state is None:
             return []  # not ours, or after its DONE: the checker has reported it
         if state.ended:
             state.stale_dropped += 1
             return []
-        chunk = Chunk(message.payload.seq, message.payload.delta, start_ms)
+        chunk = Chunk(message.payload.seq, message.payload.delta, message.payload.start_ms)
         state.chunks.append(chunk)
         state.parts.append(chunk.delta)
         return [RequestUpdated(state)]
@@ -608,11 +542,11 @@ class Conversation:
         events.append(RequestUpdated(state))
         return events
 
-    def _done(self, message: DoneMessage, raw_payload: Mapping[str, Any]) -> list[Event]:
+    def _done(self, message: DoneMessage) -> list[Event]:
         state = self.requests.pop(message.request_id, None)
         if state is None:
             return []
-        state.server_done = DoneInfo.from_payload(message.payload, raw_payload)
+        state.server_done = DoneInfo.from_payload(message.payload)
         if state.done is None:
             state.done = state.server_done
         return [RequestUpdated(state)]
