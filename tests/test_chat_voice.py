@@ -31,6 +31,8 @@ report.sendall(b"%d\\n" % os.getpid())
 while sys.stdin.buffer.read1(65536):
     pass
 report.sendall(b"eof\\n")
+if sys.argv[2:] == ["linger"]:  # still playing what it buffered: until the test says
+    report.recv(1)
 """
 
 
@@ -143,6 +145,46 @@ async def test_a_barge_in_kills_the_player_and_sends_what_was_played(nursery, tm
         assert 0 < wav.getnframes() <= 16000
 
 
+async def test_a_new_line_silences_a_reply_that_is_still_playing(nursery, tmp_path):
+    """The reply has completed (text and audio), the player plays on; /stop kills it
+    (the server is done with the reply: it sends no INTERRUPT)."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    fake = start_fake(nursery, session=voice_session_payload())
+    keyboard, out = Keyboard(), Transcript()
+    seen: dict[str, bytes] = {}
+
+    async def server_side() -> None:
+        await fake.connected.wait()
+        request = await fake.recv_type("REQUEST")
+        rid = request["request_id"]
+        await fake.stream(rid, 0, "Hi", start_ms=0)
+        await fake.audio(rid, 0, 0, tone(100))
+        await fake.done(rid, 1, audio_ms=100, heard_ms=100, heard_text="Hi")
+        player = await listeners[0].accept()
+        report = b""
+        while not report.endswith(b"eof\n"):  # it has all the audio, and plays on
+            report += await player.receive_some()
+        keyboard.type("/stop\n")
+        while chunk := await player.receive_some():  # until it is killed
+            report += chunk
+        seen["report"] = report
+        await player.aclose()
+        keyboard.close()
+
+    nursery.start_soon(server_side)
+    keyboard.type("hi\n")
+    command = f"{shlex.quote(sys.executable)} -c {shlex.quote(PLAYER)} {port} linger"
+    with trio.fail_after(20):
+        assert await run_voice_chat(fake, keyboard, out, VoiceSettings(play=command)) == 0
+    for listener in listeners:
+        await listener.aclose()
+    assert seen["report"].endswith(b"eof\n")
+    lines = out.lines
+    index(lines, "> /stop")
+    assert "[nothing to stop]" not in lines  # it was playing: it was stopped
+
+
 def test_voice_flags():
     parser = build_parser()
     assert voice_settings(parser.parse_args(["chat"])) is None
@@ -177,3 +219,30 @@ def test_the_streaming_header_is_a_wav_the_stdlib_reads(tmp_path: Path):
     with wave.open(str(path), "rb") as wav:
         assert (wav.getframerate(), wav.getnchannels()) == (16000, 1)
         assert wav.readframes(800) == tone(50)
+
+
+async def test_chat_voice_against_the_server_writes_what_it_spoke(start_server, tmp_path):
+    server = await start_server(speech="builtin")
+    keyboard, out = Keyboard(), Transcript()
+    keyboard.type("hello there\n")
+    keyboard.close()
+    wav_path = tmp_path / "{request_id}.wav"
+    with trio.fail_after(20):
+        status = await run_chat(
+            server.url,
+            stdin=keyboard.stdin,
+            out=out,
+            agent="echo",
+            echo_input=True,
+            heartbeat_s=None,
+            voice=VoiceSettings(wav=str(wav_path), audio_pace=0),
+        )
+    assert status == 0
+    lines = out.lines
+    assert index(lines, "> hello there") < index(lines, "hello there")
+    match = index(lines, r"\[wrote .*req-1\.wav \(\d\.\d\d s\)\]")
+    seconds = float(lines[match].rsplit("(", 1)[1].split()[0])
+    with wave.open(str(tmp_path / "req-1.wav"), "rb") as wav:
+        assert (wav.getframerate(), wav.getnchannels(), wav.getsampwidth()) == (16000, 1, 2)
+        assert wav.getnframes() > 0
+        assert wav.getnframes() / 16000 == pytest.approx(seconds, abs=0.005)

@@ -254,3 +254,42 @@ async def test_interrupting_one_spoken_request_sends_its_playback_clock(nursery,
         await client.interrupt("r4")
         assert "played_ms" not in (await fake.recv_type("INTERRUPT"))["payload"]
         assert [chunk async for chunk in silent.audio()] == []
+
+
+# --------------------------------------------------------------------------- the real server
+
+
+async def test_against_the_server_played_ms_decides_what_was_heard(start_server, autojump_clock):
+    """The built-in synthesiser, in strict mode: the audio is contiguous, the
+    words carry start_ms, and an interrupt with the default playback clock (audio
+    taken) gets back heard_ms == played_ms and heard_text a prefix of the words
+    whose audio ended by then."""
+    server = await start_server(speech="builtin")
+    async with open_agent_client(server.url, strict=True, heartbeat_s=None) as client:
+        assert client.synthesizer == "builtin"
+        assert client.audio_formats == (AudioFormat(sample_rate=16000),)
+        response = await client.request(
+            "speak", agent="lorem", options={"words": 200, "words_per_s": 0}, voice=True
+        )
+        taken = []
+        async for chunk in response.audio():
+            assert chunk.start_ms == sum(c.duration_ms for c in taken)
+            assert chunk.sample_rate == 16000
+            taken.append(chunk)
+            if sum(c.duration_ms for c in taken) >= 1500:
+                break
+        played = response.played_ms
+        assert played == sum(c.duration_ms for c in taken)
+        await client.interrupt(response.request_id)
+        assert [chunk async for chunk in response.audio()] == []
+        done = await response.wait_server_done()
+        assert done.interrupted
+        assert done.heard_ms == played
+        assert done.audio_ms is not None
+        assert done.audio_ms >= played
+        words = [chunk async for chunk in response]  # the text that arrived before the cut
+        assert words == []  # a local cut drops what was not consumed...
+        heard = done.heard_text
+        assert heard
+        assert response.text.startswith(heard)  # ...but text keeps it: heard is a prefix
+        assert client.violations == []

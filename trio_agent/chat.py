@@ -100,6 +100,11 @@ class Speech:
     def players(self) -> list[PlayerSink]:
         return [sink for sink in self.sinks if isinstance(sink, PlayerSink)]
 
+    @property
+    def playing(self) -> bool:
+        """A player of this reply is still running (it may play on after the reply ended)."""
+        return any(player.running for player in self.players())
+
     def silence(self) -> None:
         """Stop the sound now (kill the players, synchronously), then let the task
         clean up: its scope is cancelled, and its ``finally`` reaps the players."""
@@ -271,7 +276,9 @@ class Chat:
             self._nursery.start_soon(self._speak, response, speech)
 
     async def stop(self, reason: str) -> bool:
-        """Interrupt the reply on screen; return ``False`` if there is none running.
+        """Interrupt the reply on screen, and silence its audio; return ``False`` if
+        nothing was running or playing. (A reply that has ended may still be playing:
+        it is silenced, with no INTERRUPT, since the server is done with it.)
 
         Returns once the INTERRUPT is sent and the cut reply has been closed on the
         screen (both immediate: the cut is local); the ACK is reported later by its
@@ -280,9 +287,12 @@ class Chat:
         current = self._current
         speech, self._speech = self._speech, None
         if current is None or current.ended:
-            if speech is not None:
-                speech.silence()  # its text is over, but it may still be playing
-            return False
+            if speech is None:
+                return False
+            # Its text is over, but it may still be playing: silence it all the same.
+            playing = speech.playing
+            speech.silence()
+            return playing
         # The position is read before the players stop, then the sound stops, then
         # the INTERRUPT goes: silence does not wait for the socket.
         played_ms = current.played_ms if current.spoken else None

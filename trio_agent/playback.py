@@ -147,6 +147,11 @@ class PlayerSink:
     def pid(self) -> int | None:
         return self.process.pid if self.process is not None else None
 
+    @property
+    def running(self) -> bool:
+        """The player has been started and has not exited (nor been killed) yet."""
+        return self.process is not None and self.process.returncode is None
+
     def played_ms(self) -> float:
         """Wall time since the first samples went to the player, capped by the
         audio written to it: the best a client can know of what was heard."""
