@@ -371,7 +371,18 @@ export class AudioPlayback {
 
   /** Buffers scheduled and not yet ended or stopped. */
   get pending() {
-    return this._entries.filter((e) => !e.ended && e.stoppedAt === null).length;
+    return [...this._live()].length;
+  }
+
+  /**
+   * The buffers still to play (not ended, not stopped), of `requestId` or all.
+   * @param {string | null} [requestId]
+   */
+  *_live(requestId) {
+    for (const e of this._entries) {
+      if (e.ended || e.stoppedAt !== null) continue;
+      if (requestId == null || e.requestId === requestId) yield e;
+    }
   }
 
   /**
@@ -382,9 +393,7 @@ export class AudioPlayback {
     if (this._context === null) return 0;
     const now = this._context.currentTime;
     let queued = 0;
-    for (const e of this._entries) {
-      if (e.ended || e.stoppedAt !== null) continue;
-      if (requestId != null && e.requestId !== requestId) continue;
+    for (const e of this._live(requestId)) {
       queued += Math.max(0, e.startAt + e.duration - Math.max(now, e.startAt));
     }
     return Math.round(queued * 1000);
@@ -439,9 +448,7 @@ export class AudioPlayback {
     if (this._context === null) return 0;
     const now = this._context.currentTime;
     let stopped = 0;
-    for (const entry of this._entries) {
-      if (entry.ended || entry.stoppedAt !== null) continue;
-      if (requestId != null && entry.requestId !== requestId) continue;
+    for (const entry of [...this._live(requestId)]) {
       entry.stoppedAt = now;
       try {
         entry.source.stop(0);
@@ -452,7 +459,7 @@ export class AudioPlayback {
       stopped += 1;
     }
     if (stopped) this.lastStopAt = now;
-    const playing = this._entries.filter((e) => !e.ended && e.stoppedAt === null);
+    const playing = [...this._live()];
     this._cursor = playing.length ? Math.max(...playing.map((e) => e.startAt + e.duration)) : now;
     return stopped;
   }
