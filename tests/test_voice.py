@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import shutil
 import stat
 from dataclasses import replace
 from pathlib import Path
@@ -24,10 +23,6 @@ from trio_agent import AgentServer, ServerConfig
 from trio_agent import agents as builtin
 from trio_agent.audio import AudioHeader, encode_audio_frame
 from trio_agent.synthesis import BuiltinSynthesizer, EspeakSynthesizer
-
-needs_espeak = pytest.mark.skipif(
-    shutil.which("espeak-ng") is None, reason="espeak-ng is not installed"
-)
 
 
 @pytest.fixture(params=["memory", "socket"])
@@ -411,7 +406,7 @@ async def test_an_interrupt_kills_the_synthesiser_process_at_once(
         await c.recv_until(lambda f: f["msg_type"] == "HEARTBEAT")
 
 
-@needs_espeak
+@pytest.mark.espeak
 async def test_espeak_ng_speaks_and_leaves_no_process_after_an_interrupt(nursery):
     started: list[trio.Process] = []
     espeak = EspeakSynthesizer.installed()
