@@ -246,3 +246,30 @@ async def test_chat_voice_against_the_server_writes_what_it_spoke(start_server, 
         assert (wav.getframerate(), wav.getnchannels(), wav.getsampwidth()) == (16000, 1, 2)
         assert wav.getnframes() > 0
         assert wav.getnframes() / 16000 == pytest.approx(seconds, abs=0.005)
+
+
+async def test_chat_voice_with_a_server_that_cannot_speak(nursery, autojump_clock, capsys):
+    """No voices: the chat says so and asks in text; a voice the server lacks is
+    refused before anything is asked (exit status 2)."""
+    fake = start_fake(nursery)
+    keyboard, out = Keyboard(), Transcript()
+    options = {}
+
+    async def server_side() -> None:
+        await fake.connected.wait()
+        request = await fake.recv_type("REQUEST")
+        options.update(request["payload"]["options"])
+        await fake.stream(request["request_id"], 0, "text only")
+        await fake.done(request["request_id"], 1)
+
+    nursery.start_soon(server_side)
+    keyboard.type("hi\n")
+    keyboard.close()
+    assert await run_voice_chat(fake, keyboard, out, VoiceSettings()) == 0
+    assert options == {}
+    index(out.lines, r"\[the server offers no voices: replies will not be spoken\]")
+    index(out.lines, "text only")
+
+    other = start_fake(nursery, session=voice_session_payload())
+    assert await run_voice_chat(other, Keyboard(), Transcript(), VoiceSettings(voice="xx")) == 2
+    assert "no voice 'xx' here (voices: builtin)" in capsys.readouterr().err

@@ -451,9 +451,22 @@ async def run_chat(
                     f"trio-agent chat: no agent {chosen!r} here (agents: {names})", file=sys.stderr
                 )
                 return 2
+            if (
+                voice is not None
+                and isinstance(voice.voice, str)
+                and voice.voice not in client.voices
+            ):
+                voices = ", ".join(client.voices) or "none"
+                print(
+                    f"trio-agent chat: no voice {voice.voice!r} here (voices: {voices})",
+                    file=sys.stderr,
+                )
+                return 2
             screen.note(f"connected to {url}, session {client.session_id}; agent {chosen}")
             if voice is not None:
                 screen.note(describe_voice(client, voice))
+                if not client.voices:
+                    voice = None  # asking would only get UNKNOWN_VOICE
             screen.note(HELP)
             lines = LineReader(stdin)
             async with trio.open_nursery() as nursery:
