@@ -612,6 +612,21 @@ test("interrupt() of a spoken reply stops its audio at once and sends how much p
   client.close();
 });
 
+test("with playAudio false the page gets the frames and nothing plays", async () => {
+  const context = new FakeAudioContext();
+  const audio = new AudioPlayback(() => /** @type {any} */ (context));
+  const { client, socket } = await connected({ audio, playAudio: false });
+  const r = client.request("speak", { options: { voice: "builtin" } });
+  const frames = [];
+  client.addEventListener("audio", (e) => frames.push(/** @type {any} */ (e).detail.frame));
+  socket.deliverBinary(chunk(r.requestId, 0, 50));
+  assert.equal(frames.length, 1);
+  assert.equal(frames[0].channels[0].length, 800);
+  assert.equal(context.sources.length, 0);
+  assert.equal(r.spoken, true);
+  client.close();
+});
+
 test("AUDIO frames that break the protocol are reported, never played", async () => {
   const context = new FakeAudioContext();
   const audio = new AudioPlayback(() => /** @type {any} */ (context));
