@@ -191,7 +191,7 @@ class RequestState:
     #: Milliseconds of audio that arrived before the request ended locally.
     audio_received_ms: float = 0.0
     #: Milliseconds of audio the application has taken from ``audio``: the default
-    #: playback clock (see :attr:`played_ms`).
+    #: playback clock (see :attr:`trio_agent.client.Response.played_ms`).
     audio_consumed_ms: float = 0.0
     #: AUDIO frames of this request dropped because they came after the local cut.
     stale_audio_dropped: int = 0
@@ -458,8 +458,7 @@ class Conversation:
         """
         if isinstance(raw, bytes | bytearray | memoryview):
             return self._audio(bytes(raw))
-        shown = raw if isinstance(raw, str) else repr(raw)
-        shown = shown[:300]
+        shown = raw[:300]
         try:
             obj = load_json_object(raw)
         except (ValueError, RecursionError) as exc:
