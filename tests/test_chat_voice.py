@@ -273,3 +273,25 @@ async def test_chat_voice_with_a_server_that_cannot_speak(nursery, autojump_cloc
     other = start_fake(nursery, session=voice_session_payload())
     assert await run_voice_chat(other, Keyboard(), Transcript(), VoiceSettings(voice="xx")) == 2
     assert "no voice 'xx' here (voices: builtin)" in capsys.readouterr().err
+
+
+async def test_a_player_that_fails_is_reported(nursery, tmp_path):
+    fake = start_fake(nursery, session=voice_session_payload())
+    keyboard, out = Keyboard(), Transcript()
+
+    async def server_side() -> None:
+        await fake.connected.wait()
+        request = await fake.recv_type("REQUEST")
+        rid = request["request_id"]
+        await fake.stream(rid, 0, "Hi", start_ms=0)
+        for seq in range(20):  # more than a pipe holds: the dead player must be noticed
+            await fake.audio(rid, seq, seq * 100, tone(100))
+        await fake.done(rid, 1, audio_ms=2000, heard_ms=2000, heard_text="Hi")
+
+    nursery.start_soon(server_side)
+    keyboard.type("hi\n")
+    keyboard.close()
+    command = f"{shlex.quote(sys.executable)} -c 'raise SystemExit(3)'"
+    with trio.fail_after(20):
+        assert await run_voice_chat(fake, keyboard, out, VoiceSettings(play=command)) == 0
+    index(out.lines, r"\[the player `.*` exited with status 3\]")

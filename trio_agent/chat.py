@@ -357,6 +357,10 @@ class Chat:
             for sink in speech.sinks:
                 if isinstance(sink, WavFileSink) and sink.written_ms:
                     self.screen.note(f"wrote {sink.path} ({sink.written_ms / 1000:.2f} s)")
+                elif isinstance(sink, PlayerSink) and sink.failure is not None:
+                    self.screen.note(
+                        f"the player `{sink.command}` exited with status {sink.failure}"
+                    )
 
     async def _report_ack(self, handle: InterruptHandle, response: Response) -> None:
         try:

@@ -141,11 +141,23 @@ class PlayerSink:
         self._started_at: float | None = None
         self._written_ms = 0.0
         self._halted_at: float | None = None
+        self._killed = False
+        #: The player closed its stdin (it quit, or is quitting, on its own).
+        self._quit = False
         self._ended = False
 
     @property
     def pid(self) -> int | None:
         return self.process.pid if self.process is not None else None
+
+    @property
+    def failure(self) -> int | None:
+        """The player's exit status when it ended on its own with an error (a
+        missing audio device, a bad command line), else ``None``."""
+        process = self.process
+        if process is None or self._killed or process.returncode in (None, 0):
+            return None
+        return process.returncode
 
     @property
     def running(self) -> bool:
@@ -184,7 +196,7 @@ class PlayerSink:
         try:
             await self.process.stdin.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            self._ended = True  # the player quit on its own: nothing more to play
+            self._ended = self._quit = True  # the player quit on its own: nothing more to play
 
     async def finish(self) -> None:
         """Close the player's stdin and wait for it to play what it has. A barge-in
@@ -206,11 +218,16 @@ class PlayerSink:
         process = self.process
         if process is not None and process.returncode is None:
             process.kill()
+            self._killed = True
 
     async def abort(self) -> None:
-        """Kill the player at once, then reap it (shielded, bounded)."""
-        self.halt()
+        """Kill the player at once, then reap it (shielded, bounded). A player that
+        quit on its own first gets the time to exit, so its status is its own."""
         process = self.process
+        if self._quit and process is not None and not self._killed:
+            with trio.move_on_after(REAP_TIMEOUT_S, shield=True):
+                await process.wait()
+        self.halt()
         if process is None:
             return
         with trio.move_on_after(REAP_TIMEOUT_S, shield=True):
