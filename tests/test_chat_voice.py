@@ -194,6 +194,9 @@ def test_voice_flags():
     assert named == VoiceSettings(voice="en", play="aplay -q")
     paced = voice_settings(parser.parse_args(["chat", "--wav", "a.wav", "--audio-pace", "0"]))
     assert paced == VoiceSettings(voice=True, wav="a.wav", audio_pace=0.0)
+    swallowed = parser.parse_args(["chat", "--voice", "ws://example.test/ws"])
+    assert voice_settings(swallowed) == VoiceSettings(voice=True, wav="trio-agent-{request_id}.wav")
+    assert swallowed.url == "ws://example.test/ws"
 
 
 def test_player_commands_and_the_streaming_header():

@@ -500,7 +500,13 @@ def describe_voice(client: AgentClient, voice: VoiceSettings) -> str:
 
 def voice_settings(args: argparse.Namespace) -> VoiceSettings | None:
     """The chat's voice from its flags: ``--wav`` or ``--play`` alone imply ``--voice``;
-    ``--voice`` alone writes WAV files (``DEFAULT_WAV``)."""
+    ``--voice`` alone writes WAV files (``DEFAULT_WAV``).
+
+    ``--voice`` takes an optional NAME, so ``chat --voice ws://host/ws`` would read
+    the URL as a voice: a "name" with ``://`` in it is taken back as the URL.
+    """
+    if isinstance(args.voice, str) and "://" in args.voice and args.url == DEFAULT_URL:
+        args.url, args.voice = args.voice, True
     if args.voice is None and args.wav is None and args.play is None:
         return None
     wav = args.wav if args.wav is not None or args.play is not None else DEFAULT_WAV
