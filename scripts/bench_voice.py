@@ -41,6 +41,7 @@ import shlex
 import shutil
 import signal
 import struct
+import subprocess
 import sys
 import tempfile
 import time
@@ -65,7 +66,7 @@ def _server(key: str, label: str, *flags: str) -> ServerSpec:
         label,
         label,
         (sys.executable, "-m", "trio_agent", "serve", "--port", "{port}", "--log-level",
-         "WARNING", "--max-sessions", "5000", "--idle-timeout-s", "0", *flags),
+         "WARNING", "--max-sessions", "5000", "--idle-timeout-s", "0", "--slow-step-warn-s", "0", *flags),
     )  # fmt: skip
 
 
@@ -176,6 +177,8 @@ async def barge_in_trial(client: SpeechClient, rid: str, pace: float, rng: rando
                                  "audio_pace": pace}}}
     )  # fmt: skip
     await asyncio.wait_for(reached, 60)
+    # At a random point between two chunks, not right after one arrived.
+    await asyncio.sleep(rng.uniform(0, 0.020))
     state["sent_at"] = time.perf_counter()
     client.send({"msg_type": "INTERRUPT", "msg_id": f"i-{rid}", "request_id": rid})
     _, ack_at = await next_frame(client, "INTERRUPT_ACK")
@@ -271,11 +274,37 @@ async def capacity(server: RunningServer, sessions: int, window_s: float) -> dic
         "late_chunks": late,
         "lateness_ms": summarize(lateness, scale=1000, digits=1),
         "server_cpu": round(cpu, 3),
-        "synthesizer_cpu": round(children, 3),
+        "synthesizer_cpu": round(children / sessions, 4),
         "sessions_per_core": round(sessions / cpu, 0) if cpu > 0 else None,
         "sessions_per_core_with_synthesizer": round(sessions / (cpu + children), 0)
         if cpu + children > 0
         else None,
+    }
+
+
+def espeak_cost(phrases: int) -> dict[str, Any]:
+    """espeak-ng's own CPU per second of speech, run here the way the server runs it
+    (one process per phrase, WAV on stdout), measured with this process's children
+    rusage."""
+    import resource
+
+    text = "Hello there, this is one phrase of a spoken reply"
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    audio_bytes = 0
+    for _ in range(phrases):
+        out = subprocess.run(
+            ["espeak-ng", "--stdout", "-v", "en-us", text], capture_output=True, check=True
+        ).stdout
+        audio_bytes += len(out) - 44
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    audio_s = audio_bytes / 2 / 22050
+    return {
+        "label": "espeak-ng alone",
+        "phrases": phrases,
+        "audio_s": round(audio_s, 2),
+        "synthesizer_cpu": round(cpu / audio_s, 4),
+        "sessions_per_core": round(audio_s / cpu, 0) if cpu > 0 else None,
     }
 
 
@@ -342,7 +371,7 @@ CAPACITY_COLUMNS = [
     ("lateness p99 ms", "lateness_ms.p99"),
     ("lateness max ms", "lateness_ms.max"),
     ("server CPU", "server_cpu"),
-    ("synth CPU", "synthesizer_cpu"),
+    ("synth CPU per session", "synthesizer_cpu"),
     ("sessions/core", "sessions_per_core"),
     ("sessions/core incl. synth", "sessions_per_core_with_synthesizer"),
 ]
@@ -378,13 +407,15 @@ async def run_all(args: argparse.Namespace, budget: Budget, log_dir: Path) -> di
             print(f"   {label}: done", flush=True)
         design = rows[0]
         ratios = {
-            f"{row['label']} / design": {
+            f"design / {row['label']}": {
+                "ack_p99": ratio(design["ack_ms"]["p99"], row["ack_ms"]["p99"], digits=2),
                 "last_audio_p99": ratio(
-                    row["last_audio_ms"]["p99"], design["last_audio_ms"]["p99"]
+                    design["last_audio_ms"]["p99"], row["last_audio_ms"]["p99"], digits=2
                 ),
                 "audio_after_interrupt_p99": ratio(
-                    row["audio_after_interrupt_ms"]["p99"],
                     design["audio_after_interrupt_ms"]["p99"],
+                    row["audio_after_interrupt_ms"]["p99"],
+                    digits=2,
                 ),
             }
             for row in rows[1:]
@@ -404,6 +435,7 @@ async def run_all(args: argparse.Namespace, budget: Budget, log_dir: Path) -> di
                 servers["espeak"], budget.espeak_sessions, budget.capacity_window_s
             )
             rows.append({"label": "espeak-ng", **figures})
+            rows.append(espeak_cost(20))
         on_time = [r for r in rows if r["label"] == "builtin" and not r["late_chunks"]]
         run["capacity"] = {
             "results": rows,
