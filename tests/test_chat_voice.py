@@ -36,6 +36,23 @@ if sys.argv[2:] == ["linger"]:  # still playing what it buffered: until the test
 """
 
 
+async def player_listener() -> tuple[trio.SocketListener, int]:
+    """Where the test player reports to, and its port."""
+    (listener,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    return listener, listener.socket.getsockname()[1]
+
+
+async def read_until(stream: trio.SocketStream, end: bytes) -> bytes:
+    """Read ``stream`` until what was read ends with ``end`` (``b""``: to its end)."""
+    data = b""
+    while not (end and data.endswith(end)):
+        chunk = await stream.receive_some()
+        if not chunk:
+            return data
+        data += chunk
+    return data
+
+
 async def run_voice_chat(fake, keyboard: Keyboard, out: Transcript, voice: VoiceSettings) -> int:
     return await run_chat(
         FAKE_URL,
@@ -80,8 +97,7 @@ async def test_chat_voice_writes_the_reply_to_a_valid_wav(nursery, autojump_cloc
 
 
 async def test_a_barge_in_kills_the_player_and_sends_what_was_played(nursery, tmp_path):
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    port = listeners[0].socket.getsockname()[1]
+    listener, port = await player_listener()
     fake = start_fake(nursery, session=voice_session_payload())
     keyboard, out = Keyboard(), Transcript()
     seen: dict[str, object] = {}
@@ -93,19 +109,13 @@ async def test_a_barge_in_kills_the_player_and_sends_what_was_played(nursery, tm
         await fake.stream(rid, 0, "Hello", start_ms=0)
         for seq in range(10):
             await fake.audio(rid, seq, seq * 100, tone(100))
-        player = await listeners[0].accept()
-        report = b""
-        while not report.endswith(b"\n"):
-            report += await player.receive_some()
-        seen["pid"] = int(report)
+        player = await listener.accept()
+        seen["pid"] = int(await read_until(player, b"\n"))
         keyboard.type("stop talking\n")  # the barge-in
         interrupt = await fake.recv_type("INTERRUPT")
         seen["played_ms"] = interrupt["payload"]["played_ms"]
         # Killed before the INTERRUPT was even sent: its report ends without "eof".
-        rest = b""
-        while chunk := await player.receive_some():
-            rest += chunk
-        seen["rest"] = rest
+        seen["rest"] = await read_until(player, b"")
         await player.aclose()
         await fake.ack(interrupt["msg_id"], [rid])
         await fake.done(
@@ -128,8 +138,7 @@ async def test_a_barge_in_kills_the_player_and_sends_what_was_played(nursery, tm
     voice = VoiceSettings(play=command, wav=str(tmp_path / "cut.wav"))
     with trio.fail_after(20):
         assert await run_voice_chat(fake, keyboard, out, voice) == 0
-    for listener in listeners:
-        await listener.aclose()
+    await listener.aclose()
 
     assert seen["rest"] == b""
     with pytest.raises(ProcessLookupError):  # gone, and reaped: no orphan, no zombie
@@ -148,8 +157,7 @@ async def test_a_barge_in_kills_the_player_and_sends_what_was_played(nursery, tm
 async def test_a_new_line_silences_a_reply_that_is_still_playing(nursery, tmp_path):
     """The reply has completed (text and audio), the player plays on; /stop kills it
     (the server is done with the reply: it sends no INTERRUPT)."""
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    port = listeners[0].socket.getsockname()[1]
+    listener, port = await player_listener()
     fake = start_fake(nursery, session=voice_session_payload())
     keyboard, out = Keyboard(), Transcript()
     seen: dict[str, bytes] = {}
@@ -161,14 +169,10 @@ async def test_a_new_line_silences_a_reply_that_is_still_playing(nursery, tmp_pa
         await fake.stream(rid, 0, "Hi", start_ms=0)
         await fake.audio(rid, 0, 0, tone(100))
         await fake.done(rid, 1, audio_ms=100, heard_ms=100, heard_text="Hi")
-        player = await listeners[0].accept()
-        report = b""
-        while not report.endswith(b"eof\n"):  # it has all the audio, and plays on
-            report += await player.receive_some()
+        player = await listener.accept()
+        report = await read_until(player, b"eof\n")  # it has all the audio, and plays on
         keyboard.type("/stop\n")
-        while chunk := await player.receive_some():  # until it is killed
-            report += chunk
-        seen["report"] = report
+        seen["report"] = report + await read_until(player, b"")  # until it is killed
         await player.aclose()
         keyboard.close()
 
@@ -177,8 +181,7 @@ async def test_a_new_line_silences_a_reply_that_is_still_playing(nursery, tmp_pa
     command = f"{shlex.quote(sys.executable)} -c {shlex.quote(PLAYER)} {port} linger"
     with trio.fail_after(20):
         assert await run_voice_chat(fake, keyboard, out, VoiceSettings(play=command)) == 0
-    for listener in listeners:
-        await listener.aclose()
+    await listener.aclose()
     assert seen["report"].endswith(b"eof\n")
     lines = out.lines
     index(lines, "> /stop")
