@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from trio_agent.audio import (
+    AudioFrameEncoder,
     AudioHeader,
     decode_audio_frame,
     encode_audio_frame,
@@ -146,3 +147,23 @@ def test_arbitrary_bytes_decode_or_raise_protocol_error(data: bytes):
     except ProtocolError as exc:
         code = exc.code
     assert code in (None, ErrorCode.INVALID_MESSAGE)
+
+
+@given(
+    seq=st.integers(0, 10**9),
+    start=st.floats(0, 1e9, allow_nan=False),
+    n_samples=st.integers(0, 500),
+    rate=st.sampled_from([16000, 22050]),
+    request_id=st.from_regex(r"[A-Za-z0-9._:-]{1,64}", fullmatch=True),
+)
+def test_the_fast_encoder_gives_the_bytes_of_the_model(seq, start, n_samples, rate, request_id):
+    samples = b"\x01\x02" * n_samples
+    duration = pcm_duration_ms(len(samples), rate, 1)
+    fast = AudioFrameEncoder(request_id, rate)(
+        seq=seq, start_ms=start, duration_ms=duration, samples=samples
+    )
+    model = AudioHeader(
+        request_id=request_id, seq=seq, start_ms=start, duration_ms=duration, sample_rate=rate
+    )
+    assert fast == encode_audio_frame(model, samples)
+    assert decode_audio_frame(fast) == (model, samples)

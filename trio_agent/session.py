@@ -56,7 +56,7 @@ from .agents import (
     ResponseStream,
     json_fields,
 )
-from .audio import AudioHeader, decode_audio_frame, encode_audio_frame
+from .audio import AudioFrameEncoder, decode_audio_frame
 from .cork import CorkableStream
 from .lanes import FrameKind, LaneOverflow, Outbound, OutboundLanes
 from .metrics import NO_METRICS, SessionMetrics
@@ -787,7 +787,7 @@ class Session:
 class _RequestStream:
     """The :class:`~trio_agent.agents.ResponseStream` a request's agent writes into."""
 
-    __slots__ = ("_encode", "_lanes", "_record", "_session")
+    __slots__ = ("_encode", "_encode_audio", "_lanes", "_record", "_session")
 
     # It is also the speech stage's sink (trio_agent.speaking.SpeechSink).
 
@@ -796,6 +796,11 @@ class _RequestStream:
         self._session = session
         self._lanes = session.lanes
         self._encode = StreamFrameEncoder(session.session_id, record.request_id)
+        self._encode_audio = (
+            AudioFrameEncoder(record.request_id, record.speech.sample_rate)
+            if record.speech is not None
+            else None
+        )
 
     @property
     def request_id(self) -> str:
@@ -829,15 +834,13 @@ class _RequestStream:
         if record.phase is not RequestPhase.RUNNING:
             await trio.lowlevel.checkpoint_if_cancelled()
             self._check_running()
-        header = AudioHeader(
-            request_id=record.request_id,
+        assert self._encode_audio is not None
+        data = self._encode_audio(
             seq=speech.chunks_queued,
             start_ms=speech.ms(start_sample),
             duration_ms=duration_ms,
-            sample_rate=speech.sample_rate,
-            channels=1,
+            samples=samples,
         )
-        data = encode_audio_frame(header, samples)
         speech.chunks_queued += 1
         self._lanes.push_stream(
             Outbound(FrameKind.AUDIO, data, record, samples=n_samples, audio_ms=duration_ms)
