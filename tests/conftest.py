@@ -46,27 +46,54 @@ def browser_tests_unavailable() -> str | None:
     return None
 
 
-def pytest_report_header(config: pytest.Config) -> str:
+# Tests marked `espeak` run the real espeak-ng synthesiser (Debian package espeak-ng;
+# .ci/run installs it); without it they are skipped, and the run says so loudly.
+
+ESPEAK_NG = shutil.which("espeak-ng")
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
     why = browser_tests_unavailable()
-    return f"browser tests: {CHROMIUM}" if why is None else f"BROWSER TESTS WILL BE SKIPPED: {why}"
+    return [
+        f"browser tests: {CHROMIUM}" if why is None else f"BROWSER TESTS WILL BE SKIPPED: {why}",
+        f"espeak-ng tests: {ESPEAK_NG}"
+        if ESPEAK_NG
+        else "ESPEAK-NG TESTS WILL BE SKIPPED: espeak-ng is not installed",
+    ]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     why = browser_tests_unavailable()
-    if why is None:
-        return
-    skip = pytest.mark.skip(reason=f"browser tests skipped: {why}")
+    skips = {
+        "browser": None
+        if why is None
+        else pytest.mark.skip(reason=f"browser tests skipped: {why}"),
+        "espeak": None
+        if ESPEAK_NG
+        else pytest.mark.skip(reason="espeak-ng tests skipped: espeak-ng is not installed"),
+    }
     for item in items:
-        if "browser" in item.keywords:
-            item.add_marker(skip)
+        for marker, skip in skips.items():
+            if skip is not None and marker in item.keywords:
+                item.add_marker(skip)
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     why = browser_tests_unavailable()
-    skipped = [r for r in terminalreporter.stats.get("skipped", []) if "browser" in r.keywords]
-    if why is not None and skipped:
+    skipped = terminalreporter.stats.get("skipped", [])
+    browser = [r for r in skipped if "browser" in r.keywords]
+    if why is not None and browser:
         terminalreporter.write_sep(
-            "!", f"{len(skipped)} BROWSER TESTS SKIPPED: {why}", red=True, bold=True
+            "!", f"{len(browser)} BROWSER TESTS SKIPPED: {why}", red=True, bold=True
+        )
+    espeak = [r for r in skipped if "espeak" in r.keywords]
+    if ESPEAK_NG is None and espeak:
+        terminalreporter.write_sep(
+            "!",
+            f"{len(espeak)} ESPEAK-NG TESTS SKIPPED: espeak-ng is not installed "
+            "(Debian: apt-get install espeak-ng)",
+            red=True,
+            bold=True,
         )
 
 

@@ -16,6 +16,8 @@ import trio
 import trio.testing
 from trio_websocket import WebSocketConnection, wrap_server_stream
 
+from trio_agent.audio import AudioHeader, encode_audio_frame, pcm_duration_ms
+
 Frame = dict[str, Any]
 
 #: The URL clients use with a fake server (only its path and host reach the fake).
@@ -31,8 +33,15 @@ class FakeServer:
         waits to be received by the test).
     """
 
-    def __init__(self, *, send_session: bool = True, lockstep: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        send_session: bool = True,
+        lockstep: bool = False,
+        session: Frame | None = None,
+    ) -> None:
         self.send_session = send_session
+        self.session = session if session is not None else session_payload()
         self.session_id = "fake-session"
         self.ws: WebSocketConnection | None = None
         self.proposed_subprotocols: tuple[str, ...] = ()
@@ -50,7 +59,7 @@ class FakeServer:
             self.proposed_subprotocols = tuple(request.proposed_subprotocols)
             self.ws = await request.accept(subprotocol="trio-agent.v1")
             if self.send_session:
-                await self.send("SESSION", payload=session_payload())
+                await self.send("SESSION", payload=self.session)
             self.connected.set()
             await trio.sleep_forever()
 
@@ -65,7 +74,7 @@ class FakeServer:
         await self.send_raw(json.dumps(frame))
         return frame
 
-    async def send_raw(self, raw: str) -> None:
+    async def send_raw(self, raw: str | bytes) -> None:
         assert self.ws is not None
         await self.ws.send_message(raw)
 
@@ -86,10 +95,35 @@ class FakeServer:
 
     # -- the frames a server sends ----------------------------------------------------
 
-    async def stream(self, request_id: str, seq: int, delta: str) -> Frame:
-        return await self.send(
-            "STREAM", request_id=request_id, payload={"seq": seq, "delta": delta}
+    async def stream(
+        self, request_id: str, seq: int, delta: str, *, start_ms: float | None = None
+    ) -> Frame:
+        payload: Frame = {"seq": seq, "delta": delta}
+        if start_ms is not None:
+            payload["start_ms"] = start_ms
+        return await self.send("STREAM", request_id=request_id, payload=payload)
+
+    async def audio(
+        self,
+        request_id: str,
+        seq: int,
+        start_ms: float,
+        samples: bytes,
+        *,
+        sample_rate: int = 16000,
+        channels: int = 1,
+    ) -> AudioHeader:
+        """Send one AUDIO binary frame (protocol v1.1) and return its header."""
+        header = AudioHeader(
+            request_id=request_id,
+            seq=seq,
+            start_ms=start_ms,
+            duration_ms=pcm_duration_ms(len(samples), sample_rate, channels),
+            sample_rate=sample_rate,
+            channels=channels,
         )
+        await self.send_raw(encode_audio_frame(header, samples))
+        return header
 
     async def done(
         self,
@@ -99,10 +133,14 @@ class FakeServer:
         *,
         interrupted: bool = False,
         reason: str | None = None,
+        **speech: Any,
     ) -> Frame:
+        """A DONE; ``speech`` adds the fields of a spoken reply (``audio_ms``,
+        ``heard_ms``, ``heard_text``)."""
         payload: Frame = {"status": status, "interrupted": interrupted, "frames": frames}
         if reason is not None:
             payload["reason"] = reason
+        payload.update(speech)
         return await self.send("DONE", request_id=request_id, payload=payload)
 
     async def ack(
@@ -146,6 +184,27 @@ def session_payload() -> Frame:
             "idle_timeout_s": None,
         },
     }
+
+
+def voice_session_payload() -> Frame:
+    """A protocol v1.1 SESSION payload: the fake offers speech."""
+    return {
+        **session_payload(),
+        "protocol": "1.1",
+        "voices": ["builtin"],
+        "default_voice": "builtin",
+        "audio_formats": [{"format": "pcm_s16le", "sample_rate": 16000, "channels": 1}],
+        "synthesizer": "builtin",
+    }
+
+
+def tone(ms: int, sample_rate: int = 16000) -> bytes:
+    """``ms`` milliseconds of a quiet square wave, pcm_s16le mono."""
+    period = max(2, sample_rate // 440)
+    return b"".join(
+        (1000 if (i // (period // 2)) % 2 else -1000).to_bytes(2, "little", signed=True)
+        for i in range(sample_rate * ms // 1000)
+    )
 
 
 def start_fake(nursery: trio.Nursery, **options: Any) -> FakeServer:

@@ -152,3 +152,80 @@ async def test_a_waiter_given_room_and_cancelled_in_the_same_tick_gets_cancelled
     await trio.testing.wait_all_tasks_blocked()
     assert got_room == []
     assert scope.cancelled_caught
+
+
+# --------------------------------------------------------------------------- AUDIO, budgeted in ms
+
+
+def audio_frame(rec: RequestRecord, name: str, ms: float = 20.0) -> Outbound:
+    return Outbound(FrameKind.AUDIO, name.encode(), rec, samples=int(ms * 16), audio_ms=ms)
+
+
+async def put_audio(lanes: OutboundLanes, frame: Outbound) -> None:
+    await lanes.wait_for_audio_room(frame.audio_ms)
+    lanes.push_stream(frame)
+
+
+async def test_audio_waits_for_room_in_milliseconds_not_frames(nursery):
+    lanes = OutboundLanes(stream_capacity=1, priority_capacity=8, audio_budget_ms=60)
+    rec = record()
+    pushed: list[str] = []
+
+    async def speaker() -> None:
+        for i in range(6):
+            await put_audio(lanes, audio_frame(rec, f"a{i}"))
+            pushed.append(f"a{i}")
+
+    nursery.start_soon(speaker)
+    await trio.testing.wait_all_tasks_blocked()
+    # Three 20 ms chunks fill 60 ms; a text frame's capacity of 1 does not apply to them.
+    assert pushed == ["a0", "a1", "a2"]
+    assert lanes.audio_queued_ms == 60.0
+    assert lanes.stream_depth == 0
+    # A text frame still has its own room.
+    await put(lanes, stream_frame(rec, "word"))
+    assert await drain(lanes, 1) == [b"a0"]
+    await trio.testing.wait_all_tasks_blocked()
+    assert pushed == ["a0", "a1", "a2", "a3"]
+    assert lanes.audio_queued_ms == 60.0
+
+
+async def test_discard_drops_audio_and_frees_its_milliseconds(nursery):
+    lanes = OutboundLanes(stream_capacity=8, priority_capacity=8, audio_budget_ms=40)
+    cut, other = record("cut"), record("other")
+    await put(lanes, stream_frame(cut, "w0"))
+    await put_audio(lanes, audio_frame(cut, "a0"))
+    await put_audio(lanes, audio_frame(cut, "a1"))
+    waiting = trio.Event()
+
+    async def other_speaker() -> None:
+        await put_audio(lanes, audio_frame(other, "b0"))
+        waiting.set()
+
+    nursery.start_soon(other_speaker)
+    await trio.testing.wait_all_tasks_blocked()
+    assert not waiting.is_set()  # the budget is full
+    lanes.push_stream_terminal(Outbound(FrameKind.DONE, "done", cut))
+    assert lanes.discard(cut) == 3  # w0, a0, a1; the DONE stays
+    await trio.testing.wait_all_tasks_blocked()
+    assert waiting.is_set()
+    assert lanes.audio_queued_ms == 20.0
+    assert sorted(await drain(lanes, 2), key=str) == [b"b0", "done"]
+    assert lanes.audio_queued_ms == 0.0
+
+
+async def test_a_chunk_longer_than_the_budget_still_goes_into_an_empty_lane():
+    lanes = OutboundLanes(stream_capacity=8, priority_capacity=8, audio_budget_ms=10)
+    rec = record()
+    with trio.fail_after(1):
+        await put_audio(lanes, audio_frame(rec, "long", ms=50))
+    assert lanes.audio_queued_ms == 50.0
+
+
+async def test_fractional_chunks_leave_no_rounding_behind():
+    lanes = OutboundLanes(stream_capacity=8, priority_capacity=8, audio_budget_ms=1)
+    rec = record()
+    for _ in range(3):
+        await put_audio(lanes, audio_frame(rec, "x", ms=1000 / 22050 * 7))
+        await drain(lanes, 1)
+    assert lanes.audio_queued_ms == 0.0

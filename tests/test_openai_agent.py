@@ -652,3 +652,36 @@ def test_a_conversation_is_kept_per_agent_in_the_session_state():
     assert OpenAIAgent(OpenAIConfig(openai_base_url="http://h/v1")).conversation(state) is not (
         conversation
     )
+
+
+async def test_history_of_a_spoken_interrupted_reply_holds_what_was_heard(start_openai, fake):
+    """Spoken, the reply's captions run ahead of what the user heard: the history keeps
+    DONE.heard_text, the words whose audio the client played (built-in synthesiser:
+    " t0" is 0-120 ms, " t1" 160-280 ms, " t2" 320-440 ms)."""
+    fake.enqueue(Script.counting(40, stop_after=30, then="hang"), Script(tokens=("ok",)))
+    server = await start_openai(server={"speech": "builtin"})
+    async with connect(server, "socket") as c:
+        await c.request("r1", "first question", agent="openai", voice=True, audio_pace=0)
+        await c.recv_until(lambda f: f["msg_type"] == "AUDIO" and f["start_ms"] >= 1000)
+        await c.send(
+            {
+                "msg_type": "INTERRUPT",
+                "msg_id": "i1",
+                "request_id": "r1",
+                "payload": {"played_ms": 300},
+            }
+        )
+        await c.until_ack("i1")
+        done = (await c.until_done("r1"))[-1]["payload"]
+        assert done["heard_ms"] == 300.0
+        assert done["heard_text"] == " t0 t1"
+        assert len(deltas(c, "r1")) > 2  # the captions were further on
+
+        await c.request("r2", "second question", agent="openai")
+        await c.until_done("r2")
+        assert fake.requests[1].messages == [
+            user("first question"),
+            assistant(" t0 t1"),
+            user("second question"),
+        ]
+        c.assert_guarantees()

@@ -27,6 +27,8 @@ NOT_LIMITS = {
     "keyfile",
     "stats_interval_s",
     "write_batch_frames",  # a throughput knob; docs/protocol.md and docs/performance.md
+    "speech",  # which synthesiser; docs/voice.md
+    "audio_chunk_ms",  # the size of an AUDIO frame; docs/voice.md
 }
 LIMITS = [f for f in fields(ServerConfig) if f.name not in NOT_LIMITS]
 

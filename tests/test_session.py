@@ -438,7 +438,7 @@ async def test_session_frame_describes_the_server(start_server):
     server = await start_server(agent_set(), max_concurrent_requests=3, max_input_bytes=1000)
     async with connect(server) as c:
         payload = c.session["payload"]
-        assert payload["protocol"] == "1.0"
+        assert payload["protocol"] == "1.1"
         assert payload["server"].startswith("trio-agent/")
         assert set(payload["agents"]) == {"lorem", "echo", "endless"}
         assert payload["agents"]["lorem"]["available"] is True

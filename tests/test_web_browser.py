@@ -412,3 +412,140 @@ def test_the_client_module_imports_into_a_page_of_another_origin(browser, server
     names, state, stale = exported
     assert {"AgentClient", "AckTimeoutError", "NotConnectedError", "AudioPlayback"} <= set(names)
     assert (state, stale) == ("idle", 0)
+
+
+# ---------------------------------------------------------------- speech (protocol v1.1)
+#
+# The analyser of the page's AudioPlayback listens to what is really rendered: each
+# test checks it hears sound before the barge-in, so the "played after interrupt: 0"
+# that follows means silence, not a deaf measurement.
+
+#: Builds AUDIO binary frames in the page, as the server sends them.
+FRAMES_JS = """() => {
+window.audioFrame = (requestId, seq, ms, rate) => {
+    const head = new TextEncoder().encode(JSON.stringify({
+        msg_type: "AUDIO", request_id: requestId, seq, start_ms: seq * ms, duration_ms: ms,
+        format: "pcm_s16le", sample_rate: rate, channels: 1}));
+    const count = rate * ms / 1000;
+    const bytes = new Uint8Array(2 + head.length + 2 * count);
+    const view = new DataView(bytes.buffer);
+    view.setUint16(0, head.length, false);
+    bytes.set(head, 2);
+    for (let i = 0; i < count; i++) {
+        const t = (seq * count + i) / rate;
+        view.setInt16(2 + head.length + 2 * i, Math.round(Math.sin(2 * Math.PI * 440 * t) * 8000), true);
+    }
+    return bytes.buffer;
+};
+window.hearsSound = () => {
+    const analyser = window.agentClient.audio._analyser;
+    const samples = new Float32Array(analyser.fftSize);
+    analyser.getFloatTimeDomainData(samples);
+    return samples.some((v) => Math.abs(v) > 0.01);
+};
+}"""
+
+
+def record_sent_frames(page: Any) -> None:
+    page.evaluate(
+        """() => {
+            window.sentFrames = [];
+            const ws = window.agentClient._ws;
+            const send = ws.send.bind(ws);
+            ws.send = (text) => { window.sentFrames.push(JSON.parse(text)); send(text); };
+        }"""
+    )
+
+
+def test_the_demo_plays_audio_and_a_barge_in_silences_it_at_once(demo: Demo, server):
+    """AUDIO frames fed to the client's socket handler (the path of frames from the
+    server) play; the analyser hears them; Stop silences every source at once, and
+    the analyser then hears nothing: "played after interrupt" is 0."""
+    demo.open(server)
+    demo.page.evaluate(FRAMES_JS)
+    demo.ask("Speak", words=100_000, speed=10)
+    demo.wait_words(0, 1)
+    record_sent_frames(demo.page)
+    request_id = demo.page.evaluate(
+        """async () => {
+            const client = window.agentClient;
+            await client.audio.context.resume();
+            const [response] = client.streaming;
+            response.voice = true;
+            // Three seconds of speech, as 100 ms AUDIO frames through the socket handler.
+            for (let seq = 0; seq < 30; seq++) {
+                client._onMessage(window.audioFrame(response.requestId, seq, 100, 16000));
+            }
+            return response.requestId;
+        }"""
+    )
+    stats = demo.stats()
+    assert (stats["audioFrames"], stats["violations"]) == (30, 0)
+    assert demo.page.evaluate("() => agentClient.audio.context.state") == "running"
+    demo.page.wait_for_function(f"() => agentClient.audio.playedMs({request_id!r}) > 300")
+    demo.page.wait_for_function("() => window.hearsSound()")  # the analyser hears it
+    expect(demo.by("audio-queued")).to_have_text(re.compile(r"^[1-9]\d*$"))
+    demo.shot("speaking")
+
+    demo.by("stop").click()
+    expect(demo.reply(0)).to_have_attribute("data-status", "interrupted")
+    after = demo.page.evaluate(
+        """() => ({pending: agentClient.audio.pending, queued: agentClient.audio.queuedMs(),
+                   played: agentClient.audio.playedMs(agentClient.audio._entries[0]?.requestId)})"""
+    )
+    assert (after["pending"], after["queued"]) == (0, 0)
+    expect(demo.by("audio-queued")).to_have_text("0")
+    expect(demo.by("played-after")).to_have_text("0")
+    assert not demo.page.evaluate("() => window.hearsSound()")
+    interrupts = [
+        f for f in demo.page.evaluate("() => window.sentFrames") if f["msg_type"] == "INTERRUPT"
+    ]
+    assert [f.get("request_id") for f in interrupts] == [request_id]
+    played_ms = interrupts[0]["payload"]["played_ms"]
+    assert 300 <= played_ms <= 3000
+    assert abs(played_ms - after["played"]) <= 1
+    demo.shot("silenced")
+
+
+def test_the_speak_toggle_follows_what_the_server_offers(demo: Demo, server: ServedProcess):
+    demo.open(server, "?speak=1")
+    voices = demo.page.evaluate("() => agentClient.session.voices ?? []")
+    toggle = demo.by("speak")
+    expect(toggle).to_be_checked()
+    if voices:
+        expect(toggle).to_be_enabled()
+        expect(demo.by("speak-hint")).to_contain_text("Voice ")
+    else:
+        expect(toggle).to_be_disabled()
+        expect(demo.by("speak-hint")).to_have_text("This server offers no voices.")
+
+
+def test_a_spoken_reply_from_the_server_plays_and_falls_silent_on_barge_in(demo: Demo, server):
+    """End to end: `scripts/serve` speaks a lorem reply; the page plays it; Stop
+    silences it at once, the INTERRUPT carries played_ms, and the reply's line then
+    shows what the server says was heard."""
+    demo.open(server, "?speak=1")
+    if not demo.page.evaluate("() => (agentClient.session.voices ?? []).length"):
+        pytest.skip("the server offers no voices here (speech off)")
+    demo.page.evaluate(FRAMES_JS)
+    expect(demo.by("speak")).to_be_enabled()
+    demo.ask("Speak to me", words=200, speed=4)
+    demo.wait_words(0, 1)
+    record_sent_frames(demo.page)
+    demo.page.wait_for_function("() => agentClient.stats.audioFrames > 0")
+    request_id = demo.reply(0).get_attribute("data-request-id")
+    demo.page.wait_for_function(f"() => agentClient.audio.playedMs({request_id!r}) > 600")
+    demo.page.wait_for_function("() => window.hearsSound()")
+    demo.by("stop").click()
+    expect(demo.reply(0)).to_have_attribute("data-status", "interrupted")
+    expect(demo.by("played-after")).to_have_text("0")
+    expect(demo.by("audio-queued")).to_have_text("0")
+    assert not demo.page.evaluate("() => window.hearsSound()")
+    (interrupt,) = [
+        f for f in demo.page.evaluate("() => window.sentFrames") if f["msg_type"] == "INTERRUPT"
+    ]
+    assert interrupt["request_id"] == request_id
+    assert interrupt["payload"]["played_ms"] >= 600
+    expect(demo.meta_of(0)).to_contain_text(re.compile(r"heard \d+\.\d\d s of \d+\.\d\d s: “\S"))
+    assert demo.stats()["staleAfterAck"] == 0
+    demo.shot("spoken")

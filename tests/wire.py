@@ -21,6 +21,7 @@ import trio.testing
 from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_client_stream
 
 from trio_agent import AgentServer
+from trio_agent.audio import decode_audio_frame
 from trio_agent.guarantees import GuaranteeChecker
 
 Frame = dict[str, Any]
@@ -53,7 +54,8 @@ class WireClient:
         await self.ws.send_message(raw)
 
     async def recv(self) -> Frame:
-        frame: Frame = json.loads(await self.ws.get_message())
+        raw = await self.ws.get_message()
+        frame: Frame = audio_frame(raw) if isinstance(raw, bytes) else json.loads(raw)
         self.received.append(frame)
         violations = self.checker.received(frame)
         assert not violations, f"{violations} in {frame}"
@@ -127,6 +129,13 @@ class WireClient:
     def assert_guarantees(self) -> None:
         violations = self.checker.finish()
         assert not violations, violations
+
+
+def audio_frame(raw: bytes) -> Frame:
+    """A binary AUDIO message as a frame dict: its header's fields, plus ``samples``
+    (the bytes) and ``received_at`` (``trio.current_time()`` when it was read)."""
+    header, samples = decode_audio_frame(raw)
+    return {**header.model_dump(), "samples": samples, "received_at": trio.current_time()}
 
 
 def only(frames: list[Frame], msg_type: str, request_id: str | None = None) -> list[Frame]:

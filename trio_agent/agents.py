@@ -66,6 +66,9 @@ class RequestOutcome:
     frames: int
     #: The deltas of exactly those frames, in order.
     delivered: tuple[str, ...]
+    #: A spoken reply's ``DONE.heard_text``: the words the client heard (``None``:
+    #: the reply was not spoken).
+    heard_text: str | None = None
 
     @property
     def text(self) -> str:

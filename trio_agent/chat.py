@@ -12,8 +12,16 @@ input (a pipe, a file, Ctrl-D) the chat lets the last reply finish, then leaves.
 The chat is a thin user of :mod:`trio_agent.client`: it never waits for an ACK
 before asking again, which is the point of optimistic interruption.
 
+With ``--voice`` the replies are spoken (protocol v1.1): each reply's audio goes to
+a WAV file (``--wav``) and/or a player command (``--play aplay``), see
+:mod:`trio_agent.playback`. A barge-in kills the player at once, and the INTERRUPT
+carries ``played_ms`` from the player's clock; when the server's DONE comes, a note
+says what was heard (``heard_text``).
+
 Cancellation: :func:`run_chat` lives in one nursery. A task per reply shows it; a
-task per interrupt waits for its ACK and reports it. Leaving (``/quit``, Ctrl-C)
+task per spoken reply feeds its sinks, inside a cancel scope the next barge-in
+cancels (its ``finally`` kills and reaps the player, shielded and bounded); a task
+per interrupt waits for its ACK and reports it. Leaving (``/quit``, Ctrl-C)
 cancels them all, and the client's block closes the connection.
 """
 
@@ -23,6 +31,8 @@ import argparse
 import os
 import signal
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TextIO
 
 import trio
@@ -41,6 +51,7 @@ from .client import (
     open_agent_client,
 )
 from .config import ServerConfig
+from .playback import PlayerSink, Sink, WavFileSink
 
 DEFAULT_URL = f"ws://{ServerConfig.host}:{ServerConfig.port}{ServerConfig.path}"
 STOP_REASON = "USER_STOP"
@@ -49,6 +60,57 @@ HELP = (
     "type a line to ask; a new line while a reply streams interrupts it. "
     "/stop interrupts, /agent NAME switches agent, /quit leaves"
 )
+#: Where ``--voice`` writes replies when given neither ``--wav`` nor ``--play``.
+DEFAULT_WAV = "trio-agent-{request_id}.wav"
+
+
+@dataclass(frozen=True, slots=True)
+class VoiceSettings:
+    """How the chat speaks replies.
+
+    :param voice: the voice to ask for (``True``: the server's default).
+    :param wav: a path for each reply's WAV file; ``{request_id}`` in it is
+        replaced by the reply's id (without it, each reply overwrites the last).
+    :param play: a player command, given each reply's audio on its stdin.
+    :param audio_pace: the ``audio_pace`` request option (``None``: the server's).
+    """
+
+    voice: str | bool = True
+    wav: str | None = None
+    play: str | None = None
+    audio_pace: float | None = None
+
+    def sinks(self, request_id: str) -> list[Sink]:
+        sinks: list[Sink] = []
+        if self.wav is not None:
+            sinks.append(WavFileSink(Path(self.wav.replace("{request_id}", request_id))))
+        if self.play is not None:
+            sinks.append(PlayerSink(self.play))
+        return sinks
+
+
+class Speech:
+    """The audio of the reply on screen: its sinks, and the cancel scope of the task
+    that feeds them. :meth:`silence` is the barge-in."""
+
+    def __init__(self, sinks: list[Sink]) -> None:
+        self.sinks = sinks
+        self.scope = trio.CancelScope()
+
+    def players(self) -> list[PlayerSink]:
+        return [sink for sink in self.sinks if isinstance(sink, PlayerSink)]
+
+    @property
+    def playing(self) -> bool:
+        """A player of this reply is still running (it may play on after the reply ended)."""
+        return any(player.running for player in self.players())
+
+    def silence(self) -> None:
+        """Stop the sound now (kill the players, synchronously), then let the task
+        clean up: its scope is cancelled, and its ``finally`` reaps the players."""
+        for player in self.players():
+            player.halt()
+        self.scope.cancel(reason="barge-in")
 
 
 class Screen:
@@ -145,13 +207,16 @@ class Chat:
         nursery: trio.Nursery,
         *,
         echo_input: bool = False,
+        voice: VoiceSettings | None = None,
     ) -> None:
         self.client = client
         self.screen = screen
         self.agent = agent
         self.echo_input = echo_input
+        self.voice = voice
         self._nursery = nursery
         self._current: Response | None = None
+        self._speech: Speech | None = None
         #: Set when the reply on screen has been shown to its end.
         self._shown = trio.Event()
         self._shown.set()
@@ -189,28 +254,53 @@ class Chat:
     async def ask(self, text: str) -> None:
         """Ask ``text`` at once. Call :meth:`stop` first: a new request never waits
         for the ACK of the interrupt before it."""
+        voice = self.voice
         try:
-            response = await self.client.request(text, agent=self.agent)
+            response = await self.client.request(
+                text,
+                agent=self.agent,
+                voice=voice.voice if voice is not None else None,
+                audio_pace=voice.audio_pace if voice is not None else None,
+            )
         except ValueError as exc:
             self.screen.note(f"not sent: {exc}")
             return
         self._current = response
         self._shown = trio.Event()
         self._nursery.start_soon(self._show, response, self._shown)
+        if voice is not None:
+            speech = self._speech = Speech(voice.sinks(response.request_id))
+            players = speech.players()
+            if players:
+                response.use_playback_clock(players[0].played_ms)
+            self._nursery.start_soon(self._speak, response, speech)
 
     async def stop(self, reason: str) -> bool:
-        """Interrupt the reply on screen; return ``False`` if there is none running.
+        """Interrupt the reply on screen, and silence its audio; return ``False`` if
+        nothing was running or playing. (A reply that has ended may still be playing:
+        it is silenced, with no INTERRUPT, since the server is done with it.)
 
         Returns once the INTERRUPT is sent and the cut reply has been closed on the
         screen (both immediate: the cut is local); the ACK is reported later by its
         own task.
         """
         current = self._current
+        speech, self._speech = self._speech, None
         if current is None or current.ended:
-            return False
-        handle = await self.client.interrupt(current.request_id, reason=reason)
+            if speech is None:
+                return False
+            # Its text is over, but it may still be playing: silence it all the same.
+            playing = speech.playing
+            speech.silence()
+            return playing
+        # The position is read before the players stop, then the sound stops, then
+        # the INTERRUPT goes: silence does not wait for the socket.
+        played_ms = current.played_ms if current.spoken else None
+        if speech is not None:
+            speech.silence()
+        handle = await self.client.interrupt(current.request_id, reason=reason, played_ms=played_ms)
         await self._shown.wait()
-        self._nursery.start_soon(self._report_ack, handle)
+        self._nursery.start_soon(self._report_ack, handle, current)
         return True
 
     def _echo(self, line: str) -> None:
@@ -246,7 +336,33 @@ class Chat:
             shown.set()
             self.screen.end_reply(end_marker(response.done_info, chunks))
 
-    async def _report_ack(self, handle: InterruptHandle) -> None:
+    async def _speak(self, response: Response, speech: Speech) -> None:
+        """Feed the reply's audio to its sinks until the reply ends; then let a
+        player play to its end. A barge-in cancels ``speech.scope``; whatever ends
+        this task, the ``finally`` stops the sinks (bounded, shielded), so no
+        player outlives it."""
+        try:
+            with speech.scope:
+                async for chunk in response.audio():
+                    for sink in speech.sinks:
+                        await sink.write(chunk)
+                if not response.interrupted_locally:
+                    for sink in speech.sinks:
+                        await sink.finish()
+        except (ServerError, ClientClosed):
+            pass
+        finally:
+            for sink in speech.sinks:
+                await sink.abort()
+            for sink in speech.sinks:
+                if isinstance(sink, WavFileSink) and sink.written_ms:
+                    self.screen.note(f"wrote {sink.path} ({sink.written_ms / 1000:.2f} s)")
+                elif isinstance(sink, PlayerSink) and sink.failure is not None:
+                    self.screen.note(
+                        f"the player `{sink.command}` exited with status {sink.failure}"
+                    )
+
+    async def _report_ack(self, handle: InterruptHandle, response: Response) -> None:
         try:
             ack = await handle.acknowledged()
         except AckTimeout as timeout:
@@ -257,6 +373,13 @@ class Chat:
             pass
         else:
             self.screen.note(describe_ack(ack, handle))
+            if response.spoken:
+                try:
+                    done = await response.wait_server_done()
+                except (ServerError, ClientClosed):
+                    return
+                if (heard := describe_heard(done)) is not None:
+                    self.screen.note(heard)
 
 
 def end_marker(done: DoneInfo | None, chunks_shown: int) -> str:
@@ -267,6 +390,16 @@ def end_marker(done: DoneInfo | None, chunks_shown: int) -> str:
     if done.local:
         return f"[cut after {chunks_shown} chunk{'' if chunks_shown == 1 else 's'}]"
     return f"[{done.status}: {done.reason}]" if done.reason else f"[{done.status}]"
+
+
+def describe_heard(done: DoneInfo) -> str | None:
+    """One line about what the user heard of a spoken reply, from its server DONE,
+    e.g. ``heard 1.20 s of 3.40 s: "Lorem ipsum dolor"``; ``None`` if not spoken."""
+    if done.heard_ms is None or done.audio_ms is None:
+        return None
+    text = (done.heard_text or "").strip()
+    words = f': "{text}"' if text else ": nothing"
+    return f"heard {done.heard_ms / 1000:.2f} s of {done.audio_ms / 1000:.2f} s{words}"
 
 
 def describe_ack(ack: AckInfo, handle: InterruptHandle) -> str:
@@ -297,18 +430,24 @@ async def run_chat(
     token: str | None = None,
     echo_input: bool = False,
     heartbeat_s: float | None = 10.0,
+    voice: VoiceSettings | None = None,
+    stream: trio.abc.Stream | None = None,
 ) -> int:
     """Run the chat until ``/quit`` or the end of ``stdin``; return the exit status.
 
     :param echo_input: print each input line (``> line``): useful when the input
         is a pipe, so the transcript shows the questions.
+    :param voice: speak the replies (see :class:`VoiceSettings`).
+    :param stream: connect over this open stream (see :func:`open_agent_client`).
 
     Errors (cannot connect, connection lost) are printed as one line on stderr,
     with exit status 1; an unknown ``agent`` gives status 2.
     """
     screen = Screen(out)
     try:
-        async with open_agent_client(url, token=token, heartbeat_s=heartbeat_s) as client:
+        async with open_agent_client(
+            url, token=token, heartbeat_s=heartbeat_s, stream=stream
+        ) as client:
             names = ", ".join(client.agents)
             chosen = agent or client.default_agent or next(iter(client.agents), None)
             if chosen is None or chosen not in client.agents:
@@ -316,11 +455,26 @@ async def run_chat(
                     f"trio-agent chat: no agent {chosen!r} here (agents: {names})", file=sys.stderr
                 )
                 return 2
+            if (
+                voice is not None
+                and isinstance(voice.voice, str)
+                and voice.voice not in client.voices
+            ):
+                voices = ", ".join(client.voices) or "none"
+                print(
+                    f"trio-agent chat: no voice {voice.voice!r} here (voices: {voices})",
+                    file=sys.stderr,
+                )
+                return 2
             screen.note(f"connected to {url}, session {client.session_id}; agent {chosen}")
+            if voice is not None:
+                screen.note(describe_voice(client, voice))
+                if not client.voices:
+                    voice = None  # asking would only get UNKNOWN_VOICE
             screen.note(HELP)
             lines = LineReader(stdin)
             async with trio.open_nursery() as nursery:
-                chat = Chat(client, screen, chosen, nursery, echo_input=echo_input)
+                chat = Chat(client, screen, chosen, nursery, echo_input=echo_input, voice=voice)
                 while (line := await lines.next_line()) is not None:
                     if not await chat.handle(line):
                         nursery.cancel_scope.cancel(reason="/quit")
@@ -333,6 +487,37 @@ async def run_chat(
     return 0
 
 
+def describe_voice(client: AgentClient, voice: VoiceSettings) -> str:
+    """The note that says how replies will be spoken, and whether the server can."""
+    if not client.voices:
+        return "the server offers no voices: replies will not be spoken"
+    name = client.default_voice if voice.voice is True else voice.voice
+    where = [f"to {voice.wav}"] if voice.wav is not None else []
+    if voice.play is not None:
+        where.append(f"through `{voice.play}`")
+    return f"voice {name} ({client.synthesizer or 'unknown synthesizer'}), " + " and ".join(where)
+
+
+def voice_settings(args: argparse.Namespace) -> VoiceSettings | None:
+    """The chat's voice from its flags: ``--wav`` or ``--play`` alone imply ``--voice``;
+    ``--voice`` alone writes WAV files (``DEFAULT_WAV``).
+
+    ``--voice`` takes an optional NAME, so ``chat --voice ws://host/ws`` would read
+    the URL as a voice: a "name" with ``://`` in it is taken back as the URL.
+    """
+    if isinstance(args.voice, str) and "://" in args.voice and args.url == DEFAULT_URL:
+        args.url, args.voice = args.voice, True
+    if args.voice is None and args.wav is None and args.play is None:
+        return None
+    wav = args.wav if args.wav is not None or args.play is not None else DEFAULT_WAV
+    return VoiceSettings(
+        voice=args.voice if args.voice is not None else True,
+        wav=wav,
+        play=args.play,
+        audio_pace=args.audio_pace,
+    )
+
+
 def add_chat_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "url", nargs="?", default=DEFAULT_URL, help=f"server WebSocket URL (default {DEFAULT_URL})"
@@ -343,6 +528,35 @@ def add_chat_arguments(parser: argparse.ArgumentParser) -> None:
         type=_token_argument,
         default=os.environ.get("TRIO_AGENT_TOKEN"),
         help="access token (default: $TRIO_AGENT_TOKEN)",
+    )
+    voice = parser.add_argument_group(
+        "voice", "Speak the replies (protocol v1.1). A new line stops the sound at once."
+    )
+    voice.add_argument(
+        "--voice",
+        nargs="?",
+        const=True,
+        metavar="NAME",
+        help="ask for spoken replies, in voice NAME (default: the server's default voice)",
+    )
+    voice.add_argument(
+        "--wav",
+        metavar="PATH",
+        help="write each reply's audio to PATH, a WAV file; {request_id} in PATH is "
+        f"replaced by the reply's id (--voice alone: {DEFAULT_WAV})",
+    )
+    voice.add_argument(
+        "--play",
+        metavar="COMMAND",
+        help="play each reply through COMMAND, which reads a WAV stream on stdin "
+        "(e.g. aplay); a COMMAND naming {rate} or {channels} gets raw pcm_s16le "
+        "instead (e.g. 'aplay -t raw -f S16_LE -r {rate} -c {channels}')",
+    )
+    voice.add_argument(
+        "--audio-pace",
+        type=float,
+        metavar="X",
+        help="how fast the server sends audio: 1 = real time, 0 = as fast as it can",
     )
 
 
@@ -381,6 +595,7 @@ async def _chat_until_ctrl_c(args: argparse.Namespace) -> int:
                 agent=args.agent,
                 token=args.token,
                 echo_input=not sys.stdin.isatty(),
+                voice=voice_settings(args),
             )
             nursery.cancel_scope.cancel(reason="chat over")
     if interrupted:

@@ -10,6 +10,14 @@
                 await client.interrupt(response.request_id)   # the loop ends at once
         print((await response.done()).status)
 
+A spoken reply (``request(..., voice=True)``, protocol v1.1) also streams audio::
+
+    response = await client.request("Tell me a story", voice=True)
+    async for audio in response.audio():       # AudioChunk: pcm_s16le bytes + timing
+        player.write(audio.samples)
+    await client.interrupt(response.request_id)  # sends played_ms: what was heard
+    print((await response.wait_server_done()).heard_text)
+
 The cancel-scope tree of a client::
 
     open_agent_client
@@ -57,6 +65,7 @@ from trio_websocket import (
 
 from .conversation import (
     Acknowledged,
+    AudioChunk,
     Chunk,
     Conversation,
     DoneInfo,
@@ -74,6 +83,7 @@ from .conversation import (
 from .protocol import (
     DEFAULT_INTERRUPT_REASON,
     AgentEntry,
+    AudioFormat,
     ErrorInfo,
     Limits,
     SessionMessage,
@@ -85,6 +95,8 @@ __all__ = [
     "AckTimeout",
     "AgentClient",
     "AgentClientError",
+    "AudioChunk",
+    "AudioFormat",
     "Chunk",
     "ClientClosed",
     "ConnectionFailed",
@@ -239,6 +251,12 @@ class Response:
     slow (or never iterates) delays nobody else.
 
     Iterating is cancel-safe: a cancelled ``__anext__`` takes no chunk.
+
+    A spoken reply (protocol v1.1) also has audio: :meth:`audio` iterates its
+    :class:`AudioChunk` values, with the same rules (it ends at once on a local
+    interrupt, which drops the audio not yet taken). The response keeps a
+    *playback clock*, :attr:`played_ms`, which an interrupt of this request sends
+    as ``played_ms`` so the server can tell what the user heard (``heard_text``).
     """
 
     def __init__(self, client: AgentClient, state: RequestState) -> None:
@@ -247,6 +265,7 @@ class Response:
         self._changed = trio.lowlevel.ParkingLot()
         #: Set when the client closed before the server's last word.
         self._closed = False
+        self._playback_clock: Callable[[], float] | None = None
 
     def __repr__(self) -> str:
         return f"<Response {self.request_id} ended={self.ended} frames={self._state.frames}>"
@@ -286,6 +305,95 @@ class Response:
         """The DONE the server sent, once read. After a local cut it comes later than
         :meth:`done`, and says what the server really did (it may even have completed)."""
         return self._state.server_done
+
+    # ------------------------------------------------------------------ speech
+
+    @property
+    def spoken(self) -> bool:
+        """True when the request asked for speech or audio of it has arrived."""
+        return self._state.voice or self._state.audio_frames > 0
+
+    @property
+    def audio_received_ms(self) -> float:
+        """Milliseconds of audio that arrived before the request ended (taken or not)."""
+        return self._state.audio_received_ms
+
+    @property
+    def audio_queued_ms(self) -> float:
+        """Milliseconds of audio that arrived and :meth:`audio` has not handed out yet."""
+        return sum(chunk.duration_ms for chunk in self._state.audio)
+
+    @property
+    def stale_audio_dropped(self) -> int:
+        """AUDIO frames that arrived after the local cut and were dropped (so far)."""
+        return self._state.stale_audio_dropped
+
+    @property
+    def played_ms(self) -> float:
+        """The playback clock: how much of this reply's audio the user has heard.
+
+        The client cannot hear the speaker, so by default this is the audio the
+        application has taken from :meth:`audio` so far (a consumer that plays
+        each chunk as it takes it keeps this honest). A player that knows better
+        installs its own clock with :meth:`use_playback_clock`. It is what
+        :meth:`AgentClient.interrupt` sends as ``played_ms`` for this request.
+        """
+        if self._playback_clock is not None:
+            return max(0.0, float(self._playback_clock()))
+        return self._state.audio_consumed_ms
+
+    def use_playback_clock(self, clock: Callable[[], float] | None) -> None:
+        """Make :attr:`played_ms` read ``clock()`` (milliseconds heard so far);
+        ``None`` goes back to the audio taken from :meth:`audio`."""
+        self._playback_clock = clock
+
+    @property
+    def audio_ms(self) -> float | None:
+        """Audio the server wrote for this reply, from its DONE (``None`` before it,
+        or when the reply was not spoken)."""
+        done = self._state.server_done
+        return done.audio_ms if done is not None else None
+
+    @property
+    def heard_ms(self) -> float | None:
+        """How much the user heard, by the server's DONE: ``played_ms`` capped by
+        :attr:`audio_ms` after an interrupt of this request, else :attr:`audio_ms`."""
+        done = self._state.server_done
+        return done.heard_ms if done is not None else None
+
+    @property
+    def heard_text(self) -> str | None:
+        """The words whose audio lies wholly within :attr:`heard_ms`, by the server's
+        DONE: what the user actually heard. ``None`` until that DONE arrives (wait
+        with :meth:`wait_server_done`), or when the reply was not spoken."""
+        done = self._state.server_done
+        return done.heard_text if done is not None else None
+
+    def audio(self) -> AsyncIterator[AudioChunk]:
+        """Iterate the reply's audio chunks as they arrive, until the request ends.
+
+        Ends at once when the client interrupts the request (audio not taken by
+        then is dropped), after the last chunk when the server's DONE comes, and
+        at once for a reply that is not spoken. One consumer: each chunk is handed
+        out once. Cancel-safe: a cancelled step takes no chunk.
+        """
+        return self._audio_chunks()
+
+    async def _audio_chunks(self) -> AsyncIterator[AudioChunk]:
+        state = self._state
+        while True:
+            await trio.lowlevel.checkpoint()
+            while True:
+                if state.audio:
+                    break
+                if state.error is not None and state.cut_by is None:
+                    raise _server_error(state.error, state)
+                if state.ended:
+                    return
+                if self._closed:
+                    raise self._client._closed_error()
+                await self._changed.park()
+            yield state.take_audio()
 
     def __aiter__(self) -> Self:
         return self
@@ -331,9 +439,11 @@ class Response:
                 raise self._client._closed_error()
             await self._changed.park()
 
-    async def interrupt(self, *, reason: str = DEFAULT_INTERRUPT_REASON) -> InterruptHandle:
-        """``client.interrupt(self.request_id, reason=reason)``."""
-        return await self._client.interrupt(self.request_id, reason=reason)
+    async def interrupt(
+        self, *, reason: str = DEFAULT_INTERRUPT_REASON, played_ms: float | None = None
+    ) -> InterruptHandle:
+        """``client.interrupt(self.request_id, reason=reason, played_ms=played_ms)``."""
+        return await self._client.interrupt(self.request_id, reason=reason, played_ms=played_ms)
 
     def _wake(self) -> None:
         self._changed.unpark_all()
@@ -499,6 +609,26 @@ class AgentClient:
         return self._opened.payload.protocol
 
     @property
+    def voices(self) -> tuple[str, ...]:
+        """The voices the server can speak with (empty: it cannot speak)."""
+        return tuple(self._opened.payload.voices)
+
+    @property
+    def default_voice(self) -> str | None:
+        """The voice ``voice=True`` picks."""
+        return self._opened.payload.default_voice
+
+    @property
+    def audio_formats(self) -> tuple[AudioFormat, ...]:
+        """The audio formats the server sends (format, sample rate, channels)."""
+        return tuple(self._opened.payload.audio_formats)
+
+    @property
+    def synthesizer(self) -> str | None:
+        """What the server speaks with (``espeak-ng``, ``builtin``), or ``None``."""
+        return self._opened.payload.synthesizer
+
+    @property
     def _opened(self) -> SessionMessage:
         if self._session is None:
             raise RuntimeError("the client is not connected yet")
@@ -514,9 +644,16 @@ class AgentClient:
         options: Mapping[str, Any] | None = None,
         timeout_s: float | None = None,
         request_id: str | None = None,
+        voice: str | bool | None = None,
+        audio_pace: float | None = None,
     ) -> Response:
         """Start a request and return its :class:`Response` once the REQUEST is on
         the socket. ``request_id`` defaults to a fresh id, unique on this client.
+
+        ``voice`` asks for a spoken reply (a voice name from :attr:`voices`, or
+        ``True`` for the default) and ``audio_pace`` sets how fast its audio comes
+        (1: real time; 0: as fast as the connection allows); both go into
+        ``options``. Iterate the audio with :meth:`Response.audio`.
 
         Raises ``ValueError`` for an invalid field or an id still in use here.
         Cancelling this call withdraws the request: if its REQUEST was not written
@@ -524,6 +661,12 @@ class AgentClient:
         ``CLIENT_CANCELLED``). Either way nothing of it is left running.
         """
         self._check_open()
+        if voice is not None or audio_pace is not None:
+            options = dict(options or {})
+            if voice is not None:
+                options["voice"] = voice
+            if audio_pace is not None:
+                options["audio_pace"] = audio_pace
         state, outgoing = self._conversation.request(
             input, agent=agent, options=options, timeout_s=timeout_s, request_id=request_id
         )
@@ -538,19 +681,33 @@ class AgentClient:
         return response
 
     async def interrupt(
-        self, request_id: str | None = None, *, reason: str = DEFAULT_INTERRUPT_REASON
+        self,
+        request_id: str | None = None,
+        *,
+        reason: str = DEFAULT_INTERRUPT_REASON,
+        played_ms: float | None = None,
     ) -> InterruptHandle:
         """Interrupt one request (``request_id``) or, with ``None``, all of them.
 
         **Optimistic**: before anything is sent, the targeted responses end locally
-        with status ``interrupted`` (their iteration stops, unconsumed chunks are
-        dropped), and any STREAM frame of theirs that still arrives is dropped and
-        counted. Returns once the INTERRUPT is on the socket, never waiting for the
-        ACK: use :meth:`InterruptHandle.acknowledged` for that. If this call is
-        cancelled the local cut stands and the INTERRUPT is still sent.
+        with status ``interrupted`` (their iteration stops, unconsumed chunks and
+        audio are dropped), and any STREAM or AUDIO frame of theirs that still
+        arrives is dropped and counted. Returns once the INTERRUPT is on the
+        socket, never waiting for the ACK: use :meth:`InterruptHandle.acknowledged`
+        for that. If this call is cancelled the local cut stands and the INTERRUPT
+        is still sent.
+
+        Interrupting one spoken request sends ``played_ms``: the value given, or
+        else the response's playback clock (:attr:`Response.played_ms`), read
+        before the cut. An interrupt-all sends none (the server would ignore it),
+        and giving one is a ``ValueError``.
         """
         self._check_open()
-        state, outgoing = self._conversation.interrupt(request_id, reason)
+        if played_ms is None and request_id is not None:
+            response = self._responses.get(request_id)
+            if response is not None and response.spoken and not response.ended:
+                played_ms = response.played_ms
+        state, outgoing = self._conversation.interrupt(request_id, reason, played_ms=played_ms)
         for cut in state.cut:
             response = self._responses.get(cut.request_id)
             if response is not None:

@@ -27,6 +27,7 @@ from .admission import TOKEN_CHARACTERS, parse_allowed_origins
 
 LogFormat = Literal["text", "json"]
 LaneMode = Literal["priority", "fifo"]
+SpeechMode = Literal["auto", "espeak-ng", "builtin", "off"]
 
 
 def _setting(default: Any, help: str, *, secret: bool = False, **extra: Any) -> Any:
@@ -116,6 +117,18 @@ class ServerConfig:
         "can overtake and drop them, instead of in the kernel, where it cannot",
     )
     default_agent: str = _setting("lorem", "agent used by a REQUEST that names none")
+    speech: SpeechMode = _setting(
+        "auto",
+        "synthesiser of spoken replies: 'auto' (espeak-ng when installed, else built-in), "
+        "'espeak-ng', 'builtin' or 'off'",
+        choices=("auto", "espeak-ng", "builtin", "off"),
+    )
+    audio_chunk_ms: float = _setting(20.0, "milliseconds of audio per AUDIO chunk")
+    audio_queue_ms: float = _setting(
+        200.0,
+        "milliseconds of AUDIO queued per connection before a speaking request waits: "
+        "the most speech a barge-in can find buffered on the server",
+    )
     web: bool = _setting(
         True,
         "serve the demo page at / (--no-web: the client module, health and metrics stay)",
@@ -165,6 +178,10 @@ class ServerConfig:
                 raise ValueError(f"{name} must not be negative")
         if not self.path.startswith("/"):
             raise ValueError("path must start with '/'")
+        if not self.audio_chunk_ms > 0 or not self.audio_queue_ms > 0:
+            raise ValueError("audio_chunk_ms and audio_queue_ms must be positive")
+        if self.speech not in ("auto", "espeak-ng", "builtin", "off"):
+            raise ValueError("speech must be 'auto', 'espeak-ng', 'builtin' or 'off'")
         if self.lanes not in ("priority", "fifo"):
             raise ValueError("lanes must be 'priority' or 'fifo'")
         if self.log_format not in ("text", "json"):

@@ -15,6 +15,13 @@ The two rules that make an interruption feel instant live here:
   sent it before it read the INTERRUPT) is *stale*: it is dropped and counted,
   never shown. The server's DONE, when it comes, is kept as ``server_done``.
 
+Protocol v1.1 adds speech: a text frame is ``str`` and a *binary* frame
+(``bytes``) is an AUDIO frame, decoded by :mod:`trio_agent.audio`. Its samples
+become :class:`AudioChunk` values next to the text chunks, and the same two rules
+hold for them: the cut drops the audio not yet consumed, and audio arriving after
+it is stale. An INTERRUPT naming one spoken request carries ``played_ms``, the
+caller's playback position, so the server can say what was heard (``heard_text``).
+
 Every frame received also goes through a
 :class:`~trio_agent.guarantees.GuaranteeChecker`, so the client checks the
 server's guarantees as it goes (:class:`ProtocolBreach` events).
@@ -23,6 +30,7 @@ server's guarantees as it goes (:class:`ProtocolBreach` events).
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from collections import deque
 from collections.abc import Mapping
@@ -31,6 +39,7 @@ from typing import Any, Final
 
 from pydantic import BaseModel, ValidationError
 
+from .audio import AudioHeader, decode_audio_frame
 from .guarantees import GuaranteeChecker
 from .protocol import (
     DEFAULT_INTERRUPT_REASON,
@@ -46,6 +55,7 @@ from .protocol import (
     InterruptAckPayload,
     InterruptMessage,
     InterruptPayload,
+    ProtocolError,
     RequestMessage,
     RequestPayload,
     ServerHeartbeatMessage,
@@ -64,10 +74,48 @@ _REQUEST_ID: Final = re.compile(REQUEST_ID_PATTERN)
 
 @dataclass(frozen=True, slots=True)
 class Chunk:
-    """One piece of a reply: a STREAM frame's ``seq`` and ``delta``."""
+    """One piece of a reply: a STREAM frame's ``seq`` and ``delta``, and, when the
+    reply is spoken, ``start_ms``: where its words start in the reply's audio."""
 
     seq: int
     delta: str
+    start_ms: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AudioChunk:
+    """One AUDIO frame of a spoken reply: its samples and where they sit in it.
+
+    ``samples`` are raw ``format`` bytes (``pcm_s16le``: signed 16-bit
+    little-endian, ``channels`` interleaved) at ``sample_rate``; always use the
+    chunk's own rate, servers differ. ``start_ms`` is the chunk's offset in the
+    spoken reply and ``duration_ms`` its length, so ``end_ms`` is where the next
+    chunk starts.
+    """
+
+    seq: int
+    start_ms: float
+    duration_ms: float
+    sample_rate: int
+    channels: int
+    samples: bytes
+    format: str = "pcm_s16le"
+
+    @property
+    def end_ms(self) -> float:
+        return self.start_ms + self.duration_ms
+
+    @classmethod
+    def from_frame(cls, header: AudioHeader, samples: bytes) -> AudioChunk:
+        return cls(
+            seq=header.seq,
+            start_ms=header.start_ms,
+            duration_ms=header.duration_ms,
+            sample_rate=header.sample_rate,
+            channels=header.channels,
+            samples=samples,
+            format=header.format,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +125,12 @@ class DoneInfo:
     ``local`` is true when the client decided the end itself (an optimistic
     interrupt) and no DONE had been read yet; ``frames`` is then the number of
     chunks that had arrived before the cut.
+
+    A spoken reply's DONE adds ``audio_ms`` (audio the server wrote to the
+    socket), ``heard_ms`` (the ``played_ms`` of the INTERRUPT that cut it, capped
+    by ``audio_ms``; else ``audio_ms``) and ``heard_text`` (the words whose audio
+    lies wholly within ``heard_ms``). A local end leaves them ``None``: only the
+    server knows what it wrote; see :attr:`RequestState.server_done`.
     """
 
     status: DoneStatus
@@ -85,6 +139,9 @@ class DoneInfo:
     reason: str | None = None
     error: ErrorInfo | None = None
     local: bool = False
+    audio_ms: float | None = None
+    heard_ms: float | None = None
+    heard_text: str | None = None
 
     @classmethod
     def from_payload(cls, payload: DonePayload) -> DoneInfo:
@@ -94,6 +151,9 @@ class DoneInfo:
             frames=payload.frames,
             reason=payload.reason,
             error=payload.error,
+            audio_ms=payload.audio_ms,
+            heard_ms=payload.heard_ms,
+            heard_text=payload.heard_text,
         )
 
 
@@ -107,6 +167,8 @@ class RequestState:
 
     request_id: str
     msg_id: str
+    #: True when the REQUEST asked for speech (``options.voice``).
+    voice: bool = False
     #: Chunks that arrived and were not consumed yet. Unbounded on purpose: the
     #: reader must never wait for a slow consumer (see docs/client.md).
     chunks: deque[Chunk] = field(default_factory=deque)
@@ -122,6 +184,23 @@ class RequestState:
     server_done: DoneInfo | None = None
     #: The ERROR that refused the REQUEST (``code``/``message``).
     error: ErrorInfo | None = None
+    #: Audio chunks that arrived and were not consumed yet (unbounded, like ``chunks``).
+    audio: deque[AudioChunk] = field(default_factory=deque)
+    #: AUDIO frames that arrived before the request ended locally.
+    audio_frames: int = 0
+    #: Milliseconds of audio that arrived before the request ended locally.
+    audio_received_ms: float = 0.0
+    #: Milliseconds of audio the application has taken from ``audio``: the default
+    #: playback clock (see :attr:`trio_agent.client.Response.played_ms`).
+    audio_consumed_ms: float = 0.0
+    #: AUDIO frames of this request dropped because they came after the local cut.
+    stale_audio_dropped: int = 0
+
+    def take_audio(self) -> AudioChunk:
+        """Pop the next audio chunk and advance the consumed-audio clock."""
+        chunk = self.audio.popleft()
+        self.audio_consumed_ms += chunk.duration_ms
+        return chunk
 
     @property
     def ended(self) -> bool:
@@ -290,7 +369,10 @@ class Conversation:
         except ValidationError as exc:
             raise ValueError(f"invalid request: {exc}") from None
         message = RequestMessage(msg_id=msg_id, request_id=request_id, ts=now_ms(), payload=payload)
-        state = RequestState(request_id=request_id, msg_id=msg_id)
+        voice = payload.options.get("voice")
+        state = RequestState(
+            request_id=request_id, msg_id=msg_id, voice=voice is not None and voice is not False
+        )
         self.requests[request_id] = state
         return state, _outgoing(msg_id, message)
 
@@ -300,19 +382,33 @@ class Conversation:
             del self.requests[state.request_id]
 
     def interrupt(
-        self, request_id: str | None = None, reason: str = DEFAULT_INTERRUPT_REASON
+        self,
+        request_id: str | None = None,
+        reason: str = DEFAULT_INTERRUPT_REASON,
+        *,
+        played_ms: float | None = None,
     ) -> tuple[InterruptState, Outgoing]:
         """End the targeted requests locally, then build the INTERRUPT frame.
 
         The targets are the request named ``request_id`` or, when it is ``None``,
         every request that has not ended locally. Each one ends at once with
-        ``status=interrupted`` (``local=True``), its unconsumed chunks are dropped,
-        and every STREAM frame of it that arrives later is stale.
+        ``status=interrupted`` (``local=True``), its unconsumed chunks and audio
+        are dropped, and every STREAM or AUDIO frame of it that arrives later is
+        stale.
+
+        ``played_ms`` (the caller's playback position in that request's audio)
+        goes into the payload; it counts only when one request is named, so it is
+        refused (``ValueError``) for an interrupt-all.
         """
         if request_id is not None:
             check_request_id(request_id)
         if not isinstance(reason, str):
             raise TypeError(f"reason must be a str, not {type(reason).__name__}")
+        if played_ms is not None:
+            if request_id is None:
+                raise ValueError("played_ms counts only for an INTERRUPT that names one request")
+            if not (isinstance(played_ms, int | float) and 0 <= played_ms < math.inf):
+                raise ValueError(f"played_ms must be a finite number >= 0, not {played_ms!r}")
         msg_id = self._next_msg_id()
         if request_id is None:
             targets = [state for state in self.requests.values() if not state.ended]
@@ -322,6 +418,7 @@ class Conversation:
         for state in targets:
             state.cut_by = msg_id
             state.chunks.clear()
+            state.audio.clear()
             state.done = DoneInfo(
                 status=DoneStatus.INTERRUPTED,
                 interrupted=True,
@@ -335,7 +432,9 @@ class Conversation:
             msg_id=msg_id,
             request_id=request_id,
             ts=now_ms(),
-            payload=InterruptPayload(reason=reason),
+            payload=InterruptPayload(
+                reason=reason, played_ms=None if played_ms is None else float(played_ms)
+            ),
         )
         return interrupt, _outgoing(msg_id, message)
 
@@ -352,9 +451,14 @@ class Conversation:
     # ------------------------------------------------------------------ receiving
 
     def receive(self, raw: str | bytes) -> list[Event]:
-        """Take one frame from the server; return what happened because of it."""
-        shown = raw if isinstance(raw, str) else repr(raw)
-        shown = shown[:300]
+        """Take one frame from the server; return what happened because of it.
+
+        ``str`` is a text frame (JSON); ``bytes`` is a binary frame, which in
+        protocol v1.1 can only be AUDIO.
+        """
+        if isinstance(raw, bytes | bytearray | memoryview):
+            return self._audio(bytes(raw))
+        shown = raw[:300]
         try:
             obj = load_json_object(raw)
         except (ValueError, RecursionError) as exc:
@@ -407,10 +511,35 @@ class Conversation:
         if state.ended:
             state.stale_dropped += 1
             return []
-        chunk = Chunk(message.payload.seq, message.payload.delta)
+        chunk = Chunk(message.payload.seq, message.payload.delta, message.payload.start_ms)
         state.chunks.append(chunk)
         state.parts.append(chunk.delta)
         return [RequestUpdated(state)]
+
+    def _audio(self, data: bytes) -> list[Event]:
+        shown = repr(data[:300])
+        if self.session is None:
+            return [ProtocolBreach(None, "the first frame is not SESSION", shown)]
+        try:
+            header, samples = decode_audio_frame(data)
+        except ProtocolError as exc:
+            return [ProtocolBreach(None, f"a malformed AUDIO frame: {exc.message}", shown)]
+        events: list[Event] = [
+            ProtocolBreach(v.guarantee, v.message, shown)
+            for v in self.checker.received(header.model_dump(mode="json"))
+        ]
+        state = self.requests.get(header.request_id)
+        if state is None:
+            return events  # not ours, or after its DONE: the checker has reported it
+        if state.ended:
+            state.stale_audio_dropped += 1
+            return events
+        chunk = AudioChunk.from_frame(header, samples)
+        state.audio.append(chunk)
+        state.audio_frames += 1
+        state.audio_received_ms += chunk.duration_ms
+        events.append(RequestUpdated(state))
+        return events
 
     def _done(self, message: DoneMessage) -> list[Event]:
         state = self.requests.pop(message.request_id, None)

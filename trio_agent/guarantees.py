@@ -41,6 +41,7 @@ class _Request:
     sent_at: int  # position of the REQUEST in the conversation
     refused: bool = False
     frames: int = 0
+    audio_frames: int = 0  # AUDIO frames (protocol v1.1), their own seq
     done: Mapping[str, Any] | None = None
     acked_by: str | None = None  # msg_id of the INTERRUPT whose ACK named it
 
@@ -105,7 +106,11 @@ class GuaranteeChecker:
             self._interrupts[msg_id] = _Interrupt(msg_id, frame.get("request_id"), self._clock)
 
     def received(self, frame: Mapping[str, Any]) -> list[Violation]:
-        """Record a frame the client received; return the violations it revealed."""
+        """Record a frame the client received; return the violations it revealed.
+
+        An AUDIO binary frame is passed as its header (``msg_type: "AUDIO"``): it
+        obeys the same guarantees as STREAM, with a ``seq`` of its own.
+        """
         self._clock += 1
         before = len(self.violations)
         kind = frame.get("msg_type")
@@ -113,6 +118,8 @@ class GuaranteeChecker:
         rid = frame.get("request_id")
         if kind == "STREAM":
             self._stream(str(rid), payload)
+        elif kind == "AUDIO":
+            self._audio(str(rid), frame.get("seq"))
         elif kind == "DONE":
             self._done(str(rid), payload)
         elif kind == "INTERRUPT_ACK":
@@ -134,23 +141,37 @@ class GuaranteeChecker:
                 request.refused = True
 
     def _stream(self, rid: str, payload: Mapping[str, Any]) -> None:
+        request = self._reply_frame("STREAM", rid, payload.get("seq"), "frames")
+        if request is not None:
+            request.frames += 1
+
+    def _audio(self, rid: str, seq: Any) -> None:
+        request = self._reply_frame("AUDIO", rid, seq, "audio_frames")
+        if request is not None:
+            request.audio_frames += 1
+
+    def _reply_frame(
+        self, kind: str, rid: str, seq: Any, counter: Literal["frames", "audio_frames"]
+    ) -> _Request | None:
+        """Check a frame of a request's reply, STREAM or AUDIO (each has its own
+        ``seq``, counted in ``counter``): guarantees 1 and 8 (a request this client
+        is waiting on), 5 (not after the ACK that named it) and 2 (contiguous seq).
+        Return the request to count the frame on, or ``None``."""
         request = self._requests.get(rid)
         if request is None:
             if rid in self._ended:
-                self._fail(1, f"STREAM seq={payload.get('seq')} of {rid!r} after its DONE")
+                self._fail(1, f"{kind} seq={seq} of {rid!r} after its DONE")
             else:
-                self._fail(8, f"STREAM for request {rid!r}, which this client never sent")
-            return
+                self._fail(8, f"{kind} for request {rid!r}, which this client never sent")
+            return None
         if request.acked_by is not None:
             self._fail(
-                5,
-                f"STREAM seq={payload.get('seq')} of {rid!r} after the ACK of {request.acked_by!r} named it",
+                5, f"{kind} seq={seq} of {rid!r} after the ACK of {request.acked_by!r} named it"
             )
-        if payload.get("seq") != request.frames:
-            self._fail(
-                2, f"STREAM of {rid!r} has seq={payload.get('seq')}, expected {request.frames}"
-            )
-        request.frames += 1
+        expected = getattr(request, counter)
+        if seq != expected:
+            self._fail(2, f"{kind} of {rid!r} has seq={seq}, expected {expected}")
+        return request
 
     def _done(self, rid: str, payload: Mapping[str, Any]) -> None:
         request = self._requests.get(rid)

@@ -7,9 +7,12 @@ Every frame the server sends waits in one of two queues:
   so the reader can answer an INTERRUPT without awaiting anything. It is bounded:
   a client that floods us with control traffic and never reads overflows it, and
   :class:`LaneOverflow` tells the session to close the connection.
-* the **stream lane** carries STREAM frames. It is bounded too, and an agent's
-  ``await stream.send(...)`` waits for room: that wait *is* the backpressure, and
-  because it is a Trio checkpoint it is also where an interrupt lands.
+* the **stream lane** carries STREAM frames and AUDIO chunks. It is bounded too,
+  and an agent's ``await stream.send(...)`` waits for room: that wait *is* the
+  backpressure, and because it is a Trio checkpoint it is also where an interrupt
+  lands. STREAM frames are counted against ``stream_capacity``; AUDIO chunks
+  against ``audio_budget_ms``, milliseconds of sound, so that a barge-in never
+  finds more than that much speech waiting on the server, whatever the chunk size.
 
 The single writer task takes from the priority lane first, every time. So an ACK
 queued while a hundred STREAM frames wait is the next frame on the wire, and the
@@ -47,21 +50,31 @@ if TYPE_CHECKING:
 class FrameKind(Enum):
     CONTROL = "control"
     STREAM = "stream"
+    #: A binary AUDIO chunk: a stream-lane frame like STREAM, dropped the same way.
+    AUDIO = "audio"
     DONE = "done"
+
+
+#: The frames an INTERRUPT drops from the stream lane (a queued DONE stays).
+_DISCARDABLE = (FrameKind.STREAM, FrameKind.AUDIO)
 
 
 @dataclass(slots=True, eq=False)
 class Outbound:
     """One frame waiting for the writer.
 
-    ``text`` is the encoded frame, or ``None`` for a DONE: a DONE is rendered when
-    the writer takes it, so its ``frames`` counts exactly the STREAM frames that
-    reached the socket before it.
+    ``text`` is the encoded frame (``bytes`` for an AUDIO chunk, sent as a binary
+    message), or ``None`` for a DONE: a DONE is rendered when the writer takes it,
+    so its ``frames`` counts exactly the STREAM frames that reached the socket
+    before it.
     """
 
     kind: FrameKind
-    text: str | None = None
+    text: str | bytes | None = None
     record: RequestRecord | None = None
+    #: For an AUDIO chunk: its samples, and its milliseconds of sound.
+    samples: int = 0
+    audio_ms: float = 0.0
     #: For an INTERRUPT_ACK: when its INTERRUPT was read (``trio.current_time()``),
     #: so the writer can log the read-to-written latency.
     read_at: float | None = None
@@ -106,14 +119,15 @@ class _Turns:
     def holds_nothing_of(self, key: RequestRecord) -> bool:
         return key not in self._queues
 
-    def drop_stream_frames(self, key: RequestRecord) -> int:
-        """Remove ``key``'s STREAM frames (its DONE, if queued, stays); return how many."""
+    def drop_stream_frames(self, key: RequestRecord) -> list[Outbound]:
+        """Remove ``key``'s STREAM and AUDIO frames (its DONE, if queued, stays);
+        return them."""
         queue = self._queues.get(key)
         if queue is None:
-            return 0
-        kept = deque(frame for frame in queue if frame.kind is not FrameKind.STREAM)
-        dropped = len(queue) - len(kept)
-        self._len -= dropped
+            return []
+        kept = deque(frame for frame in queue if frame.kind not in _DISCARDABLE)
+        dropped = [frame for frame in queue if frame.kind in _DISCARDABLE]
+        self._len -= len(dropped)
         if kept:
             self._queues[key] = kept
         else:
@@ -133,15 +147,32 @@ class OutboundLanes:
         :meth:`wait_for_stream_room` blocks.
     :param priority_capacity: control frames the priority lane holds before
         :meth:`push_priority` raises :class:`LaneOverflow`.
+    :param audio_budget_ms: milliseconds of AUDIO the stream lane holds before
+        :meth:`wait_for_audio_room` blocks (a chunk longer than that still goes
+        alone into an empty lane).
     :param fifo: diagnostic mode: a single first-in-first-out queue.
     """
 
-    def __init__(self, *, stream_capacity: int, priority_capacity: int, fifo: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        stream_capacity: int,
+        priority_capacity: int,
+        audio_budget_ms: float = 200.0,
+        fifo: bool = False,
+    ) -> None:
         if stream_capacity < 1 or priority_capacity < 1:
             raise ValueError("lane capacities must be at least 1")
+        if not audio_budget_ms > 0:
+            raise ValueError("the audio budget must be positive")
         self.stream_capacity = stream_capacity
         self.priority_capacity = priority_capacity
+        self.audio_budget_ms = audio_budget_ms
         self.fifo = fifo
+        #: AUDIO chunks in the stream lane, and their milliseconds (the budget's measure).
+        self._audio_frames = 0
+        self._audio_ms = 0.0
+        self._audio_room = trio.lowlevel.ParkingLot()  # speakers waiting for audio room
         self._priority: deque[Outbound] = deque()
         self._stream = _Turns()
         #: STREAM frames in the stream lane (the ones its capacity bounds).
@@ -198,10 +229,34 @@ class OutboundLanes:
             record is not None and not self.fifo and self._stream.holds_nothing_of(record)
         )
 
+    async def wait_for_audio_room(self, audio_ms: float) -> None:
+        """Wait until the stream lane can take ``audio_ms`` more milliseconds of AUDIO.
+
+        Like :meth:`wait_for_stream_room`: always a checkpoint, cancellation is
+        delivered even when a discard is what made the room, and the room is there
+        until the caller's next ``await`` (push with :meth:`push_stream` at once).
+        An empty lane always takes one chunk, so a chunk longer than the budget
+        cannot wait forever.
+        """
+        await trio.lowlevel.checkpoint()
+        if not self._has_audio_room_for(audio_ms):
+            while not self._has_audio_room_for(audio_ms):
+                await self._audio_room.park()
+            await trio.lowlevel.checkpoint_if_cancelled()
+
+    def _has_audio_room_for(self, audio_ms: float) -> bool:
+        # The tolerance absorbs float rounding of fractional chunk durations.
+        return not self._audio_frames or self._audio_ms + audio_ms <= self.audio_budget_ms + 1e-9
+
     def push_stream(self, frame: Outbound) -> None:
-        """Queue a STREAM frame; call right after :meth:`wait_for_stream_room`."""
+        """Queue a STREAM frame or an AUDIO chunk; call right after
+        :meth:`wait_for_stream_room` (STREAM) or :meth:`wait_for_audio_room` (AUDIO)."""
         self._stream.append(self._turn_of(frame), frame)
-        self._stream_frames += 1
+        if frame.kind is FrameKind.AUDIO:
+            self._audio_frames += 1
+            self._audio_ms += frame.audio_ms
+        else:
+            self._stream_frames += 1
         self._ready.unpark()
 
     def push_stream_terminal(self, frame: Outbound) -> None:
@@ -215,17 +270,30 @@ class OutboundLanes:
         self._ready.unpark()
 
     def discard(self, record: RequestRecord) -> int:
-        """Drop every queued STREAM frame of ``record``; return how many were dropped.
+        """Drop every queued STREAM frame and AUDIO chunk of ``record``; return how
+        many frames were dropped (AUDIO chunks included).
 
         In ``fifo`` mode nothing is dropped (that is the point of the mode).
         """
         if self.fifo:
             return 0
         dropped = self._stream.drop_stream_frames(record)
-        if dropped:
-            self._stream_frames -= dropped
-            self._room.unpark(count=dropped)
-        return dropped
+        text = sum(1 for frame in dropped if frame.kind is FrameKind.STREAM)
+        if text:
+            self._stream_frames -= text
+            self._room.unpark(count=text)
+        if len(dropped) > text:
+            for frame in dropped:
+                if frame.kind is FrameKind.AUDIO:
+                    self._audio_taken(frame)
+        return len(dropped)
+
+    def _audio_taken(self, frame: Outbound) -> None:
+        """An AUDIO chunk left the lane (written or dropped): free its milliseconds."""
+        self._audio_frames -= 1
+        # Exactly zero when the lane holds no audio, whatever the rounding on the way.
+        self._audio_ms = self._audio_ms - frame.audio_ms if self._audio_frames else 0.0
+        self._audio_room.unpark_all()
 
     def _turn_of(self, frame: Outbound) -> RequestRecord | None:
         # fifo mode: one queue for everything, in arrival order.
@@ -251,6 +319,8 @@ class OutboundLanes:
         if frame.kind is FrameKind.STREAM:
             self._stream_frames -= 1
             self._room.unpark()
+        elif frame.kind is FrameKind.AUDIO:
+            self._audio_taken(frame)
         return frame
 
     def frame_written(self) -> None:
@@ -284,5 +354,10 @@ class OutboundLanes:
 
     @property
     def stream_depth(self) -> int:
-        """STREAM frames waiting (terminal frames not counted)."""
+        """STREAM frames waiting (terminal frames and AUDIO chunks not counted)."""
         return self._stream_frames
+
+    @property
+    def audio_queued_ms(self) -> float:
+        """Milliseconds of AUDIO waiting in the stream lane."""
+        return self._audio_ms

@@ -64,7 +64,7 @@ INTERRUPT_ACK_BUCKETS = (
 class SessionMetrics(Protocol):
     """The hooks a session calls. Synchronous, no I/O, never raises."""
 
-    def frame_written(self, kind: FrameKind, text: str) -> None:
+    def frame_written(self, kind: FrameKind, text: str | bytes) -> None:
         """A frame reached the socket."""
 
     def request_ended(self, record: RequestRecord) -> None:
@@ -84,7 +84,7 @@ class SessionMetrics(Protocol):
 class _NoMetrics:
     """The :class:`SessionMetrics` of a session nobody measures."""
 
-    def frame_written(self, kind: FrameKind, text: str) -> None:
+    def frame_written(self, kind: FrameKind, text: str | bytes) -> None:
         pass
 
     def request_ended(self, record: RequestRecord) -> None:
@@ -103,10 +103,11 @@ class _NoMetrics:
 NO_METRICS: SessionMetrics = _NoMetrics()
 
 
-def utf8_length(text: str) -> int:
-    """Bytes ``text`` takes on the wire. ``str.isascii`` is O(1) in CPython, so the
-    common case (JSON frames of ASCII text) costs no encoding."""
-    return len(text) if text.isascii() else len(text.encode("utf-8"))
+def utf8_length(text: str | bytes) -> int:
+    """Bytes ``text`` takes on the wire (a binary frame: its length). ``str.isascii``
+    is O(1) in CPython, so the common case (JSON frames of ASCII text) costs no
+    encoding."""
+    return len(text) if isinstance(text, bytes) or text.isascii() else len(text.encode("utf-8"))
 
 
 class ServerMetrics:
@@ -173,7 +174,7 @@ class ServerMetrics:
 
     # -- SessionMetrics ------------------------------------------------------------------
 
-    def frame_written(self, kind: FrameKind, text: str) -> None:
+    def frame_written(self, kind: FrameKind, text: str | bytes) -> None:
         self._frames[kind].inc()
         self._bytes[kind].inc(utf8_length(text))
 

@@ -14,7 +14,8 @@ interrupt:
 * **History is what the user heard.** Each session keeps its conversation
   (:class:`~trio_agent.conversation.Conversation` in the session's state); an
   assistant turn is recorded when the DONE is written, with exactly the delivered
-  deltas (:meth:`~trio_agent.agents.ResponseStream.on_done`).
+  deltas (:meth:`~trio_agent.agents.ResponseStream.on_done`); for a spoken reply
+  that was interrupted, with the words the user heard (``DONE.heard_text``).
 
 The HTTP client is opened when the server starts and closed when it stops (the
 agent is an async context manager; see :func:`~trio_agent.agents.open_agents`):
@@ -45,7 +46,7 @@ from .agents import AgentError, AgentRequest, RequestOutcome, ResponseStream
 from .chat_stream import ChatStream, Deadlines, origin
 from .config import _setting, settings_from
 from .history import Conversation
-from .protocol import ErrorCode
+from .protocol import DoneStatus, ErrorCode
 
 #: Where requests go when only ``OPENAI_API_KEY`` is set, as with the official SDK.
 OPENAI_DEFAULT_BASE_URL: Final = "https://api.openai.com/v1"
@@ -265,7 +266,7 @@ class OpenAIAgent:
         user_input = request.input
 
         def record(outcome: RequestOutcome) -> None:
-            conversation.record(user_input, outcome.text, outcome.status)
+            conversation.record(user_input, heard_reply(outcome), outcome.status)
 
         stream.on_done(record)
         stream.defer_done()
@@ -295,3 +296,12 @@ def openai_agent_from(
     environ = os.environ if environ is None else environ
     config = settings_from(OpenAIConfig, args, environ)
     return OpenAIAgent(config, api_key=environ.get("OPENAI_API_KEY") or None)
+
+
+def heard_reply(outcome: RequestOutcome) -> str:
+    """The assistant's turn as the user took it in: the delivered text, or, for a
+    spoken reply that was interrupted, only the words whose audio was heard
+    (``DONE.heard_text``): captions ahead of the sound were never said."""
+    if outcome.heard_text is not None and outcome.status is DoneStatus.INTERRUPTED:
+        return outcome.heard_text
+    return outcome.text

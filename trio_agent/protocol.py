@@ -26,13 +26,14 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictBool,
+    StrictFloat,
     StrictStr,
     StringConstraints,
     ValidationError,
 )
 from pydantic_core import to_json
 
-PROTOCOL_VERSION: Final = "1.0"
+PROTOCOL_VERSION: Final = "1.1"
 
 #: What a ``request_id`` may look like: 1 to 64 characters of ``[A-Za-z0-9._:-]``.
 REQUEST_ID_PATTERN: Final = r"^[A-Za-z0-9._:-]{1,64}$"
@@ -54,6 +55,7 @@ class ErrorCode(StrEnum):
     DUPLICATE_REQUEST_ID = "DUPLICATE_REQUEST_ID"
     TOO_MANY_REQUESTS = "TOO_MANY_REQUESTS"
     UNKNOWN_AGENT = "UNKNOWN_AGENT"
+    UNKNOWN_VOICE = "UNKNOWN_VOICE"
     INTERNAL_ERROR = "INTERNAL_ERROR"
     RATE_LIMITED = "RATE_LIMITED"
     # Codes that only appear inside DONE.error, never as an ERROR frame:
@@ -122,6 +124,9 @@ class RequestMessage(_ClientEnvelope):
 
 class InterruptPayload(_Model):
     reason: StrictStr = DEFAULT_INTERRUPT_REASON
+    #: The client's playback position in the named request's audio (v1.1); only
+    #: counts when the INTERRUPT names one request.
+    played_ms: Annotated[StrictFloat, Field(ge=0, allow_inf_nan=False)] | None = None
 
 
 class InterruptMessage(_ClientEnvelope):
@@ -180,12 +185,25 @@ class Limits(_Model):
     idle_timeout_s: float | None = None
 
 
+class AudioFormat(_Model):
+    """One audio format the server speaks in (``SESSION.audio_formats``)."""
+
+    format: Literal["pcm_s16le"] = "pcm_s16le"
+    sample_rate: int
+    channels: int = 1
+
+
 class SessionPayload(_Model):
     protocol: str = PROTOCOL_VERSION
     server: str
     agents: dict[str, AgentEntry]
     default_agent: str | None = None
     limits: Limits
+    # Speech (v1.1): empty, and left out where None, when the server does not speak.
+    voices: list[str] = Field(default_factory=list)
+    default_voice: str | None = None
+    audio_formats: list[AudioFormat] = Field(default_factory=list)
+    synthesizer: Literal["espeak-ng", "builtin"] | None = None
 
 
 class SessionMessage(_ServerEnvelope):
@@ -198,6 +216,8 @@ class SessionMessage(_ServerEnvelope):
 class StreamPayload(_Model):
     seq: int
     delta: str
+    #: Where the word's audio starts in the spoken reply (v1.1; spoken replies only).
+    start_ms: float | None = None
 
 
 class StreamMessage(_ServerEnvelope):
@@ -229,6 +249,10 @@ class DonePayload(_Model):
     error: ErrorInfo | None = None
     #: The ``msg_id`` of the INTERRUPT that cut the request (additive to v1).
     cancelled_by: str | None = None
+    # A spoken reply only (v1.1): audio written, audio heard, the words heard.
+    audio_ms: float | None = None
+    heard_ms: float | None = None
+    heard_text: str | None = None
 
 
 class DoneMessage(_ServerEnvelope):
@@ -452,10 +476,13 @@ class StreamFrameEncoder:
     def __init__(self, session_id: str, request_id: str) -> None:
         self._middle = f',"session_id":{_json(session_id)},"request_id":{_json(request_id)},"ts":'
 
-    def __call__(self, *, msg_id: str, ts: int, seq: int, delta: str) -> str:
+    def __call__(
+        self, *, msg_id: str, ts: int, seq: int, delta: str, start_ms: float | None = None
+    ) -> str:
+        start = "" if start_ms is None else f',"start_ms":{to_json(float(start_ms)).decode()}'
         return (
             f'{{"msg_id":{_json(msg_id)}{self._middle}{ts:d},"msg_type":"STREAM",'
-            f'"payload":{{"seq":{seq:d},"delta":{_json(delta)}}}}}'
+            f'"payload":{{"seq":{seq:d},"delta":{_json(delta)}{start}}}}}'
         )
 
 

@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 
     import trio
 
+    from .speech import SpeechTimeline
+
 
 class RequestPhase(Enum):
     RUNNING = "running"
@@ -75,6 +77,8 @@ class RequestRecord:
     deltas: list[str] | None = None
     #: called by the writer once the DONE is on the wire.
     done_callbacks: list[Callable[[], None]] = field(default_factory=list)
+    #: A spoken reply's audio: queued, written, heard (``None``: a text reply).
+    speech: SpeechTimeline | None = None
 
     @property
     def interrupted(self) -> bool:

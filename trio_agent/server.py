@@ -46,9 +46,10 @@ from .blocking import report_blocking_tasks
 from .config import ServerConfig
 from .cork import CorkableStream
 from .metrics import ServerMetrics
-from .protocol import Limits, SessionPayload
+from .protocol import AudioFormat, Limits, SessionPayload
 from .redaction import redact_subprotocols, redact_target
 from .session import Session
+from .synthesis import Synthesizer, select_synthesizer
 from .trace import Tracer, tracer_for
 from .transport import (
     Listener,
@@ -73,6 +74,8 @@ class AgentServer:
     :param trace: where trace events go (:mod:`trio_agent.trace`), e.g. a
         :class:`~trio_agent.trace.MemoryTracer`; by default the file named by
         ``config.trace``, if any, which the server closes when :meth:`run` returns.
+    :param synthesizer: what speaks replies (:mod:`trio_agent.synthesis`); by
+        default the one ``config.speech`` selects.
 
     Use ``server = await nursery.start(AgentServer(config).run)`` to get the server
     back once it listens (its :attr:`port` is then the real one, even for port 0).
@@ -84,8 +87,13 @@ class AgentServer:
         agents: Mapping[str, Agent] | None = None,
         *,
         trace: Tracer | None = None,
+        synthesizer: Synthesizer | None = None,
     ) -> None:
         self.config = config or ServerConfig()
+        self.synthesizer = (
+            synthesizer if synthesizer is not None else select_synthesizer(self.config.speech)
+        )
+        speaks = self.synthesizer
         self.tracer = trace if trace is not None else tracer_for(self.config.trace)
         self._owns_tracer = trace is None
         self.agents: dict[str, Agent] = dict(builtin_agents() if agents is None else agents)
@@ -121,6 +129,10 @@ class AgentServer:
                 request_timeout_cap_s=self.config.request_timeout_cap_s,
                 idle_timeout_s=self.config.idle_timeout_s or None,
             ),
+            voices=list(speaks.voices) if speaks is not None else [],
+            default_voice=speaks.default_voice if speaks is not None else None,
+            audio_formats=[AudioFormat(sample_rate=speaks.sample_rate)] if speaks else [],
+            synthesizer=speaks.name if speaks is not None else None,
         )
         self.metrics = ServerMetrics(self.stats)
         self.web = WebApp(
@@ -275,6 +287,7 @@ class AgentServer:
             metrics=self.metrics,
             trace=self.tracer,
             cork=cork,
+            synthesizer=self.synthesizer,
         )
         self.sessions[session.session_id] = session
         self.sessions_total += 1

@@ -56,6 +56,7 @@ from .agents import (
     ResponseStream,
     json_fields,
 )
+from .audio import AudioFrameEncoder, decode_audio_frame
 from .cork import CorkableStream
 from .lanes import FrameKind, LaneOverflow, Outbound, OutboundLanes
 from .metrics import NO_METRICS, SessionMetrics
@@ -84,10 +85,19 @@ from .protocol import (
 )
 from .ratelimit import FrameRateLimit, Verdict
 from .registry import AdmissionRefused, RequestPhase, RequestRecord, RequestRegistry
+from .speaking import Speaker, SpokenResponseStream
+from .speech import (
+    SpeechOptionError,
+    SpeechOptions,
+    SpeechTimeline,
+    SpokenWord,
+    speech_options,
+)
 from .trace import NO_TRACE, Tracer
 
 if TYPE_CHECKING:
     from .config import ServerConfig
+    from .synthesis import Synthesizer
 
 #: An agent as it may really be: returning anything.
 _AnyAgent = Callable[[AgentRequest, ResponseStream], Awaitable[object]]
@@ -122,6 +132,8 @@ class Session:
     :param trace: where the session's events go (:mod:`trio_agent.trace`); off by default.
     :param cork: the stream under ``ws``, if it is a :class:`CorkableStream`: the
         writer then sends frames in batches.
+    :param synthesizer: what speaks a REQUEST with ``options.voice``; ``None``:
+        speech is off (such a REQUEST gets ``ERROR UNKNOWN_VOICE``).
     """
 
     def __init__(
@@ -135,8 +147,10 @@ class Session:
         metrics: SessionMetrics = NO_METRICS,
         trace: Tracer = NO_TRACE,
         cork: CorkableStream | None = None,
+        synthesizer: Synthesizer | None = None,
     ) -> None:
         self.ws = ws
+        self._synthesizer = synthesizer
         self._cork = cork
         self.metrics = metrics
         self.session_id = session_id
@@ -147,6 +161,7 @@ class Session:
         self.lanes = OutboundLanes(
             stream_capacity=config.stream_lane_capacity,
             priority_capacity=config.priority_lane_capacity,
+            audio_budget_ms=config.audio_queue_ms,
             fifo=config.lanes == "fifo",
         )
         self._msg_ids = itertools.count()
@@ -288,10 +303,7 @@ class Session:
         if self._frame_rate is not None and not self._within_rate(raw):
             return
         if isinstance(raw, bytes):
-            self._send_error(
-                ErrorCode.INVALID_MESSAGE,
-                "binary messages are not part of protocol v1; send JSON text",
-            )
+            self._refuse_binary(raw)
             return
         logger.trace("frame read", frame=raw[:200])
         try:
@@ -322,6 +334,20 @@ class Session:
                     ts=now_ms(),
                 )
             )
+
+    def _refuse_binary(self, raw: bytes) -> None:
+        """A binary message: only the server sends them (AUDIO), so it is refused."""
+        try:
+            header, _ = decode_audio_frame(raw)
+        except ProtocolError as exc:
+            detail, request_id = exc.message, exc.request_id
+        else:
+            detail, request_id = "a client may not send AUDIO", header.request_id
+        self._send_error(
+            ErrorCode.INVALID_MESSAGE,
+            f"binary messages are server-to-client AUDIO only; send JSON text ({detail})",
+            request_id=request_id,
+        )
 
     def _within_rate(self, raw: str | bytes) -> bool:
         """Apply the frame rate limit (:mod:`trio_agent.ratelimit`); False: skip ``raw``."""
@@ -373,6 +399,16 @@ class Session:
                 request_id=request_id,
             )
             return
+        synthesizer = self._synthesizer
+        try:
+            speech = speech_options(
+                payload.options,
+                voices=synthesizer.voices if synthesizer is not None else (),
+                default_voice=synthesizer.default_voice if synthesizer is not None else None,
+            )
+        except SpeechOptionError as exc:
+            self._send_error(exc.code, exc.message, ref=ref, request_id=request_id)
+            return
         cap = self.config.request_timeout_cap_s
         timeout = min(payload.timeout_s, cap) if payload.timeout_s is not None else cap
         # The request's own cancel scope. Its deadline is relative, so the clock
@@ -384,6 +420,9 @@ class Session:
         except AdmissionRefused as refused:
             self._send_error(refused.code, refused.message, ref=ref, request_id=request_id)
             return
+        if speech is not None:
+            assert synthesizer is not None
+            record.speech = SpeechTimeline(sample_rate=synthesizer.sample_rate)
         request = AgentRequest(
             request_id=request_id,
             input=payload.input,
@@ -396,14 +435,23 @@ class Session:
             self._request_tasks_gone = trio.Event()
         self._request_tasks += 1
         self._nursery.start_soon(
-            self._run_request, record, agent, request, timeout, name=f"request {request_id}"
+            self._run_request,
+            record,
+            agent,
+            request,
+            timeout,
+            speech,
+            name=f"request {request_id}",
         )
 
     def _interrupt(self, message: InterruptMessage, *, read_at: float) -> None:
         reason = message.payload.reason
         decision = self.registry.interrupt(message.request_id, reason=reason, msg_id=message.msg_id)
+        played_ms = message.payload.played_ms
         discarded = 0
         for record in decision.cut:
+            if record.speech is not None and played_ms is not None and message.request_id:
+                record.speech.played_ms = played_ms
             # Cancel first: an agent parked waiting for stream room then wakes with
             # Cancelled, rather than being woken for the room discard() makes.
             record.scope.cancel(reason=f"INTERRUPT {message.msg_id} ({reason})")
@@ -445,7 +493,12 @@ class Session:
     # ------------------------------------------------------------------ requests
 
     async def _run_request(
-        self, record: RequestRecord, agent: Agent, request: AgentRequest, timeout_s: float
+        self,
+        record: RequestRecord,
+        agent: Agent,
+        request: AgentRequest,
+        timeout_s: float,
+        speech: SpeechOptions | None = None,
     ) -> None:
         with logger.contextualize(request_id=record.request_id):
             logger.info("request started", agent=record.agent, timeout_s=timeout_s)
@@ -461,13 +514,18 @@ class Session:
                         await trio.lowlevel.checkpoint_if_cancelled()
                         # The protocol says None, but an agent in the wild may return
                         # its text instead of sending it: look at what comes back.
+                        stream: _RequestStream | SpokenResponseStream
                         stream = _RequestStream(record, self)
+                        if speech is not None:
+                            stream = self._spoken(stream, speech)
                         returned = await cast("_AnyAgent", agent)(request, stream)
                         if returned is not None:
                             raise TypeError(
                                 f"the agent returned a {type(returned).__name__}; an agent "
                                 "streams its reply with stream.send() and returns None"
                             )
+                        if isinstance(stream, SpokenResponseStream):
+                            await stream.finish()
                     except trio.Cancelled as cancelled:
                         # Who cut us and why, straight from Trio: "explicit" with the
                         # INTERRUPT's msg id, "deadline" for a timeout, "nursery" when
@@ -496,6 +554,20 @@ class Session:
                 self._request_tasks -= 1
                 if not self._request_tasks:
                     self._request_tasks_gone.set()
+
+    def _spoken(self, stream: _RequestStream, speech: SpeechOptions) -> SpokenResponseStream:
+        """The speech stage around a request's stream (:mod:`trio_agent.speaking`)."""
+        record = stream.record
+        assert self._synthesizer is not None
+        assert record.speech is not None
+        speaker = Speaker(
+            stream,
+            self._synthesizer,
+            speech,
+            record.speech,
+            chunk_ms=self.config.audio_chunk_ms,
+        )
+        return SpokenResponseStream(stream, speaker)
 
     def _settle(
         self,
@@ -552,7 +624,7 @@ class Session:
         lanes = self.lanes
         most = self.config.write_batch_frames
         cork = self._cork if most > 1 else None
-        batch: list[tuple[Outbound, str]] = []
+        batch: list[tuple[Outbound, str | bytes]] = []
         try:
             while True:
                 frame = await lanes.next_frame()
@@ -570,10 +642,14 @@ class Session:
                     assert frame.record is not None
                     frame.record.frames_written += 1
                     first = frame.record.frames_written == 1
+                elif frame.kind is FrameKind.AUDIO:
+                    assert frame.record is not None
+                    assert frame.record.speech is not None
+                    frame.record.speech.samples_written += frame.samples
                 batch.append((frame, text))
                 if (
                     cork is None
-                    or frame.kind is not FrameKind.STREAM
+                    or frame.kind not in (FrameKind.STREAM, FrameKind.AUDIO)
                     or first
                     or not lanes.queued
                     or len(batch) >= most
@@ -604,7 +680,7 @@ class Session:
                     "an on_done callback raised", request_id=record.request_id
                 )
 
-    def _batch_written(self, batch: list[tuple[Outbound, str]]) -> None:
+    def _batch_written(self, batch: list[tuple[Outbound, str | bytes]]) -> None:
         """Book-keeping once a batch is on the socket: count it, free the ids of
         DONE requests, log the ends and the ACK latencies."""
         for frame, text in batch:
@@ -647,6 +723,11 @@ class Session:
                     error=record.error,
                     cancelled_by=record.cancelled_by,
                     **record.done_fields,
+                    **(
+                        record.speech.done_fields(record.frames_written)
+                        if record.speech is not None
+                        else {}
+                    ),
                 ),
             )
         )
@@ -706,36 +787,94 @@ class Session:
 class _RequestStream:
     """The :class:`~trio_agent.agents.ResponseStream` a request's agent writes into."""
 
-    __slots__ = ("_encode", "_lanes", "_record", "_session")
+    __slots__ = ("_encode", "_encode_audio", "_lanes", "_record", "_session")
+
+    # It is also the speech stage's sink (trio_agent.speaking.SpeechSink).
 
     def __init__(self, record: RequestRecord, session: Session) -> None:
         self._record = record
         self._session = session
         self._lanes = session.lanes
         self._encode = StreamFrameEncoder(session.session_id, record.request_id)
+        self._encode_audio = (
+            AudioFrameEncoder(record.request_id, record.speech.sample_rate)
+            if record.speech is not None
+            else None
+        )
 
     @property
     def request_id(self) -> str:
         return self._record.request_id
 
+    @property
+    def record(self) -> RequestRecord:
+        return self._record
+
     async def send(self, delta: str) -> None:
         if not isinstance(delta, str):
             raise TypeError(f"a delta must be a str, not {type(delta).__name__}")
+        await self._send(delta)
+
+    async def send_word(self, delta: str, *, start_ms: float, end_ms: float) -> None:
+        """A spoken word's STREAM frame, with its audio's ``start_ms``."""
+        speech = self._record.speech
+        assert speech is not None
+        await self._send(delta, start_ms)
+        speech.words.append(SpokenWord(delta, start_ms, end_ms))
+
+    async def send_audio(self, samples: bytes, *, start_sample: int) -> None:
+        """One AUDIO chunk, budgeted in milliseconds in the stream lane."""
+        record = self._record
+        speech = record.speech
+        assert speech is not None
+        n_samples = len(samples) // 2
+        duration_ms = speech.ms(n_samples)
         # Backpressure, and an interrupt point.
-        await self._lanes.wait_for_stream_room(self._record)
+        await self._lanes.wait_for_audio_room(duration_ms)
+        if record.phase is not RequestPhase.RUNNING:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            self._check_running()
+        assert self._encode_audio is not None
+        data = self._encode_audio(
+            seq=speech.chunks_queued,
+            start_ms=speech.ms(start_sample),
+            duration_ms=duration_ms,
+            samples=samples,
+        )
+        speech.chunks_queued += 1
+        self._lanes.push_stream(
+            Outbound(FrameKind.AUDIO, data, record, samples=n_samples, audio_ms=duration_ms)
+        )
+
+    def _check_running(self) -> None:
         record = self._record
         if record.phase is not RequestPhase.RUNNING:
             # Cut while waiting for room: the discard that made the room woke us
-            # before the cancellation could. Deliver the cancellation, not an error.
-            await trio.lowlevel.checkpoint_if_cancelled()
+            # before the cancellation could. The caller delivers the cancellation
+            # (its next checkpoint raises); this refuses to queue anything more.
             self._session.trace.late_send(record)
             raise trio.ClosedResourceError(
                 f"request {record.request_id} has ended ({record.status}); nothing more is sent for it"
             )
+
+    async def _send(self, delta: str, start_ms: float | None = None) -> None:
+        # Backpressure, and an interrupt point.
+        await self._lanes.wait_for_stream_room(self._record)
+        record = self._record
+        if record.phase is not RequestPhase.RUNNING:
+            # Deliver the cancellation, not an error, when there is one.
+            await trio.lowlevel.checkpoint_if_cancelled()
+            self._check_running()
         # Render before counting: text that cannot be encoded (a lone surrogate)
         # raises here and uses no seq, even for an agent that catches the error.
         seq = record.frames_queued
-        text = self._encode(msg_id=self._session._next_msg_id(), ts=now_ms(), seq=seq, delta=delta)
+        text = self._encode(
+            msg_id=self._session._next_msg_id(),
+            ts=now_ms(),
+            seq=seq,
+            delta=delta,
+            start_ms=start_ms,
+        )
         record.frames_queued += 1
         self._lanes.push_stream(Outbound(FrameKind.STREAM, text, record))
         self._session.trace.stream_queued(record, seq)
@@ -767,6 +906,9 @@ class _RequestStream:
                     status=record.status,
                     frames=record.frames_written,
                     delivered=tuple(record.deltas[: record.frames_written]),
+                    heard_text=record.speech.heard_text(record.frames_written)
+                    if record.speech is not None
+                    else None,
                 )
             )
 

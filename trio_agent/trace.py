@@ -387,6 +387,10 @@ class RecordingSessionTrace(SessionTrace):
             # frames are written in order (only a queued tail is ever discarded),
             # so the count so far is this frame's seq.
             self._emit("stream_written", record.request_id, seq=record.frames_written)
+        elif frame.kind is FrameKind.AUDIO:
+            # Not traced one by one: a spoken reply writes fifty a second, and the
+            # words' STREAM frames already mark where the reply is.
+            return
         elif frame.kind is FrameKind.DONE:
             assert record is not None
             self._emit(

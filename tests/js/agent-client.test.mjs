@@ -10,7 +10,34 @@ import {
   AgentClient,
   AudioPlayback,
   NotConnectedError,
+  parseAudioFrame,
 } from "../../trio_agent/web/static/agent-client.js";
+
+/**
+ * One AUDIO binary frame as the server sends it: 2-byte big-endian header length,
+ * UTF-8 JSON header, pcm_s16le samples.
+ * @param {object} header @param {number[]} samples  int16 values, channels interleaved
+ */
+function audioFrame(header, samples) {
+  const head = new TextEncoder().encode(
+    JSON.stringify({ msg_type: "AUDIO", format: "pcm_s16le", channels: 1, ...header }),
+  );
+  const bytes = new Uint8Array(2 + head.length + samples.length * 2);
+  new DataView(bytes.buffer).setUint16(0, head.length, false);
+  bytes.set(head, 2);
+  const pcm = new DataView(bytes.buffer, 2 + head.length);
+  samples.forEach((value, i) => pcm.setInt16(i * 2, value, true));
+  return bytes.buffer;
+}
+
+/** `ms` milliseconds of mono audio at `rate` Hz for request `requestId`, chunk `seq`. */
+function chunk(requestId, seq, ms, rate = 16000) {
+  const samples = new Array((rate * ms) / 1000).fill(1000);
+  return audioFrame(
+    { request_id: requestId, seq, start_ms: seq * ms, duration_ms: ms, sample_rate: rate },
+    samples,
+  );
+}
 
 class FakeSocket {
   /** @type {FakeSocket[]} */
@@ -33,6 +60,10 @@ class FakeSocket {
   }
 
   // ---- the server's side
+  deliverBinary(buffer) {
+    this.onmessage?.({ data: buffer });
+  }
+
   deliver(frame) {
     this.onmessage?.({ data: JSON.stringify({ session_id: "s", msg_id: "s1", ts: 0, ...frame }) });
   }
@@ -280,10 +311,13 @@ test("interrupting a response that already ended changes nothing locally", async
   assert.equal((await ack).targets[r.requestId], "already_done");
 });
 
-test("playedMs travels in the INTERRUPT payload", async () => {
+test("playedMs travels in an INTERRUPT of one request, never in an interrupt-all", async () => {
   const { client, socket } = await connected();
-  client.interrupt(null, "USER_NEW_INPUT", { playedMs: 1234.4 }).catch(() => {});
+  const r = client.request("hi");
+  client.interrupt(r.requestId, "USER_NEW_INPUT", { playedMs: 1234.4 }).catch(() => {});
   assert.equal(socket.last("INTERRUPT").payload.played_ms, 1234);
+  client.interrupt(null, "USER_NEW_INPUT", { playedMs: 1234.4 }).catch(() => {});
+  assert.equal(socket.last("INTERRUPT").payload.played_ms, undefined);
   client.close();
 });
 
@@ -419,8 +453,8 @@ class FakeAudioContext {
     this.sources = [];
   }
   createBuffer(channels, length, sampleRate) {
-    const samples = new Float32Array(length);
-    return { duration: length / sampleRate, getChannelData: () => samples };
+    const data = Array.from({ length: channels }, () => new Float32Array(length));
+    return { duration: length / sampleRate, sampleRate, numberOfChannels: channels, getChannelData: (c) => data[c] };
   }
   createBufferSource() {
     const source = new FakeSource(this);
@@ -431,7 +465,7 @@ class FakeAudioContext {
 
 test("the playback queue plays back to back and stops everything at once", () => {
   const context = new FakeAudioContext();
-  const audio = new AudioPlayback(() => /** @type {any} */ (context));
+  const audio = new AudioPlayback(() => /** @type {any} */ (context), { jitterMs: 0 });
   const second = new Float32Array(24000); // one second at 24 kHz
   assert.deepEqual(audio.enqueue(second, { requestId: "a" }), { startAt: 0, duration: 1 });
   assert.deepEqual(audio.enqueue(second, { requestId: "a" }), { startAt: 1, duration: 1 });
@@ -447,6 +481,166 @@ test("the playback queue plays back to back and stops everything at once", () =>
   assert.ok(context.sources.every((s) => s.stoppedAt === 1.5 && s.disconnected));
   // The next chunk plays now, not after what was stopped.
   assert.equal(audio.enqueue(second).startAt, 1.5);
+});
+
+test("the jitter buffer delays the first chunk after a dry spell, not the ones behind it", () => {
+  const context = new FakeAudioContext();
+  const audio = new AudioPlayback(() => /** @type {any} */ (context), { jitterMs: 50 });
+  const tenth = new Float32Array(2400); // 100 ms at 24 kHz
+  assert.equal(audio.enqueue(tenth).startAt, 0.05);
+  assert.equal(audio.enqueue(tenth).startAt, 0.15000000000000002);
+  assert.equal(audio.queuedMs(), 200);
+  context.currentTime = 0.1;
+  assert.equal(audio.queuedMs(), 150);
+  context.currentTime = 1; // the queue ran dry: the next chunk waits for its followers
+  assert.equal(audio.enqueue(tenth).startAt, 1.05);
+});
+
+test("playedMs() remembers buffers that prune() forgot", () => {
+  const context = new FakeAudioContext();
+  const audio = new AudioPlayback(() => /** @type {any} */ (context), { jitterMs: 0 });
+  audio.enqueue(new Float32Array(2400), { requestId: "a" });
+  context.currentTime = 0.5;
+  audio._entries[0].ended = true;
+  audio.prune();
+  assert.equal(audio._entries.length, 0);
+  assert.equal(audio.playedMs("a"), 100);
+});
+
+test("parseAudioFrame reads the header and the samples, mono or interleaved", () => {
+  const mono = parseAudioFrame(
+    audioFrame({ request_id: "r1", seq: 0, start_ms: 0, duration_ms: 0.1875, sample_rate: 16000 }, [0, 16384, -32768]),
+  );
+  assert.equal(mono.header.request_id, "r1");
+  assert.equal(mono.header.sample_rate, 16000);
+  assert.deepEqual([...mono.channels[0]], [0, 0.5, -1]);
+  // A header of odd length puts the samples at an odd offset: still read right.
+  const stereo = parseAudioFrame(
+    new Uint8Array(
+      audioFrame({ request_id: "r", seq: 3, start_ms: 5, duration_ms: 0.125, sample_rate: 16000, channels: 2 }, [
+        100, -100, 200, -200,
+      ]),
+    ),
+  );
+  assert.equal(stereo.header.seq, 3);
+  assert.deepEqual(
+    stereo.channels.map((c) => [...c].map((v) => Math.round(v * 32768))),
+    [
+      [100, 200],
+      [-100, -200],
+    ],
+  );
+});
+
+test("parseAudioFrame refuses what is not an AUDIO frame", () => {
+  const good = { request_id: "r1", seq: 0, start_ms: 0, duration_ms: 0.0625, sample_rate: 16000 };
+  const cases = [
+    [new Uint8Array([0]).buffer, /too short/],
+    [new Uint8Array([0, 50, 123]).buffer, /runs past the end/],
+    [new Uint8Array([0, 2, 123, 125, 0]).buffer.slice(0, 4), /not an object|not AUDIO|JSON/],
+    [new Uint8Array([0, 3, 0x7b, 0x7d, 0x7d]).buffer, /not UTF-8 JSON/],
+    [audioFrame({ ...good, msg_type: "STREAM" }, [1]), /not AUDIO/],
+    [audioFrame({ ...good, seq: -1 }, [1]), /seq/],
+    [audioFrame({ ...good, sample_rate: 0 }, [1]), /sample_rate/],
+    [audioFrame({ ...good, format: "opus" }, [1]), /format/],
+    [audioFrame(good, [1]).slice(0, -1), /whole/],
+  ];
+  for (const [data, message] of cases) {
+    assert.throws(() => parseAudioFrame(data), (error) => {
+      assert.equal(error.code, "INVALID_AUDIO");
+      assert.match(error.message, message);
+      return true;
+    });
+  }
+});
+
+test("AUDIO frames play through the queue at their own sample rate", async () => {
+  const context = new FakeAudioContext();
+  const audio = new AudioPlayback(() => /** @type {any} */ (context), { jitterMs: 0 });
+  const { client, socket } = await connected({ audio });
+  const r = client.request("speak", { options: { voice: true } });
+  assert.equal(socket.last("REQUEST").payload.options.voice, true);
+  const heard = [];
+  r.addEventListener("audio", (e) => heard.push(/** @type {any} */ (e).detail.header.seq));
+  socket.deliver({ msg_type: "STREAM", request_id: r.requestId, payload: { seq: 0, delta: "Hi", start_ms: 0 } });
+  socket.deliverBinary(chunk(r.requestId, 0, 100, 22050));
+  socket.deliverBinary(chunk(r.requestId, 1, 100, 22050));
+  assert.deepEqual(heard, [0, 1]);
+  assert.deepEqual(r.startsMs, [0]);
+  assert.equal(r.audioFrames, 2);
+  assert.equal(r.audioMs, 200);
+  assert.equal(audio.pending, 2);
+  assert.equal(audio.queuedMs(r.requestId), 200);
+  assert.equal(audio._entries[0].source.buffer.sampleRate, 22050);
+  assert.equal(client.stats.audioFrames, 2);
+  assert.equal(client.stats.violations, 0);
+  client.close();
+});
+
+test("interrupt() of a spoken reply stops its audio at once and sends how much played", async () => {
+  const context = new FakeAudioContext();
+  const audio = new AudioPlayback(() => /** @type {any} */ (context), { jitterMs: 0 });
+  const { client, socket, events } = await connected({ audio });
+  const r = client.request("speak", { options: { voice: true } });
+  for (let seq = 0; seq < 5; seq++) socket.deliverBinary(chunk(r.requestId, seq, 100));
+  context.currentTime = 0.25;
+  const ack = client.interrupt(r.requestId);
+  assert.equal(socket.last("INTERRUPT").payload.played_ms, 250);
+  assert.equal(audio.pending, 0);
+  assert.equal(audio.queuedMs(), 0);
+  assert.ok(context.sources.every((s) => s.stoppedAt === 0.25));
+  // In flight when the server read the INTERRUPT: dropped, not played.
+  socket.deliverBinary(chunk(r.requestId, 5, 100));
+  assert.equal(audio.pending, 0);
+  assert.equal(client.stats.audioDropped, 1);
+  socket.ack(socket.last("INTERRUPT"), [r.requestId]);
+  await ack;
+  // After the ACK that named it, an AUDIO frame breaks guarantee 5.
+  socket.deliverBinary(chunk(r.requestId, 6, 100));
+  assert.equal(client.stats.staleAfterAck, 1);
+  assert.ok(events.some(([t, d]) => t === "error" && /AUDIO frame .* after the ACK/.test(d.message)));
+  socket.done(r.requestId, {
+    status: "interrupted",
+    interrupted: true,
+    frames: 0,
+    audio_ms: 600,
+    heard_ms: 250,
+    heard_text: "",
+  });
+  assert.equal(r.serverDone.heard_ms, 250);
+  assert.equal(r.heardText, "");
+  client.close();
+});
+
+test("with playAudio false the page gets the frames and nothing plays", async () => {
+  const context = new FakeAudioContext();
+  const audio = new AudioPlayback(() => /** @type {any} */ (context));
+  const { client, socket } = await connected({ audio, playAudio: false });
+  const r = client.request("speak", { options: { voice: "builtin" } });
+  const frames = [];
+  client.addEventListener("audio", (e) => frames.push(/** @type {any} */ (e).detail.frame));
+  socket.deliverBinary(chunk(r.requestId, 0, 50));
+  assert.equal(frames.length, 1);
+  assert.equal(frames[0].channels[0].length, 800);
+  assert.equal(context.sources.length, 0);
+  assert.equal(r.spoken, true);
+  client.close();
+});
+
+test("AUDIO frames that break the protocol are reported, never played", async () => {
+  const context = new FakeAudioContext();
+  const audio = new AudioPlayback(() => /** @type {any} */ (context));
+  const { client, socket, events } = await connected({ audio });
+  const r = client.request("speak", { options: { voice: true } });
+  socket.deliverBinary(new Uint8Array([0, 9, 1]).buffer);
+  socket.deliverBinary(chunk("stranger", 0, 10));
+  socket.deliverBinary(chunk(r.requestId, 1, 10));
+  const messages = events.filter(([t]) => t === "error").map(([, d]) => d.message);
+  assert.equal(messages.length, 3);
+  assert.match(messages[0], /bad AUDIO frame/);
+  assert.match(messages[1], /unknown request stranger/);
+  assert.match(messages[2], /AUDIO seq 1 .* expected 0/);
+  client.close();
 });
 
 test("interrupt() silences the audio of what it cuts", async () => {

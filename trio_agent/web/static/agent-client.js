@@ -1,4 +1,4 @@
-// agent-client.js: the browser client of the trio-agent protocol v1.
+// agent-client.js: the browser client of the trio-agent protocol v1 (and v1.1's speech).
 //
 // One ES module, no build step, no dependency. Import it from any page:
 //
@@ -20,6 +20,12 @@
 //   (Pages should render in requestAnimationFrame, as the demo page does.)
 // * The ACK is awaited with a timeout, but the page never waits for it: local state is
 //   clean at once, and the ACK only confirms what the server cut.
+//
+// Speech (protocol v1.1): ask with request(input, { options: { voice: true } }). AUDIO
+// comes as binary WebSocket messages (parseAudioFrame), and is played through an
+// AudioContext with a small jitter buffer (AudioPlayback). interrupt(id) stops every
+// scheduled buffer of the response at once and sends played_ms, the playback position,
+// so the server's DONE can say what was heard (heard_text).
 
 /** The subprotocol a client offers when it sends a token (see docs/security.md). */
 export const PROTOCOL_NAME = "trio-agent.v1";
@@ -27,6 +33,74 @@ export const PROTOCOL_NAME = "trio-agent.v1";
 export const TOKEN_PREFIX = "trio-agent.token.";
 /** The default reason of an INTERRUPT, as in the protocol. */
 export const DEFAULT_REASON = "USER_NEW_INPUT";
+/** The only sample format of protocol v1.1 AUDIO frames. */
+export const PCM_S16LE = "pcm_s16le";
+
+/**
+ * @typedef {object} AudioHeader  the JSON header of an AUDIO binary frame
+ * @property {"AUDIO"} msg_type
+ * @property {string} request_id
+ * @property {number} seq  audio chunks of the request, from 0
+ * @property {number} start_ms  the chunk's offset in the spoken reply
+ * @property {number} duration_ms
+ * @property {"pcm_s16le"} format
+ * @property {number} sample_rate
+ * @property {number} channels
+ *
+ * @typedef {object} AudioFrame
+ * @property {AudioHeader} header
+ * @property {Float32Array[]} channels  the samples in [-1, 1), one array per channel
+ */
+
+/**
+ * Parse one AUDIO binary message: a 2-byte big-endian header length, a UTF-8 JSON
+ * header, then pcm_s16le samples (channels interleaved). Pure: no AudioContext.
+ * @param {ArrayBuffer | ArrayBufferView} data
+ * @returns {AudioFrame}
+ * @throws {AgentClientError} code "INVALID_AUDIO" for anything else
+ */
+export function parseAudioFrame(data) {
+  const bytes = ArrayBuffer.isView(data)
+    ? new Uint8Array(data.buffer, data.byteOffset, data.byteLength)
+    : new Uint8Array(data);
+  const bad = (/** @type {string} */ why) => new AgentClientError(`bad AUDIO frame: ${why}`, "INVALID_AUDIO");
+  if (bytes.length < 2) throw bad(`${bytes.length} bytes is too short for the header length`);
+  const headerLength = (bytes[0] << 8) | bytes[1];
+  if (2 + headerLength > bytes.length) {
+    throw bad(`the header length ${headerLength} runs past the end of ${bytes.length} bytes`);
+  }
+  /** @type {any} */
+  let header;
+  try {
+    header = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(bytes.subarray(2, 2 + headerLength)));
+  } catch {
+    throw bad("the header is not UTF-8 JSON");
+  }
+  if (header === null || typeof header !== "object" || Array.isArray(header)) throw bad("the header is not an object");
+  if (header.msg_type !== "AUDIO") throw bad(`msg_type ${JSON.stringify(header.msg_type)}, not AUDIO`);
+  if (typeof header.request_id !== "string") throw bad("no request_id");
+  if (!Number.isInteger(header.seq) || header.seq < 0) throw bad("seq is not an integer >= 0");
+  for (const name of ["start_ms", "duration_ms"]) {
+    if (typeof header[name] !== "number" || !(header[name] >= 0)) throw bad(`${name} is not a number >= 0`);
+  }
+  if ((header.format ?? PCM_S16LE) !== PCM_S16LE) throw bad(`format ${header.format} is not ${PCM_S16LE}`);
+  if (!Number.isInteger(header.sample_rate) || header.sample_rate <= 0) throw bad("sample_rate is not a positive integer");
+  const channelCount = header.channels ?? 1;
+  if (!Number.isInteger(channelCount) || channelCount < 1) throw bad("channels is not a positive integer");
+  const sampleBytes = bytes.length - 2 - headerLength;
+  if (sampleBytes % (2 * channelCount) !== 0) {
+    throw bad(`${sampleBytes} sample bytes are not whole ${channelCount}-channel s16 frames`);
+  }
+  const frames = sampleBytes / (2 * channelCount);
+  const view = new DataView(bytes.buffer, bytes.byteOffset + 2 + headerLength, sampleBytes);
+  const channels = Array.from({ length: channelCount }, () => new Float32Array(frames));
+  for (let i = 0; i < frames; i++) {
+    for (let c = 0; c < channelCount; c++) {
+      channels[c][i] = view.getInt16((i * channelCount + c) * 2, true) / 32768;
+    }
+  }
+  return { header: { ...header, format: PCM_S16LE, channels: channelCount }, channels };
+}
 
 /**
  * @typedef {"idle" | "connecting" | "open" | "reconnecting" | "closed"} ConnectionState
@@ -42,6 +116,8 @@ export const DEFAULT_REASON = "USER_NEW_INPUT";
  * @property {string} [token] shared secret, offered as a subprotocol (never in the URL)
  * @property {typeof WebSocket} [WebSocket] WebSocket implementation (tests, Node)
  * @property {AudioPlayback} [audio] playback queue (default: one of its own)
+ * @property {boolean} [playAudio=true] play AUDIO frames through `audio` as they come
+ *   (false: the page handles the "audio" events itself)
  *
  * @typedef {object} AgentEntry
  * @property {string} description
@@ -64,6 +140,9 @@ export const DEFAULT_REASON = "USER_NEW_INPUT";
  * @property {{code: string, message: string}} [error]
  * @property {string} [cancelled_by]  msg_id of the INTERRUPT that cut it
  * @property {boolean} [local]  true when the client ended the response itself
+ * @property {number} [audio_ms]  spoken reply: audio the server wrote to the socket
+ * @property {number} [heard_ms]  spoken reply: played_ms of the INTERRUPT (capped), else audio_ms
+ * @property {string} [heard_text]  spoken reply: the words whose audio lies within heard_ms
  *
  * @typedef {object} AckPayload  the body of an INTERRUPT_ACK, plus what the client measured
  * @property {string[]} interrupted
@@ -87,6 +166,8 @@ export const DEFAULT_REASON = "USER_NEW_INPUT";
  * @property {number} framesReceived  every frame read from the socket
  * @property {number} reconnects  new sessions opened after a lost one
  * @property {number} violations  frames that broke the protocol (see the "error" event)
+ * @property {number} audioFrames  AUDIO frames delivered
+ * @property {number} audioDropped  AUDIO frames of cut responses dropped (in flight, or stale)
  */
 
 /** Base class of the errors this module raises. */
@@ -124,8 +205,9 @@ export class NotConnectedError extends AgentClientError {
 /**
  * One reply, as it streams in. Created by {@link AgentClient#request}.
  *
- * Events: "delta" (detail: {delta, seq}), "done" (detail: the DonePayload),
- * "server-done" (detail: the server's DONE of a response the client ended itself).
+ * Events: "delta" (detail: {delta, seq, startMs}), "audio" (detail: an AudioFrame),
+ * "done" (detail: the DonePayload), "server-done" (detail: the server's DONE of a
+ * response the client ended itself).
  */
 export class AgentResponse extends EventTarget {
   /** @param {string} requestId @param {string | null} agent @param {string} msgId */
@@ -151,6 +233,14 @@ export class AgentResponse extends EventTarget {
     this.cutBy = null;
     /** True once an INTERRUPT_ACK named this response: from then on, frames are stale. */
     this.ackSeen = false;
+    /** True when the request asked for speech (options.voice). */
+    this.voice = false;
+    /** AUDIO frames delivered so far. */
+    this.audioFrames = 0;
+    /** Milliseconds of audio delivered so far. */
+    this.audioMs = 0;
+    /** @type {Array<number | null>} the start_ms of each delta (null when not spoken) */
+    this.startsMs = [];
     /** @type {(payload: DonePayload) => void} */
     let resolve = () => {};
     /** @type {Promise<DonePayload>} resolves once, with the server's DONE or the local one */
@@ -167,13 +257,31 @@ export class AgentResponse extends EventTarget {
     return this.result !== null;
   }
 
-  /** @param {number} seq @param {string} delta @internal */
-  _deliver(seq, delta) {
+  /** True when the request asked for speech or audio of it has arrived. */
+  get spoken() {
+    return this.voice || this.audioFrames > 0;
+  }
+
+  /** The words the user heard, from the server's DONE (null until it comes, or not spoken). */
+  get heardText() {
+    return (this.serverDone ?? this.result)?.heard_text ?? null;
+  }
+
+  /** @param {number} seq @param {string} delta @param {number | null} [startMs] @internal */
+  _deliver(seq, delta, startMs = null) {
     this.text += delta;
     this.frames += 1;
     this.deltas.push(delta);
+    this.startsMs.push(startMs);
     this._wake();
-    this.dispatchEvent(new CustomEvent("delta", { detail: { delta, seq } }));
+    this.dispatchEvent(new CustomEvent("delta", { detail: { delta, seq, startMs } }));
+  }
+
+  /** @param {AudioFrame} frame @internal */
+  _deliverAudio(frame) {
+    this.audioFrames += 1;
+    this.audioMs += frame.header.duration_ms;
+    this.dispatchEvent(new CustomEvent("audio", { detail: frame }));
   }
 
   /** @param {DonePayload} payload @internal */
@@ -214,48 +322,105 @@ export class AgentResponse extends EventTarget {
 
 /**
  * A small playback queue on an AudioContext: buffers play one after the other, and
- * {@link AudioPlayback#stop} silences everything scheduled at once. The client calls
- * stop() on interrupt(); until an agent sends audio, pages feed it themselves.
+ * {@link AudioPlayback#stop} silences everything scheduled at once.
+ *
+ * The jitter buffer: when the queue has run dry (the first chunk of a reply, or one
+ * that came late), the next chunk starts `jitterMs` from now instead of at once, so
+ * the chunks behind it, arriving at the network's pace, land back to back without gaps.
+ *
+ * Every source plays through one analyser, so {@link AudioPlayback#measureAfterStop}
+ * can *listen* for sound after a stop: the figure the demo page shows, which must be 0.
  */
 export class AudioPlayback {
-  /** @param {() => AudioContext} [createContext] */
-  constructor(createContext = () => new AudioContext()) {
+  /** @param {() => AudioContext} [createContext] @param {{jitterMs?: number}} [options] */
+  constructor(createContext = () => new AudioContext(), { jitterMs = 60 } = {}) {
     this._createContext = createContext;
+    /** How far ahead the first chunk after a dry spell is scheduled, in milliseconds. */
+    this.jitterMs = jitterMs;
     /** @type {AudioContext | null} */
     this._context = null;
+    /** @type {AudioNode | null} where every source plays: an analyser, then the speakers */
+    this._output = null;
+    /** @type {AnalyserNode | null} */
+    this._analyser = null;
     /** @type {Array<{source: AudioScheduledSourceNode, requestId: string | null, startAt: number, duration: number, stoppedAt: number | null, ended: boolean}>} */
     this._entries = [];
     this._cursor = 0;
+    /** @type {Map<string | null, number>} seconds played of entries prune() forgot, by request */
+    this._prunedPlayed = new Map();
+    /** Context time of the last stop() that stopped something, or null. */
+    this.lastStopAt = /** @type {number | null} */ (null);
   }
 
   /** The AudioContext, created on first use (browsers want a user gesture first). */
   get context() {
-    if (this._context === null) this._context = this._createContext();
+    if (this._context === null) {
+      const context = this._createContext();
+      this._context = context;
+      this._output = context.destination;
+      if (typeof context.createAnalyser === "function") {
+        const analyser = context.createAnalyser();
+        analyser.fftSize = 2048;
+        analyser.connect(context.destination);
+        this._analyser = analyser;
+        this._output = analyser;
+      }
+    }
     return this._context;
   }
 
   /** Buffers scheduled and not yet ended or stopped. */
   get pending() {
-    return this._entries.filter((e) => !e.ended && e.stoppedAt === null).length;
+    return [...this._live()].length;
   }
 
   /**
-   * Schedule a chunk right after those already queued.
-   * @param {AudioBuffer | Float32Array} chunk  a buffer, or mono samples in [-1, 1]
-   * @param {{requestId?: string | null, sampleRate?: number}} [options]
+   * The buffers still to play (not ended, not stopped), of `requestId` or all.
+   * @param {string | null} [requestId]
+   */
+  *_live(requestId) {
+    for (const e of this._entries) {
+      if (e.ended || e.stoppedAt !== null) continue;
+      if (requestId == null || e.requestId === requestId) yield e;
+    }
+  }
+
+  /**
+   * Milliseconds of audio scheduled and not played yet (of `requestId`, or all).
+   * @param {string | null} [requestId]
+   */
+  queuedMs(requestId) {
+    if (this._context === null) return 0;
+    const now = this._context.currentTime;
+    let queued = 0;
+    for (const e of this._live(requestId)) {
+      queued += Math.max(0, e.startAt + e.duration - Math.max(now, e.startAt));
+    }
+    return Math.round(queued * 1000);
+  }
+
+  /**
+   * Schedule a chunk right after those already queued (after the jitter delay when the
+   * queue has run dry).
+   * @param {AudioBuffer | Float32Array | Float32Array[]} chunk  a buffer, or samples in
+   *   [-1, 1]: one array (mono) or one per channel
+   * @param {{requestId?: string | null, sampleRate?: number}} [options]  always pass
+   *   the frame's sample_rate: servers differ
    * @returns {{startAt: number, duration: number}} when it plays, in context seconds
    */
   enqueue(chunk, { requestId = null, sampleRate = 24000 } = {}) {
     const context = this.context;
     let buffer = /** @type {AudioBuffer} */ (chunk);
-    if (chunk instanceof Float32Array) {
-      buffer = context.createBuffer(1, chunk.length, sampleRate);
-      buffer.getChannelData(0).set(chunk);
+    if (chunk instanceof Float32Array || Array.isArray(chunk)) {
+      const channels = Array.isArray(chunk) ? chunk : [chunk];
+      buffer = context.createBuffer(channels.length, channels[0].length, sampleRate);
+      channels.forEach((samples, c) => buffer.getChannelData(c).set(samples));
     }
     const source = context.createBufferSource();
     source.buffer = buffer;
-    source.connect(context.destination);
-    const startAt = Math.max(context.currentTime, this._cursor);
+    source.connect(/** @type {AudioNode} */ (this._output));
+    const now = context.currentTime;
+    const startAt = this._cursor > now ? this._cursor : now + this.jitterMs / 1000;
     const entry = {
       source,
       requestId,
@@ -270,6 +435,7 @@ export class AudioPlayback {
     source.start(startAt);
     this._cursor = startAt + buffer.duration;
     this._entries.push(entry);
+    if (this._entries.length > 64) this.prune();
     return { startAt, duration: buffer.duration };
   }
 
@@ -282,9 +448,7 @@ export class AudioPlayback {
     if (this._context === null) return 0;
     const now = this._context.currentTime;
     let stopped = 0;
-    for (const entry of this._entries) {
-      if (entry.ended || entry.stoppedAt !== null) continue;
-      if (requestId != null && entry.requestId !== requestId) continue;
+    for (const entry of [...this._live(requestId)]) {
       entry.stoppedAt = now;
       try {
         entry.source.stop(0);
@@ -294,31 +458,94 @@ export class AudioPlayback {
       entry.source.disconnect();
       stopped += 1;
     }
-    const playing = this._entries.filter((e) => !e.ended && e.stoppedAt === null);
+    if (stopped) this.lastStopAt = now;
+    const playing = [...this._live()];
     this._cursor = playing.length ? Math.max(...playing.map((e) => e.startAt + e.duration)) : now;
     return stopped;
   }
 
   /**
-   * Milliseconds of `requestId`'s audio played so far: what interrupt()'s
-   * {playedMs} should carry.
+   * Milliseconds of `requestId`'s audio played so far: what interrupt() sends as
+   * played_ms (it reads this itself for a spoken response).
    * @param {string | null} [requestId]
    */
   playedMs(requestId) {
     if (this._context === null) return 0;
     const now = this._context.currentTime;
     let played = 0;
+    for (const [id, seconds] of this._prunedPlayed) {
+      if (requestId == null || id === requestId) played += seconds;
+    }
     for (const e of this._entries) {
       if (requestId != null && e.requestId !== requestId) continue;
-      const until = e.stoppedAt ?? now;
-      played += Math.min(Math.max(until - e.startAt, 0), e.duration);
+      played += AudioPlayback._played(e, now);
     }
     return Math.round(played * 1000);
   }
 
-  /** Forget buffers that finished playing. */
+  /** @param {{startAt: number, duration: number, stoppedAt: number | null}} e @param {number} now */
+  static _played(e, now) {
+    return Math.min(Math.max((e.stoppedAt ?? now) - e.startAt, 0), e.duration);
+  }
+
+  /**
+   * Listen to the output for `windowMs` after the last stop, and resolve with the
+   * milliseconds of sound heard after it: the time from the stop to the last non-silent
+   * sample, beyond the render quantum in which the stop takes effect. 0 means the stop
+   * was instant. Resolves with 0 when nothing was stopped, or no analyser exists.
+   * @param {number} [windowMs]
+   * @returns {Promise<number>}
+   */
+  measureAfterStop(windowMs = 300) {
+    const analyser = this._analyser;
+    const context = this._context;
+    const stopAt = this.lastStopAt;
+    if (analyser === null || context === null || stopAt === null) return Promise.resolve(0);
+    const samples = new Float32Array(analyser.fftSize);
+    const rate = context.sampleRate;
+    const quantum = 128 / rate; // the Web Audio render quantum
+    let heard = 0;
+    return new Promise((resolve) => {
+      const listen = () => {
+        const now = context.currentTime;
+        analyser.getFloatTimeDomainData(samples);
+        let last = -1;
+        for (let i = samples.length - 1; i >= 0; i--) {
+          if (samples[i] !== 0) {
+            last = i;
+            break;
+          }
+        }
+        if (last >= 0) {
+          const at = now - (samples.length - 1 - last) / rate;
+          heard = Math.max(heard, at - stopAt - 2 * quantum);
+        }
+        if (now - stopAt >= windowMs / 1000 || this.lastStopAt !== stopAt) {
+          resolve(Math.max(0, Math.round(heard * 1000)));
+        } else {
+          setTimeout(listen, 15);
+        }
+      };
+      listen();
+    });
+  }
+
+  /** Forget buffers that finished playing (playedMs() still counts them). */
   prune() {
-    this._entries = this._entries.filter((e) => !e.ended && e.stoppedAt === null);
+    const now = this._context?.currentTime ?? 0;
+    const live = [];
+    for (const e of this._entries) {
+      if (!e.ended && e.stoppedAt === null) {
+        live.push(e);
+        continue;
+      }
+      const seconds = AudioPlayback._played(e, now);
+      this._prunedPlayed.set(e.requestId, (this._prunedPlayed.get(e.requestId) ?? 0) + seconds);
+    }
+    this._entries = live;
+    while (this._prunedPlayed.size > 256) {
+      this._prunedPlayed.delete(this._prunedPlayed.keys().next().value ?? null);
+    }
   }
 }
 
@@ -329,7 +556,9 @@ export class AudioPlayback {
  * Events (all CustomEvent; `detail` in brackets):
  * - "status" [{state, sessionId, attempt, delayMs, reason}]: the connection state changed
  * - "session" [{session, sessionId, reconnected}]: a SESSION frame opened a session
- * - "stream" [{response, delta, seq}]: a delta was delivered
+ * - "stream" [{response, delta, seq, startMs}]: a delta was delivered
+ * - "audio" [{response, frame}]: an AUDIO frame was delivered (and queued for playback
+ *   unless playAudio is false)
  * - "dropped" [{response, stale}]: a frame of a response ended by interrupt() was dropped
  * - "done" [{response, payload}]: a response ended (server DONE, interrupt, disconnect)
  * - "interrupted" [{responses, msgId, reason}]: interrupt() ended responses locally
@@ -353,8 +582,10 @@ export class AgentClient extends EventTarget {
     this.reconnectMaxMs = options.reconnectMaxMs ?? 10000;
     this._token = options.token ?? null;
     this._WebSocket = options.WebSocket ?? globalThis.WebSocket;
-    /** The playback queue interrupt() silences. */
+    /** The playback queue AUDIO frames play through, and interrupt() silences. */
     this.audio = options.audio ?? new AudioPlayback();
+    /** Play AUDIO frames through `audio` as they arrive (else: only "audio" events). */
+    this.playAudio = options.playAudio ?? true;
     /** @type {ClientStats} */
     this.stats = {
       rttMs: null,
@@ -368,6 +599,8 @@ export class AgentClient extends EventTarget {
       framesReceived: 0,
       reconnects: 0,
       violations: 0,
+      audioFrames: 0,
+      audioDropped: 0,
     };
     /** @type {ConnectionState} */
     this.state = "idle";
@@ -440,6 +673,8 @@ export class AgentClient extends EventTarget {
     const id = requestId ?? `${this._idPrefix}-${++this._requestCount}`;
     const msgId = this._nextMsgId();
     const response = new AgentResponse(id, agent ?? null, msgId);
+    const voice = /** @type {any} */ (options)?.voice;
+    response.voice = voice != null && voice !== false;
     this._responses.set(id, response);
     /** @type {Record<string, unknown>} */
     const payload = { input };
@@ -454,6 +689,10 @@ export class AgentClient extends EventTarget {
    * Interrupt one response, or all of them (no requestId). Optimistic: the targeted
    * responses end locally before this returns (r.done resolves with status
    * "interrupted"), their audio stops, and their late frames are dropped.
+   *
+   * Interrupting one spoken response sends played_ms: `extra.playedMs`, or else how
+   * much of its audio has played (`audio.playedMs(requestId)`, read before the stop).
+   * An interrupt-all never sends it: the server would ignore it.
    * @param {string | null} [requestId]
    * @param {string} [reason]
    * @param {{playedMs?: number}} [extra]  playback position of a spoken reply
@@ -462,6 +701,10 @@ export class AgentClient extends EventTarget {
    */
   interrupt(requestId = null, reason = DEFAULT_REASON, extra = {}) {
     const msgId = this._nextMsgId();
+    let playedMs = requestId == null ? null : (extra.playedMs ?? null);
+    if (requestId != null && playedMs === null && this._responses.get(requestId)?.spoken) {
+      playedMs = this.audio.playedMs(requestId);
+    }
     const targets =
       requestId == null
         ? this.streaming
@@ -487,7 +730,7 @@ export class AgentClient extends EventTarget {
     if (this.state !== "open" || ws === null) return Promise.reject(new NotConnectedError());
     /** @type {Record<string, unknown>} */
     const payload = { reason };
-    if (extra.playedMs != null) payload.played_ms = Math.round(extra.playedMs);
+    if (playedMs !== null) payload.played_ms = Math.max(0, Math.round(playedMs));
     /** @type {Record<string, unknown>} */
     const frame = { msg_type: "INTERRUPT", msg_id: msgId, payload };
     if (requestId != null) frame.request_id = requestId;
@@ -515,6 +758,7 @@ export class AgentClient extends EventTarget {
       return;
     }
     this._ws = ws;
+    ws.binaryType = "arraybuffer";
     ws.onmessage = (event) => {
       if (this._ws === ws) this._onMessage(event.data);
     };
@@ -605,7 +849,7 @@ export class AgentClient extends EventTarget {
   _onMessage(data) {
     this.stats.framesReceived += 1;
     if (typeof data !== "string") {
-      this._violation("a binary frame (protocol v1 is JSON text)");
+      this._onAudio(data);
       return;
     }
     /** @type {any} */
@@ -669,11 +913,50 @@ export class AgentClient extends EventTarget {
       return;
     }
     const { seq, delta } = frame.payload;
+    const startMs = frame.payload.start_ms ?? null;
     if (seq !== response.frames) {
       this._violation(`STREAM seq ${seq} of ${response.requestId}, expected ${response.frames}`);
     }
-    response._deliver(seq, delta);
-    this._emit("stream", { response, delta, seq });
+    response._deliver(seq, delta, startMs);
+    this._emit("stream", { response, delta, seq, startMs });
+  }
+
+  /** A binary message: in protocol v1.1, an AUDIO frame. @param {unknown} data */
+  _onAudio(data) {
+    if (!(data instanceof ArrayBuffer || ArrayBuffer.isView(data))) {
+      this._violation("a binary frame that is not an ArrayBuffer");
+      return;
+    }
+    /** @type {AudioFrame} */
+    let frame;
+    try {
+      frame = parseAudioFrame(data);
+    } catch (error) {
+      this._violation(/** @type {Error} */ (error).message);
+      return;
+    }
+    const { request_id: requestId, seq, sample_rate: sampleRate } = frame.header;
+    const response = this._responses.get(requestId);
+    if (response === undefined) {
+      this._violation(`an AUDIO frame for unknown request ${requestId}`);
+      return;
+    }
+    if (response.ended) {
+      this.stats.audioDropped += 1;
+      this._emit("dropped", { response, stale: response.ackSeen, audio: true });
+      if (response.ackSeen) {
+        this.stats.staleAfterAck += 1;
+        this._violation(`an AUDIO frame of ${requestId} after the ACK that cut it`);
+      }
+      return;
+    }
+    if (seq !== response.audioFrames) {
+      this._violation(`AUDIO seq ${seq} of ${requestId}, expected ${response.audioFrames}`);
+    }
+    this.stats.audioFrames += 1;
+    response._deliverAudio(frame);
+    if (this.playAudio) this.audio.enqueue(frame.channels, { requestId, sampleRate });
+    this._emit("audio", { response, frame });
   }
 
   /** @param {any} frame */

@@ -5,7 +5,13 @@
 // INTERRUPT_ACK then confirms what the server cut. Text is rendered once per animation
 // frame, never per frame received, so rendering never competes with the socket.
 //
-// URL parameters: ?agent=NAME picks the agent; ?ack_timeout_ms=N, ?heartbeat_ms=N and
+// Speech: with "Speak replies" on, requests ask for a voice and the reply's AUDIO plays
+// through the client's AudioContext (a small jitter buffer); a barge-in stops every
+// scheduled buffer at once and sends played_ms, and the reply then shows what was heard.
+// The panel shows the audio queued on the client, and the milliseconds of sound the
+// page *heard* after the last interrupt (an analyser listens to the output): 0.
+//
+// URL parameters: ?speak=1 turns speech on; ?agent=NAME picks the agent; ?ack_timeout_ms=N, ?heartbeat_ms=N and
 // ?reconnect_max_ms=N tune the client; #token=SECRET passes a server token (a fragment never reaches the
 // server's logs). The client is window.agentClient, for the browser's console.
 
@@ -18,6 +24,7 @@ const stopButton = /** @type {HTMLButtonElement} */ ($("stop"));
 const agentSelect = /** @type {HTMLSelectElement} */ ($("agent"));
 const wordsInput = /** @type {HTMLInputElement} */ ($("words"));
 const speedInput = /** @type {HTMLInputElement} */ ($("speed"));
+const speakBox = /** @type {HTMLInputElement} */ ($("speak"));
 const log = $("log");
 
 const query = new URLSearchParams(location.search);
@@ -40,6 +47,10 @@ const client = new AgentClient(`${scheme}://${location.host}${websocketPath}`, {
   token: fragment.get("token") ?? undefined,
 });
 Object.assign(window, { agentClient: client });
+speakBox.checked = query.get("speak") === "1";
+
+/** Milliseconds of sound heard after the last interrupt (null: none measured yet). */
+let playedAfterMs = /** @type {number | null} */ (null);
 
 // ------------------------------------------------------------------ rendering
 
@@ -70,7 +81,18 @@ function paintFigures() {
   $("stale").classList.toggle("bad", staleAfterAck > 0);
   $("ack-timeouts").textContent = String(ackTimeouts);
   $("session").textContent = client.sessionId ?? "";
+  paintAudio();
 }
+
+function paintAudio() {
+  $("audio-queued").textContent = String(client.audio._context ? client.audio.queuedMs() : 0);
+  $("played-after").textContent = playedAfterMs === null ? "" : String(playedAfterMs);
+  $("played-after").classList.toggle("bad", (playedAfterMs ?? 0) > 0);
+}
+// The queue drains as it plays, with no event to say so: repaint it while it plays.
+setInterval(() => {
+  if (client.audio.pending || $("audio-queued").textContent !== "0") schedule(paintAudio);
+}, 100);
 
 function paintButtons() {
   sendButton.disabled = client.state !== "open";
@@ -132,12 +154,24 @@ function addReply(response) {
     dirty.delete(paintText);
     paintText();
     item.dataset.status = done.status;
-    meta.textContent = describe(done) + view.ack;
+    meta.textContent = describe(done) + view.ack + heard(response);
     announce(`Reply ${done.status}`);
     paintButtons();
     schedule(paintFigures);
   });
+  response.addEventListener("server-done", () => {
+    meta.textContent = describe(/** @type {any} */ (response.result)) + view.ack + heard(response);
+  });
   return view;
+}
+
+/** What the user heard of a spoken reply, by the server's DONE. @param {any} response */
+function heard(response) {
+  const done = response.serverDone ?? response.result;
+  if (done?.heard_ms == null) return "";
+  const text = (done.heard_text ?? "").trim();
+  const words = text ? `: “${text}”` : ": nothing";
+  return ` · heard ${(done.heard_ms / 1000).toFixed(2)} s of ${(done.audio_ms / 1000).toFixed(2)} s${words}`;
 }
 
 /** @param {import("/static/agent-client.js").DonePayload} done */
@@ -164,28 +198,45 @@ function describe(done) {
 /** Replies whose interrupt timed out, by the INTERRUPT's msg_id: a late ACK still shows. */
 const awaitingLateAck = new Map();
 
-/** Interrupt every streaming reply and show the ACK (or its absence) on each. @param {string} reason */
+/**
+ * Barge in: interrupt every streaming reply, one INTERRUPT each (so each carries its
+ * played_ms), silence whatever audio still plays, and show each ACK (or its absence).
+ * @param {string} reason
+ */
 function interruptAll(reason) {
   const cut = client.streaming;
-  if (!cut.length) return;
-  client.interrupt(null, reason).then(
+  const sounding = client.audio.pending > 0;
+  for (const response of cut) interruptOne(response, reason);
+  // Replies whose text has ended may still be speaking.
+  client.audio.stop();
+  if (sounding) {
+    playedAfterMs = null;
+    client.audio.measureAfterStop().then((ms) => {
+      playedAfterMs = ms;
+      schedule(paintAudio);
+    });
+  }
+  schedule(paintFigures);
+}
+
+/** @param {import("/static/agent-client.js").AgentResponse} response @param {string} reason */
+function interruptOne(response, reason) {
+  const view = replies.get(response.requestId);
+  const show = () => {
+    view.meta.textContent = describe(/** @type {any} */ (response.result)) + view.ack + heard(response);
+  };
+  client.interrupt(response.requestId, reason).then(
     (ack) => {
-      for (const response of cut) {
-        const view = replies.get(response.requestId);
-        const confirmed = ack.interrupted.includes(response.requestId);
-        view.ack = ` · ACK in ${ack.ackMs.toFixed(1)} ms${confirmed ? "" : " (it had already finished)"}`;
-        view.meta.textContent = describe(/** @type {any} */ (response.result)) + view.ack;
-      }
+      const confirmed = ack.interrupted.includes(response.requestId);
+      view.ack = ` · ACK in ${ack.ackMs.toFixed(1)} ms${confirmed ? "" : " (it had already finished)"}`;
+      show();
       schedule(paintFigures);
     },
     (error) => {
       if (error instanceof AckTimeoutError) {
-        for (const response of cut) {
-          const view = replies.get(response.requestId);
-          view.ack = ` · no ACK within ${error.timeoutMs} ms`;
-          view.meta.textContent = describe(/** @type {any} */ (response.result)) + view.ack;
-        }
-        awaitingLateAck.set(error.msgId, cut);
+        view.ack = ` · no ACK within ${error.timeoutMs} ms`;
+        show();
+        awaitingLateAck.set(error.msgId, [response]);
         announce("The server did not acknowledge the interrupt in time");
       } else if (!(error instanceof NotConnectedError)) {
         throw error;
@@ -205,10 +256,16 @@ function send() {
   addNote("user", input);
   const agent = agentSelect.value || undefined;
   const speed = number(speedInput.value, 12);
+  /** @type {Record<string, unknown>} */
   const options =
     agent === "lorem"
       ? { words: Math.max(1, Math.round(number(wordsInput.value, 60))), words_per_s: speed }
       : { words_per_s: speed };
+  if (speakBox.checked && !speakBox.disabled) {
+    options.voice = true;
+    // Inside the user's gesture: browsers start an AudioContext only then.
+    client.audio.context.resume();
+  }
   addReply(client.request(input, { agent, options }));
   promptBox.value = "";
   paintButtons();
@@ -238,12 +295,25 @@ document.addEventListener("keydown", (event) => {
   }
 });
 
+speakBox.addEventListener("change", () => {
+  if (speakBox.checked) client.audio.context.resume();
+});
+
 agentSelect.addEventListener("change", () => {
   const entry = client.session?.agents[agentSelect.value];
   $("agent-description").textContent = entry?.description ?? "";
 });
 
 // ------------------------------------------------------------------ the connection
+
+/** Speech is offered only when the server has voices. @param {any} session */
+function fillVoices(session) {
+  const voices = session.voices ?? [];
+  speakBox.disabled = voices.length === 0;
+  $("speak-hint").textContent = voices.length
+    ? `Voice ${session.default_voice ?? voices[0]} (${session.synthesizer ?? "server"}); audio stops the instant you barge in.`
+    : "This server offers no voices.";
+}
 
 /** @param {import("/static/agent-client.js").SessionPayload} session */
 function fillAgents(session) {
@@ -276,6 +346,7 @@ client.addEventListener("status", (event) => {
 client.addEventListener("session", (event) => {
   const { session, sessionId, reconnected } = /** @type {CustomEvent} */ (event).detail;
   fillAgents(session);
+  fillVoices(session);
   if (reconnected) addNote("system", `Reconnected: new session ${sessionId}.`);
   schedule(paintFigures);
 });
@@ -292,7 +363,7 @@ client.addEventListener("ack", (event) => {
   }
 });
 
-for (const type of ["heartbeat", "ack", "ack-timeout", "dropped", "error"]) {
+for (const type of ["heartbeat", "ack", "ack-timeout", "dropped", "error", "audio"]) {
   client.addEventListener(type, () => schedule(paintFigures));
 }
 
