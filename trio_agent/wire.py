@@ -7,6 +7,19 @@ and a broken guarantee is noted on the transcript line that revealed it, so a
 report can show the frames around it. It never raises for what the server sends;
 read :attr:`WireConnection.violations`.
 
+Spoken replies (protocol v1.1) arrive as binary AUDIO messages, which are
+decoded with :func:`~trio_agent.audio.decode_audio_frame` into :class:`AudioFrame`
+values (the header and the ``pcm_s16le`` samples).
+:meth:`WireConnection.receive_message` returns every message in order, text
+frames as dicts and AUDIO as :class:`AudioFrame`. :meth:`WireConnection.receive`
+and the helpers built on it (``receive_until``, ``until_done``, ``until_ack``)
+return text frames only, as they always have: an AUDIO frame that comes first is
+still checked, put on the transcript (as its header) and kept in
+:attr:`WireConnection.audio`, but not returned, so a script that never asks for
+speech, or does not care about the samples, reads exactly what it did before. A
+binary message that is not a well-formed AUDIO frame is recorded like an invalid
+text frame: a dict ``{"raw": ...}`` with a violation numbered 0.
+
 This is a test and teaching tool. Applications use the Python client.
 """
 
@@ -23,8 +36,9 @@ import trio
 import trio.testing
 from trio_websocket import WebSocketConnection, wrap_client_stream
 
+from .audio import AudioHeader, decode_audio_frame
 from .guarantees import GuaranteeChecker, Violation
-from .protocol import parse_server_message
+from .protocol import ProtocolError, parse_server_message
 
 if TYPE_CHECKING:
     from .server import AgentServer
@@ -46,6 +60,31 @@ class TranscriptLine:
         return line + "".join(f"   <-- {v}" for v in self.violations)
 
 
+@dataclass(frozen=True)
+class AudioFrame:
+    """One AUDIO binary message (protocol v1.1), decoded: its header and its samples."""
+
+    header: AudioHeader
+    #: The raw ``pcm_s16le`` samples, interleaved if the header has several channels.
+    samples: bytes
+
+    @property
+    def request_id(self) -> str:
+        return self.header.request_id
+
+    @property
+    def seq(self) -> int:
+        return self.header.seq
+
+    @property
+    def start_ms(self) -> float:
+        return self.header.start_ms
+
+    @property
+    def duration_ms(self) -> float:
+        return self.header.duration_ms
+
+
 class WireConnection:
     """One client connection. Open it with :func:`open_wire`."""
 
@@ -55,6 +94,8 @@ class WireConnection:
         self.checker = GuaranteeChecker()
         self.transcript: list[TranscriptLine] = []
         self.session: Frame = {}
+        #: Every AUDIO frame received so far, in order, whichever method read it.
+        self.audio: list[AudioFrame] = []
         self._ids = itertools.count()
 
     @property
@@ -72,27 +113,64 @@ class WireConnection:
         return frame
 
     async def receive(self) -> Frame:
-        """Wait for the next frame and record it. Raises ``ConnectionClosed`` at the end.
+        """Wait for the next *text* frame and record it. Raises ``ConnectionClosed`` at the end.
 
+        AUDIO frames before it are received, checked and recorded as by
+        :meth:`receive_message` (they end up in :attr:`audio`), and passed over.
         A frame that is not a valid protocol-v1 server message is recorded with a
-        violation numbered 0 (the wire format itself).
+        violation numbered 0 (the wire format itself) and returned as ``{"raw": ...}``.
+        """
+        while True:
+            message = await self.receive_message()
+            if not isinstance(message, AudioFrame):
+                return message
+
+    async def receive_message(self) -> Frame | AudioFrame:
+        """Wait for the next message, text or binary, and record it. Raises
+        ``ConnectionClosed`` at the end.
+
+        A text frame is returned as its dict; an AUDIO binary frame as an
+        :class:`AudioFrame` (its header goes on the transcript and through the
+        guarantee checker, as a STREAM frame would). Anything that does not decode
+        is recorded with a violation numbered 0 and returned as ``{"raw": ...}``.
         """
         raw = await self.ws.get_message()
+        if isinstance(raw, bytes):
+            return self._received_binary(raw)
         try:
             parse_server_message(raw)
         except ValueError as exc:
-            frame: Frame = {"raw": str(raw)[:200]}
-            broken = (Violation(0, f"not a valid server message: {str(exc)[:200]}"),)
-            self.checker.violations.extend(broken)
-            self.transcript.append(TranscriptLine(False, frame, broken))
-            return frame
-        frame = json.loads(raw)
+            return self._malformed(raw, f"not a valid server message: {str(exc)[:200]}")
+        frame: Frame = json.loads(raw)
         found = self.checker.received(frame)
         self.transcript.append(TranscriptLine(False, frame, tuple(found)))
         return frame
 
+    def _received_binary(self, raw: bytes) -> Frame | AudioFrame:
+        try:
+            header, samples = decode_audio_frame(raw)
+        except ProtocolError as exc:
+            return self._malformed(
+                f"binary, {len(raw)} bytes: {raw[:64]!r}",
+                f"not a valid AUDIO frame: {str(exc)[:200]}",
+            )
+        audio = AudioFrame(header, samples)
+        frame = header.model_dump()
+        found = self.checker.received(frame)
+        self.transcript.append(TranscriptLine(False, frame, tuple(found)))
+        self.audio.append(audio)
+        return audio
+
+    def _malformed(self, raw: str, problem: str) -> Frame:
+        frame: Frame = {"raw": raw[:200]}
+        broken = (Violation(0, problem),)
+        self.checker.violations.extend(broken)
+        self.transcript.append(TranscriptLine(False, frame, broken))
+        return frame
+
     async def receive_until(self, predicate: Callable[[Frame], bool]) -> list[Frame]:
-        """Receive until a frame satisfies ``predicate``; return them all, it last."""
+        """Receive text frames until one satisfies ``predicate``; return them all, it
+        last (AUDIO frames on the way go to :attr:`audio`)."""
         frames = []
         while True:
             frame = await self.receive()
@@ -174,7 +252,8 @@ class WireConnection:
 
 
 def summarize(frame: Frame) -> str:
-    """One frame in a line: ``STREAM r1 seq=3``, ``DONE r1 interrupted frames=4``..."""
+    """One frame in a line: ``STREAM r1 seq=3``, ``DONE r1 interrupted frames=4``,
+    ``AUDIO r1 seq=2 start_ms=40.0 duration_ms=20.0``..."""
     kind = frame.get("msg_type")
     if kind is None:
         return str(frame.get("end") or frame.get("raw") or frame)
@@ -189,6 +268,11 @@ def summarize(frame: Frame) -> str:
         parts.append(f"({frame.get('msg_id')})" + ("" if rid else " all"))
     elif kind == "STREAM":
         parts.append(f"seq={payload.get('seq')}")
+    elif kind == "AUDIO":
+        parts.append(
+            f"seq={frame.get('seq')} start_ms={frame.get('start_ms')}"
+            f" duration_ms={frame.get('duration_ms')}"
+        )
     elif kind == "DONE":
         parts.append(f"{payload.get('status')} frames={payload.get('frames')}")
         if payload.get("error"):
