@@ -4,21 +4,30 @@ The scripted fake server sends AUDIO binary frames. The player is a real process
 (a few lines of Python) that reports to the test over a loopback socket: its pid
 when it starts, and ``eof`` if it ever reaches the end of its input. A barge-in
 must kill it, so ``eof`` never comes and the process is gone (reaped) when the
-chat returns.
+chat returns; and it must kill it before the INTERRUPT is written, which a test
+sees by decoding what the chat writes to its socket as it writes it.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
+import signal
+import subprocess
 import sys
 import wave
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from fake_server import FAKE_URL, start_fake, tone, voice_session_payload
 from test_chat import Keyboard, Transcript, index
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, Request, TextMessage
 
 from trio_agent.chat import VoiceSettings, run_chat, voice_settings
 from trio_agent.cli import build_parser
@@ -28,12 +37,18 @@ PLAYER = """
 import os, socket, sys
 report = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
 report.sendall(b"%d\\n" % os.getpid())
+if sys.argv[2:] == ["stall"]:  # reads none of its input, so its pipe fills up
+    report.recv(1)
 while sys.stdin.buffer.read1(65536):
     pass
 report.sendall(b"eof\\n")
 if sys.argv[2:] == ["linger"]:  # still playing what it buffered: until the test says
     report.recv(1)
 """
+
+
+#: 100 ms chunks of 16 kHz audio enough to fill a pipe (64 KiB on Linux) twice.
+STALLED_CHUNKS = 2 * 65536 // 3200 + 1
 
 
 async def player_listener() -> tuple[trio.SocketListener, int]:
@@ -53,7 +68,48 @@ async def read_until(stream: trio.SocketStream, end: bytes) -> bytes:
     return data
 
 
-async def run_voice_chat(fake, keyboard: Keyboard, out: Transcript, voice: VoiceSettings) -> int:
+class WrittenFrames(trio.abc.Stream):
+    """The client's end of a connection, which decodes every message the client
+    writes at the moment it hands the bytes to the stream, and reports its frame to
+    ``on_frame``, before the bytes go on (so the report precedes anything the other
+    end can do about them). Client frames are masked on the wire, hence a parser of
+    our own: a passive server-side WebSocket that reads but never answers."""
+
+    def __init__(self, stream: trio.abc.Stream, on_frame: Callable[[dict[str, Any]], None]):
+        self._stream = stream
+        self._on_frame = on_frame
+        self._parser = WSConnection(ConnectionType.SERVER)
+        self._text = ""
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self._parser.receive_data(bytes(data))
+        for event in self._parser.events():
+            if isinstance(event, Request):
+                self._parser.send(AcceptConnection())  # the real answer comes from the fake
+            elif isinstance(event, TextMessage):
+                self._text += event.data
+                if event.message_finished:
+                    self._on_frame(json.loads(self._text))
+                    self._text = ""
+        await self._stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self._stream.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+async def run_voice_chat(
+    fake,
+    keyboard: Keyboard,
+    out: Transcript,
+    voice: VoiceSettings,
+    stream: trio.abc.Stream | None = None,
+) -> int:
     return await run_chat(
         FAKE_URL,
         stdin=keyboard.stdin,
@@ -61,7 +117,7 @@ async def run_voice_chat(fake, keyboard: Keyboard, out: Transcript, voice: Voice
         echo_input=True,
         heartbeat_s=None,
         voice=voice,
-        stream=fake.client_stream,
+        stream=stream or fake.client_stream,
     )
 
 
@@ -114,7 +170,8 @@ async def test_a_barge_in_kills_the_player_and_sends_what_was_played(nursery, tm
         keyboard.type("stop talking\n")  # the barge-in
         interrupt = await fake.recv_type("INTERRUPT")
         seen["played_ms"] = interrupt["payload"]["played_ms"]
-        # Killed before the INTERRUPT was even sent: its report ends without "eof".
+        # Killed: its report ends without "eof" (that the kill comes before the
+        # INTERRUPT is written is the next test's).
         seen["rest"] = await read_until(player, b"")
         await player.aclose()
         await fake.ack(interrupt["msg_id"], [rid])
@@ -152,6 +209,77 @@ async def test_a_barge_in_kills_the_player_and_sends_what_was_played(nursery, tm
     with wave.open(str(tmp_path / "cut.wav"), "rb") as wav:  # valid after a cut too
         assert wav.getframerate() == 16000
         assert 0 < wav.getnframes() <= 16000
+
+
+async def test_a_barge_in_kills_the_player_before_the_interrupt_is_written(nursery, monkeypatch):
+    """Optimistic interruption: the chat silences itself first, then tells the server.
+    Every signal sent to a process and every frame the chat writes is noted, in the
+    order it happens; the player's SIGKILL must come before the INTERRUPT's bytes
+    reach the socket (the fake answers nothing until then, so nothing from the
+    server can have been waited for)."""
+    listener, port = await player_listener()
+    fake = start_fake(nursery, session=voice_session_payload())
+    keyboard, out = Keyboard(), Transcript()
+    events: list[str] = []
+    player: dict[str, int] = {}
+
+    send_signal = subprocess.Popen.send_signal
+
+    def noted_send_signal(process: subprocess.Popen[bytes], sig: int) -> None:
+        who = "player" if process.pid == player.get("pid") else f"pid {process.pid}"
+        events.append(f"{signal.Signals(sig).name} to {who}")
+        send_signal(process, sig)
+
+    monkeypatch.setattr(subprocess.Popen, "send_signal", noted_send_signal)
+    tapped = WrittenFrames(
+        fake.client_stream, lambda frame: events.append(f"{frame['msg_type']} written")
+    )
+
+    async def server_side() -> None:
+        await fake.connected.wait()
+        request = await fake.recv_type("REQUEST")
+        rid = request["request_id"]
+        await fake.stream(rid, 0, "Hello", start_ms=0)
+        for seq in range(STALLED_CHUNKS):
+            await fake.audio(rid, seq, seq * 100, tone(100))
+        report = await listener.accept()
+        player["pid"] = int(await read_until(report, b"\n"))
+        events.append("player playing")
+        # Everything has been read and the player's pipe is full: the chat's audio
+        # task waits to write to it, where only a kill or a cancel reaches it (not
+        # the local cut of the reply, which ends the audio the task reads).
+        await trio.testing.wait_all_tasks_blocked()
+        keyboard.type("stop talking\n")  # the barge-in
+        interrupt = await fake.recv_type("INTERRUPT")
+        await read_until(report, b"")  # the player is gone
+        await report.aclose()
+        await fake.ack(interrupt["msg_id"], [rid])
+        await fake.done(rid, 1, "interrupted", interrupted=True, audio_ms=1000)
+        second = await fake.recv_type("REQUEST")
+        await fake.done(second["request_id"], 0)
+        keyboard.close()
+
+    nursery.start_soon(server_side)
+    keyboard.type("talk to me\n")
+    command = f"{shlex.quote(sys.executable)} -c {shlex.quote(PLAYER)} {port} stall"
+    with trio.fail_after(20):
+        assert await run_voice_chat(fake, keyboard, out, VoiceSettings(play=command), tapped) == 0
+    await listener.aclose()
+
+    # The chat may signal the player twice (the barge-in kills it, then the task
+    # that fed it reaps it, killing again if it has not exited): once is enough.
+    distinct = [e for i, e in enumerate(events) if not i or e != events[i - 1]]
+    written = distinct.index("INTERRUPT written")
+    assert distinct[: written + 1] == [
+        "REQUEST written",
+        "player playing",
+        "SIGKILL to player",
+        "INTERRUPT written",
+    ], events
+    # Then the new question, at once.
+    assert [e for e in distinct[written + 1 :] if e != "SIGKILL to player"] == [
+        "REQUEST written"
+    ], events
 
 
 async def test_a_new_line_silences_a_reply_that_is_still_playing(nursery, tmp_path):
