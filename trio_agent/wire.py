@@ -133,6 +133,9 @@ class WireConnection:
         :class:`AudioFrame` (its header goes on the transcript and through the
         guarantee checker, as a STREAM frame would). Anything that does not decode
         is recorded with a violation numbered 0 and returned as ``{"raw": ...}``.
+
+        Cancellable: a cancelled wait loses no message (trio-websocket keeps it
+        queued, and a message is recorded in the same step it is read).
         """
         raw = await self.ws.get_message()
         if isinstance(raw, bytes):
