@@ -46,7 +46,9 @@ class AckHoldingServer(AgentServer):
         self, ws: WebSocketConnection, cork: CorkableStream | None = None
     ) -> None:
         held = HeldAcks(ws, self.hold_s)
-        await super().serve_connection(held, cork)  # type: ignore[arg-type]
+        # Without the cork the writer sends every frame through send_message, where
+        # the ACK is held.
+        await super().serve_connection(held, None)  # type: ignore[arg-type]
 
 
 def main(argv: list[str]) -> None:

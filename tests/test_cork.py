@@ -33,42 +33,61 @@ class Recording(trio.abc.Stream):
         await trio.lowlevel.checkpoint()
 
 
-async def test_what_the_holder_sends_leaves_in_one_write_at_flush():
+async def test_what_is_kept_leaves_in_one_write_at_flush():
     inner = Recording()
     stream = CorkableStream(inner)
-    stream.cork()
     for part in (b"a", b"bc", b"d"):
-        await stream.send_all(part)
+        stream.keep(part)
     assert inner.writes == []
     assert stream.kept_bytes == 4
     await stream.flush()
     assert inner.writes == [b"abcd"]
-    await stream.send_all(b"e")  # the cork is released: straight through
+    assert stream.kept_bytes == 0
+    await stream.send_all(b"e")  # nothing kept: straight through
     assert inner.writes == [b"abcd", b"e"]
 
 
-async def test_another_task_sends_at_once_after_what_was_kept():
+async def test_another_send_goes_at_once_after_what_was_kept():
     inner = Recording()
     stream = CorkableStream(inner)
-    stream.cork()
-    await stream.send_all(b"kept")
+    stream.keep(b"kept")
     async with trio.open_nursery() as nursery:
         nursery.start_soon(stream.send_all, b"+pong")
     assert inner.writes == [b"kept+pong"]  # in call order, without waiting for a flush
-    await stream.send_all(b"more")
+    stream.keep(b"more")
     await stream.flush()
     assert inner.writes == [b"kept+pong", b"more"]
 
 
-async def test_a_kept_send_is_a_cancellation_point():
-    inner = Recording()
-    stream = CorkableStream(inner)
-    stream.cork()
+async def test_a_flush_is_a_checkpoint_even_with_nothing_kept():
+    stream = CorkableStream(Recording())
     with trio.CancelScope() as scope:
         scope.cancel()
-        await stream.send_all(b"never")
+        await stream.flush()
         pytest.fail("not cancelled")  # pragma: no cover
-    assert stream.kept_bytes == 0
+
+
+async def test_a_send_waiting_for_the_lock_keeps_the_order_of_calls():
+    """A flush in progress holds the lock; a send that arrives meanwhile goes after it,
+    and what is kept during the flush goes with that send."""
+    gate = trio.Event()
+
+    class Slow(Recording):
+        async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+            await gate.wait()
+            self.writes.append(bytes(data))
+
+    inner = Slow()
+    stream = CorkableStream(inner)
+    stream.keep(b"1")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(stream.flush)
+        await trio.testing.wait_all_tasks_blocked()
+        stream.keep(b"2")
+        nursery.start_soon(stream.send_all, b"3")
+        await trio.testing.wait_all_tasks_blocked()
+        gate.set()
+    assert inner.writes == [b"1", b"23"]
 
 
 async def test_batched_writer_still_puts_the_ack_before_queued_frames(start_server, autojump_clock):

@@ -29,6 +29,7 @@ NOT_LIMITS = {
     "write_batch_frames",  # a throughput knob; docs/protocol.md and docs/performance.md
     "speech",  # which synthesiser; docs/voice.md
     "audio_chunk_ms",  # the size of an AUDIO frame; docs/voice.md
+    "audio_lead_ms",  # how far a paced reply runs ahead; docs/voice.md
 }
 LIMITS = [f for f in fields(ServerConfig) if f.name not in NOT_LIMITS]
 

@@ -234,7 +234,9 @@ async def test_lorem_can_be_spoken_too(start_server):
 
 @pytest.mark.parametrize("pace", [1, 2, 0])
 async def test_audio_is_paced_at_real_time_scaled_by_audio_pace(start_server, autojump_clock, pace):
-    server = await speaking_server(start_server)
+    # Without a lead every chunk is written at its own time (the clock starts on
+    # the grid, so the millisecond rounding of the shared timers adds nothing).
+    server = await speaking_server(start_server, audio_lead_ms=0)
     async with connect(server) as c:
         await spoken(c, "r1", "hello there, how are you", audio_pace=pace)
         await c.until_done("r1")
@@ -244,6 +246,31 @@ async def test_audio_is_paced_at_real_time_scaled_by_audio_pace(start_server, au
         for a in audio:
             due = a["start_ms"] / 1000 / pace if pace else 0.0
             assert a["received_at"] - t0 == pytest.approx(due, abs=1e-9)
+
+
+@pytest.mark.parametrize("lead_ms", [20, 40, 30])
+async def test_a_lead_sends_the_chunks_due_within_it_together(
+    start_server, autojump_clock, lead_ms
+):
+    server = await speaking_server(start_server, audio_lead_ms=lead_ms)
+    async with connect(server) as c:
+        await spoken(c, "r1", "hello there, how are you")
+        await c.until_done("r1")
+        audio = audio_of(c, "r1")
+        t0 = audio[0]["received_at"]
+        groups: dict[float, list[float]] = {}
+        for a in audio:
+            sent = a["received_at"] - t0
+            due = a["start_ms"] / 1000
+            # Never late, never further ahead than the lead.
+            assert due - lead_ms / 1000 - 1e-9 <= sent <= due + 1e-9
+            groups.setdefault(round(sent, 6), []).append(a["start_ms"])
+        # A group is the chunk that was due and those starting within the lead.
+        per_group = lead_ms // 20 + 1
+        for starts in groups.values():
+            assert starts == [starts[0] + 20 * k for k in range(len(starts))]
+            assert len(starts) <= per_group
+        assert len(groups) == -(-len(audio) // per_group)
 
 
 # --------------------------------------------------------------------------- truncation
@@ -281,7 +308,8 @@ async def cut_after(c: WireClient, rid: str, last_start_ms: float, **payload) ->
 async def test_audio_ms_heard_ms_and_heard_text_are_exact_at_the_cut(
     start_server, autojump_clock, last_chunk, payload, audio_ms, heard_ms, heard_text
 ):
-    server = await speaking_server(start_server)
+    # Each chunk at its own time, so that the cut falls after any chunk we like.
+    server = await speaking_server(start_server, audio_lead_ms=0)
     async with connect(server) as c:
         await spoken(c, "r1", "hello there, how are you")
         done = await cut_after(c, "r1", last_chunk, **payload)
@@ -293,7 +321,7 @@ async def test_audio_ms_heard_ms_and_heard_text_are_exact_at_the_cut(
 
 
 async def test_an_interrupt_all_ignores_played_ms(start_server, autojump_clock):
-    server = await speaking_server(start_server)
+    server = await speaking_server(start_server, audio_lead_ms=0)
     async with connect(server) as c:
         await spoken(c, "r1", "hello there, how are you")
         await c.recv_until(is_audio("r1", 360.0))

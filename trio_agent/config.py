@@ -124,6 +124,11 @@ class ServerConfig:
         choices=("auto", "espeak-ng", "builtin", "off"),
     )
     audio_chunk_ms: float = _setting(20.0, "milliseconds of audio per AUDIO chunk")
+    audio_lead_ms: float = _setting(
+        20.0,
+        "how far ahead of real time a paced reply may send its audio: chunks starting "
+        "within this much of now leave together, in one write (0: each chunk at its time)",
+    )
     audio_queue_ms: float = _setting(
         200.0,
         "milliseconds of AUDIO queued per connection before a speaking request waits: "
@@ -180,6 +185,8 @@ class ServerConfig:
             raise ValueError("path must start with '/'")
         if not self.audio_chunk_ms > 0 or not self.audio_queue_ms > 0:
             raise ValueError("audio_chunk_ms and audio_queue_ms must be positive")
+        if not 0 <= self.audio_lead_ms <= self.audio_queue_ms:
+            raise ValueError("audio_lead_ms must be between 0 and audio_queue_ms")
         if self.speech not in ("auto", "espeak-ng", "builtin", "off"):
             raise ValueError("speech must be 'auto', 'espeak-ng', 'builtin' or 'off'")
         if self.lanes not in ("priority", "fifo"):

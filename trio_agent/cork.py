@@ -1,26 +1,23 @@
 """A byte stream with a cork: several WebSocket frames leave in one socket write.
 
-trio-websocket sends every message with its own ``send_all``, so every STREAM
-frame costs a ``send()`` system call; on loopback that call (which also runs the
-receiving side of TCP) is a fifth of the server's CPU per frame. The session's
-writer knows better: when the lanes hold more frames, it can hand them all to the
+trio-websocket sends every message with its own ``send_all`` under its own
+lock: every STREAM frame costs a ``send()`` system call (on loopback it also
+runs the receiving side of TCP) and a schedule point for the lock. The
+session's writer knows better: when the lanes hold more frames, it frames them
+itself (:func:`trio_agent.framing.websocket_frame`) and hands them all to the
 socket at once. :class:`CorkableStream` sits between trio-websocket and the TCP
-stream and lets it do that with trio-websocket's public API only::
+stream and makes that safe::
 
-    stream.cork()                     # the writer task holds the cork
-    await ws.send_message(a)          # framed by trio-websocket, kept here
-    await ws.send_message(b)
-    await stream.flush()              # one send_all for both; the cork is released
+    stream.keep(frame_a)              # the writer's frames, kept here (no I/O)
+    stream.keep(frame_b)
+    await stream.flush()              # one send_all for both
 
-Only the task that holds the cork has its sends kept. A send from any other task
-(trio-websocket answering a ping or a close, the session closing the connection)
-first sends whatever is kept and then its own bytes, under the same lock, so the
-bytes on the wire are always in the order the calls were made, and nothing waits
-for the writer.
-
-A send kept under the cork is a cancellation point but not a schedule point: it
-does no I/O, and the writer's next ``send_message`` schedules anyway (in
-trio-websocket's lock).
+trio-websocket still sends through this stream (a pong, a close frame, while
+the handshake is done by it before the writer starts). Such a send first sends
+whatever is kept, then its own bytes, under the same lock: the bytes on the
+wire are always in the order the calls were made, and nothing waits for the
+writer. The writer checks ``ws.closed`` before it keeps a frame; trio-websocket
+sets it before it sends a close frame, so no frame of ours follows a close.
 """
 
 from __future__ import annotations
@@ -33,7 +30,6 @@ class CorkableStream(trio.abc.Stream):
 
     def __init__(self, inner: trio.abc.Stream) -> None:
         self.inner = inner
-        self._holder: trio.lowlevel.Task | None = None
         self._kept: list[bytes] = []
         self._kept_bytes = 0
         self._send_lock = trio.StrictFIFOLock()
@@ -50,24 +46,28 @@ class CorkableStream(trio.abc.Stream):
         """Bytes kept under the cork, not yet handed to the inner stream."""
         return self._kept_bytes
 
-    def cork(self) -> None:
-        """Keep what the calling task sends until it calls :meth:`flush`."""
-        self._holder = trio.lowlevel.current_task()
+    def keep(self, data: bytes) -> None:
+        """Keep ``data`` (whole frames) until :meth:`flush` or another task's send.
+
+        Not a checkpoint: it does no I/O. The flush that follows is one.
+        """
+        self._kept.append(data)
+        self._kept_bytes += len(data)
 
     async def flush(self) -> None:
-        """Release the cork and send what was kept, in one ``send_all``.
+        """Send what was kept, in one ``send_all`` (a checkpoint even if nothing was).
 
         Cancellation: as the inner stream's ``send_all``; the bytes are gone from
         here either way, so a cancelled flush leaves the connection broken, just as
         a cancelled ``send_all`` does.
         """
-        self._holder = None
         await self._locked_send(b"")
 
     async def _send_kept(self, data: bytes | bytearray | memoryview) -> None:
         if self._kept:
-            self._kept.append(bytes(data))
-            data = b"".join(self._kept)
+            if data:
+                self._kept.append(bytes(data))
+            data = self._kept[0] if len(self._kept) == 1 else b"".join(self._kept)
             self._kept.clear()
             self._kept_bytes = 0
         if data:
@@ -76,11 +76,6 @@ class CorkableStream(trio.abc.Stream):
             await trio.lowlevel.checkpoint()
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        if self._holder is not None and self._holder is trio.lowlevel.current_task():
-            await trio.lowlevel.checkpoint_if_cancelled()
-            self._kept.append(bytes(data))
-            self._kept_bytes += len(data)
-            return
         await self._locked_send(data)
 
     async def _locked_send(self, data: bytes | bytearray | memoryview) -> None:

@@ -224,6 +224,15 @@ class OutboundLanes:
             # request that has already ended.
             await trio.lowlevel.checkpoint_if_cancelled()
 
+    def has_stream_room(self, record: RequestRecord | None = None) -> bool:
+        """Whether :meth:`wait_for_stream_room` would return without waiting for room.
+
+        For a producer that has just checkpointed some other way and wants to
+        queue several frames with no schedule point between them (the speech
+        stage's groups of chunks); everyone else calls the wait.
+        """
+        return self._has_room_for(record)
+
     def _has_room_for(self, record: RequestRecord | None) -> bool:
         return self._stream_frames < self.stream_capacity or (
             record is not None and not self.fifo and self._stream.holds_nothing_of(record)
@@ -243,6 +252,11 @@ class OutboundLanes:
             while not self._has_audio_room_for(audio_ms):
                 await self._audio_room.park()
             await trio.lowlevel.checkpoint_if_cancelled()
+
+    def has_audio_room(self, audio_ms: float) -> bool:
+        """Whether :meth:`wait_for_audio_room` would return without waiting for room
+        (see :meth:`has_stream_room`)."""
+        return self._has_audio_room_for(audio_ms)
 
     def _has_audio_room_for(self, audio_ms: float) -> bool:
         # The tolerance absorbs float rounding of fractional chunk durations.

@@ -58,6 +58,7 @@ from .agents import (
 )
 from .audio import AudioFrameEncoder, decode_audio_frame
 from .cork import CorkableStream
+from .framing import websocket_frame
 from .lanes import FrameKind, LaneOverflow, Outbound, OutboundLanes
 from .metrics import NO_METRICS, SessionMetrics
 from .protocol import (
@@ -566,6 +567,7 @@ class Session:
             speech,
             record.speech,
             chunk_ms=self.config.audio_chunk_ms,
+            lead_ms=self.config.audio_lead_ms,
         )
         return SpokenResponseStream(stream, speaker)
 
@@ -610,31 +612,37 @@ class Session:
         """Take frames from the lanes, priority first, and send them. The only sender.
 
         With a :class:`~trio_agent.cork.CorkableStream` under the connection, the
-        frames the writer takes one after another leave in one socket write: a
-        *batch*. A batch ends when the lanes are empty, when it holds
+        writer frames its messages itself (:mod:`trio_agent.framing`) and the
+        frames it takes one after another leave in one socket write: a *batch*. A batch ends when the lanes are empty, when it holds
         ``config.write_batch_frames``, right after any frame that is not a STREAM
         frame (so an INTERRUPT_ACK is never held back), and right after the first
         STREAM frame of a request (so a new reply's first words are not either).
-        The lanes are still read one frame at a time, so an ACK queued while a
-        batch is being built is the next frame in it. A STREAM frame counts as
+        A batch is built with no schedule point (framing and keeping do no I/O),
+        so the flush is the writer's only checkpoint per batch, and an ACK queued
+        meanwhile is the first frame of the next batch. A STREAM frame counts as
         written once it is in the batch: the batch reaches the socket whole and in
         order, or the connection is gone, so a DONE counts exactly the STREAM
         frames ahead of it on the wire.
         """
         lanes = self.lanes
+        ws = self.ws
         most = self.config.write_batch_frames
         cork = self._cork if most > 1 else None
         batch: list[tuple[Outbound, str | bytes]] = []
         try:
             while True:
                 frame = await lanes.next_frame()
-                if cork is not None and not batch:
-                    cork.cork()
                 text = frame.text if frame.text is not None else self._render_done(frame)
                 if frame.kind is FrameKind.DONE:
                     # Before the write: a client that has the DONE can count on it.
                     self._report_done(frame)
-                await self.ws.send_message(text)
+                if cork is None:
+                    await ws.send_message(text)
+                elif ws.closed is not None:
+                    # As send_message would: nothing follows a close frame.
+                    raise ConnectionClosed(ws.closed)
+                else:
+                    cork.keep(websocket_frame(text))
                 # In a batch, a frame counts as written from here on (see above).
                 self.trace.frame_written(frame)
                 first = False
@@ -816,21 +824,30 @@ class _RequestStream:
         await self._send(delta)
 
     async def send_word(self, delta: str, *, start_ms: float, end_ms: float) -> None:
-        """A spoken word's STREAM frame, with its audio's ``start_ms``."""
+        """A spoken word's STREAM frame, with its audio's ``start_ms``.
+
+        A checkpoint only when it waits for room (see
+        :class:`~trio_agent.speaking.SpeechSink`)."""
         speech = self._record.speech
         assert speech is not None
-        await self._send(delta, start_ms)
+        await self._send(delta, start_ms, checkpoint=False)
         speech.words.append(SpokenWord(delta, start_ms, end_ms))
 
     async def send_audio(self, samples: bytes, *, start_sample: int) -> None:
-        """One AUDIO chunk, budgeted in milliseconds in the stream lane."""
+        """One AUDIO chunk, budgeted in milliseconds in the stream lane.
+
+        A checkpoint only when it waits for room (see
+        :class:`~trio_agent.speaking.SpeechSink`)."""
         record = self._record
         speech = record.speech
         assert speech is not None
         n_samples = len(samples) // 2
         duration_ms = speech.ms(n_samples)
-        # Backpressure, and an interrupt point.
-        await self._lanes.wait_for_audio_room(duration_ms)
+        if not self._lanes.has_audio_room(duration_ms):
+            # Backpressure, and an interrupt point.
+            await self._lanes.wait_for_audio_room(duration_ms)
+        # Even without a wait: the speaker's last checkpoint may have returned
+        # with this request already cut (woken, then interrupted before it ran).
         if record.phase is not RequestPhase.RUNNING:
             await trio.lowlevel.checkpoint_if_cancelled()
             self._check_running()
@@ -857,10 +874,13 @@ class _RequestStream:
                 f"request {record.request_id} has ended ({record.status}); nothing more is sent for it"
             )
 
-    async def _send(self, delta: str, start_ms: float | None = None) -> None:
-        # Backpressure, and an interrupt point.
-        await self._lanes.wait_for_stream_room(self._record)
+    async def _send(
+        self, delta: str, start_ms: float | None = None, *, checkpoint: bool = True
+    ) -> None:
         record = self._record
+        if checkpoint or not self._lanes.has_stream_room(record):
+            # Backpressure, and an interrupt point.
+            await self._lanes.wait_for_stream_room(record)
         if record.phase is not RequestPhase.RUNNING:
             # Deliver the cancellation, not an error, when there is one.
             await trio.lowlevel.checkpoint_if_cancelled()

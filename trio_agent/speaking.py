@@ -12,6 +12,15 @@ off), queue the STREAM frame of every word whose audio starts in the chunk
 (with that ``start_ms``), then queue the chunk. Both go through the stream lane,
 one request's frames in order, so a word's caption is written before its sound.
 
+A paced reply may run ahead of real time by ``--audio-lead-ms`` (20): when a
+chunk is due, every chunk that starts within the lead is queued with it, and
+they leave in one socket write. With 20 ms chunks that is one wake-up and one
+write per 40 ms of speech instead of two, which is most of what a spoken
+session costs the server; no chunk is ever later for it, and at most the lead
+more audio sits in the client's buffer. ``--audio-lead-ms 0`` sends each chunk
+at its own time. The sleeps go through :mod:`trio_agent.pacing`, which lets the
+speakers due in the same millisecond share one Trio timer.
+
 Everything happens inside the agent's own ``await stream.send(...)``: the
 synthesis of a phrase, the pacing and the waits for room are all checkpoints of
 the request's task, in the request's cancel scope. An INTERRUPT cancels that
@@ -33,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
+from . import pacing
 from .speech import (
     PhraseCutter,
     SpeechOptions,
@@ -50,9 +60,12 @@ if TYPE_CHECKING:
 class SpeechSink(Protocol):
     """Where the speech stage queues what it makes: the session's stream lane.
 
-    Both methods wait for room (backpressure) and are checkpoints, so an
-    interrupt lands in them; both raise :class:`trio.ClosedResourceError` for a
-    request that has ended.
+    Both methods wait for room (backpressure), and an interrupt lands in that
+    wait. Unlike an agent's ``stream.send`` they are *not* checkpoints when there
+    is room: the speaker checkpoints once per group of chunks (its pacing wait),
+    so that a group is queued whole and leaves in one write. Both raise
+    :class:`trio.ClosedResourceError` for a request that has ended, and deliver a
+    pending cancellation first.
     """
 
     async def send_word(self, delta: str, *, start_ms: float, end_ms: float) -> None:
@@ -75,6 +88,7 @@ class Speaker:
         timeline: SpeechTimeline,
         *,
         chunk_ms: float,
+        lead_ms: float = 0.0,
     ) -> None:
         self._sink = sink
         self._synthesizer = synthesizer
@@ -82,6 +96,8 @@ class Speaker:
         self._pace = options.pace
         self._timeline = timeline
         self._chunk_samples = max(1, round(synthesizer.sample_rate * chunk_ms / 1000))
+        #: Paced, chunks that start within this much of now leave together.
+        self._lead_s = lead_ms / 1000
         #: ``trio.current_time()`` of the reply's first chunk: the pacing clock's origin.
         self._started_at: float | None = None
 
@@ -98,33 +114,67 @@ class Speaker:
         # so start_ms and duration_ms stay whole where the chunk is (20 ms at
         # 16 kHz or 22.05 kHz), and their sums exact.
         samples = pad_to_chunks(audio.samples, self._chunk_samples)
-        n_samples = len(samples) // 2
+        bounds = chunk_bounds(len(samples) // 2, self._chunk_samples)
         said = 0
-        for start, end in chunk_bounds(n_samples, self._chunk_samples):
-            await self._wait_for_time_of(offset + start)
-            while said < len(words) and spans[said][0] < end:
-                await self._send_word(words[said], offset, spans[said])
-                said += 1
-            await self._sink.send_audio(samples[2 * start : 2 * end], start_sample=offset + start)
+        i = 0
+        while i < len(bounds):
+            # The checkpoint of this group of chunks: the wait for its first
+            # chunk's time (a plain checkpoint when the pace is off). The group is
+            # every chunk that starts before the horizon; it is queued with no
+            # schedule point in between (the sink waits only for room), so its
+            # frames leave in one write.
+            horizon = await self._wait_for_time_of(offset + bounds[i][0])
+            while True:
+                start, end = bounds[i]
+                while said < len(words) and spans[said][0] < end:
+                    await self._send_word(words[said], offset, spans[said])
+                    said += 1
+                await self._sink.send_audio(
+                    samples[2 * start : 2 * end], start_sample=offset + start
+                )
+                i += 1
+                if (
+                    i == len(bounds)
+                    or horizon is None
+                    or self._due(offset + bounds[i][0]) > horizon
+                ):
+                    break
         while said < len(words):  # words with no sound of their own, at the very end
             await self._send_word(words[said], offset, spans[said])
             said += 1
-        timeline.samples_queued = offset + n_samples
+        timeline.samples_queued = offset + len(samples) // 2
 
     async def _send_word(self, word: str, offset: int, span: tuple[int, int]) -> None:
         ms = self._timeline.ms
         await self._sink.send_word(word, start_ms=ms(offset + span[0]), end_ms=ms(offset + span[1]))
 
-    async def _wait_for_time_of(self, sample: int) -> None:
-        """Sleep until the chunk starting at ``sample`` is due (real time scaled by the pace)."""
+    def _due(self, sample: int) -> float:
+        """When the chunk starting at ``sample`` is due (real time scaled by the pace)."""
+        assert self._started_at is not None
+        return self._started_at + self._timeline.ms(sample) / 1000 / self._pace
+
+    async def _wait_for_time_of(self, sample: int) -> float | None:
+        """Sleep until the chunk starting at ``sample`` is due; return the horizon:
+        chunks due before it may be sent now. Always a checkpoint.
+
+        Paced, the sleep is :func:`trio_agent.pacing.sleep_until` (up to a
+        millisecond late, sharing its timer with the other speakers due in the same
+        millisecond) and the horizon is ``lead_ms`` from now. Unpaced, it is a plain
+        checkpoint and there is no horizon (``None``): one chunk per checkpoint.
+        """
         if not self._pace:
-            return
-        now = trio.current_time()
+            await trio.lowlevel.checkpoint()
+            return None
         if self._started_at is None:
-            self._started_at = now
-        due = self._started_at + self._timeline.ms(sample) / 1000 / self._pace
-        if due > now:
-            await trio.sleep_until(due)
+            self._started_at = trio.current_time()
+        due = self._due(sample)
+        if due > trio.current_time():
+            await pacing.sleep_until(due)
+        else:
+            await trio.lowlevel.checkpoint()
+        # The tolerance keeps a chunk exactly one lead away in the group despite
+        # floating point (20 ms from a chunk due at ``now``).
+        return trio.current_time() + self._lead_s + 1e-9
 
 
 class SpokenResponseStream:
