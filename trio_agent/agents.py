@@ -33,8 +33,7 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontext
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-import trio
-
+from . import pacing
 from .protocol import AgentEntry, DoneStatus, ErrorCode
 
 
@@ -319,10 +318,12 @@ def lorem_words(count: int) -> list[str]:
 
 
 async def _paced(words: Iterable[str], words_per_s: float, stream: ResponseStream) -> None:
+    # pacing.sleep, not trio.sleep: a server pacing many replies wakes them on shared
+    # timers (trio_agent/pacing.py); the interval is rounded up to the millisecond.
     interval = 1.0 / words_per_s if words_per_s > 0 else 0.0
     for i, word in enumerate(words):
         if interval and i:
-            await trio.sleep(interval)
+            await pacing.sleep(interval)
         await stream.send(word)
 
 

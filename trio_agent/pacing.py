@@ -24,7 +24,8 @@ background and nothing outlives the sleeps: a grid point exists only while a
 task sleeps until it.
 
 The price is the rounding: a sleep ends up to one grid step after its
-deadline (never before it). For pacing words and 20 ms audio chunks a
+deadline (never before it, but for less than a nanosecond of floating point
+noise). For pacing words and 20 ms audio chunks a
 millisecond is well inside what a client buffers.
 """
 
@@ -38,8 +39,9 @@ import trio
 #: The grid deadlines are rounded up to, in seconds.
 GRID_S: Final = 0.001
 
-#: A deadline this close above a grid point counts as on it: ``0.02 / 0.001`` is
-#: ``20.000000000000004`` in floating point, and 20 ms must not become 21.
+#: A deadline this close above a grid point (in grid steps: a nanosecond) counts
+#: as on it: ``0.02 / 0.001`` is ``20.000000000000004`` in floating point, and
+#: 20 ms must not become 21.
 _ON_GRID: Final = 1e-6
 
 
