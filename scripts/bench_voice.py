@@ -17,8 +17,11 @@ baselines measured in the same run. ``docs/voice.md`` explains every figure.
   arrives more than one chunk (20 ms) after its due time (the session's first
   chunk plus its ``start_ms``): a client with a 20 ms jitter buffer would run dry.
   The server's CPU is measured around the window; sessions per core =
-  N / (server CPU seconds per second). espeak-ng's own CPU (its processes are the
-  server's children) is reported on a row of its own.
+  N / (server CPU seconds per second). Rows: the server as shipped (chunks sent
+  with a lead of up to 20 ms, so a due chunk and the next leave in one write),
+  and with ``--audio-lead-ms 0`` (each chunk on its own, at its time).
+  espeak-ng's own CPU (its processes are the server's children) is reported on
+  a row of its own.
 
     scripts/bench_voice.py --quick                 # about a minute
     scripts/bench_voice.py                         # a few minutes
@@ -74,6 +77,9 @@ BUILTIN = _server("builtin", "trio-agent --speech builtin", "--speech", "builtin
 FIFO = _server("fifo", "trio-agent --speech builtin --lanes fifo", "--speech", "builtin",
                "--lanes", "fifo")  # fmt: skip
 ESPEAK = _server("espeak", "trio-agent --speech espeak-ng", "--speech", "espeak-ng")
+#: Each chunk at its own time: the capacity without the lead's shared writes.
+STRICT = _server("strict", "trio-agent --speech builtin --audio-lead-ms 0", "--speech", "builtin",
+                 "--audio-lead-ms", "0")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -377,6 +383,12 @@ CAPACITY_COLUMNS = [
 ]
 
 
+def _most_on_time(rows: list[dict[str, Any]], label: str) -> int:
+    """The largest step of ``label`` with no late chunk."""
+    on_time = [r["sessions"] for r in rows if r["label"] == label and not r["late_chunks"]]
+    return max(on_time, default=0)
+
+
 async def run_all(args: argparse.Namespace, budget: Budget, log_dir: Path) -> dict[str, Any]:
     run: dict[str, Any] = {
         "command": shlex.join(["scripts/bench_voice.py", *sys.argv[1:]]),
@@ -391,7 +403,7 @@ async def run_all(args: argparse.Namespace, budget: Budget, log_dir: Path) -> di
         "late_threshold_ms": LATE_S * 1000,
     }
     espeak = shutil.which("espeak-ng") is not None and not args.no_espeak
-    specs = [BUILTIN, FIFO] + ([ESPEAK] if espeak else [])
+    specs = [BUILTIN, FIFO, STRICT] + ([ESPEAK] if espeak else [])
     servers = {spec.key: RunningServer(spec, log_dir) for spec in specs}
     t0 = time.perf_counter()
     try:
@@ -426,25 +438,27 @@ async def run_all(args: argparse.Namespace, budget: Budget, log_dir: Path) -> di
             print(f"   {key}: {json.dumps(value)}")
 
         rows = []
-        for n in budget.capacity_steps:
-            figures = await capacity(servers["builtin"], n, budget.capacity_window_s)
-            rows.append({"label": "builtin", **figures})
-            print(f"   builtin x {n}: done", flush=True)
+        for key, label in (("builtin", "builtin"), ("strict", "builtin, lead 0")):
+            for n in budget.capacity_steps:
+                figures = await capacity(servers[key], n, budget.capacity_window_s)
+                rows.append({"label": label, **figures})
+                print(f"   {label} x {n}: done", flush=True)
         if espeak:
             figures = await capacity(
                 servers["espeak"], budget.espeak_sessions, budget.capacity_window_s
             )
             rows.append({"label": "espeak-ng", **figures})
             rows.append(espeak_cost(20))
-        on_time = [r for r in rows if r["label"] == "builtin" and not r["late_chunks"]]
         run["capacity"] = {
             "results": rows,
-            "most_sessions_without_a_late_chunk": max((r["sessions"] for r in on_time), default=0),
+            "most_sessions_without_a_late_chunk": _most_on_time(rows, "builtin"),
+            "most_sessions_without_a_late_chunk_lead_0": _most_on_time(rows, "builtin, lead 0"),
         }
         print_table("capacity: sessions speaking at once, in real time", CAPACITY_COLUMNS, rows)
         print(
             "   most builtin sessions with no late chunk: "
-            f"{run['capacity']['most_sessions_without_a_late_chunk']}"
+            f"{run['capacity']['most_sessions_without_a_late_chunk']} "
+            f"(lead 0: {run['capacity']['most_sessions_without_a_late_chunk_lead_0']})"
         )
     finally:
         for server in servers.values():

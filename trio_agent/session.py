@@ -617,9 +617,10 @@ class Session:
         ``config.write_batch_frames``, right after any frame that is not a STREAM
         frame (so an INTERRUPT_ACK is never held back), and right after the first
         STREAM frame of a request (so a new reply's first words are not either).
-        A batch is built with no schedule point (framing and keeping do no I/O),
-        so the flush is the writer's only checkpoint per batch, and an ACK queued
-        meanwhile is the first frame of the next batch. A STREAM frame counts as
+        Framing and keeping do no I/O; when the lanes run empty in the middle of a
+        batch the writer gives the producers one turn (a checkpoint) to add to it,
+        and flushes if none did. An ACK queued meanwhile is the next frame taken,
+        and it ends the batch. A STREAM frame counts as
         written once it is in the batch: the batch reaches the socket whole and in
         order, or the connection is gone, so a DONE counts exactly the STREAM
         frames ahead of it on the wire.
@@ -655,13 +656,19 @@ class Session:
                     assert frame.record.speech is not None
                     frame.record.speech.samples_written += frame.samples
                 batch.append((frame, text))
-                if (
+                ends_batch = (
                     cork is None
                     or frame.kind not in (FrameKind.STREAM, FrameKind.AUDIO)
                     or first
-                    or not lanes.queued
                     or len(batch) >= most
-                ):
+                )
+                if not ends_batch and not lanes.queued:
+                    # Give the producers that are ready one turn to add to the
+                    # batch (an agent streaming flat out queues one frame per
+                    # turn); if none does, the batch is complete.
+                    await trio.lowlevel.checkpoint()
+                    ends_batch = not lanes.queued
+                if ends_batch:
                     if cork is not None:
                         await cork.flush()
                     lanes.frame_written()
