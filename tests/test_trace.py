@@ -6,6 +6,7 @@ import inspect
 import json
 
 import trio
+import trio.testing
 from testing_agents import endless, stubborn
 from wire import connect, only
 
@@ -45,6 +46,9 @@ async def test_an_interrupt_of_a_request_held_by_backpressure(autojump_clock):
     async with connect(server, "memory", lockstep=True) as c:
         await c.request("r1", agent="lorem", words=50, words_per_s=0)
         await c.recv_until(lambda f: f["msg_type"] == "STREAM")
+        # Let the writer block on the unread socket and the agent fill the lane:
+        # the request is then held by backpressure when the INTERRUPT is read.
+        await trio.testing.wait_all_tasks_blocked()
         ack_id = await c.interrupt("r1")
         await c.until_done("r1")
     await server.wait_idle()
