@@ -13,6 +13,7 @@ import os
 import stat
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -21,7 +22,9 @@ from wire import Frame, WireClient, connect, only
 
 from trio_agent import AgentServer, ServerConfig
 from trio_agent import agents as builtin
+from trio_agent import session as session_module
 from trio_agent.audio import AudioHeader, encode_audio_frame
+from trio_agent.speaking import Speaker
 from trio_agent.synthesis import BuiltinSynthesizer, EspeakSynthesizer
 
 
@@ -271,6 +274,43 @@ async def test_a_lead_sends_the_chunks_due_within_it_together(
             assert starts == [starts[0] + 20 * k for k in range(len(starts))]
             assert len(starts) <= per_group
         assert len(groups) == -(-len(audio) // per_group)
+
+
+async def test_a_cancelled_request_queues_nothing_even_when_the_lane_has_room(
+    start_server, autojump_clock, monkeypatch
+):
+    # The speech sink is not a schedule point when there is room (a group of
+    # chunks is queued whole), but it is a cancellation point: a request whose
+    # scope is cancelled while its phase is still RUNNING (its own deadline, the
+    # session ending) queues no word and no chunk after it.
+    sinks: list[Any] = []
+
+    class RecordingSpeaker(Speaker):
+        def __init__(self, sink: Any, *args: Any, **kwargs: Any) -> None:
+            sinks.append(sink)
+            super().__init__(sink, *args, **kwargs)
+
+    monkeypatch.setattr(session_module, "Speaker", RecordingSpeaker)
+    queued: list[str] = []
+
+    async def cut_then_send(request: Any, stream: Any) -> None:
+        (sink,) = sinks
+        with trio.CancelScope() as scope:
+            scope.cancel()  # as a deadline would: nobody ended the request
+            await sink.send_audio(bytes(640), start_sample=0)
+            queued.append("audio")
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await sink.send_word("hello", start_ms=0.0, end_ms=20.0)
+            queued.append("word")
+
+    server = await start_server({"cut": cut_then_send}, speech="builtin")
+    async with connect(server) as c:
+        await c.request("r1", "hello", agent="cut", voice=True)
+        done = (await c.until_done("r1"))[-1]["payload"]
+    assert queued == []
+    assert (done["status"], done["frames"], done["audio_ms"]) == ("completed", 0, 0.0)
+    assert audio_of(c, "r1") == only(c.received, "STREAM", "r1") == []
 
 
 # --------------------------------------------------------------------------- truncation

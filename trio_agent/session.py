@@ -618,7 +618,7 @@ class Session:
         frame (so an INTERRUPT_ACK is never held back), and right after the first
         STREAM frame of a request (so a new reply's first words are not either).
         Framing and keeping do no I/O; when the lanes run empty in the middle of a
-        batch the writer gives the producers one turn (a checkpoint) to add to it,
+        batch the writer gives the producers one turn (a checkpoint or two) to add to it,
         and flushes if none did. An ACK queued meanwhile is the next frame taken,
         and it ends the batch. A STREAM frame counts as
         written once it is in the batch: the batch reaches the socket whole and in
@@ -665,8 +665,14 @@ class Session:
                 if not ends_batch and not lanes.queued:
                     # Give the producers that are ready one turn to add to the
                     # batch (an agent streaming flat out queues one frame per
-                    # turn); if none does, the batch is complete.
+                    # turn); if none does, the batch is complete. One that is
+                    # ready now may run after the writer in the next scheduler
+                    # batch (Trio runs a batch in either order), so a second
+                    # checkpoint when the first found nothing: then every task
+                    # that was ready has had its turn.
                     await trio.lowlevel.checkpoint()
+                    if not lanes.queued:
+                        await trio.lowlevel.checkpoint()
                     ends_batch = not lanes.queued
                 if ends_batch:
                     if cork is not None:
@@ -853,6 +859,9 @@ class _RequestStream:
         if not self._lanes.has_audio_room(duration_ms):
             # Backpressure, and an interrupt point.
             await self._lanes.wait_for_audio_room(duration_ms)
+        else:
+            # Not a schedule point, but a cancelled request queues nothing more.
+            await trio.lowlevel.checkpoint_if_cancelled()
         # Even without a wait: the speaker's last checkpoint may have returned
         # with this request already cut (woken, then interrupted before it ran).
         if record.phase is not RequestPhase.RUNNING:
@@ -888,6 +897,9 @@ class _RequestStream:
         if checkpoint or not self._lanes.has_stream_room(record):
             # Backpressure, and an interrupt point.
             await self._lanes.wait_for_stream_room(record)
+        else:
+            # Not a schedule point, but a cancelled request queues nothing more.
+            await trio.lowlevel.checkpoint_if_cancelled()
         if record.phase is not RequestPhase.RUNNING:
             # Deliver the cancellation, not an error, when there is one.
             await trio.lowlevel.checkpoint_if_cancelled()

@@ -61,9 +61,11 @@ class SpeechSink(Protocol):
     """Where the speech stage queues what it makes: the session's stream lane.
 
     Both methods wait for room (backpressure), and an interrupt lands in that
-    wait. Unlike an agent's ``stream.send`` they are *not* checkpoints when there
-    is room: the speaker checkpoints once per group of chunks (its pacing wait),
-    so that a group is queued whole and leaves in one write. Both raise
+    wait. Unlike an agent's ``stream.send`` they are *not* schedule points when
+    there is room: the speaker checkpoints once per group of chunks (its pacing
+    wait), so that a group is queued whole and leaves in one write. They are
+    cancellation points all the same: a request whose scope was cancelled (its
+    deadline, the session ending) queues nothing more. Both raise
     :class:`trio.ClosedResourceError` for a request that has ended, and deliver a
     pending cancellation first.
     """
