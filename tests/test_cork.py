@@ -67,6 +67,22 @@ async def test_a_flush_is_a_checkpoint_even_with_nothing_kept():
         pytest.fail("not cancelled")  # pragma: no cover
 
 
+async def test_a_flush_cancelled_before_it_writes_keeps_its_frames_for_the_next_send():
+    # The writer counts a frame as written once it is kept; a flush cancelled
+    # before any I/O must not lose it (a close frame sent next carries it).
+    inner = Recording()
+    cork = CorkableStream(inner)
+    cork.keep(b"<frame 7>")
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await cork.flush()
+    assert scope.cancelled_caught
+    assert inner.writes == []
+    assert cork.kept_bytes == len(b"<frame 7>")
+    await cork.send_all(b"<close>")
+    assert inner.writes == [b"<frame 7><close>"]
+
+
 async def test_a_send_waiting_for_the_lock_keeps_the_order_of_calls():
     """A flush in progress holds the lock; a send that arrives meanwhile goes after it,
     and what is kept during the flush goes with that send."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 import trio
 import trio.testing
@@ -57,6 +59,46 @@ async def test_a_cancelled_write_breaks_the_stream_too(autojump_clock):
         await guarded.send_all(b"frame")
     assert guarded.broken
     assert not guarded.stalled
+
+
+def socket_pair() -> tuple[trio.SocketStream, socket.socket]:
+    """A connected pair with small buffers: ours for the GuardedStream, theirs to read."""
+    ours, theirs = socket.socketpair()
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    theirs.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    theirs.setblocking(False)
+    return trio.SocketStream(trio.socket.from_stdlib_socket(ours)), theirs
+
+
+async def test_a_write_cancelled_before_it_starts_leaves_the_stream_whole():
+    ours, theirs = socket_pair()
+    guarded = GuardedStream(ours, send_timeout_s=1)
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await guarded.send_all(b"frame")
+    assert scope.cancelled_caught
+    assert not guarded.broken
+    with pytest.raises(BlockingIOError):
+        theirs.recv(100)  # nothing of it reached the socket
+    await guarded.send_all(b"next")
+    assert theirs.recv(100) == b"next"
+    theirs.close()
+    await guarded.aclose()
+
+
+async def test_a_second_write_during_a_waiting_one_is_refused_not_cut_into_it():
+    # The direct write on a plain TCP socket must not slip its bytes into the
+    # middle of a write that waits for room: SocketStream refuses a second send.
+    ours, theirs = socket_pair()
+    guarded = GuardedStream(ours, send_timeout_s=0)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(guarded.send_all, b"A" * (1 << 20))
+        await trio.testing.wait_all_tasks_blocked()  # part written, waiting for room
+        theirs.recv(1 << 16)  # room appears before the first write runs again
+        with pytest.raises(trio.BusyResourceError):
+            await guarded.send_all(b"Z")
+        nursery.cancel_scope.cancel()
+    theirs.close()
 
 
 async def test_a_completed_write_keeps_the_stream_whole():

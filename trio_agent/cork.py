@@ -57,13 +57,19 @@ class CorkableStream(trio.abc.Stream):
     async def flush(self) -> None:
         """Send what was kept, in one ``send_all`` (a checkpoint even if nothing was).
 
-        Cancellation: as the inner stream's ``send_all``; the bytes are gone from
-        here either way, so a cancelled flush leaves the connection broken, just as
-        a cancelled ``send_all`` does.
+        Cancellation: a flush cancelled before it writes anything keeps what was
+        kept, to go out ahead of the next send (a close frame, say), so frames the
+        writer counted as written are not lost; one cancelled once the write has
+        begun is the inner stream's cancelled ``send_all``, which leaves the
+        connection broken.
         """
         await self._locked_send(b"")
 
     async def _send_kept(self, data: bytes | bytearray | memoryview) -> None:
+        # A cancellation before any I/O leaves what was kept here, for the next
+        # send; after this point the inner send_all does no schedule point before
+        # its write, so the bytes handed over are written or the stream is broken.
+        await trio.lowlevel.checkpoint_if_cancelled()
         if self._kept:
             if data:
                 self._kept.append(bytes(data))

@@ -22,8 +22,9 @@ resources without doing anything wrong at the protocol level:
   the handshake timeout.
 
 Cancellation: every ``await`` here is a plain Trio checkpoint of the wrapped
-stream; cancelling a write marks the stream broken (see above), cancelling a read
-leaves it as it was.
+stream. A write cancelled before it wrote anything leaves the stream as it was
+(nothing of it is on the wire); one cancelled later marks the stream broken (see
+above); cancelling a read leaves it as it was.
 """
 
 from __future__ import annotations
@@ -119,10 +120,12 @@ class GuardedStream(trio.abc.Stream):
         """Write what the kernel takes without waiting, on a plain TCP connection;
         return how many bytes that was (0 for TLS, a full buffer, a closed stream).
 
-        ``os.write`` on the socket is the same system call SocketStream makes
-        (``send`` without flags); the socket is non-blocking, as Trio keeps it.
+        ``os.write`` on a socket is a ``send`` without flags, as SocketStream
+        makes it; the socket is non-blocking, as Trio keeps it. Not while another
+        write waits in the full path: its bytes must not be cut into, and the
+        second write fails with SocketStream's BusyResourceError instead.
         """
-        if not view or not isinstance(self.stream, trio.SocketStream):
+        if not view or self._sending or not isinstance(self.stream, trio.SocketStream):
             return 0
         fd = self.stream.socket.fileno()
         if fd < 0:
