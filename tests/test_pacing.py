@@ -27,9 +27,9 @@ async def test_sleepers_due_in_the_same_millisecond_share_one_trio_sleep(
     leaders: list[int] = []
     lead = SharedTimers._lead
 
-    async def counting_lead(self: SharedTimers, index: int) -> None:
+    async def counting_lead(self: SharedTimers, index: int, point: object) -> None:
         leaders.append(index)
-        await lead(self, index)
+        await lead(self, index, point)
 
     monkeypatch.setattr(SharedTimers, "_lead", counting_lead)
     woke: dict[float, float] = {}
@@ -75,6 +75,43 @@ async def test_a_cancelled_leader_hands_over_and_the_followers_still_wake_on_tim
         assert woke == []
     assert woke == [pytest.approx(0.05), pytest.approx(0.05)]
     assert timers.sleeping == 0
+
+
+async def test_an_heir_cancelled_before_it_runs_hands_over_in_turn(autojump_clock):
+    timers = SharedTimers()
+    woke: list[str] = []
+    scopes = {name: trio.CancelScope() for name in ("a", "b", "c", "d")}
+
+    async def sleeper(name: str) -> None:
+        with scopes[name]:
+            await timers.sleep_until(0.05)
+            woke.append(name)
+        if name == "a":
+            # "a" led and handed over to "b", which has not run yet: cut it now.
+            scopes["b"].cancel()
+
+    async with trio.open_nursery() as nursery:
+        for name in ("a", "b", "c"):
+            nursery.start_soon(sleeper, name)
+            await trio.testing.wait_all_tasks_blocked()  # "a" leads, "b" then "c" follow
+        scopes["a"].cancel()
+        await trio.testing.wait_all_tasks_blocked()
+        assert trio.current_time() == 0
+        assert timers.sleeping == 1  # "c" leads now
+        # A sleeper arriving now follows the new leader rather than leading too.
+        nursery.start_soon(sleeper, "d")
+        await trio.testing.wait_all_tasks_blocked()
+        assert timers.sleeping == 2
+    assert sorted(woke) == ["c", "d"]
+    assert trio.current_time() == pytest.approx(0.05)
+    assert timers.sleeping == 0
+
+
+async def test_a_sleep_until_infinity_sleeps_until_cancelled(autojump_clock):
+    with trio.move_on_after(10) as scope:
+        await pacing.sleep(float("inf"))
+    assert scope.cancelled_caught
+    assert trio.current_time() == pytest.approx(10)
 
 
 async def test_a_cancelled_follower_raises_at_once_and_the_others_sleep_on(autojump_clock):

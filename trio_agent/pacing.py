@@ -18,8 +18,8 @@ ends. Parking and unparking cost no exception and no cancel scope.
 Cancellation behaves exactly as with :func:`trio.sleep_until`: the call is a
 checkpoint, and a cancelled sleeper raises :class:`trio.Cancelled` at once,
 whether it leads or follows. A cancelled leader hands the grid point over: it
-wakes its followers, one of them becomes the new leader and the rest park
-again, so no sleeper depends on a task that is gone. Nothing runs in the
+wakes one follower, which becomes the new leader, and the rest sleep on
+undisturbed, so no sleeper depends on a task that is gone. Nothing runs in the
 background and nothing outlives the sleeps: a grid point exists only while a
 task sleeps until it.
 
@@ -74,34 +74,44 @@ class SharedTimers:
 
     def grid_time(self, deadline: float) -> float:
         """When a sleep until ``deadline`` ends: ``deadline`` rounded up to the grid."""
-        return math.ceil(deadline / self.grid_s - _ON_GRID) * self.grid_s
+        return self._index(deadline) * self.grid_s
+
+    def _index(self, deadline: float) -> int:
+        return math.ceil(deadline / self.grid_s - _ON_GRID)
 
     async def sleep_until(self, deadline: float) -> None:
         """Sleep until ``deadline`` rounded up to the grid (see the module docstring).
 
         A checkpoint, like :func:`trio.sleep_until`; cancellation raises at once.
         """
-        index = math.ceil(deadline / self.grid_s - _ON_GRID)
-        while True:
-            point = self._points.get(index)
-            if point is None:
-                await self._lead(index)
-                return
+        if math.isinf(deadline):
+            await trio.sleep_until(deadline)  # no grid point at infinity
+            return
+        index = self._index(deadline)
+        point = self._points.get(index)
+        if point is None:
+            point = self._points[index] = _GridPoint()
+        else:
             await point.lot.park()
             if point.reached:
                 return
-            # The leader was cancelled and handed the grid point over: lead or follow anew.
+            # The leader was cancelled and handed the grid point to this task.
+        await self._lead(index, point)
 
-    async def _lead(self, index: int) -> None:
-        point = self._points[index] = _GridPoint()
+    async def _lead(self, index: int, point: _GridPoint) -> None:
         try:
             await trio.sleep_until(index * self.grid_s)
             point.reached = True
         finally:
-            # Woken or cancelled, the grid point is done with: followers either
-            # return (reached) or sleep again under a new leader.
-            del self._points[index]
-            point.lot.unpark_all()
+            if point.reached or not point.lot:
+                # Done with: every follower returns.
+                del self._points[index]
+                point.lot.unpark_all()
+            else:
+                # Cancelled with followers: the first of them leads now. (Woken,
+                # it leads even if it is cancelled before it runs: its sleep
+                # then raises at once and it hands over in turn.)
+                point.lot.unpark()
 
     @property
     def sleeping(self) -> int:
