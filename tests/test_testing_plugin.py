@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from trio_agent import AgentRequest, ResponseStream
+from trio_agent import AgentRequest, ResponseStream, ServerConfig
 from trio_agent import agents as builtin
 from trio_agent.fake_openai import FakeOpenAI, Script
 from trio_agent.lanes import OutboundLanes
@@ -225,8 +225,12 @@ async def test_a_broken_guarantee_is_named_with_the_frames_around_it(autojump_cl
     """A server that forgets to drop a cut request's queued frames sends them after
     the ACK and the DONE: check_agent names the guarantee and shows where."""
     monkeypatch.setattr(OutboundLanes, "discard", lambda self, record: 0)
+    # A write per frame: the writer waits for the (unbuffered) client on every
+    # frame, so the lane is full when the INTERRUPT is read. (With batches, the
+    # writer may still be taking frames into one, the lane empty.)
+    config = ServerConfig(stream_lane_capacity=4, write_batch_frames=1)
     with pytest.raises(AgentCheckFailed) as caught:
-        await check_agent(builtin.lorem, options={"words": 40, "words_per_s": 0})
+        await check_agent(builtin.lorem, options={"words": 40, "words_per_s": 0}, config=config)
     failure = caught.value
     assert failure.scenario == "interrupt early"
     [finding] = failure.findings
