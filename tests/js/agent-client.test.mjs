@@ -612,6 +612,34 @@ test("interrupt() of a spoken reply stops its audio at once and sends how much p
   client.close();
 });
 
+test("the played_ms sent is where playback stopped, even if the audio clock moves meanwhile", async () => {
+  // A real AudioContext's clock is advanced by the audio thread: two readings in one
+  // task can differ. Here every reading is 7 ms later than the one before it.
+  const context = new FakeAudioContext();
+  let time = 0;
+  Object.defineProperty(context, "currentTime", {
+    get: () => time,
+    set: (value) => {
+      time = value;
+    },
+  });
+  const audio = new AudioPlayback(() => /** @type {any} */ (context), { jitterMs: 0 });
+  const { client, socket } = await connected({ audio });
+  const r = client.request("speak", { options: { voice: true } });
+  for (let seq = 0; seq < 5; seq++) socket.deliverBinary(chunk(r.requestId, seq, 100));
+  time = 0.25;
+  Object.defineProperty(context, "currentTime", { get: () => (time += 0.007) });
+  const ack = client.interrupt(r.requestId);
+  const sent = socket.last("INTERRUPT").payload.played_ms;
+  assert.ok(sent >= 250 && sent < 300, `played_ms ${sent}`);
+  const stoppedAt = audio._entries.map((e) => e.stoppedAt).filter((t) => t !== null);
+  assert.ok(stoppedAt.length > 0);
+  assert.equal(sent, Math.round((stoppedAt[0] - audio._entries[0].startAt) * 1000));
+  socket.ack(socket.last("INTERRUPT"), [r.requestId]);
+  await ack;
+  client.close();
+});
+
 test("with playAudio false the page gets the frames and nothing plays", async () => {
   const context = new FakeAudioContext();
   const audio = new AudioPlayback(() => /** @type {any} */ (context));

@@ -691,7 +691,9 @@ export class AgentClient extends EventTarget {
    * "interrupted"), their audio stops, and their late frames are dropped.
    *
    * Interrupting one spoken response sends played_ms: `extra.playedMs`, or else how
-   * much of its audio has played (`audio.playedMs(requestId)`, read before the stop).
+   * much of its audio has played (`audio.playedMs(requestId)`, read right after the
+   * stop: the position where playback stopped, which is exactly what was heard; read
+   * before it, the audio clock could move on between the reading and the stop).
    * An interrupt-all never sends it: the server would ignore it.
    * @param {string | null} [requestId]
    * @param {string} [reason]
@@ -702,9 +704,8 @@ export class AgentClient extends EventTarget {
   interrupt(requestId = null, reason = DEFAULT_REASON, extra = {}) {
     const msgId = this._nextMsgId();
     let playedMs = requestId == null ? null : (extra.playedMs ?? null);
-    if (requestId != null && playedMs === null && this._responses.get(requestId)?.spoken) {
-      playedMs = this.audio.playedMs(requestId);
-    }
+    const measurePlayed =
+      requestId != null && playedMs === null && this._responses.get(requestId)?.spoken === true;
     const targets =
       requestId == null
         ? this.streaming
@@ -723,6 +724,7 @@ export class AgentClient extends EventTarget {
     }
     if (requestId == null) this.audio.stop();
     else this.audio.stop(requestId);
+    if (measurePlayed) playedMs = this.audio.playedMs(requestId);
     if (cut.length) {
       this._emit("interrupted", { responses: cut, msgId, reason });
     }
