@@ -613,17 +613,18 @@ class Session:
 
         With a :class:`~trio_agent.cork.CorkableStream` under the connection, the
         writer frames its messages itself (:mod:`trio_agent.framing`) and the
-        frames it takes one after another leave in one socket write: a *batch*. A batch ends when the lanes are empty, when it holds
-        ``config.write_batch_frames``, right after any frame that is not a STREAM
-        frame (so an INTERRUPT_ACK is never held back), and right after the first
-        STREAM frame of a request (so a new reply's first words are not either).
-        Framing and keeping do no I/O; when the lanes run empty in the middle of a
-        batch the writer gives the producers one turn (a checkpoint or two) to add to it,
-        and flushes if none did. An ACK queued meanwhile is the next frame taken,
-        and it ends the batch. A STREAM frame counts as
-        written once it is in the batch: the batch reaches the socket whole and in
-        order, or the connection is gone, so a DONE counts exactly the STREAM
-        frames ahead of it on the wire.
+        frames it takes one after another leave in one socket write: a *batch*.
+        A batch ends when it holds ``config.write_batch_frames``, right after any
+        frame that is not a STREAM or AUDIO frame (so an INTERRUPT_ACK is never
+        held back), right after the first STREAM frame of a request (so a new
+        reply's first words are not either), and when the lanes are empty and stay
+        so for one turn of the producers (a checkpoint, or two: see the loop).
+        Framing and keeping do no I/O, so those turns are the writer's only
+        schedule points before the flush, and an ACK queued meanwhile is the next
+        frame taken, which ends the batch. A STREAM frame counts as written once it
+        is in the batch: the batch reaches the socket whole and in order, or the
+        connection is gone, so a DONE counts exactly the STREAM frames ahead of it
+        on the wire.
         """
         lanes = self.lanes
         ws = self.ws
