@@ -860,14 +860,7 @@ class _RequestStream:
         if not self._lanes.has_audio_room(duration_ms):
             # Backpressure, and an interrupt point.
             await self._lanes.wait_for_audio_room(duration_ms)
-        else:
-            # Not a schedule point, but a cancelled request queues nothing more.
-            await trio.lowlevel.checkpoint_if_cancelled()
-        # Even without a wait: the speaker's last checkpoint may have returned
-        # with this request already cut (woken, then interrupted before it ran).
-        if record.phase is not RequestPhase.RUNNING:
-            await trio.lowlevel.checkpoint_if_cancelled()
-            self._check_running()
+        await self._check_sendable()
         assert self._encode_audio is not None
         data = self._encode_audio(
             seq=speech.chunks_queued,
@@ -880,12 +873,21 @@ class _RequestStream:
             Outbound(FrameKind.AUDIO, data, record, samples=n_samples, audio_ms=duration_ms)
         )
 
-    def _check_running(self) -> None:
+    async def _check_sendable(self) -> None:
+        """Raise rather than queue for a request that is cancelled or has ended.
+
+        Not a schedule point: called after the wait for room, or with room and no
+        wait at all (the speech sink queues a group of chunks that way). A pending
+        cancellation is delivered first: a scope cancelled while the phase is still
+        RUNNING (its deadline, the session ending) queues nothing more.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
         record = self._record
         if record.phase is not RequestPhase.RUNNING:
-            # Cut while waiting for room: the discard that made the room woke us
-            # before the cancellation could. The caller delivers the cancellation
-            # (its next checkpoint raises); this refuses to queue anything more.
+            # Cut while waiting for room, or woken from its last checkpoint and
+            # cut before it ran: the discard that made the room woke us before the
+            # cancellation could. The cancellation lands at the caller's next
+            # checkpoint; this refuses to queue anything more.
             self._session.trace.late_send(record)
             raise trio.ClosedResourceError(
                 f"request {record.request_id} has ended ({record.status}); nothing more is sent for it"
@@ -898,13 +900,7 @@ class _RequestStream:
         if checkpoint or not self._lanes.has_stream_room(record):
             # Backpressure, and an interrupt point.
             await self._lanes.wait_for_stream_room(record)
-        else:
-            # Not a schedule point, but a cancelled request queues nothing more.
-            await trio.lowlevel.checkpoint_if_cancelled()
-        if record.phase is not RequestPhase.RUNNING:
-            # Deliver the cancellation, not an error, when there is one.
-            await trio.lowlevel.checkpoint_if_cancelled()
-            self._check_running()
+        await self._check_sendable()
         # Render before counting: text that cannot be encoded (a lone surrogate)
         # raises here and uses no seq, even for an agent that catches the error.
         seq = record.frames_queued
