@@ -71,7 +71,7 @@ def make_baseline(into: Path) -> Path:
 
 
 async def _stream_workload(server: Any, requests: int, words: int) -> dict[str, float]:
-    from trio_agent.wire import open_wire
+    from trio_agent.testing.wire import open_wire
 
     async with open_wire(server, "memory") as wire:
         ws = wire.ws
@@ -96,7 +96,7 @@ async def _stream_workload(server: Any, requests: int, words: int) -> dict[str, 
 
 
 async def _interrupt_workload(server: Any, cycles: int) -> dict[str, float]:
-    from trio_agent.wire import open_wire
+    from trio_agent.testing.wire import open_wire
 
     ack_us: list[float] = []
     async with open_wire(server, "memory") as wire:
@@ -127,7 +127,7 @@ def worker(variant: str, workload: str, trace_path: str) -> dict[str, Any]:
 
     import trio_agent
     from trio_agent import AgentServer, ServerConfig
-    from trio_agent.trace import JsonLinesTracer
+    from trio_agent.observability.trace import JsonLinesTracer
 
     logger.remove()  # as `--log-level WARNING` would: no per-request lines in the numbers
     where = Path(trio_agent.__file__).resolve().parent.parent
@@ -152,9 +152,15 @@ async def _hook_costs(frames: int, scratch: Path) -> dict[str, float]:
     """Nanoseconds per STREAM frame spent in its two hook calls, by variant."""
     import trio
 
-    from trio_agent.lanes import FrameKind, Outbound
-    from trio_agent.registry import RequestRecord
-    from trio_agent.trace import NO_TRACE, JsonLinesTracer, RecordingTracer, SessionTrace
+    from trio_agent.observability.trace import (
+        NO_TRACE,
+        JsonLinesTracer,
+        RecordingTracer,
+        SessionTrace,
+    )
+    from trio_agent.protocol.constants import FrameKind
+    from trio_agent.server.lanes import Outbound
+    from trio_agent.server.registry import RequestRecord
 
     record = RequestRecord(request_id="r1", agent="lorem", scope=trio.CancelScope())
     frame = Outbound(FrameKind.STREAM, "{}", record)

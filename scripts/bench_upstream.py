@@ -43,9 +43,9 @@ from trio_websocket import WebSocketConnection, open_websocket_url
 
 from trio_agent import AgentServer, ServerConfig
 from trio_agent import agents as builtin
-from trio_agent.guarantees import GuaranteeChecker
-from trio_agent.openai_agent import OpenAIAgent, OpenAIConfig
-from trio_agent.session import Session
+from trio_agent.agents.openai.agent import OpenAIAgent, OpenAIConfig
+from trio_agent.protocol.guarantees import GuaranteeChecker
+from trio_agent.server.session import Session
 
 SCRIPT = str(Path(__file__).resolve())
 
@@ -219,7 +219,7 @@ async def measure_upstream_interrupts(
 async def _measure(rounds: int, tokens_per_s: float, seed: int) -> dict[str, Any]:
     python = sys.executable
     # 5000 tokens is 25 s of reply at 200 tokens/s; every round cuts it after 3-10.
-    upstream_argv = [python, "-m", "trio_agent.fake_openai", "--port", "0", "--report"]
+    upstream_argv = [python, "-m", "trio_agent.testing.fake_openai", "--port", "0", "--report"]
     upstream_argv += ["--tokens", "5000", "--tokens-per-s", str(tokens_per_s)]
     openai_rounds, lorem_rounds = [], []
     with interrupt_read_times() as reads:

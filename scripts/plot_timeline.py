@@ -15,14 +15,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from trio_agent.timeline import (
-    PlotUnavailable,
-    draw_timeline,
-    interrupt_stories,
-    load_trace,
-    narrate,
-    pick_story,
-)
+from trio_agent.observability.timeline import interrupt_stories, load_trace, narrate, pick_story
+from trio_agent.observability.timeline_plot import PlotUnavailable, draw_timeline
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,7 +22,7 @@ behaviour again and again:
 * flood: frames faster than the rate limit until the server closes with 1008;
 * trespass: a wrong token (401), a foreign Origin (403).
 
-Every conversation runs through :class:`trio_agent.guarantees.GuaranteeChecker`.
+Every conversation runs through :class:`trio_agent.protocol.guarantees.GuaranteeChecker`.
 A watcher samples the server's RSS and open file descriptors (``/proc``, so Linux
 only) and reads the server's ``server stats`` DEBUG lines (sessions, live tasks).
 
@@ -79,7 +79,7 @@ from trio_websocket import (  # noqa: E402
 from wsproto import ConnectionType, WSConnection  # noqa: E402
 from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage  # noqa: E402
 
-from trio_agent.guarantees import GuaranteeChecker  # noqa: E402
+from trio_agent.protocol.guarantees import GuaranteeChecker  # noqa: E402
 
 SEND_TIMEOUT_S = 2.0
 MAX_MESSAGE_BYTES = 65_536

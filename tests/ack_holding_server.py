@@ -17,10 +17,10 @@ import trio
 from trio_websocket import WebSocketConnection
 
 from trio_agent import AgentServer
-from trio_agent.cli import build_parser
-from trio_agent.config import config_from
-from trio_agent.cork import CorkableStream
-from trio_agent.logs import configure_logging
+from trio_agent.cli.main import build_parser
+from trio_agent.observability.logs import configure_logging
+from trio_agent.server.config import config_from
+from trio_agent.server.cork import CorkableStream
 
 
 class HeldAcks:

@@ -16,7 +16,7 @@ import trio
 import trio.testing
 from trio_websocket import WebSocketConnection, wrap_server_stream
 
-from trio_agent.audio import AudioHeader, encode_audio_frame, pcm_duration_ms
+from trio_agent.protocol.audio import AudioHeader, encode_audio_frame, pcm_duration_ms
 
 Frame = dict[str, Any]
 

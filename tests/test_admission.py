@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trio_agent.admission import (
+from trio_agent.server.admission import (
     SUBPROTOCOL,
     Accept,
     AdmissionPolicy,
@@ -16,8 +16,8 @@ from trio_agent.admission import (
     parse_allowed_origins,
     presented_tokens,
 )
-from trio_agent.config import ServerConfig, parse_config
-from trio_agent.redaction import REDACTED, redact_headers, redact_subprotocols, redact_target
+from trio_agent.server.config import ServerConfig, parse_config
+from trio_agent.server.redaction import REDACTED, redact_headers, redact_subprotocols, redact_target
 
 TOKEN = "s3cret-T0ken"
 OPEN = AdmissionPolicy(path="/ws")

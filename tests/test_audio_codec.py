@@ -9,14 +9,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trio_agent.audio import (
+from trio_agent.protocol.audio import (
     AudioFrameEncoder,
     AudioHeader,
     decode_audio_frame,
     encode_audio_frame,
     pcm_duration_ms,
 )
-from trio_agent.protocol import ErrorCode, ProtocolError
+from trio_agent.protocol.messages import ErrorCode, ProtocolError
 
 
 def header(**overrides: object) -> AudioHeader:

@@ -69,7 +69,7 @@ def test_trio_agent_sends_nothing_stale_and_breaks_no_guarantee(run, name):
 
 
 def test_trio_agent_bench_runs_the_script(capfd):
-    from trio_agent.cli import main
+    from trio_agent.cli.main import main
 
     assert main(["bench", "--help"]) == 0
     assert "--quick" in capfd.readouterr().out

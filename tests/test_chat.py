@@ -22,8 +22,8 @@ from testing_agents import Probe, endless
 
 from trio_agent import AgentRequest, ResponseStream
 from trio_agent import agents as builtin
-from trio_agent.chat import run_chat
-from trio_agent.cli import main
+from trio_agent.cli.chat import run_chat
+from trio_agent.cli.main import main
 
 LONG_QUESTION = "tell me everything"
 ACK_CUT_REQ_1 = r"\[ack in \d+\.\d ms: the server cut req-1(; \d+ late chunks? dropped)?\]"

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from trio_agent.chat_stream import (
+from trio_agent.agents.openai.agent import ChatOptions
+from trio_agent.agents.openai.upstream import (
     Chunk,
     ChunkError,
     Deadlines,
@@ -14,8 +15,7 @@ from trio_agent.chat_stream import (
     parse_chunk,
     upstream_message,
 )
-from trio_agent.openai_agent import ChatOptions
-from trio_agent.protocol import ErrorCode
+from trio_agent.protocol.messages import ErrorCode
 
 
 def chunk(delta, finish_reason=None, **extra):

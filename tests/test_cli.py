@@ -11,8 +11,8 @@ import pytest
 import trio
 from wire import WireClient, only
 
-from trio_agent.cli import main
-from trio_agent.config import ServerConfig, parse_config
+from trio_agent.cli.main import main
+from trio_agent.server.config import ServerConfig, parse_config
 
 
 def test_flags_beat_environment_beat_defaults():

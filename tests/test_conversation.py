@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 from fake_server import session_payload
 
-from trio_agent.conversation import (
+from trio_agent.client.state import (
     Acknowledged,
     Chunk,
-    Conversation,
+    ClientState,
     HeartbeatAnswered,
     InterruptRefused,
     Opened,
@@ -44,14 +44,14 @@ def ack(ref: str, interrupted: list[str], targets: dict[str, str] | None = None)
     return frame("INTERRUPT_ACK", ref=ref, payload=payload)
 
 
-def opened() -> Conversation:
-    conversation = Conversation()
+def opened() -> ClientState:
+    conversation = ClientState()
     events = conversation.receive(frame("SESSION", payload=session_payload()))
     assert [type(e) for e in events] == [Opened]
     return conversation
 
 
-def send(conversation: Conversation, *outgoing):
+def send(conversation: ClientState, *outgoing):
     for item in outgoing:
         conversation.sending(item)
 
@@ -186,7 +186,7 @@ def test_breaches_are_reported(raw, guarantee, words):
 
 
 def test_the_first_frame_must_be_session():
-    c = Conversation()
+    c = ClientState()
     events = c.receive(stream("r1", 0, "x"))
     assert any(isinstance(e, ProtocolBreach) and "not SESSION" in e.message for e in events)
 

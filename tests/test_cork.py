@@ -9,7 +9,7 @@ from testing_agents import endless
 from wire import connect, only
 
 from trio_agent import agents as builtin
-from trio_agent.cork import CorkableStream
+from trio_agent.server.cork import CorkableStream
 
 
 class Recording(trio.abc.Stream):

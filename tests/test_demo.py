@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import sys
 
-from trio_agent import demo
-from trio_agent.cli import build_parser
-from trio_agent.demo import run_demo
-from trio_agent.timeline import interrupt_stories, load_trace
+from trio_agent.cli import demo
+from trio_agent.cli.demo import run_demo
+from trio_agent.cli.main import build_parser
+from trio_agent.observability.timeline import interrupt_stories, load_trace
 
 
 async def test_the_demo_plays_every_scene_and_tells_each_interrupt(
@@ -52,7 +52,7 @@ async def test_without_matplotlib_the_demo_still_narrates(autojump_clock, tmp_pa
     for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
         monkeypatch.setitem(sys.modules, name, None)
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    monkeypatch.delitem(sys.modules, "trio_agent.timeline_plot", raising=False)
+    monkeypatch.delitem(sys.modules, "trio_agent.observability.timeline_plot", raising=False)
     said: list[str] = []
     pictures = await run_demo(
         trace_path=tmp_path / "demo.jsonl", png_path=tmp_path / "t.png", say=said.append

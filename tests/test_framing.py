@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from wsproto.connection import Connection, ConnectionType
 from wsproto.events import BytesMessage, TextMessage
 
-from trio_agent.framing import websocket_frame
+from trio_agent.protocol.framing import websocket_frame
 
 #: Around every length encoding of RFC 6455: 7 bits, 16 bits, 64 bits.
 EDGES = [0, 1, 125, 126, 127, 65535, 65536, 70000]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from trio_agent.guarantees import GuaranteeChecker
+from trio_agent.protocol.guarantees import GuaranteeChecker
 
 
 def request(rid: str) -> dict:

@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import pytest
 
-from trio_agent.history import Conversation, Turn
-from trio_agent.protocol import DoneStatus
+from trio_agent.agents.openai.history import ChatHistory, Turn
+from trio_agent.protocol.messages import DoneStatus
 
 
 def test_messages_open_with_the_system_prompt_and_end_with_the_new_input():
-    conversation = Conversation("Be brief.")
+    conversation = ChatHistory("Be brief.")
     assert conversation.messages_for("hi") == [
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "hi"},
     ]
-    assert Conversation().messages_for("hi") == [{"role": "user", "content": "hi"}]
+    assert ChatHistory().messages_for("hi") == [{"role": "user", "content": "hi"}]
 
 
 def test_an_interrupted_reply_is_recorded_as_delivered_and_sent_as_a_plain_message():
-    conversation = Conversation()
+    conversation = ChatHistory()
     assert conversation.record("q", "half an ans", DoneStatus.INTERRUPTED)
     assert conversation.turns[-1] == Turn("assistant", "half an ans", DoneStatus.INTERRUPTED)
     assert conversation.turns[-1].interrupted
@@ -30,7 +30,7 @@ def test_an_interrupted_reply_is_recorded_as_delivered_and_sent_as_a_plain_messa
 
 
 def test_a_snapshot_does_not_change_when_turns_are_recorded_later():
-    conversation = Conversation()
+    conversation = ChatHistory()
     snapshot = conversation.messages_for("one")
     conversation.record("two", "2", DoneStatus.COMPLETED)
     assert snapshot == [{"role": "user", "content": "one"}]
@@ -49,6 +49,6 @@ def test_a_snapshot_does_not_change_when_turns_are_recorded_later():
     ],
 )
 def test_which_endings_are_recorded(status, delivered, recorded):
-    conversation = Conversation()
+    conversation = ChatHistory()
     assert conversation.record("q", delivered, status) is recorded
     assert len(conversation.turns) == (2 if recorded else 0)

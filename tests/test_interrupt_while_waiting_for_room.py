@@ -14,7 +14,7 @@ import trio.testing
 from testing_agents import Probe, endless
 from wire import connect
 
-from trio_agent.protocol import InterruptMessage
+from trio_agent.protocol.messages import InterruptMessage
 
 
 async def test_agent_blocked_on_backpressure_is_cancelled_not_failed(start_server, autojump_clock):

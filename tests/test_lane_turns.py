@@ -7,8 +7,9 @@ import trio
 from wire import connect, only
 
 from trio_agent import agents as builtin
-from trio_agent.lanes import FrameKind, Outbound, OutboundLanes
-from trio_agent.registry import RequestRecord
+from trio_agent.protocol.constants import FrameKind
+from trio_agent.server.lanes import Outbound, OutboundLanes
+from trio_agent.server.registry import RequestRecord
 
 
 def record(rid: str) -> RequestRecord:
@@ -24,7 +25,7 @@ async def fill(lanes: OutboundLanes, rec: RequestRecord, *texts: str) -> None:
 async def drain(lanes: OutboundLanes) -> list[str | None]:
     out = []
     while lanes.queued:
-        out.append((await lanes.next_frame()).text)
+        out.append((await lanes.next_frame()).data)
         lanes.frame_written()
     return out
 

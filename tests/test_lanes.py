@@ -6,8 +6,9 @@ import pytest
 import trio
 import trio.testing
 
-from trio_agent.lanes import FrameKind, LaneOverflow, Outbound, OutboundLanes
-from trio_agent.registry import RequestRecord
+from trio_agent.protocol.constants import FrameKind
+from trio_agent.server.lanes import LaneOverflow, Outbound, OutboundLanes
+from trio_agent.server.registry import RequestRecord
 
 
 def record(rid: str = "r") -> RequestRecord:
@@ -28,7 +29,7 @@ async def drain(lanes: OutboundLanes, n: int) -> list[str | None]:
     for _ in range(n):
         frame = await lanes.next_frame()
         lanes.frame_written()
-        out.append(frame.text)
+        out.append(frame.data)
     return out
 
 
@@ -123,7 +124,7 @@ async def test_wait_written_returns_once_the_writer_is_idle():
         assert not flushed.is_set()
         frame = await lanes.next_frame()
         await trio.testing.wait_all_tasks_blocked()
-        assert frame.text == "x"
+        assert frame.data == "x"
         assert not flushed.is_set()  # taken but not yet written
         lanes.frame_written()
         await trio.testing.wait_all_tasks_blocked()

@@ -1,6 +1,6 @@
 """The openai agent against a fake OpenAI-compatible upstream over real HTTP.
 
-The fake (trio_agent.fake_openai) frames its stream like the OpenAI API and records
+The fake (trio_agent.testing.fake_openai) frames its stream like the OpenAI API and records
 every request body it got and the moment its client disconnected, so these tests
 check what the upstream saw: that an interrupt closed its connection, and what
 history the next request carried. Timeouts run on the real clock with deadlines of
@@ -18,15 +18,15 @@ from loguru import logger
 from wire import connect, only
 
 from trio_agent import agents as builtin
-from trio_agent.cli import build_parser
-from trio_agent.fake_openai import FakeOpenAI, Script
-from trio_agent.history import Conversation
-from trio_agent.openai_agent import (
+from trio_agent.agents.openai.agent import (
     OPENAI_DEFAULT_BASE_URL,
     OpenAIAgent,
     OpenAIConfig,
     openai_agent_from,
 )
+from trio_agent.agents.openai.history import ChatHistory
+from trio_agent.cli.main import build_parser
+from trio_agent.testing.fake_openai import FakeOpenAI, Script
 
 
 @pytest.fixture(params=["memory", "socket"])
@@ -647,7 +647,7 @@ def test_a_conversation_is_kept_per_agent_in_the_session_state():
     agent = OpenAIAgent(OpenAIConfig(openai_base_url="http://h/v1", openai_system_prompt="s"))
     state: dict[object, object] = {}
     conversation = agent.conversation(state)
-    assert isinstance(conversation, Conversation)
+    assert isinstance(conversation, ChatHistory)
     assert agent.conversation(state) is conversation
     assert OpenAIAgent(OpenAIConfig(openai_base_url="http://h/v1")).conversation(state) is not (
         conversation

@@ -6,8 +6,8 @@ import pytest
 import trio
 import trio.testing
 
-from trio_agent import pacing
-from trio_agent.pacing import SharedTimers
+from trio_agent.agents import pacing
+from trio_agent.agents.pacing import SharedTimers
 
 
 def test_deadlines_round_up_to_the_millisecond_and_never_down():

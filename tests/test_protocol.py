@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trio_agent.protocol import (
+from trio_agent.protocol.messages import (
     DEFAULT_INTERRUPT_REASON,
     DoneMessage,
     DonePayload,
@@ -197,7 +197,7 @@ def test_any_json_object_gives_a_message_or_a_coded_error(frame):
 def test_a_session_frame_without_default_agent_or_idle_timeout_parses():
     """The server leaves out every None; its own parser must accept the result."""
     from trio_agent import AgentServer, ServerConfig
-    from trio_agent.protocol import SessionMessage, encode, parse_server_message
+    from trio_agent.protocol.messages import SessionMessage, encode, parse_server_message
 
     server = AgentServer(ServerConfig(idle_timeout_s=0), {"mine": lambda request, stream: None})
     payload = server._session_payload

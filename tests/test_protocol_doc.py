@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from trio_agent.audio import AudioHeader, decode_audio_frame
-from trio_agent.config import ServerConfig
-from trio_agent.protocol import ErrorCode, parse_client_message, parse_server_message
+from trio_agent.protocol.audio import AudioHeader, decode_audio_frame
+from trio_agent.protocol.messages import ErrorCode, parse_client_message, parse_server_message
+from trio_agent.server.config import ServerConfig
 
 DOC = (Path(__file__).parent.parent / "docs" / "protocol.md").read_text()
 EXAMPLES = re.findall(r"```json\n(.*?)```", DOC, flags=re.S)

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trio_agent.ratelimit import FrameRateLimit, TokenBucket, Verdict
+from trio_agent.server.ratelimit import FrameRateLimit, TokenBucket, Verdict
 
 
 def limit(rate: float = 10, burst: int = 5, close_after: int = 3) -> FrameRateLimit:

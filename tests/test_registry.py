@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import trio
 
-from trio_agent.protocol import DoneStatus, ErrorCode, TargetOutcome
-from trio_agent.registry import AdmissionRefused, RequestPhase, RequestRegistry
+from trio_agent.protocol.messages import DoneStatus, ErrorCode, TargetOutcome
+from trio_agent.server.registry import AdmissionRefused, RequestPhase, RequestRegistry
 
 
 def admit(reg: RequestRegistry, rid: str):

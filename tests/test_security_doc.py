@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from trio_agent.config import ServerConfig
+from trio_agent.server.config import ServerConfig
 
 DOC = (Path(__file__).parent.parent / "docs" / "security.md").read_text()
 TABLE = DOC.split("## Every limit", 1)[1].split("\n## ", 1)[0]

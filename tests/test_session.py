@@ -18,7 +18,7 @@ from trio_websocket import ConnectionClosed
 from wire import connect, only
 
 from trio_agent import agents as builtin
-from trio_agent.session import Session
+from trio_agent.server.session import Session
 
 
 @pytest.fixture(params=["memory", "socket"])

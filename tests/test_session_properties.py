@@ -25,7 +25,7 @@ from wire import WireClient, connect
 
 from trio_agent import AgentServer, ServerConfig
 from trio_agent import agents as builtin
-from trio_agent.protocol import ProtocolError, parse_client_message
+from trio_agent.protocol.messages import ProtocolError, parse_client_message
 
 AGENTS = {
     "lorem": builtin.lorem,
@@ -103,7 +103,7 @@ configs = st.fixed_dictionaries(
 )
 
 
-class Conversation:
+class ScriptedSession:
     def __init__(self, client: WireClient) -> None:
         self.client = client
         self.sent_ids: list[str] = []
@@ -170,7 +170,7 @@ async def converse(config: ServerConfig, lockstep: bool, script: list[tuple[Any,
     ):
         answers: dict[str, trio.Event] = {}
         nursery.start_soon(read_everything, client, answers)
-        conversation = Conversation(client)
+        conversation = ScriptedSession(client)
         for action in script:
             await conversation.play(action)
         # Earn the whole burst back, so the wind-down is not rate limited, then

@@ -8,8 +8,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trio_agent.protocol import ErrorCode
-from trio_agent.speech import (
+from trio_agent.protocol.messages import ErrorCode
+from trio_agent.speech.synthesizers import (
+    BuiltinSynthesizer,
+    SynthesisError,
+    _wav_samples,
+    estimate_word_spans,
+)
+from trio_agent.speech.timeline import (
     MAX_PHRASE_WORDS,
     PhraseCutter,
     SpeechOptionError,
@@ -20,12 +26,6 @@ from trio_agent.speech import (
     pad_to_chunks,
     speech_options,
     split_words,
-)
-from trio_agent.synthesis import (
-    BuiltinSynthesizer,
-    SynthesisError,
-    _wav_samples,
-    estimate_word_spans,
 )
 
 

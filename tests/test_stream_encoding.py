@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic_core import PydanticSerializationError
 
-from trio_agent.protocol import (
+from trio_agent.protocol.messages import (
     REQUEST_ID_PATTERN,
     StreamFrameEncoder,
     StreamMessage,

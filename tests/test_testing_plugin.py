@@ -14,10 +14,10 @@ import trio
 
 from trio_agent import AgentRequest, ResponseStream, ServerConfig
 from trio_agent import agents as builtin
-from trio_agent.fake_openai import FakeOpenAI, Script
-from trio_agent.lanes import OutboundLanes
-from trio_agent.openai_agent import OpenAIAgent, OpenAIConfig
+from trio_agent.agents.openai.agent import OpenAIAgent, OpenAIConfig
+from trio_agent.server.lanes import OutboundLanes
 from trio_agent.testing import SCENARIOS, AgentCheckFailed, check_agent
+from trio_agent.testing.fake_openai import FakeOpenAI, Script
 
 SLOW_LOREM = {"words": 12, "words_per_s": 20}
 ROOT = Path(__file__).resolve().parent.parent

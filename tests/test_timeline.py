@@ -10,15 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from trio_agent.timeline import (
-    PlotUnavailable,
+from trio_agent.observability.timeline import (
     describe,
-    draw_timeline,
     interrupt_stories,
     load_trace,
     narrate,
     pick_story,
 )
+from trio_agent.observability.timeline_plot import PlotUnavailable, draw_timeline
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -177,7 +176,7 @@ def test_without_matplotlib_there_is_no_png_and_a_clear_reason(tmp_path, monkeyp
     for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
         monkeypatch.setitem(sys.modules, name, None)
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    monkeypatch.delitem(sys.modules, "trio_agent.timeline_plot", raising=False)
+    monkeypatch.delitem(sys.modules, "trio_agent.observability.timeline_plot", raising=False)
     with pytest.raises(PlotUnavailable, match=r"matplotlib is not installed.*trio-agent\[demo\]"):
         draw_timeline(pick_story(a_trace()), tmp_path / "t.png")
     assert not (tmp_path / "t.png").exists()

@@ -12,14 +12,14 @@ from wire import connect, only
 
 from trio_agent import AgentServer, ServerConfig
 from trio_agent import agents as builtin
-from trio_agent.config import parse_config
-from trio_agent.trace import (
+from trio_agent.agents import shielded_cleanup
+from trio_agent.observability.trace import (
     NO_TRACE,
     MemoryTracer,
     RecordingSessionTrace,
     SessionTrace,
-    shielded_cleanup,
 )
+from trio_agent.server.config import parse_config
 
 
 def traced_server(agents=None, **settings) -> tuple[AgentServer, MemoryTracer]:

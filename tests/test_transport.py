@@ -8,7 +8,7 @@ import pytest
 import trio
 import trio.testing
 
-from trio_agent.transport import PROGRESS_CHUNK, GuardedStream, SendStalled
+from trio_agent.server.transport import PROGRESS_CHUNK, GuardedStream, SendStalled
 
 
 def lockstep(send_timeout_s: float = 1.0) -> tuple[GuardedStream, trio.abc.Stream]:

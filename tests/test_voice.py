@@ -22,10 +22,10 @@ from wire import Frame, WireClient, connect, only
 
 from trio_agent import AgentServer, ServerConfig
 from trio_agent import agents as builtin
-from trio_agent import session as session_module
-from trio_agent.audio import AudioHeader, encode_audio_frame
-from trio_agent.speaking import Speaker
-from trio_agent.synthesis import BuiltinSynthesizer, EspeakSynthesizer
+from trio_agent.server import session as session_module
+from trio_agent.protocol.audio import AudioHeader, encode_audio_frame
+from trio_agent.speech.stage import Speaker
+from trio_agent.speech.synthesizers import BuiltinSynthesizer, EspeakSynthesizer
 
 
 @pytest.fixture(params=["memory", "socket"])

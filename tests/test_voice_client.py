@@ -14,10 +14,10 @@ import trio
 import trio.testing
 from fake_server import FAKE_URL, start_fake, tone, voice_session_payload
 
-from trio_agent.audio import AudioHeader, encode_audio_frame
-from trio_agent.client import AudioChunk, AudioFormat, open_agent_client
-from trio_agent.conversation import Conversation, ProtocolBreach, RequestUpdated
-from trio_agent.guarantees import GuaranteeChecker
+from trio_agent.client.connection import AudioChunk, AudioFormat, open_agent_client
+from trio_agent.client.state import ClientState, ProtocolBreach, RequestUpdated
+from trio_agent.protocol.audio import AudioHeader, encode_audio_frame
+from trio_agent.protocol.guarantees import GuaranteeChecker
 
 
 def frame(msg_type: str, **fields: Any) -> str:
@@ -37,13 +37,13 @@ def audio_frame(request_id: str, seq: int, start_ms: float, ms: int, rate: int =
     return encode_audio_frame(header, samples)
 
 
-def opened() -> Conversation:
-    conversation = Conversation()
+def opened() -> ClientState:
+    conversation = ClientState()
     conversation.receive(frame("SESSION", payload=voice_session_payload()))
     return conversation
 
 
-def spoken_request(c: Conversation, request_id: str = "r1"):
+def spoken_request(c: ClientState, request_id: str = "r1"):
     state, out = c.request("speak", options={"voice": True}, request_id=request_id)
     c.sending(out)
     return state

@@ -14,7 +14,7 @@ from trio_websocket import wrap_client_stream
 from wire import WireClient, connect
 
 from trio_agent import AgentServer, ServerConfig
-from trio_agent.web.front import ReplayStream
+from trio_agent.server.web.front import ReplayStream
 
 JS = "text/javascript; charset=utf-8"
 
@@ -62,7 +62,10 @@ async def test_the_client_module_is_the_one_in_the_package(start_server):
 
     server = await start_server()
     response = await fetch(server, "/static/agent-client.js")
-    assert response.body == (files("trio_agent.web") / "static" / "agent-client.js").read_bytes()
+    assert (
+        response.body
+        == (files("trio_agent.server.web") / "static" / "agent-client.js").read_bytes()
+    )
     assert b"export class AgentClient" in response.body
 
 

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from trio_agent.web.assets import CONTENT_TYPES, content_type_for, load_assets, make_asset
-from trio_agent.web.routes import HttpRequest, is_not_modified
-from trio_agent.web.routing import Route, header_tokens, is_websocket_upgrade, route, target_path
+from trio_agent.server.web.assets import CONTENT_TYPES, content_type_for, load_assets, make_asset
+from trio_agent.server.web.routes import HttpRequest, is_not_modified
+from trio_agent.server.web.routing import (
+    Route,
+    header_tokens,
+    is_websocket_upgrade,
+    route,
+    target_path,
+)
 
 UPGRADE = [(b"host", b"x"), (b"connection", b"keep-alive, Upgrade"), (b"upgrade", b"WebSocket")]
 

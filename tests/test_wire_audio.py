@@ -1,5 +1,5 @@
-"""``trio_agent.wire`` and spoken replies (protocol v1.1): AUDIO binary frames are
-decoded into :class:`~trio_agent.wire.AudioFrame` values, next to the text frames.
+"""``trio_agent.testing.wire`` and spoken replies (protocol v1.1): AUDIO binary frames are
+decoded into :class:`~trio_agent.testing.wire.AudioFrame` values, next to the text frames.
 
 The server speaks with the built-in synthesiser (16 kHz, deterministic), over a
 real loopback socket, with ``audio_pace: 0`` so nothing waits on a clock.
@@ -14,8 +14,8 @@ from trio_websocket import wrap_client_stream
 
 from trio_agent import AgentServer
 from trio_agent import agents as builtin
-from trio_agent.audio import AudioHeader, encode_audio_frame
-from trio_agent.wire import AudioFrame, Frame, WireConnection, open_wire, summarize
+from trio_agent.protocol.audio import AudioHeader, encode_audio_frame
+from trio_agent.testing.wire import AudioFrame, Frame, WireConnection, open_wire, summarize
 
 SPOKEN = {"voice": True, "audio_pace": 0}
 TEXT = "hello there, how are you"

@@ -1,10 +1,10 @@
 """A raw protocol-v1 test client: sends dicts, receives dicts, checks every guarantee.
 
-Behaviour tests use the real client, :mod:`trio_agent.client` (see
+Behaviour tests use the real client, :mod:`trio_agent.client.connection` (see
 ``test_client.py``). This raw client stays for the frame-level tests: those that
 must send invalid frames, which the real client never would, or look at the exact
 order of frames on the wire, which the real client hides. Every frame in either
-direction goes through a :class:`~trio_agent.guarantees.GuaranteeChecker`, so
+direction goes through a :class:`~trio_agent.protocol.guarantees.GuaranteeChecker`, so
 any test that drives a conversation also checks guarantees 1-7 on it.
 """
 
@@ -21,8 +21,8 @@ import trio.testing
 from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_client_stream
 
 from trio_agent import AgentServer
-from trio_agent.audio import decode_audio_frame
-from trio_agent.guarantees import GuaranteeChecker
+from trio_agent.protocol.audio import decode_audio_frame
+from trio_agent.protocol.guarantees import GuaranteeChecker
 
 Frame = dict[str, Any]
 

@@ -1,5 +1,5 @@
 """``python -m trio_agent ...`` is the same as the ``trio-agent`` command."""
 
-from .cli import main
+from trio_agent.cli.main import main
 
 raise SystemExit(main())

@@ -28,7 +28,7 @@ import trio.testing
 from loguru import logger
 
 from trio_agent import AgentRequest, AgentServer, ResponseStream, ServerConfig
-from trio_agent.wire import open_wire
+from trio_agent.testing.wire import open_wire
 
 
 async def tokens() -> AsyncIterator[str]:

@@ -29,8 +29,8 @@ import trio.testing
 from loguru import logger
 
 from trio_agent import AgentRequest, AgentServer, ResponseStream, ServerConfig
-from trio_agent.trace import MemoryTracer
-from trio_agent.wire import open_wire
+from trio_agent.observability.trace import MemoryTracer
+from trio_agent.testing.wire import open_wire
 
 WORDS = 50
 steps_after_cancel = {"broken": 0, "fixed": 0}

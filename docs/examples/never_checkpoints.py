@@ -31,7 +31,7 @@ import trio
 from loguru import logger
 
 from trio_agent import AgentRequest, AgentServer, ResponseStream, ServerConfig
-from trio_agent.wire import open_wire
+from trio_agent.testing.wire import open_wire
 
 PIECES = 2_000
 progress = {"broken": 0, "with_checkpoints": 0, "in_a_thread": 0}

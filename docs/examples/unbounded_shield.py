@@ -8,7 +8,7 @@ down. If the cleanup hangs (an upstream that never answers), nothing can stop it
 
 ``broken`` shields its cleanup with ``trio.CancelScope(shield=True)``.
 ``fixed`` uses ``trio.move_on_after(1.0, shield=True)``: shielded, and bounded.
-(``trio_agent.trace.shielded_cleanup(1.0, "close upstream")`` is the same, and
+(``trio_agent.observability.trace.shielded_cleanup(1.0, "close upstream")`` is the same, and
 shows up in traces.)
 
 The client disconnects in the middle of each reply. With ``fixed`` the session
@@ -28,7 +28,7 @@ import trio.testing
 from loguru import logger
 
 from trio_agent import AgentRequest, AgentServer, ResponseStream, ServerConfig
-from trio_agent.wire import open_wire
+from trio_agent.testing.wire import open_wire
 
 #: The upstream of both agents never answers their "close" call (until we let it).
 upstream_answers = trio.Event()

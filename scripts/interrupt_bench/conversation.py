@@ -3,7 +3,7 @@
 :class:`Conversation` turns frames into timestamps the scenarios need (when the
 ACK of an INTERRUPT arrived, when a request's first STREAM frame and its DONE
 arrived, how many STREAM frames of a request arrived after an ACK named it) and
-runs every frame through :class:`trio_agent.guarantees.GuaranteeChecker`, so a
+runs every frame through :class:`trio_agent.protocol.guarantees.GuaranteeChecker`, so a
 server that breaks a protocol guarantee under load shows up in the report as
 violations, whatever its latency.
 """
@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from trio_agent.guarantees import GuaranteeChecker, Violation
+from trio_agent.protocol.guarantees import GuaranteeChecker, Violation
 
 from .wsclient import WebSocketClient, connect
 

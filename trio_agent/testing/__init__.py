@@ -13,7 +13,7 @@ Installing trio-agent registers this module as a pytest plugin (entry point
 ``pip install 'trio-agent[testing]'``. docs/testing.md has the whole story.
 """
 
-from .conformance import (
+from trio_agent.testing.conformance import (
     AGENT_RULES,
     GUARANTEES,
     SCENARIOS,
@@ -22,7 +22,7 @@ from .conformance import (
     Finding,
     check_agent,
 )
-from .fixtures import (
+from trio_agent.testing.fixtures import (
     agent_client,
     agent_server,
     agent_server_agents,

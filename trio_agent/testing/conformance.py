@@ -4,7 +4,7 @@ Two kinds of checks, because an agent can be wrong in two ways:
 
 * **On the wire.** The agent runs behind a real :class:`~trio_agent.AgentServer`
   (over in-memory streams, in the caller's Trio run, traced), and a raw client
-  plays each scenario while a :class:`~trio_agent.guarantees.GuaranteeChecker`
+  plays each scenario while a :class:`~trio_agent.protocol.guarantees.GuaranteeChecker`
   watches every frame. The server keeps most guarantees whatever the agent does,
   but not all: an agent that holds the event loop delays every ACK, and one that
   ignores cancellation keeps its session from closing.
@@ -36,13 +36,13 @@ from typing import Any
 
 import trio
 
-from ..agents import Agent, AgentRequest, RequestOutcome, json_fields, open_agents
-from ..config import ServerConfig
-from ..protocol import DonePayload, DoneStatus
-from ..server import AgentServer
-from ..timeline import describe
-from ..trace import MemoryTracer, TraceEvent
-from ..wire import Frame, Transport, WireConnection, open_wire
+from trio_agent.agents import Agent, AgentRequest, RequestOutcome, json_fields, open_agents
+from trio_agent.observability.timeline import describe
+from trio_agent.observability.trace import MemoryTracer, TraceEvent
+from trio_agent.protocol.messages import DonePayload, DoneStatus
+from trio_agent.server.agent_server import AgentServer
+from trio_agent.server.config import ServerConfig
+from trio_agent.testing.wire import Frame, Transport, WireConnection, open_wire
 
 #: Every scenario, in the order they run.
 SCENARIOS = (

@@ -4,9 +4,9 @@
   nursery, listening on a free loopback port, with the agents of
   ``agent_server_agents`` and the settings of ``agent_server_config``. It traces
   into memory: ``agent_server.tracer.events`` is the list of trace events.
-* ``agent_client``: the project's client (:func:`~trio_agent.client.open_agent_client`)
+* ``agent_client``: the project's client (:func:`~trio_agent.client.connection.open_agent_client`)
   connected to ``agent_server``, in strict mode (a broken guarantee fails the
-  test with :class:`~trio_agent.client.ProtocolViolation`) and without heartbeats
+  test with :class:`~trio_agent.client.connection.ProtocolViolation`) and without heartbeats
   (so a test's clock only moves when the test makes it). By default it connects
   over in-memory streams, which keeps ``trio.testing.MockClock`` deterministic;
   ``agent_transport`` set to ``"socket"`` uses the loopback port instead.
@@ -32,11 +32,11 @@ import pytest
 import trio
 import trio.testing
 
-from ..agents import Agent, builtin_agents
-from ..client import AgentClient, open_agent_client
-from ..config import ServerConfig
-from ..server import AgentServer
-from ..trace import MemoryTracer
+from trio_agent.agents import Agent, builtin_agents
+from trio_agent.client.connection import AgentClient, open_agent_client
+from trio_agent.observability.trace import MemoryTracer
+from trio_agent.server.agent_server import AgentServer
+from trio_agent.server.config import ServerConfig
 
 
 @pytest.fixture

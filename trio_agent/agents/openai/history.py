@@ -1,0 +1,82 @@
+"""A chat conversation that remembers what the user actually heard.
+
+Pure bookkeeping, no I/O: :class:`ChatHistory` holds the turns of one session's
+dialogue with a chat model and builds the ``messages`` list of the next request.
+
+The rule that matters is in :meth:`ChatHistory.record`: an assistant turn holds
+exactly the text the client received (the deltas of the STREAM frames written to
+the socket before the DONE), not what the model produced. When a reply is cut by an
+INTERRUPT, the model may have generated a hundred more tokens that were queued,
+dropped or never read; the next request must not pretend the user heard them. The
+turn keeps its status (``interrupted``) in the server's own record, while the
+message sent upstream is a plain ``{"role", "content"}`` pair: strict upstreams
+reject fields they do not know.
+
+Concurrent requests of one session each start from the conversation as it stood
+when they started (:meth:`ChatHistory.messages_for` takes a snapshot), and their
+turns are appended in the order the requests end (:meth:`ChatHistory.record` is
+called when a request's DONE is written).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from trio_agent.protocol.messages import DoneStatus
+
+Role = Literal["system", "user", "assistant"]
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One message of the conversation, as the server records it."""
+
+    role: Role
+    content: str
+    #: For an assistant turn: how its request ended. Anything but ``completed``
+    #: means the reply was cut, and ``content`` is only what reached the client.
+    status: DoneStatus | None = None
+
+    @property
+    def interrupted(self) -> bool:
+        return self.status is DoneStatus.INTERRUPTED
+
+    def message(self) -> dict[str, str]:
+        """The turn as the chat completions API wants it: role and content, nothing else."""
+        return {"role": self.role, "content": self.content}
+
+
+class ChatHistory:
+    """The turns of one dialogue, opened by an optional system prompt.
+
+    :param system_prompt: sent as the first message of every request, if given.
+    """
+
+    def __init__(self, system_prompt: str | None = None) -> None:
+        self.system_prompt = system_prompt
+        self.turns: list[Turn] = []
+
+    def messages_for(self, user_input: str) -> list[dict[str, str]]:
+        """The ``messages`` of a request that says ``user_input`` now: the system
+        prompt, every recorded turn, and the new user message. A new list each time,
+        so a request that runs for a while is not affected by turns recorded meanwhile."""
+        messages = [Turn("system", self.system_prompt).message()] if self.system_prompt else []
+        messages += [turn.message() for turn in self.turns]
+        messages.append(Turn("user", user_input).message())
+        return messages
+
+    def record(self, user_input: str, delivered: str, status: DoneStatus) -> bool:
+        """Record a request that has ended: the user's input and the reply as delivered.
+
+        A reply that was completed or interrupted is recorded even when empty, so
+        user and assistant turns keep alternating (some chat templates insist). A
+        request that failed, timed out or was ended by shutdown before the client
+        received anything is left out, as if it had never been sent: a retry then
+        does not repeat the question. Returns whether the turns were recorded.
+        """
+        if not delivered and status not in (DoneStatus.COMPLETED, DoneStatus.INTERRUPTED):
+            return False
+        self.turns.append(Turn("user", user_input))
+        self.turns.append(Turn("assistant", delivered, status))
+        return True

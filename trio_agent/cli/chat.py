@@ -1,0 +1,602 @@
+"""``trio-agent chat``: a terminal chat that barges in.
+
+Each line you type is a request, and its reply streams in as it arrives. A new
+line while a reply is still streaming interrupts that reply (reason
+``USER_NEW_INPUT``) and asks the new question at once: the old reply ends on the
+screen with a ``[cut ...]`` marker where it stopped, and when the server's ACK
+comes a note says how long it took and what the server cut. Commands: ``/stop``
+interrupts without asking anything, ``/agent NAME`` switches agent, ``/quit``
+leaves. Ctrl-C leaves too, closing the connection cleanly. At the end of the
+input (a pipe, a file, Ctrl-D) the chat lets the last reply finish, then leaves.
+
+The chat is a thin user of :mod:`trio_agent.client.connection`: it never waits for an ACK
+before asking again, which is the point of optimistic interruption.
+
+With ``--voice`` the replies are spoken (protocol v1.1): each reply's audio goes to
+a WAV file (``--wav``) and/or a player command (``--play aplay``), see
+:mod:`trio_agent.client.playback`. A barge-in kills the player at once, and the INTERRUPT
+carries ``played_ms`` from the player's clock; when the server's DONE comes, a note
+says what was heard (``heard_text``).
+
+Cancellation: :func:`run_chat` lives in one nursery. A task per reply shows it; a
+task per spoken reply feeds its sinks, inside a cancel scope the next barge-in
+cancels (its ``finally`` kills and reaps the player, shielded and bounded); a task
+per interrupt waits for its ACK and reports it. Leaving (``/quit``, Ctrl-C)
+cancels them all, and the client's block closes the connection.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+import trio
+
+from trio_agent.client.connection import (
+    AckInfo,
+    AckTimeout,
+    AgentClient,
+    AgentClientError,
+    ClientClosed,
+    DoneInfo,
+    InterruptHandle,
+    Response,
+    ServerError,
+    check_token,
+    open_agent_client,
+)
+from trio_agent.client.playback import PlayerSink, Sink, WavFileSink
+from trio_agent.protocol.constants import DEFAULT_URL
+
+STOP_REASON = "USER_STOP"
+NEW_INPUT_REASON = "USER_NEW_INPUT"
+HELP = (
+    "type a line to ask; a new line while a reply streams interrupts it. "
+    "/stop interrupts, /agent NAME switches agent, /quit leaves"
+)
+#: Where ``--voice`` writes replies when given neither ``--wav`` nor ``--play``.
+DEFAULT_WAV = "trio-agent-{request_id}.wav"
+
+
+@dataclass(frozen=True, slots=True)
+class VoiceSettings:
+    """How the chat speaks replies.
+
+    :param voice: the voice to ask for (``True``: the server's default).
+    :param wav: a path for each reply's WAV file; ``{request_id}`` in it is
+        replaced by the reply's id (without it, each reply overwrites the last).
+    :param play: a player command, given each reply's audio on its stdin.
+    :param audio_pace: the ``audio_pace`` request option (``None``: the server's).
+    """
+
+    voice: str | bool = True
+    wav: str | None = None
+    play: str | None = None
+    audio_pace: float | None = None
+
+    def sinks(self, request_id: str) -> list[Sink]:
+        sinks: list[Sink] = []
+        if self.wav is not None:
+            sinks.append(WavFileSink(Path(self.wav.replace("{request_id}", request_id))))
+        if self.play is not None:
+            sinks.append(PlayerSink(self.play))
+        return sinks
+
+
+class Speech:
+    """The audio of the reply on screen: its sinks, and the cancel scope of the task
+    that feeds them. :meth:`silence` is the barge-in."""
+
+    def __init__(self, sinks: list[Sink]) -> None:
+        self.sinks = sinks
+        self.scope = trio.CancelScope()
+
+    def players(self) -> list[PlayerSink]:
+        return [sink for sink in self.sinks if isinstance(sink, PlayerSink)]
+
+    @property
+    def playing(self) -> bool:
+        """A player of this reply is still running (it may play on after the reply ended)."""
+        return any(player.running for player in self.players())
+
+    def silence(self) -> None:
+        """Stop the sound now (kill the players, synchronously), then let the task
+        clean up: its scope is cancelled, and its ``finally`` reaps the players."""
+        for player in self.players():
+            player.halt()
+        self.scope.cancel(reason="barge-in")
+
+
+class Screen:
+    """Everything the chat prints goes through here.
+
+    Several tasks print (replies, ACK notes); each call writes whole pieces
+    synchronously, so they never interleave inside a piece. A note that arrives
+    while a reply is mid-line starts on a new line.
+    """
+
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+        self._mid_line = False
+
+    def reply(self, delta: str) -> None:
+        self._write(delta)
+        self._mid_line = True
+
+    def end_reply(self, marker: str = "") -> None:
+        """End the reply's line, with ``marker`` (like ``[cut ...]``) at its end."""
+        if self._mid_line:
+            self._write(f" {marker}\n" if marker else "\n")
+        elif marker:
+            self._write(f"{marker}\n")
+        self._mid_line = False
+
+    def line(self, text: str) -> None:
+        """Print ``text`` on a line of its own."""
+        self._write(("\n" if self._mid_line else "") + text + "\n")
+        self._mid_line = False
+
+    def note(self, text: str) -> None:
+        self.line(f"[{text}]")
+
+    def _write(self, text: str) -> None:
+        self._out.write(text)
+        self._out.flush()
+
+
+class LineReader:
+    """Splits a byte stream into lines (UTF-8, undecodable bytes replaced)."""
+
+    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
+        self._stream = stream
+        self._buffer = b""
+        self._eof = False
+
+    async def next_line(self) -> str | None:
+        """The next line without its end, or ``None`` at the end of the input."""
+        while b"\n" not in self._buffer and not self._eof:
+            data = await self._stream.receive_some()
+            if data:
+                self._buffer += data
+            else:
+                self._eof = True
+        if b"\n" in self._buffer:
+            raw, self._buffer = self._buffer.split(b"\n", 1)
+        elif self._buffer:
+            raw, self._buffer = self._buffer, b""
+        else:
+            return None
+        return raw.decode("utf-8", errors="replace").rstrip("\r")
+
+
+class ThreadedFdReader(trio.abc.ReceiveStream):
+    """Reads a file descriptor in a worker thread.
+
+    Works the same for a terminal, a pipe and a file, and never switches the
+    descriptor to non-blocking mode (which a terminal shares with stdout and
+    stderr). A cancelled read abandons its thread, which returns at the next input
+    or when the process exits.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        return await trio.to_thread.run_sync(
+            os.read, self._fd, max_bytes or 65536, abandon_on_cancel=True
+        )
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+class Chat:
+    """The chat's state: the agent in use and the reply on screen."""
+
+    def __init__(
+        self,
+        client: AgentClient,
+        screen: Screen,
+        agent: str,
+        nursery: trio.Nursery,
+        *,
+        echo_input: bool = False,
+        voice: VoiceSettings | None = None,
+    ) -> None:
+        self.client = client
+        self.screen = screen
+        self.agent = agent
+        self.echo_input = echo_input
+        self.voice = voice
+        self._nursery = nursery
+        self._current: Response | None = None
+        self._speech: Speech | None = None
+        #: Set when the reply on screen has been shown to its end.
+        self._shown = trio.Event()
+        self._shown.set()
+
+    async def handle(self, line: str) -> bool:
+        """Act on one input line; return ``False`` to leave.
+
+        A question or ``/stop`` first cuts the reply on screen, so the echoed line
+        (``echo_input``) comes right after the ``[cut ...]`` marker.
+        """
+        text = line.strip()
+        if not text:
+            return True
+        command, _, argument = text.partition(" ")
+        if not text.startswith("/"):
+            await self.stop(NEW_INPUT_REASON)
+            self._echo(line)
+            await self.ask(text)
+            return True
+        if command == "/stop":
+            stopped = await self.stop(STOP_REASON)
+            self._echo(line)
+            if not stopped:
+                self.screen.note("nothing to stop")
+            return True
+        self._echo(line)
+        if command == "/quit":
+            return False
+        if command == "/agent":
+            self.switch_agent(argument.strip())
+        else:
+            self.screen.note(HELP)
+        return True
+
+    async def ask(self, text: str) -> None:
+        """Ask ``text`` at once. Call :meth:`stop` first: a new request never waits
+        for the ACK of the interrupt before it."""
+        voice = self.voice
+        try:
+            response = await self.client.request(
+                text,
+                agent=self.agent,
+                voice=voice.voice if voice is not None else None,
+                audio_pace=voice.audio_pace if voice is not None else None,
+            )
+        except ValueError as exc:
+            self.screen.note(f"not sent: {exc}")
+            return
+        self._current = response
+        self._shown = trio.Event()
+        self._nursery.start_soon(self._show, response, self._shown)
+        if voice is not None:
+            speech = self._speech = Speech(voice.sinks(response.request_id))
+            players = speech.players()
+            if players:
+                response.use_playback_clock(players[0].played_ms)
+            self._nursery.start_soon(self._speak, response, speech)
+
+    async def stop(self, reason: str) -> bool:
+        """Interrupt the reply on screen, and silence its audio; return ``False`` if
+        nothing was running or playing. (A reply that has ended may still be playing:
+        it is silenced, with no INTERRUPT, since the server is done with it.)
+
+        Returns once the INTERRUPT is sent and the cut reply has been closed on the
+        screen (both immediate: the cut is local); the ACK is reported later by its
+        own task.
+        """
+        current = self._current
+        speech, self._speech = self._speech, None
+        if current is None or current.ended:
+            if speech is None:
+                return False
+            # Its text is over, but it may still be playing: silence it all the same.
+            playing = speech.playing
+            speech.silence()
+            return playing
+        # The position is read before the players stop, then the sound stops, then
+        # the INTERRUPT goes: silence does not wait for the socket.
+        played_ms = current.played_ms if current.spoken else None
+        if speech is not None:
+            speech.silence()
+        handle = await self.client.interrupt(current.request_id, reason=reason, played_ms=played_ms)
+        await self._shown.wait()
+        self._nursery.start_soon(self._report_ack, handle, current)
+        return True
+
+    def _echo(self, line: str) -> None:
+        if self.echo_input:
+            self.screen.line(f"> {line}")
+
+    def switch_agent(self, name: str) -> None:
+        names = ", ".join(self.client.agents)
+        if not name:
+            self.screen.note(f"agent: {self.agent} (agents: {names})")
+        elif name in self.client.agents and self.client.agents[name].available:
+            self.agent = name
+            self.screen.note(f"agent: {name}")
+        else:
+            self.screen.note(f"no agent {name!r} here (agents: {names})")
+
+    async def _show(self, response: Response, shown: trio.Event) -> None:
+        """Print the reply as it streams, and how it ended at the end of its line.
+
+        The end is printed in ``finally`` from the response's state, so it shows even
+        when the chat is being cancelled (the server closed right after the DONE).
+        """
+        chunks = 0
+        try:
+            async for chunk in response:
+                self.screen.reply(chunk.delta)
+                chunks += 1
+        except ServerError as error:
+            self.screen.note(f"refused: {error.code}: {error.message}")
+        except ClientClosed:
+            pass
+        finally:
+            shown.set()
+            self.screen.end_reply(end_marker(response.done_info, chunks))
+
+    async def _speak(self, response: Response, speech: Speech) -> None:
+        """Feed the reply's audio to its sinks until the reply ends; then let a
+        player play to its end. A barge-in cancels ``speech.scope``; whatever ends
+        this task, the ``finally`` stops the sinks (bounded, shielded), so no
+        player outlives it."""
+        try:
+            with speech.scope:
+                async for chunk in response.audio():
+                    for sink in speech.sinks:
+                        await sink.write(chunk)
+                if not response.interrupted_locally:
+                    for sink in speech.sinks:
+                        await sink.finish()
+        except (ServerError, ClientClosed):
+            pass
+        finally:
+            for sink in speech.sinks:
+                await sink.abort()
+            for sink in speech.sinks:
+                if isinstance(sink, WavFileSink) and sink.written_ms:
+                    self.screen.note(f"wrote {sink.path} ({sink.written_ms / 1000:.2f} s)")
+                elif isinstance(sink, PlayerSink) and sink.failure is not None:
+                    self.screen.note(
+                        f"the player `{sink.command}` exited with status {sink.failure}"
+                    )
+
+    async def _report_ack(self, handle: InterruptHandle, response: Response) -> None:
+        try:
+            ack = await handle.acknowledged()
+        except AckTimeout as timeout:
+            self.screen.note(f"no ACK within {timeout.timeout:g} s; the reply stays cut here")
+        except ServerError as error:
+            self.screen.note(f"interrupt refused: {error.code}: {error.message}")
+        except ClientClosed:
+            pass
+        else:
+            self.screen.note(describe_ack(ack, handle))
+            if response.spoken:
+                try:
+                    done = await response.wait_server_done()
+                except (ServerError, ClientClosed):
+                    return
+                if (heard := describe_heard(done)) is not None:
+                    self.screen.note(heard)
+
+
+def end_marker(done: DoneInfo | None, chunks_shown: int) -> str:
+    """What follows a reply on its line: nothing when it completed (or has not
+    ended), ``[cut after N chunks]`` when this client interrupted it, else its status."""
+    if done is None or done.status == "completed":
+        return ""
+    if done.local:
+        return f"[cut after {chunks_shown} chunk{'' if chunks_shown == 1 else 's'}]"
+    return f"[{done.status}: {done.reason}]" if done.reason else f"[{done.status}]"
+
+
+def describe_heard(done: DoneInfo) -> str | None:
+    """One line about what the user heard of a spoken reply, from its server DONE,
+    e.g. ``heard 1.20 s of 3.40 s: "Lorem ipsum dolor"``; ``None`` if not spoken."""
+    if done.heard_ms is None or done.audio_ms is None:
+        return None
+    text = (done.heard_text or "").strip()
+    words = f': "{text}"' if text else ": nothing"
+    return f"heard {done.heard_ms / 1000:.2f} s of {done.audio_ms / 1000:.2f} s{words}"
+
+
+def describe_ack(ack: AckInfo, handle: InterruptHandle) -> str:
+    """One line about an INTERRUPT_ACK, e.g. ``ack in 0.4 ms: the server cut req-1``."""
+    head = f"ack in {ack.rtt_s * 1000:.1f} ms"
+    if ack.interrupted:
+        what = f"the server cut {', '.join(ack.interrupted)}"
+    elif handle.request_id is not None and handle.request_id in ack.targets:
+        outcome = ack.targets[handle.request_id]
+        what = (
+            f"{handle.request_id} had already finished on the server"
+            if outcome == "already_done"
+            else f"the server did not know {handle.request_id}"
+        )
+    else:
+        what = "nothing was running on the server"
+    late = ack.stale_dropped
+    dropped = f"; {late} late chunk{'' if late == 1 else 's'} dropped" if late else ""
+    return f"{head}: {what}{dropped}"
+
+
+async def run_chat(
+    url: str,
+    *,
+    stdin: trio.abc.ReceiveStream,
+    out: TextIO,
+    agent: str | None = None,
+    token: str | None = None,
+    echo_input: bool = False,
+    heartbeat_s: float | None = 10.0,
+    voice: VoiceSettings | None = None,
+    stream: trio.abc.Stream | None = None,
+) -> int:
+    """Run the chat until ``/quit`` or the end of ``stdin``; return the exit status.
+
+    :param echo_input: print each input line (``> line``): useful when the input
+        is a pipe, so the transcript shows the questions.
+    :param voice: speak the replies (see :class:`VoiceSettings`).
+    :param stream: connect over this open stream (see :func:`open_agent_client`).
+
+    Errors (cannot connect, connection lost) are printed as one line on stderr,
+    with exit status 1; an unknown ``agent`` gives status 2.
+    """
+    screen = Screen(out)
+    try:
+        async with open_agent_client(
+            url, token=token, heartbeat_s=heartbeat_s, stream=stream
+        ) as client:
+            names = ", ".join(client.agents)
+            chosen = agent or client.default_agent or next(iter(client.agents), None)
+            if chosen is None or chosen not in client.agents:
+                print(
+                    f"trio-agent chat: no agent {chosen!r} here (agents: {names})", file=sys.stderr
+                )
+                return 2
+            if (
+                voice is not None
+                and isinstance(voice.voice, str)
+                and voice.voice not in client.voices
+            ):
+                voices = ", ".join(client.voices) or "none"
+                print(
+                    f"trio-agent chat: no voice {voice.voice!r} here (voices: {voices})",
+                    file=sys.stderr,
+                )
+                return 2
+            screen.note(f"connected to {url}, session {client.session_id}; agent {chosen}")
+            if voice is not None:
+                screen.note(describe_voice(client, voice))
+                if not client.voices:
+                    voice = None  # asking would only get UNKNOWN_VOICE
+            screen.note(HELP)
+            lines = LineReader(stdin)
+            async with trio.open_nursery() as nursery:
+                chat = Chat(client, screen, chosen, nursery, echo_input=echo_input, voice=voice)
+                while (line := await lines.next_line()) is not None:
+                    if not await chat.handle(line):
+                        nursery.cancel_scope.cancel(reason="/quit")
+                        break
+            # At the end of the input the nursery has waited for the last reply.
+    except AgentClientError as error:
+        screen.end_reply()
+        print(f"trio-agent chat: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def describe_voice(client: AgentClient, voice: VoiceSettings) -> str:
+    """The note that says how replies will be spoken, and whether the server can."""
+    if not client.voices:
+        return "the server offers no voices: replies will not be spoken"
+    name = client.default_voice if voice.voice is True else voice.voice
+    where = [f"to {voice.wav}"] if voice.wav is not None else []
+    if voice.play is not None:
+        where.append(f"through `{voice.play}`")
+    return f"voice {name} ({client.synthesizer or 'unknown synthesizer'}), " + " and ".join(where)
+
+
+def voice_settings(args: argparse.Namespace) -> VoiceSettings | None:
+    """The chat's voice from its flags: ``--wav`` or ``--play`` alone imply ``--voice``;
+    ``--voice`` alone writes WAV files (``DEFAULT_WAV``).
+
+    ``--voice`` takes an optional NAME, so ``chat --voice ws://host/ws`` would read
+    the URL as a voice: a "name" with ``://`` in it is taken back as the URL.
+    """
+    if isinstance(args.voice, str) and "://" in args.voice and args.url == DEFAULT_URL:
+        args.url, args.voice = args.voice, True
+    if args.voice is None and args.wav is None and args.play is None:
+        return None
+    wav = args.wav if args.wav is not None or args.play is not None else DEFAULT_WAV
+    return VoiceSettings(
+        voice=args.voice if args.voice is not None else True,
+        wav=wav,
+        play=args.play,
+        audio_pace=args.audio_pace,
+    )
+
+
+def add_chat_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "url", nargs="?", default=DEFAULT_URL, help=f"server WebSocket URL (default {DEFAULT_URL})"
+    )
+    parser.add_argument("--agent", help="agent to ask (default: the server's default agent)")
+    parser.add_argument(
+        "--token",
+        type=_token_argument,
+        default=os.environ.get("TRIO_AGENT_TOKEN"),
+        help="access token (default: $TRIO_AGENT_TOKEN)",
+    )
+    voice = parser.add_argument_group(
+        "voice", "Speak the replies (protocol v1.1). A new line stops the sound at once."
+    )
+    voice.add_argument(
+        "--voice",
+        nargs="?",
+        const=True,
+        metavar="NAME",
+        help="ask for spoken replies, in voice NAME (default: the server's default voice)",
+    )
+    voice.add_argument(
+        "--wav",
+        metavar="PATH",
+        help="write each reply's audio to PATH, a WAV file; {request_id} in PATH is "
+        f"replaced by the reply's id (--voice alone: {DEFAULT_WAV})",
+    )
+    voice.add_argument(
+        "--play",
+        metavar="COMMAND",
+        help="play each reply through COMMAND, which reads a WAV stream on stdin "
+        "(e.g. aplay); a COMMAND naming {rate} or {channels} gets raw pcm_s16le "
+        "instead (e.g. 'aplay -t raw -f S16_LE -r {rate} -c {channels}')",
+    )
+    voice.add_argument(
+        "--audio-pace",
+        type=float,
+        metavar="X",
+        help="how fast the server sends audio: 1 = real time, 0 = as fast as it can",
+    )
+
+
+def _token_argument(value: str) -> str:
+    try:
+        return check_token(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def chat_main(args: argparse.Namespace) -> int:
+    """``trio-agent chat``: run the chat on stdin and stdout."""
+    return trio.run(_chat_until_ctrl_c, args)
+
+
+async def _chat_until_ctrl_c(args: argparse.Namespace) -> int:
+    """Run the chat; Ctrl-C (SIGINT) cancels it, which closes the connection cleanly
+    and exits with status 0 instead of a KeyboardInterrupt traceback."""
+    status = 0
+    interrupted = False
+    with trio.open_signal_receiver(signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def leave_on_ctrl_c() -> None:
+                nonlocal interrupted
+                async for _ in signals:
+                    interrupted = True
+                    nursery.cancel_scope.cancel(reason="Ctrl-C")
+                    return
+
+            nursery.start_soon(leave_on_ctrl_c)
+            status = await run_chat(
+                args.url,
+                stdin=ThreadedFdReader(sys.stdin.fileno()),
+                out=sys.stdout,
+                agent=args.agent,
+                token=args.token,
+                echo_input=not sys.stdin.isatty(),
+                voice=voice_settings(args),
+            )
+            nursery.cancel_scope.cancel(reason="chat over")
+    if interrupted:
+        print(file=sys.stdout)  # leave the shell prompt on a line of its own
+    return status

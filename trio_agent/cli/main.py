@@ -1,0 +1,101 @@
+"""The ``trio-agent`` command: ``trio-agent serve`` (and more subcommands as they come)."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import trio
+
+from trio_agent._version import __version__
+from trio_agent.agents import builtin_agents
+from trio_agent.agents.openai.agent import OpenAIConfig, openai_agent_from
+from trio_agent.cli.chat import add_chat_arguments, chat_main
+from trio_agent.cli.demo import add_arguments as add_demo_arguments
+from trio_agent.cli.demo import run_from_args as run_demo
+from trio_agent.observability.logs import configure_logging
+from trio_agent.server.config import add_config_arguments, config_from
+from trio_agent.settings import add_arguments
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trio-agent", description="Interruptible streaming agents over WebSocket."
+    )
+    parser.add_argument("--version", action="version", version=f"trio-agent {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser(
+        "serve",
+        help="run the server",
+        description="Run the server. Every flag can also be set as TRIO_AGENT_<NAME>.",
+    )
+    add_config_arguments(serve)
+    openai = serve.add_argument_group(
+        "the openai agent", "OPENAI_API_KEY is read from the environment only."
+    )
+    add_arguments(openai, OpenAIConfig)
+    chat = commands.add_parser(
+        "chat", help="chat with a server from the terminal", description=chat_main.__doc__
+    )
+    add_chat_arguments(chat)
+    demo = commands.add_parser(
+        "demo",
+        help="watch an interrupt travel: in-process server, traced, narrated and drawn",
+        description="Run a scripted session against an in-process server with tracing on, "
+        "print the story of each INTERRUPT and draw it (see docs/cancellation.md).",
+    )
+    add_demo_arguments(demo)
+    commands.add_parser(
+        "bench",
+        help="run scripts/bench_interrupt.py (flags are passed through; try --help)",
+        add_help=False,
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "bench":
+        return _bench(rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.command == "serve":
+        try:
+            config = config_from(args)
+            agents = {**builtin_agents(), "openai": openai_agent_from(args)}
+        except ValueError as exc:
+            parser.error(str(exc))
+        configure_logging(config.log_level, config.log_format)
+        from trio_agent.server.agent_server import serve
+
+        trio.run(serve, config, agents)
+        return 0
+    if args.command == "chat":
+        configure_logging("WARNING")
+        return chat_main(args)
+    if args.command == "demo":
+        configure_logging("WARNING")
+        return run_demo(args)
+    parser.error(f"unknown command {args.command}")  # pragma: no cover
+    return 2
+
+
+def _bench(argv: list[str]) -> int:
+    """The benchmark lives in the source tree (scripts/), not in the installed package."""
+    script = Path(__file__).resolve().parents[2] / "scripts" / "bench_interrupt.py"
+    if not script.is_file():
+        print(
+            "trio-agent bench: scripts/bench_interrupt.py is not here; run it from a source "
+            "checkout installed with pip install -e '.[bench]'",
+            file=sys.stderr,
+        )
+        return 2
+    return subprocess.call([sys.executable, str(script), *argv])
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

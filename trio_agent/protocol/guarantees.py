@@ -1,0 +1,240 @@
+"""A client-side checker of the protocol guarantees, as pure code.
+
+Feed it every frame a client sends (:meth:`GuaranteeChecker.sent`) and receives
+(:meth:`GuaranteeChecker.received`), in order; it records each broken guarantee
+as a :class:`Violation` naming the guarantee's number in ``docs/protocol.md``.
+Call :meth:`GuaranteeChecker.finish` when the conversation is over to check what
+must have happened by then (a DONE for every accepted REQUEST, an ACK for every
+INTERRUPT).
+
+The test suite runs every conversation through it, the Python client
+(:mod:`trio_agent.client.connection`) runs it on every connection (it raises in ``strict``
+mode and logs otherwise), and users can run it over transcripts of their own
+servers. Because a client may live for days, what it remembers about requests and
+interrupts that are over is bounded (``memory``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+#: How many ended request ids and answered INTERRUPTs a checker remembers by default.
+DEFAULT_MEMORY = 1024
+
+
+@dataclass(frozen=True)
+class Violation:
+    """One broken guarantee: its number in docs/protocol.md, and what happened."""
+
+    guarantee: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"guarantee {self.guarantee}: {self.message}"
+
+
+@dataclass
+class _Request:
+    request_id: str
+    sent_at: int  # position of the REQUEST in the conversation
+    refused: bool = False
+    frames: int = 0
+    audio_frames: int = 0  # AUDIO frames (protocol v1.1), their own seq
+    done: Mapping[str, Any] | None = None
+    acked_by: str | None = None  # msg_id of the INTERRUPT whose ACK named it
+
+
+@dataclass
+class _Interrupt:
+    msg_id: str
+    target: str | None
+    sent_at: int
+
+
+def _remember(memory: dict[str, Any], key: str, value: Any, limit: int) -> None:
+    """Insert into an insertion-ordered dict used as a bounded memory (oldest out first)."""
+    memory.pop(key, None)
+    memory[key] = value
+    while len(memory) > limit:
+        del memory[next(iter(memory))]
+
+
+@dataclass
+class GuaranteeChecker:
+    """Checks a conversation against guarantees 1-7 of protocol v1 (see docs/protocol.md).
+
+    :param memory: how many ended request ids and answered INTERRUPTs to remember
+        (to recognise a frame that comes after the end). Older ones are forgotten, so
+        a STREAM for a long-ended request is reported as one this client never sent.
+    """
+
+    violations: list[Violation] = field(default_factory=list)
+    memory: int = DEFAULT_MEMORY
+    _requests: dict[str, _Request] = field(default_factory=dict)
+    #: INTERRUPTs waiting for their answer.
+    _interrupts: dict[str, _Interrupt] = field(default_factory=dict)
+    #: INTERRUPTs already answered, by an ACK or by an ERROR (bounded).
+    _answered: dict[str, Literal["ack", "error"]] = field(default_factory=dict)
+    #: Ids whose DONE arrived (an id may be reused after its DONE; bounded).
+    _ended: dict[str, None] = field(default_factory=dict)
+    _clock: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+    def _fail(self, guarantee: int, message: str) -> Violation:
+        violation = Violation(guarantee, message)
+        self.violations.append(violation)
+        return violation
+
+    def sent(self, frame: Mapping[str, Any]) -> None:
+        """Record a frame the client sent (a dict in wire form)."""
+        self._clock += 1
+        kind = frame.get("msg_type")
+        if kind == "REQUEST":
+            rid = str(frame.get("request_id"))
+            # A REQUEST reusing a running id is refused (DUPLICATE_REQUEST_ID) and
+            # must not replace the running one; a refused one never ran, so its id is free.
+            known = self._requests.get(rid)
+            if known is None or known.refused:
+                self._requests[rid] = _Request(rid, self._clock)
+        elif kind == "INTERRUPT":
+            msg_id = str(frame.get("msg_id"))
+            self._interrupts[msg_id] = _Interrupt(msg_id, frame.get("request_id"), self._clock)
+
+    def received(self, frame: Mapping[str, Any]) -> list[Violation]:
+        """Record a frame the client received; return the violations it revealed.
+
+        An AUDIO binary frame is passed as its header (``msg_type: "AUDIO"``): it
+        obeys the same guarantees as STREAM, with a ``seq`` of its own.
+        """
+        self._clock += 1
+        before = len(self.violations)
+        kind = frame.get("msg_type")
+        payload = frame.get("payload") or {}
+        rid = frame.get("request_id")
+        if kind == "STREAM":
+            self._stream(str(rid), payload)
+        elif kind == "AUDIO":
+            self._audio(str(rid), frame.get("seq"))
+        elif kind == "DONE":
+            self._done(str(rid), payload)
+        elif kind == "INTERRUPT_ACK":
+            self._ack(frame, payload)
+        elif kind == "ERROR":
+            self._error(frame, payload)
+        return self.violations[before:]
+
+    def _error(self, frame: Mapping[str, Any], payload: Mapping[str, Any]) -> None:
+        interrupt = self._interrupts.pop(str(frame.get("ref")), None)
+        if interrupt is not None:
+            _remember(self._answered, interrupt.msg_id, "error", self.memory)
+        rid = frame.get("request_id")
+        # A REQUEST refused with an ERROR was never accepted: it gets no DONE. (A
+        # DUPLICATE_REQUEST_ID refuses the new REQUEST, not the running one.)
+        if isinstance(rid, str) and payload.get("code") != "DUPLICATE_REQUEST_ID":
+            request = self._requests.get(rid)
+            if request is not None and request.frames == 0:
+                request.refused = True
+
+    def _stream(self, rid: str, payload: Mapping[str, Any]) -> None:
+        request = self._reply_frame("STREAM", rid, payload.get("seq"), "frames")
+        if request is not None:
+            request.frames += 1
+
+    def _audio(self, rid: str, seq: Any) -> None:
+        request = self._reply_frame("AUDIO", rid, seq, "audio_frames")
+        if request is not None:
+            request.audio_frames += 1
+
+    def _reply_frame(
+        self, kind: str, rid: str, seq: Any, counter: Literal["frames", "audio_frames"]
+    ) -> _Request | None:
+        """Check a frame of a request's reply, STREAM or AUDIO (each has its own
+        ``seq``, counted in ``counter``): guarantees 1 and 8 (a request this client
+        is waiting on), 5 (not after the ACK that named it) and 2 (contiguous seq).
+        Return the request to count the frame on, or ``None``."""
+        request = self._requests.get(rid)
+        if request is None:
+            if rid in self._ended:
+                self._fail(1, f"{kind} seq={seq} of {rid!r} after its DONE")
+            else:
+                self._fail(8, f"{kind} for request {rid!r}, which this client never sent")
+            return None
+        if request.acked_by is not None:
+            self._fail(
+                5, f"{kind} seq={seq} of {rid!r} after the ACK of {request.acked_by!r} named it"
+            )
+        expected = getattr(request, counter)
+        if seq != expected:
+            self._fail(2, f"{kind} of {rid!r} has seq={seq}, expected {expected}")
+        return request
+
+    def _done(self, rid: str, payload: Mapping[str, Any]) -> None:
+        request = self._requests.get(rid)
+        if request is None:
+            if rid in self._ended:
+                self._fail(1, f"a second DONE for {rid!r}")
+            else:
+                self._fail(8, f"DONE for request {rid!r}, which this client never sent")
+            return
+        request.done = payload
+        if payload.get("frames") != request.frames:
+            self._fail(
+                2,
+                f"DONE of {rid!r} says frames={payload.get('frames')}, the client got {request.frames}",
+            )
+        if request.acked_by is not None and payload.get("interrupted") is not True:
+            self._fail(5, f"DONE of {rid!r} after an ACK that named it is not interrupted: true")
+        # The id may be reused from now on.
+        del self._requests[rid]
+        _remember(self._ended, rid, None, self.memory)
+
+    def _ack(self, frame: Mapping[str, Any], payload: Mapping[str, Any]) -> None:
+        ref = frame.get("ref")
+        interrupt = self._interrupts.pop(str(ref), None)
+        answered = self._answered.get(str(ref))
+        if interrupt is None and answered == "ack":
+            self._fail(3, f"a second INTERRUPT_ACK for {ref!r}")
+            return
+        if interrupt is None and answered is None:
+            self._fail(3, f"INTERRUPT_ACK for {ref!r}, which this client never sent")
+            return
+        _remember(self._answered, str(ref), "ack", self.memory)
+        if interrupt is None:
+            return  # the INTERRUPT was refused with an ERROR, then acknowledged anyway
+        named = payload.get("interrupted") or []
+        if payload.get("interrupted_count") != len(named):
+            self._fail(
+                3,
+                f"ACK {ref!r}: interrupted_count={payload.get('interrupted_count')} but {len(named)} ids",
+            )
+        for rid in named:
+            request = self._requests.get(rid)
+            if request is None:
+                self._fail(6, f"ACK {ref!r} names {rid!r}, which has already ended")
+                continue
+            if request.acked_by is not None:
+                self._fail(
+                    6, f"{rid!r} is named by the ACKs of both {request.acked_by!r} and {ref!r}"
+                )
+            if interrupt.target is None and request.sent_at > interrupt.sent_at:
+                self._fail(7, f"interrupt-all {ref!r} cut {rid!r}, which was sent after it")
+            if interrupt.target is not None and interrupt.target != rid:
+                self._fail(
+                    3, f"ACK {ref!r} names {rid!r}, but the INTERRUPT targeted {interrupt.target!r}"
+                )
+            request.acked_by = str(ref)
+
+    def finish(self) -> list[Violation]:
+        """Check the end state: every accepted REQUEST has its DONE, every INTERRUPT its ACK."""
+        before = len(self.violations)
+        for request in self._requests.values():
+            if request.done is None and not request.refused:
+                self._fail(1, f"request {request.request_id!r} never got a DONE")
+        for interrupt in self._interrupts.values():
+            self._fail(3, f"INTERRUPT {interrupt.msg_id!r} never got an INTERRUPT_ACK")
+        return self.violations[before:]

@@ -1,0 +1,207 @@
+"""Who may open a session: the handshake admission policy, as a pure function.
+
+:func:`admit` looks at the facts of one WebSocket handshake (the request target,
+the ``Host``, the headers, the offered subprotocols) and at the server's state
+(draining, sessions open) and returns :class:`Accept` or :class:`Refuse`. It does
+no I/O and knows nothing of trio-websocket, so the same decision serves any front
+end that parses a handshake (an HTTP router on the same port, a test).
+
+The checks run in a fixed order, and the order is part of the contract
+(``docs/security.md``)::
+
+    path      -> 404  the request is not for the WebSocket endpoint
+    Origin    -> 403  a browser page from a site that may not connect (cross-site
+                      WebSocket hijacking); checked before the token, so a foreign
+                      page learns nothing about the token
+    token     -> 401  missing or wrong shared secret
+    protocol  -> 400  a token offered as a subprotocol without ``trio-agent.v1``
+    draining  -> 503  the server is shutting down
+    capacity  -> 503  ``max_sessions`` sessions are open
+
+A client learns nothing about the server's state (draining, full) before it has
+shown that it may connect.
+
+Tokens are compared in constant time, and a refusal's ``reason`` never contains a
+secret: it is written to the log and sent as the response body.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl, urlsplit
+
+from trio_agent.protocol.constants import (
+    SUBPROTOCOL,
+    TOKEN_QUERY_PARAMETER,
+    TOKEN_SUBPROTOCOL_PREFIX,
+)
+from trio_agent.server.origins import normalize_origin, parse_allowed_origins
+
+if TYPE_CHECKING:
+    from trio_agent.server.config import ServerConfig
+
+
+@dataclass(frozen=True)
+class HandshakeFacts:
+    """What a client presented in its opening handshake.
+
+    :param target: the request target, path and query (``/ws?token=...``).
+    :param host: the ``Host`` header.
+    :param headers: every other header, as (name, value) byte pairs.
+    :param subprotocols: the subprotocols offered, in order.
+    """
+
+    target: str
+    host: str
+    headers: Sequence[tuple[bytes, bytes]] = ()
+    subprotocols: Sequence[str] = ()
+
+    def header(self, name: str) -> list[str]:
+        """Every value of header ``name`` (case-insensitive), decoded as Latin-1."""
+        wanted = name.lower().encode("ascii")
+        return [value.decode("latin-1") for key, value in self.headers if key.lower() == wanted]
+
+
+@dataclass(frozen=True)
+class AdmissionPolicy:
+    """The server's side of the decision.
+
+    :param path: the WebSocket endpoint.
+    :param token: the shared secret, or ``None`` when none is required.
+    :param allowed_origins: normalized origins that may connect; ``"*"`` in it
+        allows any; empty means "a browser Origin must match the Host".
+    :param max_sessions: sessions open at once before handshakes get 503.
+    """
+
+    path: str
+    token: str | None = None
+    allowed_origins: frozenset[str] = frozenset()
+    max_sessions: int = 1000
+
+    @classmethod
+    def from_config(cls, config: ServerConfig) -> AdmissionPolicy:
+        return cls(
+            path=config.path,
+            token=config.token or None,
+            allowed_origins=parse_allowed_origins(config.allow_origin),
+            max_sessions=config.max_sessions,
+        )
+
+
+@dataclass(frozen=True)
+class Accept:
+    """Complete the handshake, selecting ``subprotocol`` (``None``: select none)."""
+
+    subprotocol: str | None
+
+
+@dataclass(frozen=True)
+class Refuse:
+    """Answer the handshake with HTTP ``status``; no session is created.
+
+    ``reason`` is safe to log and to send: it never contains a secret.
+    """
+
+    status: int
+    reason: str
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+
+    @property
+    def body(self) -> bytes:
+        return self.reason.encode("utf-8") + b"\n"
+
+
+def admit(
+    facts: HandshakeFacts, policy: AdmissionPolicy, *, draining: bool, sessions: int
+) -> Accept | Refuse:
+    """Decide one handshake. ``sessions`` counts the sessions already admitted."""
+    if urlsplit(facts.target).path != policy.path:
+        return Refuse(404, "no WebSocket endpoint here")
+    origin_refusal = _check_origin(facts, policy.allowed_origins)
+    if origin_refusal is not None:
+        return Refuse(403, origin_refusal)
+    if policy.token is not None:
+        token_refusal = _check_token(facts, policy.token)
+        if token_refusal is not None:
+            return Refuse(
+                401, token_refusal, ((b"WWW-Authenticate", b'Bearer realm="trio-agent"'),)
+            )
+    offers_token = any(p.startswith(TOKEN_SUBPROTOCOL_PREFIX) for p in facts.subprotocols)
+    if offers_token and SUBPROTOCOL not in facts.subprotocols:
+        return Refuse(
+            400, f"a token offered as a subprotocol must come with the subprotocol {SUBPROTOCOL}"
+        )
+    if draining:
+        return Refuse(503, "server is shutting down")
+    if sessions >= policy.max_sessions:
+        return Refuse(503, f"server is full ({policy.max_sessions} sessions)")
+    return Accept(SUBPROTOCOL if SUBPROTOCOL in facts.subprotocols else None)
+
+
+# --------------------------------------------------------------------------- token
+
+
+def presented_tokens(facts: HandshakeFacts) -> list[str]:
+    """Every token the client presented: ``Authorization: Bearer``, ``?token=``, subprotocol."""
+    tokens = []
+    for value in facts.header("authorization"):
+        scheme, _, credentials = value.strip().partition(" ")
+        if scheme.lower() == "bearer":
+            tokens.append(credentials.strip())
+    query = urlsplit(facts.target).query
+    tokens += [v for k, v in parse_qsl(query, keep_blank_values=True) if k == TOKEN_QUERY_PARAMETER]
+    tokens += [
+        p.removeprefix(TOKEN_SUBPROTOCOL_PREFIX)
+        for p in facts.subprotocols
+        if p.startswith(TOKEN_SUBPROTOCOL_PREFIX)
+    ]
+    return tokens
+
+
+def _digest(token: str) -> bytes:
+    # Comparing fixed-length digests keeps the comparison's time independent of
+    # the length of the secret as well as of its content.
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+
+
+def _check_token(facts: HandshakeFacts, token: str) -> str | None:
+    presented = presented_tokens(facts)
+    if not presented:
+        return "a token is required (Authorization: Bearer, ?token= or a subprotocol)"
+    expected = _digest(token)
+    # Every presented token must be right: a client that sends two different
+    # credentials is confused or probing, and either way is not let in. All are
+    # compared, so the time taken does not say which one was wrong.
+    matches = [hmac.compare_digest(_digest(candidate), expected) for candidate in presented]
+    if not all(matches):
+        return "wrong token"
+    return None
+
+
+# --------------------------------------------------------------------------- origin
+
+
+def _same_host(origin: str, host: str) -> bool:
+    """Whether a normalized ``origin`` names the ``Host`` the client connected to."""
+    scheme = origin.partition("://")[0]
+    expected = normalize_origin(f"{scheme}://{host}")
+    return expected is not None and expected == origin
+
+
+def _check_origin(facts: HandshakeFacts, allowed: frozenset[str]) -> str | None:
+    origins = facts.header("origin")
+    if not origins:
+        return None  # not a browser: Origin is a browser's statement, others do not send it
+    if len(origins) > 1:
+        return "more than one Origin header"
+    if "*" in allowed:
+        return None
+    origin = origins[0].strip()
+    normalized = normalize_origin(origin) or origin.lower()
+    # An explicit list is exhaustive; without one, only the server's own origin.
+    ok = normalized in allowed if allowed else _same_host(normalized, facts.host)
+    return None if ok else "this origin may not connect"

@@ -1,0 +1,439 @@
+"""The server: a listener and a nursery of sessions, with a graceful shutdown.
+
+The top of the cancel-scope tree::
+
+    AgentServer.run
+    └── server nursery
+        ├── listener task (its own CancelScope: shutdown stops accepting first)
+        ├── serve_stream (one task per TCP connection; plain HTTP is answered in
+        │   │             this task by trio_agent.server.web until a WebSocket upgrade)
+        │   └── nursery
+        │       ├── trio-websocket's reader task for the connection
+        │       └── (the nursery's own body) Session.run: see trio_agent.server.session
+        └── ...
+
+Agents that hold resources are async context managers: :meth:`AgentServer.run`
+enters them before it listens and exits them after the last session has ended
+(:func:`~trio_agent.agents.open_agents`), so an agent's HTTP client, say, lives
+exactly as long as the server that uses it.
+
+A session's failure stays in that session: :meth:`AgentServer.serve_connection`
+logs anything a session raises and returns, because trio-websocket would otherwise
+let the handler's exception escape into the server nursery and take every other
+session down with it.
+"""
+
+from __future__ import annotations
+
+import secrets
+import signal
+import socket
+from collections.abc import Mapping
+
+import trio
+from loguru import logger
+from trio_websocket import (
+    ConnectionClosed,
+    WebSocketConnection,
+    WebSocketRequest,
+    wrap_server_stream,
+)
+
+from trio_agent._version import __version__
+from trio_agent.agents import Agent, agent_entry, builtin_agents, open_agents
+from trio_agent.observability.blocking import report_blocking_tasks
+from trio_agent.observability.metrics import ServerMetrics
+from trio_agent.observability.trace import Tracer, tracer_for
+from trio_agent.protocol.messages import AudioFormat, Limits, SessionPayload
+from trio_agent.server.admission import AdmissionPolicy, HandshakeFacts, Refuse, admit
+from trio_agent.server.config import ServerConfig
+from trio_agent.server.cork import CorkableStream
+from trio_agent.server.redaction import redact_subprotocols, redact_target
+from trio_agent.server.session import Session
+from trio_agent.server.transport import (
+    Listener,
+    guard,
+    listening_port,
+    open_listeners,
+    server_ssl_context,
+)
+from trio_agent.server.web.assets import load_assets
+from trio_agent.server.web.front import serve_http
+from trio_agent.server.web.routes import WebApp
+from trio_agent.speech.synthesizers import Synthesizer, select_synthesizer
+
+#: Linux's TCP_NOTSENT_LOWAT (``socket`` names it only on some builds).
+_TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)
+
+
+class AgentServer:
+    """A trio-agent server. ``await server.run()`` serves until :meth:`shutdown`.
+
+    :param config: settings; ``ServerConfig()`` serves ``ws://127.0.0.1:8765/ws``.
+    :param agents: agents by name; the built-in ``lorem`` and ``echo`` when omitted.
+    :param trace: where trace events go (:mod:`trio_agent.observability.trace`), e.g. a
+        :class:`~trio_agent.observability.trace.MemoryTracer`; by default the file named by
+        ``config.trace``, if any, which the server closes when :meth:`run` returns.
+    :param synthesizer: what speaks replies (:mod:`trio_agent.speech.synthesizers`); by
+        default the one ``config.speech`` selects.
+
+    Use ``server = await nursery.start(AgentServer(config).run)`` to get the server
+    back once it listens (its :attr:`port` is then the real one, even for port 0).
+    """
+
+    def __init__(
+        self,
+        config: ServerConfig | None = None,
+        agents: Mapping[str, Agent] | None = None,
+        *,
+        trace: Tracer | None = None,
+        synthesizer: Synthesizer | None = None,
+    ) -> None:
+        self.config = config or ServerConfig()
+        self.synthesizer = (
+            synthesizer if synthesizer is not None else select_synthesizer(self.config.speech)
+        )
+        speaks = self.synthesizer
+        self.tracer = trace if trace is not None else tracer_for(self.config.trace)
+        self._owns_tracer = trace is None
+        self.agents: dict[str, Agent] = dict(builtin_agents() if agents is None else agents)
+        self.port: int | None = None
+        self.sessions: dict[str, Session] = {}
+        self.sessions_total = 0
+        self._shutdown_requested = trio.Event()
+        self._shutdown_reason = "server shutting down"
+        self._connections = 0
+        self._no_connections = trio.Event()
+        self._no_connections.set()
+        self._nursery: trio.Nursery | None = None
+        self._admission = AdmissionPolicy.from_config(self.config)
+        # Loaded now, so that a bad certificate stops the server before it starts.
+        self._ssl_context = (
+            server_ssl_context(self.config.certfile, self.config.keyfile)
+            if self.config.tls
+            else None
+        )
+        #: Sessions admitted at the handshake and not yet over: what max_sessions bounds.
+        self._admitted = 0
+        self._session_payload = SessionPayload(
+            server=f"trio-agent/{__version__}",
+            agents={name: agent_entry(agent) for name, agent in self.agents.items()},
+            default_agent=self.config.default_agent
+            if self.config.default_agent in self.agents
+            else None,
+            limits=Limits(
+                max_message_bytes=self.config.max_message_bytes,
+                max_input_bytes=self.config.max_input_bytes,
+                max_concurrent_requests=self.config.max_concurrent_requests,
+                stream_lane_capacity=self.config.stream_lane_capacity,
+                request_timeout_cap_s=self.config.request_timeout_cap_s,
+                idle_timeout_s=self.config.idle_timeout_s or None,
+            ),
+            voices=list(speaks.voices) if speaks is not None else [],
+            default_voice=speaks.default_voice if speaks is not None else None,
+            audio_formats=[AudioFormat(sample_rate=speaks.sample_rate)] if speaks else [],
+            synthesizer=speaks.name if speaks is not None else None,
+        )
+        self.metrics = ServerMetrics(self.stats)
+        self.web = WebApp(
+            websocket_path=self.config.path,
+            page=self.config.web,
+            assets=load_assets(demo=self.config.web),
+            ready=lambda: not self.shutting_down,
+            metrics=self.metrics,
+        )
+
+    @property
+    def url(self) -> str:
+        """The ``ws://`` (or ``wss://``) URL clients connect to (the real port once listening)."""
+        port = self.port if self.port is not None else self.config.port
+        scheme = "wss" if self.config.tls else "ws"
+        return f"{scheme}://{self.config.host}:{port}{self.config.path}"
+
+    @property
+    def http_url(self) -> str:
+        """The ``http://`` (or ``https://``) URL of the same listener: the demo page,
+        /healthz, /metrics."""
+        port = self.port if self.port is not None else self.config.port
+        scheme = "https" if self.config.tls else "http"
+        return f"{scheme}://{self.config.host}:{port}/"
+
+    @property
+    def shutting_down(self) -> bool:
+        return self._shutdown_requested.is_set()
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[AgentServer] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Listen and serve until :meth:`shutdown` is called, then drain and return.
+
+        Draining: stop accepting, end every running request with
+        ``DONE{status: shutdown}``, let each session flush and close with 1001, all
+        within ``shutdown_grace_s``; whatever is left after that is cancelled.
+
+        The agents' resources are opened first and closed last (see the module
+        docstring); an agent that fails to open stops the server before it listens.
+        """
+        async with open_agents(self.agents.values()):
+            await self._serve(task_status)
+
+    async def _serve(self, task_status: trio.TaskStatus[AgentServer]) -> None:
+        if self.config.lanes == "fifo":
+            logger.warning("lanes=fifo: diagnostic mode, INTERRUPT_ACK queues behind stream frames")
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            listener_scope = trio.CancelScope()
+            listeners = await nursery.start(self._listen, listener_scope)
+            self.port = listening_port(listeners[0])
+            logger.info("listening", url=self.url, http=self.http_url, agents=sorted(self.agents))
+            if self.config.slow_step_warn_s > 0:
+                nursery.start_soon(report_blocking_tasks, self.config.slow_step_warn_s)
+            if self.config.stats_interval_s > 0:
+                nursery.start_soon(self._log_stats, name="server stats")
+            task_status.started(self)
+            await self._shutdown_requested.wait()
+
+            logger.info("shutting down", reason=self._shutdown_reason, sessions=len(self.sessions))
+            listener_scope.cancel(reason="shutdown")
+            for session in list(self.sessions.values()):
+                session.begin_shutdown(self._shutdown_reason)
+            with trio.move_on_after(self.config.shutdown_grace_s + 1.0) as grace:
+                await self._no_connections.wait()
+            if grace.cancelled_caught:
+                logger.warning(
+                    "sessions still open after the grace period; cancelling them",
+                    left=len(self.sessions),
+                )
+            nursery.cancel_scope.cancel(reason="server stopped")
+        if self._owns_tracer:
+            self.tracer.close()
+        logger.info("server stopped")
+
+    def shutdown(self, reason: str = "server shutting down") -> None:
+        """Ask :meth:`run` to drain and return. Idempotent; never blocks."""
+        if not self._shutdown_requested.is_set():
+            self._shutdown_reason = reason
+            self._shutdown_requested.set()
+
+    async def _listen(
+        self,
+        scope: trio.CancelScope,
+        *,
+        task_status: trio.TaskStatus[list[Listener]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Accept TCP (or TLS) connections; each one is served by :meth:`serve_stream`
+        in the server nursery (not under this scope: stopping the listener keeps them)."""
+        assert self._nursery is not None
+        with scope:
+            listeners = await open_listeners(self.config, self._ssl_context)
+            await trio.serve_listeners(
+                self.serve_stream, listeners, handler_nursery=self._nursery, task_status=task_status
+            )
+
+    async def _handle_handshake(
+        self, request: WebSocketRequest, cork: CorkableStream | None = None
+    ) -> None:
+        """Admit or refuse a handshake (the policy is :func:`trio_agent.server.admission.admit`),
+        then serve the session. A refused client gets an HTTP status and no session."""
+        facts = HandshakeFacts(
+            target=request.path,
+            host=_host_of(request),
+            headers=request.headers,
+            subprotocols=request.proposed_subprotocols,
+        )
+        decision = admit(
+            facts, self._admission, draining=self.shutting_down, sessions=self._admitted
+        )
+        if isinstance(decision, Refuse):
+            self.metrics.handshake_refused(decision.status)
+            logger.info(
+                "handshake refused",
+                status=decision.status,
+                why=decision.reason,
+                target=redact_target(facts.target),
+                origin=", ".join(facts.header("origin")),
+                remote=str(request.remote),
+            )
+            await request.reject(
+                decision.status, extra_headers=list(decision.headers), body=decision.body
+            )
+            return
+        logger.debug(
+            "handshake accepted",
+            target=redact_target(facts.target),
+            subprotocols=redact_subprotocols(facts.subprotocols),
+            remote=str(request.remote),
+        )
+        self._admitted += 1
+        try:
+            ws = await request.accept(subprotocol=decision.subprotocol)
+            await self.serve_connection(ws, cork)
+        finally:
+            self._admitted -= 1
+
+    async def serve_connection(
+        self, ws: WebSocketConnection, cork: CorkableStream | None = None
+    ) -> None:
+        """Run one session on an accepted WebSocket; never raises for a session's failure.
+
+        ``cork`` is the stream under ``ws`` when it is a :class:`CorkableStream`.
+        """
+        session = Session(
+            ws,
+            session_id=secrets.token_hex(8),
+            config=self.config,
+            agents=self.agents,
+            session_payload=self._session_payload,
+            metrics=self.metrics,
+            trace=self.tracer,
+            cork=cork,
+            synthesizer=self.synthesizer,
+        )
+        self.sessions[session.session_id] = session
+        self.sessions_total += 1
+        if self.shutting_down:
+            session.begin_shutdown(self._shutdown_reason)
+        try:
+            await session.run()
+        except Exception as exc:
+            logger.opt(exception=exc).error("session failed", session_id=session.session_id)
+        finally:
+            del self.sessions[session.session_id]
+
+    async def serve_stream(self, stream: trio.abc.Stream) -> None:
+        """Serve one connection over any Trio stream: TCP from the listener, or memory
+        streams in tests. Plain HTTP requests are answered (:mod:`trio_agent.server.web`);
+        a WebSocket upgrade to the agent's path runs the handshake, then the session.
+        Closes the stream. When it returns, nothing of the connection is left running."""
+        self._connection_opened()
+        self._bound_unsent_data(stream)
+        # The guard bounds how long a write may wait for a client that does not
+        # read, and aborts the connection when a frame could not be finished.
+        guarded = guard(stream, send_timeout_s=self.config.send_timeout_s)
+        try:
+            upgraded = await serve_http(
+                guarded,
+                self.web,
+                head_timeout_s=self.config.handshake_timeout_s,
+                draining=self._shutdown_requested,
+            )
+            if upgraded is None:
+                return
+            # The session's writer batches frames through the cork.
+            cork = CorkableStream(upgraded)
+            async with trio.open_nursery() as nursery:
+                request = None
+                # Bounded, and a client that leaves mid-handshake ends the wait at once.
+                with (
+                    trio.move_on_after(self.config.handshake_timeout_s),
+                    guarded.cancel_if_peer_leaves(),
+                ):
+                    request = await wrap_server_stream(
+                        nursery, cork, max_message_size=self.config.max_message_bytes
+                    )
+                if request is not None:
+                    await self._handle_handshake(request, cork)
+                # trio-websocket's reader task for this connection lives in this
+                # nursery; the session is over, so stop it.
+                nursery.cancel_scope.cancel(reason="connection over")
+        except* ConnectionClosed:
+            # trio-websocket's reader lets this escape when the peer is gone before
+            # a malformed handshake could be answered: an ordinary disconnect.
+            logger.debug("connection closed during the handshake")
+        except* Exception as group:
+            logger.opt(exception=group).warning("connection failed")
+        finally:
+            self._connection_closed()
+            await trio.aclose_forcefully(guarded)
+
+    def _bound_unsent_data(self, stream: trio.abc.Stream) -> None:
+        """Apply ``tcp_notsent_lowat`` to a TCP stream (a no-op for other streams).
+
+        With it, the socket stops taking data once that much is unsent, so a slow
+        client's backlog waits in the stream lane, where an INTERRUPT drops it,
+        rather than in the kernel, where the INTERRUPT_ACK would queue behind it.
+        """
+        lowat = self.config.tcp_notsent_lowat
+        if lowat and isinstance(stream, trio.SocketStream):
+            try:
+                stream.setsockopt(socket.IPPROTO_TCP, _TCP_NOTSENT_LOWAT, lowat)
+            except OSError as exc:
+                logger.warning("tcp_notsent_lowat is not supported here", error=str(exc))
+
+    def _connection_opened(self) -> None:
+        if not self._connections:
+            self._no_connections = trio.Event()
+        self._connections += 1
+
+    def _connection_closed(self) -> None:
+        self._connections -= 1
+        if not self._connections:
+            self._no_connections.set()
+
+    async def wait_idle(self) -> None:
+        """Wait until no connection is open, down to its last task (returns at once
+        if none is). Handy in tests: ``await server.wait_idle()`` after a client left."""
+        await self._no_connections.wait()
+
+    async def _log_stats(self) -> None:
+        """Log :meth:`stats` at DEBUG every ``stats_interval_s`` (the soak reads it)."""
+        while True:
+            logger.debug("server stats", **self.stats())
+            await trio.sleep(self.config.stats_interval_s)
+
+    def stats(self) -> dict[str, int]:
+        """Counts for monitoring and tests: sessions, requests, live tasks.
+
+        ``tasks`` counts every task under the server's nursery (listeners and
+        connections with all their descendants): back at its idle value, nothing
+        of any connection is left.
+        """
+        return {
+            "sessions": len(self.sessions),
+            "sessions_total": self.sessions_total,
+            "connections": self._connections,
+            "requests_running": sum(s.registry.running_count for s in self.sessions.values()),
+            "tasks": _count_tasks(self._nursery) if self._nursery is not None else 0,
+        }
+
+
+def _host_of(request: WebSocketRequest) -> str:
+    # wsproto keeps the Host header out of the header list and trio-websocket does
+    # not expose it, so read it from the handshake event the request wraps.
+    event = getattr(request, "_event", None)
+    host = getattr(event, "host", None)
+    return host if isinstance(host, str) else ""
+
+
+def _count_tasks(nursery: trio.Nursery) -> int:
+    count = 0
+    for task in nursery.child_tasks:
+        count += 1
+        for child in task.child_nurseries:
+            count += _count_tasks(child)
+    return count
+
+
+async def serve(
+    config: ServerConfig | None = None, agents: Mapping[str, Agent] | None = None
+) -> None:
+    """Run a server until SIGINT or SIGTERM, then shut down gracefully and return.
+
+    A second signal during the drain cancels what is left at once.
+    """
+    server = AgentServer(config, agents)
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def watch_signals() -> None:
+                async for signum in signals:
+                    name = signal.Signals(signum).name
+                    if not server.shutting_down:
+                        server.shutdown(f"{name} received")
+                    else:
+                        logger.warning("second signal: stopping now", signal=name)
+                        nursery.cancel_scope.cancel(reason=f"second {name}")
+
+            nursery.start_soon(watch_signals)
+            await server.run()
+            nursery.cancel_scope.cancel(reason="server stopped")

@@ -1,0 +1,226 @@
+"""Server settings: one table, read from CLI flags and ``TRIO_AGENT_*`` variables.
+
+Each field of :class:`ServerConfig` is one setting. Its flag is the field name in
+kebab case (``max_message_bytes`` -> ``--max-message-bytes``) and its environment
+variable the name in upper case (``TRIO_AGENT_MAX_MESSAGE_BYTES``). A flag beats the
+variable, the variable beats the default. ``docs/protocol.md`` lists them all.
+
+An agent with settings of its own declares them the same way in a dataclass of its
+own (``OpenAIConfig``), read with :func:`settings_from`. A setting whose ecosystem
+already has a variable name (``OPENAI_BASE_URL``) says so with ``env=...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, TypeVar
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+    Settings = TypeVar("Settings", bound=DataclassInstance)
+
+from trio_agent.observability.logs import LogFormat
+from trio_agent.protocol.constants import DEFAULT_HOST, DEFAULT_PATH, DEFAULT_PORT, TOKEN_CHARACTERS
+from trio_agent.server.origins import parse_allowed_origins
+from trio_agent.settings import add_arguments, setting, settings_from
+
+LaneMode = Literal["priority", "fifo"]
+SpeechMode = Literal["auto", "espeak-ng", "builtin", "off"]
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything that shapes a running server. Immutable; use :func:`dataclasses.replace`."""
+
+    host: str = setting(DEFAULT_HOST, "interface to listen on")
+    port: int = setting(DEFAULT_PORT, "TCP port (0 picks a free one)")
+    path: str = setting(DEFAULT_PATH, "WebSocket path; other paths get HTTP 404")
+    max_message_bytes: int = setting(
+        1_048_576, "largest client WebSocket message; bigger closes the connection with 1009"
+    )
+    max_input_bytes: int = setting(
+        65_536, "largest REQUEST input (UTF-8 bytes); bigger gets ERROR MESSAGE_TOO_LARGE"
+    )
+    stream_lane_capacity: int = setting(
+        32, "STREAM frames queued per connection before agents wait (backpressure)"
+    )
+    write_batch_frames: int = setting(
+        8,
+        "frames the writer may send in one socket write when more are queued (1: a write "
+        "per frame). Batches halve the CPU per frame under load; frames already in a batch "
+        "are being written, so an INTERRUPT read meanwhile no longer drops them",
+    )
+    priority_lane_capacity: int = setting(
+        256, "control frames queued per connection before the session is closed with 1008"
+    )
+    max_concurrent_requests: int = setting(
+        8, "requests one session may run at once (TOO_MANY_REQUESTS past that)"
+    )
+    request_timeout_cap_s: float = setting(
+        300.0, "upper bound of a request's timeout_s, and its timeout when it gives none"
+    )
+    idle_timeout_s: float = setting(
+        120.0,
+        "close a session with 1001 after this long without a frame from the client (0: never)",
+    )
+    handshake_timeout_s: float = setting(
+        10.0, "how long a new connection may take to complete the WebSocket handshake"
+    )
+    cleanup_grace_s: float = setting(
+        2.0, "how long a session waits for cancelled agents to finish cleaning up"
+    )
+    shutdown_grace_s: float = setting(
+        5.0, "how long shutdown waits for sessions to flush and close"
+    )
+    # -- hardening: see docs/security.md
+    max_sessions: int = setting(1000, "sessions open at once; the next handshake gets HTTP 503")
+    send_timeout_s: float = setting(
+        10.0, "abort a connection whose writes make no progress for this long (0: never)"
+    )
+    rate_limit_per_s: float = setting(
+        50.0, "client frames per second per session (token bucket; 0: no limit)"
+    )
+    rate_limit_burst: int = setting(100, "client frames a session may send at once")
+    rate_limit_close_after: int = setting(
+        100, "frames refused with RATE_LIMITED in one flood before the session is closed with 1008"
+    )
+    token: str = setting(
+        "",
+        "shared secret clients must present (Authorization: Bearer, ?token= or subprotocol "
+        "trio-agent.token.<TOKEN>); prefer the environment variable to the flag; empty: none",
+        secret=True,
+    )
+    allow_origin: str = setting(
+        "",
+        "comma-separated origins a browser may connect from, or '*'; empty: the page's "
+        "origin must match the Host it connects to",
+    )
+    certfile: str = setting("", "TLS certificate chain (PEM); with --keyfile, serves wss://")
+    keyfile: str = setting("", "TLS private key (PEM) of --certfile; empty: it is in --certfile")
+    slow_step_warn_s: float = setting(
+        0.5, "warn when a task runs this long without a checkpoint, freezing all sessions (0: off)"
+    )
+    stats_interval_s: float = setting(
+        0.0, "log a DEBUG 'server stats' line (sessions, live tasks) every N s (0: never)"
+    )
+    tcp_notsent_lowat: int = setting(
+        0,
+        "bytes of unsent data the kernel may hold per TCP connection (Linux TCP_NOTSENT_LOWAT; "
+        "0: the system default). Small values keep frames in the lanes, where an INTERRUPT "
+        "can overtake and drop them, instead of in the kernel, where it cannot",
+    )
+    default_agent: str = setting("lorem", "agent used by a REQUEST that names none")
+    speech: SpeechMode = setting(
+        "auto",
+        "synthesiser of spoken replies: 'auto' (espeak-ng when installed, else built-in), "
+        "'espeak-ng', 'builtin' or 'off'",
+        choices=("auto", "espeak-ng", "builtin", "off"),
+    )
+    audio_chunk_ms: float = setting(20.0, "milliseconds of audio per AUDIO chunk")
+    audio_lead_ms: float = setting(
+        20.0,
+        "how far ahead of real time a paced reply may send its audio: chunks starting "
+        "within this much of now leave together, in one write (0: each chunk at its time)",
+    )
+    audio_queue_ms: float = setting(
+        200.0,
+        "milliseconds of AUDIO queued per connection before a speaking request waits: "
+        "the most speech a barge-in can find buffered on the server",
+    )
+    web: bool = setting(
+        True,
+        "serve the demo page at / (--no-web: the client module, health and metrics stay)",
+    )
+    lanes: LaneMode = setting(
+        "priority",
+        "outbound lanes: 'priority' (the design) or 'fifo' (diagnostic: ACK queues behind stream frames)",
+        choices=("priority", "fifo"),
+    )
+    trace: str = setting(
+        "",
+        "append one JSON line per cancellation event to this file ('' = off; see docs/cancellation.md)",
+    )
+    log_level: str = setting("INFO", "TRACE, DEBUG (logs frames), INFO, WARNING or ERROR")
+    log_format: LogFormat = setting(
+        "text", "'text' or 'json' (one JSON object per line)", choices=("text", "json")
+    )
+
+    def __post_init__(self) -> None:
+        positive = (
+            "max_message_bytes",
+            "max_input_bytes",
+            "stream_lane_capacity",
+            "write_batch_frames",
+            "priority_lane_capacity",
+            "max_concurrent_requests",
+            "request_timeout_cap_s",
+            "max_sessions",
+            "rate_limit_burst",
+        )
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        for name in (
+            "tcp_notsent_lowat",
+            "idle_timeout_s",
+            "handshake_timeout_s",
+            "cleanup_grace_s",
+            "shutdown_grace_s",
+            "send_timeout_s",
+            "rate_limit_per_s",
+            "rate_limit_close_after",
+            "slow_step_warn_s",
+            "stats_interval_s",
+        ):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+        if not self.path.startswith("/"):
+            raise ValueError("path must start with '/'")
+        if not self.audio_chunk_ms > 0 or not self.audio_queue_ms > 0:
+            raise ValueError("audio_chunk_ms and audio_queue_ms must be positive")
+        if not 0 <= self.audio_lead_ms <= self.audio_queue_ms:
+            raise ValueError("audio_lead_ms must be between 0 and audio_queue_ms")
+        if self.speech not in ("auto", "espeak-ng", "builtin", "off"):
+            raise ValueError("speech must be 'auto', 'espeak-ng', 'builtin' or 'off'")
+        if self.lanes not in ("priority", "fifo"):
+            raise ValueError("lanes must be 'priority' or 'fifo'")
+        if self.log_format not in ("text", "json"):
+            raise ValueError("log_format must be 'text' or 'json'")
+        if not set(self.token) <= TOKEN_CHARACTERS:
+            raise ValueError(
+                "token may only use letters, digits and !#$%&'*+-.^_`|~ "
+                "(it must fit a header, a subprotocol and a query string)"
+            )
+        parse_allowed_origins(self.allow_origin)  # raises ValueError on a bad entry
+        if self.keyfile and not self.certfile:
+            raise ValueError("keyfile needs certfile")
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.certfile)
+
+    @property
+    def url(self) -> str:
+        return f"{'wss' if self.tls else 'ws'}://{self.host}:{self.port}{self.path}"
+
+
+def add_config_arguments(parser: argparse._ActionsContainer) -> None:
+    """Add one ``--flag`` per field of :class:`ServerConfig` to ``parser``."""
+    add_arguments(parser, ServerConfig)
+
+
+def config_from(
+    args: argparse.Namespace | None = None, environ: Mapping[str, str] | None = None
+) -> ServerConfig:
+    """Build a config from parsed flags, then ``TRIO_AGENT_*`` variables, then defaults."""
+    return settings_from(ServerConfig, args, environ)
+
+
+def parse_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> ServerConfig:
+    """Parse ``argv`` (flags only) into a config; handy in tests."""
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser)
+    return config_from(parser.parse_args(list(argv)), environ)

@@ -1,0 +1,108 @@
+"""A byte stream with a cork: several WebSocket frames leave in one socket write.
+
+trio-websocket sends every message with its own ``send_all`` under its own
+lock: every STREAM frame costs a ``send()`` system call (on loopback it also
+runs the receiving side of TCP) and a schedule point for the lock. The
+session's writer knows better: when the lanes hold more frames, it frames them
+itself (:func:`trio_agent.protocol.framing.websocket_frame`) and hands them all to the
+socket at once. :class:`CorkableStream` sits between trio-websocket and the TCP
+stream and makes that safe::
+
+    stream.keep(frame_a)              # the writer's frames, kept here (no I/O)
+    stream.keep(frame_b)
+    await stream.flush()              # one send_all for both
+
+trio-websocket still sends through this stream (a pong, a close frame, while
+the handshake is done by it before the writer starts). Such a send first sends
+whatever is kept, then its own bytes, under the same lock: the bytes on the
+wire are always in the order the calls were made, and nothing waits for the
+writer. The writer checks ``ws.closed`` before it keeps a frame; trio-websocket
+sets it before it sends a close frame, so no frame of ours follows a close.
+"""
+
+from __future__ import annotations
+
+import trio
+
+
+class CorkableStream(trio.abc.Stream):
+    """Wraps ``inner``; see the module docstring."""
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        self.inner = inner
+        self._kept: list[bytes] = []
+        self._kept_bytes = 0
+        self._send_lock = trio.StrictFIFOLock()
+
+    def __repr__(self) -> str:
+        # trio-websocket shows this as the endpoint of a stream it cannot inspect.
+        if isinstance(self.inner, trio.SocketStream):
+            host, port, *_ = self.inner.socket.getpeername()
+            return f"tcp://{host}:{port}"
+        return repr(self.inner)
+
+    @property
+    def kept_bytes(self) -> int:
+        """Bytes kept under the cork, not yet handed to the inner stream."""
+        return self._kept_bytes
+
+    def keep(self, data: bytes) -> None:
+        """Keep ``data`` (whole frames) until :meth:`flush` or another task's send.
+
+        Not a checkpoint: it does no I/O. The flush that follows is one.
+        """
+        self._kept.append(data)
+        self._kept_bytes += len(data)
+
+    async def flush(self) -> None:
+        """Send what was kept, in one ``send_all`` (a checkpoint even if nothing was).
+
+        Cancellation: a flush cancelled before it writes anything keeps what was
+        kept, to go out ahead of the next send (a close frame, say), so frames the
+        writer counted as written are not lost; one cancelled once the write has
+        begun is the inner stream's cancelled ``send_all``, which leaves the
+        connection broken.
+        """
+        await self._locked_send(b"")
+
+    async def _send_kept(self, data: bytes | bytearray | memoryview) -> None:
+        # A cancellation before any I/O leaves what was kept here, for the next
+        # send; after this point the inner send_all does no schedule point before
+        # its write, so the bytes handed over are written or the stream is broken.
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self._kept:
+            if data:
+                self._kept.append(bytes(data))
+            data = self._kept[0] if len(self._kept) == 1 else b"".join(self._kept)
+            self._kept.clear()
+            self._kept_bytes = 0
+        if data:
+            await self.inner.send_all(data)
+        else:
+            await trio.lowlevel.checkpoint()
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._locked_send(data)
+
+    async def _locked_send(self, data: bytes | bytearray | memoryview) -> None:
+        # Take the lock without a schedule point when it is free (it nearly always
+        # is): the send that follows is a full checkpoint anyway.
+        try:
+            self._send_lock.acquire_nowait()
+        except trio.WouldBlock:
+            await self._send_lock.acquire()
+        try:
+            await self._send_kept(data)
+        finally:
+            self._send_lock.release()
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        self._kept.clear()
+        self._kept_bytes = 0
+        await self.inner.aclose()

@@ -1,0 +1,272 @@
+"""The bytes under a WebSocket: a stream wrapper that will not be held hostage, and TLS.
+
+:class:`GuardedStream` wraps each accepted connection (TCP or TLS) before the
+WebSocket layer sees it, and watches for the ways a peer can hold a server's
+resources without doing anything wrong at the protocol level:
+
+* **A peer that stops reading.** Every write must make progress: each piece of at
+  most :data:`PROGRESS_CHUNK` bytes must be taken by the kernel within
+  ``send_timeout_s``. When one is not, the write raises :class:`SendStalled` (a
+  :class:`trio.BrokenResourceError`, so the WebSocket layer treats it as a broken
+  connection) and the stream is marked broken.
+* **A write that did not complete.** A write that stalled, failed or was
+  cancelled may have left part of a frame on the wire. Nothing valid can follow
+  it, not even a close frame, so later writes fail at once and :meth:`aclose`
+  *aborts* the TCP connection (``SO_LINGER`` 0: a reset) instead of closing it
+  politely. The kernel then drops the unsent bytes at once rather than keep them
+  (and the socket) for a peer that will never read them.
+* **A peer that leaves during the handshake.**
+  :meth:`GuardedStream.cancel_if_peer_leaves` gives a cancel scope for the
+  handshake wait that is cancelled when the peer closes its side or the
+  connection breaks, so the connection's task ends at once instead of waiting for
+  the handshake timeout.
+
+Cancellation: every ``await`` here is a plain Trio checkpoint of the wrapped
+stream. A write cancelled before it wrote anything leaves the stream as it was
+(nothing of it is on the wire); one cancelled later marks the stream broken (see
+above); cancelling a read leaves it as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import socket
+import ssl
+import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Final
+
+import trio
+from loguru import logger
+
+if TYPE_CHECKING:
+    from trio_agent.server.config import ServerConfig
+
+#: The unit of progress of a write: each piece of at most this many bytes must be
+#: accepted by the kernel within ``send_timeout_s``.
+PROGRESS_CHUNK: Final = 16 * 1024
+
+
+class SendStalled(trio.BrokenResourceError):
+    """A write made no progress for ``send_timeout_s``: the peer does not read."""
+
+
+class GuardedStream(trio.abc.Stream):
+    """A :class:`trio.abc.Stream` with a write-progress deadline and an abortive close.
+
+    :param stream: the accepted connection (a ``SocketStream`` or ``SSLStream``).
+    :param send_timeout_s: how long one piece of a write may wait for the peer to
+        make room; ``None`` or ``0`` waits forever.
+    """
+
+    def __init__(self, stream: trio.abc.Stream, *, send_timeout_s: float | None) -> None:
+        self.stream = stream
+        self.send_timeout_s = send_timeout_s or math.inf
+        #: True once a write stalled for ``send_timeout_s``.
+        self.stalled = False
+        #: True once a write did not complete: nothing more can be written.
+        self.broken = False
+        #: True once the peer closed its side or the connection broke.
+        self.peer_gone = False
+        self._sending = False
+        self._watched: trio.CancelScope | None = None
+
+    # -- writing ------------------------------------------------------------------
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        """Write ``data``, each :data:`PROGRESS_CHUNK` within ``send_timeout_s``.
+
+        Raises :class:`SendStalled` when a piece makes no progress in time, and
+        :class:`trio.BrokenResourceError` when an earlier write did not complete.
+        """
+        if self.broken:
+            await trio.lowlevel.checkpoint()
+            raise trio.BrokenResourceError("an earlier write did not complete")
+        view = memoryview(data)
+        # The common case first: the kernel takes the whole write at once. Then no
+        # deadline is needed, and none is armed (a cancel scope per write is a
+        # real share of a busy server's CPU). A checkpoint all the same, as
+        # SocketStream.send_all is: cancellation is checked before the write, and
+        # the schedule point after it is shielded because the write is complete.
+        await trio.lowlevel.checkpoint_if_cancelled()
+        sent = self._send_now(view)
+        if sent == len(view) and sent:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return
+        view = view[sent:]
+        completed = False
+        self._sending = True
+        try:
+            for start in range(0, max(len(view), 1), PROGRESS_CHUNK):
+                with trio.move_on_after(self.send_timeout_s) as progress:
+                    await self.stream.send_all(view[start : start + PROGRESS_CHUNK])
+                if progress.cancelled_caught:
+                    self.stalled = True
+                    logger.warning(
+                        "client stopped reading; aborting the connection",
+                        send_timeout_s=self.send_timeout_s,
+                    )
+                    raise SendStalled(f"no write progress for {self.send_timeout_s:g} s")
+            completed = True
+        finally:
+            self._sending = False
+            if not completed:
+                self.broken = True
+
+    def _send_now(self, view: memoryview) -> int:
+        """Write what the kernel takes without waiting, on a plain TCP connection;
+        return how many bytes that was (0 for TLS, a full buffer, a closed stream).
+
+        ``os.write`` on a socket is a ``send`` without flags, as SocketStream
+        makes it; the socket is non-blocking, as Trio keeps it. Not while another
+        write waits in the full path: its bytes must not be cut into, and the
+        second write fails with SocketStream's BusyResourceError instead.
+        """
+        if not view or self._sending or not isinstance(self.stream, trio.SocketStream):
+            return 0
+        fd = self.stream.socket.fileno()
+        if fd < 0:
+            return 0  # closed: the full path raises ClosedResourceError
+        try:
+            return os.write(fd, view)
+        except BlockingIOError:
+            return 0
+        except OSError as exc:
+            self.broken = True
+            raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.stream.wait_send_all_might_not_block()
+
+    # -- reading ------------------------------------------------------------------
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        try:
+            data = await self.stream.receive_some(max_bytes)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._peer_left()
+            raise
+        if not data:
+            self._peer_left()
+        return data
+
+    @contextmanager
+    def cancel_if_peer_leaves(self) -> Iterator[trio.CancelScope]:
+        """A cancel scope that is cancelled as soon as the peer closes its side, the
+        connection breaks or the stream is closed (at once if that already happened)."""
+        with trio.CancelScope() as scope:
+            self._watched = scope
+            if self.peer_gone:
+                scope.cancel(reason="the peer left")
+            try:
+                yield scope
+            finally:
+                self._watched = None
+
+    def _peer_left(self) -> None:
+        self.peer_gone = True
+        if self._watched is not None:
+            self._watched.cancel(reason="the peer left")
+
+    # -- closing ------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Close politely, or abort when a write did not complete (or is under way)."""
+        self._peer_left()
+        if self.broken or self._sending:
+            await abort(self.stream)
+        else:
+            await self.stream.aclose()
+
+    def __repr__(self) -> str:
+        sock = _socket_of(self.stream)
+        if sock is None:
+            return f"GuardedStream({self.stream!r})"
+        try:
+            host, port, *_ = sock.getpeername()
+        except OSError:
+            return "GuardedStream(closed)"
+        return f"{host}:{port}"
+
+
+class _HalfCloseableGuardedStream(GuardedStream, trio.abc.HalfCloseableStream):
+    """A :class:`GuardedStream` over a stream that can half-close (plain TCP)."""
+
+    async def send_eof(self) -> None:
+        assert isinstance(self.stream, trio.abc.HalfCloseableStream)
+        await self.stream.send_eof()
+
+
+def guard(stream: trio.abc.Stream, *, send_timeout_s: float | None) -> GuardedStream:
+    """Wrap ``stream`` in a :class:`GuardedStream` that can half-close when ``stream``
+    can (so that an HTTP front end may still signal the end of its response)."""
+    if isinstance(stream, trio.abc.HalfCloseableStream):
+        return _HalfCloseableGuardedStream(stream, send_timeout_s=send_timeout_s)
+    return GuardedStream(stream, send_timeout_s=send_timeout_s)
+
+
+def _socket_of(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
+    while not isinstance(stream, trio.SocketStream):
+        inner = getattr(stream, "transport_stream", None)
+        if not isinstance(inner, trio.abc.Stream):
+            return None
+        stream = inner
+    return stream.socket
+
+
+async def abort(stream: trio.abc.Stream) -> None:
+    """Close ``stream`` at once, resetting its TCP connection (``SO_LINGER`` 0).
+
+    The kernel discards what is still unsent and answers the peer with RST. Never
+    blocks: the close is forceful (see :func:`trio.aclose_forcefully`).
+    """
+    sock = _socket_of(stream)
+    if sock is not None:
+        # OSError: already closed, nothing left to reset.
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    await trio.aclose_forcefully(stream)
+
+
+Listener = trio.abc.Listener[trio.abc.Stream]
+
+
+async def open_listeners(config: ServerConfig, context: ssl.SSLContext | None) -> list[Listener]:
+    """Listen on ``config.host:config.port``: plain TCP, or TLS with ``context``."""
+    if context is None:
+        return list(await trio.open_tcp_listeners(config.port, host=config.host))
+    # https_compatible: a peer may close without TLS close_notify, as browsers do;
+    # the WebSocket close handshake says where the data ends.
+    return list(
+        await trio.open_ssl_over_tcp_listeners(
+            config.port, context, host=config.host, https_compatible=True
+        )
+    )
+
+
+def listening_port(listener: Listener) -> int:
+    """The TCP port a (TLS over) TCP listener is bound to."""
+    while isinstance(listener, trio.SSLListener):
+        listener = listener.transport_listener
+    assert isinstance(listener, trio.SocketListener)
+    port: int = listener.socket.getsockname()[1]
+    return port
+
+
+def server_ssl_context(certfile: str, keyfile: str) -> ssl.SSLContext:
+    """A TLS server context for ``wss://``: the certificate chain and its key.
+
+    Raises ``ValueError`` naming the files when they cannot be read or do not
+    hold a certificate and its key.
+    """
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(certfile, keyfile or None)
+    except (OSError, ssl.SSLError) as exc:
+        files = f"{certfile!r}" + (f" and {keyfile!r}" if keyfile else "")
+        raise ValueError(f"cannot load the TLS certificate from {files}: {exc}") from exc
+    return context

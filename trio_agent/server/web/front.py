@@ -1,0 +1,232 @@
+"""The front of every connection: HTTP/1.1 until the client asks for the WebSocket.
+
+:func:`serve_http` reads requests from a freshly accepted stream with ``h11``.
+Each request is routed (:mod:`trio_agent.server.web.routing`); a plain request is
+answered (:class:`~trio_agent.server.web.routes.WebApp`) and the connection kept alive
+for the next one, and a WebSocket upgrade to the agent's path ends the HTTP part:
+:func:`serve_http` returns a :class:`ReplayStream` that gives back the bytes it
+has read so far, so trio-websocket can run the handshake as if it had read the
+connection from the start.
+
+Timeouts and shutdown:
+
+* each request head must arrive within ``head_timeout_s`` of the connection
+  opening or of the previous response (slow clients cannot hold a connection, and
+  an idle keep-alive connection is closed after that long);
+* when the server starts draining, a connection waiting for its next request is
+  closed at once, and a request already under way gets its response with
+  ``Connection: close``. So an idle browser connection never delays a shutdown.
+"""
+
+from __future__ import annotations
+
+import time
+from http import HTTPStatus
+
+import h11
+import trio
+
+from trio_agent.server.web.routes import HttpRequest, HttpResponse, WebApp
+from trio_agent.server.web.routing import Route
+
+#: Bytes asked of the transport per read.
+RECEIVE_SIZE = 16 * 1024
+#: The largest request head h11 buffers before it answers 431.
+MAX_HEAD_BYTES = 16 * 1024
+#: After a response that closes the connection, how long to read and discard what
+#: the client still sends, so closing does not reset the connection (a TCP RST can
+#: destroy the response before the client reads it).
+CLOSE_LINGER_S = 1.0
+
+
+class ReplayStream(trio.abc.Stream):
+    """A stream that first returns ``replay``, then reads from ``transport``.
+
+    Writes, waits and closing go straight to ``transport``. ``receive_some`` is a
+    checkpoint, replayed bytes or not, as the :class:`trio.abc.ReceiveStream`
+    contract asks.
+    """
+
+    def __init__(self, transport: trio.abc.Stream, replay: bytes) -> None:
+        self.transport = transport
+        self._replay = replay
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        if not self._replay:
+            return await self.transport.receive_some(max_bytes)
+        await trio.lowlevel.checkpoint()
+        size = len(self._replay) if max_bytes is None else max_bytes
+        chunk, self._replay = self._replay[:size], self._replay[size:]
+        return chunk
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.transport.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.transport.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        self._replay = b""
+        await self.transport.aclose()
+
+    def __repr__(self) -> str:
+        transport = self.transport
+        if isinstance(transport, trio.SocketStream):
+            host, port, *_ = transport.socket.getpeername()
+            return f"{host}:{port}"
+        return f"ReplayStream({transport!r})"
+
+
+async def serve_http(
+    stream: trio.abc.Stream, app: WebApp, *, head_timeout_s: float, draining: trio.Event
+) -> ReplayStream | None:
+    """Answer HTTP requests on ``stream`` until it should close or become a WebSocket.
+
+    Returns a :class:`ReplayStream` to hand to trio-websocket when a request is a
+    WebSocket upgrade to the agent's path; ``None`` when the connection is over
+    (the client left, broke the protocol, timed out, or the server drains). It
+    never closes ``stream``: its caller owns it. Cancellation stops it anywhere; a
+    response cut in the middle leaves the connection unusable, and the caller
+    closes it.
+    """
+    return await _HttpConnection(
+        stream, app, head_timeout_s=head_timeout_s, draining=draining
+    ).serve()
+
+
+class _HttpConnection:
+    def __init__(
+        self, stream: trio.abc.Stream, app: WebApp, *, head_timeout_s: float, draining: trio.Event
+    ) -> None:
+        self.stream = stream
+        self.app = app
+        self.head_timeout_s = head_timeout_s
+        self.draining = draining
+        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
+        #: Every byte read since the current request began: what a WebSocket
+        #: handshake must replay.
+        self.received = bytearray()
+
+    async def serve(self) -> ReplayStream | None:
+        while True:
+            event: h11.Request | None = None
+            with trio.move_on_after(self.head_timeout_s):
+                event = await self._next_request()
+            if event is None:
+                return None  # the client left, broke HTTP, or sent no head in time
+            request = HttpRequest(event.method, event.target, list(event.headers))
+            routed = self.app.route(request)
+            if routed.route is Route.WEBSOCKET:
+                return ReplayStream(self.stream, bytes(self.received))
+            response = self.app.respond(request, routed, now=time.time())
+            if not await self._send(response, head_only=request.method == b"HEAD"):
+                return None
+
+    async def _next_request(self) -> h11.Request | None:
+        """The next request head, or ``None`` when the connection is over."""
+        self.received = bytearray(self.h11.trailing_data[0])
+        while True:
+            try:
+                event = self.h11.next_event()
+            except h11.RemoteProtocolError as exc:
+                await self._send_error(exc.error_status_hint)
+                return None
+            if isinstance(event, h11.Request):
+                self._read_rest_if_buffered()
+                return event
+            if event is not h11.NEED_DATA:
+                return None  # ConnectionClosed: the client is gone
+            data = await self._receive()
+            if data is None:
+                return None
+            self.received += data
+            self.h11.receive_data(bytes(data))
+
+    def _read_rest_if_buffered(self) -> None:
+        """Consume the end of the request when it is already here (a GET has no body),
+        so the connection can be kept alive. A body still to come is not waited
+        for: no route takes one, and the connection closes after the response."""
+        while self.h11.their_state is h11.SEND_BODY:
+            try:
+                event = self.h11.next_event()
+            except h11.RemoteProtocolError:
+                return
+            if event is h11.NEED_DATA or event is h11.PAUSED:
+                return
+
+    async def _receive(self) -> bytes | bytearray | None:
+        """Read from the client; ``b""`` at its end, ``None`` when the server drains
+        while this connection waits between requests."""
+        # Never more than the head limit allows, so h11 sees an oversized head while
+        # it is still incomplete, and answers 431.
+        size = max(1, min(RECEIVE_SIZE, MAX_HEAD_BYTES + 1 - len(self.received)))
+        between_requests = self.h11.their_state is h11.IDLE and not self.received
+        if not between_requests:
+            return await self._receive_some(size)
+        if self.draining.is_set():
+            return None
+        data: bytes | bytearray | None = None
+        async with trio.open_nursery() as nursery:
+
+            async def receive() -> None:
+                nonlocal data
+                data = await self._receive_some(size)
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(receive)
+            await self.draining.wait()
+            nursery.cancel_scope.cancel()
+        return data
+
+    async def _receive_some(self, size: int = RECEIVE_SIZE) -> bytes | bytearray:
+        try:
+            return await self.stream.receive_some(size)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return b""
+
+    async def _send(self, response: HttpResponse, *, head_only: bool) -> bool:
+        """Send ``response``; return whether the connection can take another request."""
+        close = self.draining.is_set() or self.h11.their_state is not h11.DONE
+        headers = [*response.headers]
+        if response.status != HTTPStatus.NOT_MODIFIED:
+            headers.append(("Content-Length", str(len(response.body))))
+        if close:
+            headers.append(("Connection", "close"))
+        data = self.h11.send(
+            h11.Response(
+                status_code=response.status,
+                headers=headers,
+                reason=HTTPStatus(response.status).phrase.encode(),
+            )
+        )
+        assert data is not None
+        if response.body and not head_only:
+            data += self.h11.send(h11.Data(data=response.body)) or b""
+        data += self.h11.send(h11.EndOfMessage()) or b""
+        try:
+            await self.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+        self.app.metrics.http_response(response.status)
+        if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:
+            self.h11.start_next_cycle()
+            return True
+        await self._linger()
+        return False
+
+    async def _send_error(self, status: int) -> None:
+        if self.h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return
+        status = status if 400 <= status < 600 else 400
+        await self._send(self.app.error(status, now=time.time()), head_only=False)
+
+    async def _linger(self) -> None:
+        """Tell the client we are done, and read what it still sends, briefly."""
+        with trio.move_on_after(CLOSE_LINGER_S):
+            if isinstance(self.stream, trio.abc.HalfCloseableStream):
+                try:
+                    await self.stream.send_eof()
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return
+            while await self._receive_some():
+                pass
