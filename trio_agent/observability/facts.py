@@ -9,12 +9,13 @@ never back. mypy checks that the server's classes fit.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import trio
+if TYPE_CHECKING:
+    import trio
 
-from trio_agent.protocol.constants import FrameKind
-from trio_agent.protocol.messages import DoneStatus
+    from trio_agent.protocol.constants import FrameKind
+    from trio_agent.protocol.messages import DoneStatus
 
 
 class RequestFacts(Protocol):
