@@ -1,19 +1,8 @@
 """What an agent is: the contract between the server and the code that replies.
 
-An agent is any async callable ``agent(request, stream)``. It reads
-:class:`AgentRequest` and streams its reply with ``await stream.send(delta)``.
-That is the whole contract, and it is the same for a toy and for an LLM client.
-
-Cancellation is not the agent's business to poll: the server runs each request in
-its own :class:`trio.CancelScope`, and an INTERRUPT, a timeout, a disconnect or a
-shutdown cancels that scope. The agent sees :class:`trio.Cancelled` at its next
-checkpoint (``stream.send`` is one) and should simply let it propagate, after any
-cleanup it needs (bounded: ``with trio.move_on_after(t, shield=True): ...``).
-
-Agents that hold resources (an HTTP client, a model) are async context managers:
-the server enters them when it starts and exits them when it has stopped
-(:func:`open_agents`). An agent that cannot serve says why in an
-``unavailable_reason`` attribute, and the SESSION frame lists it as unavailable.
+An agent is any async callable ``agent(request, stream)`` that streams its reply
+with ``await stream.send(delta)`` and lets :class:`trio.Cancelled` propagate.
+docs/agents.md explains the contract; docs/cancellation.md how cancellation reaches it.
 """
 
 from __future__ import annotations

@@ -1,32 +1,7 @@
 """Sleeps that share timers: many paced tasks, one Trio timer per millisecond.
 
-A server that paces hundreds of replies (a word every 100 ms, an audio chunk
-every 20 ms) sleeps tens of thousands of times a second. In Trio each
-:func:`trio.sleep_until` is a cancel scope with a deadline: entering it
-registers the deadline, and when it expires Trio *cancels* the scope, raises
-:class:`trio.Cancelled` into the sleeping task and catches it again at the
-scope's exit. That is the right tool for one timeout, and a real share of the
-CPU when every session of a busy server does it fifty times a second.
-
-:func:`sleep_until` here rounds the deadline up to a grid of
-:data:`GRID_S` (one millisecond) and lets every task sleeping until the same
-grid point share one Trio sleep: the first one to arrive (the *leader*) sleeps
-with :func:`trio.sleep_until`; the others park in a
-:class:`trio.lowlevel.ParkingLot` and the leader wakes them all when its sleep
-ends. Parking and unparking cost no exception and no cancel scope.
-
-Cancellation behaves exactly as with :func:`trio.sleep_until`: the call is a
-checkpoint, and a cancelled sleeper raises :class:`trio.Cancelled` at once,
-whether it leads or follows. A cancelled leader hands the grid point over: it
-wakes one follower, which becomes the new leader, and the rest sleep on
-undisturbed, so no sleeper depends on a task that is gone. Nothing runs in the
-background and nothing outlives the sleeps: a grid point exists only while a
-task sleeps until it.
-
-The price is the rounding: a sleep ends up to one grid step after its
-deadline (never before it, but for less than a nanosecond of floating point
-noise). For pacing words and 20 ms audio chunks a
-millisecond is well inside what a client buffers.
+:func:`sleep_until` cancels exactly like :func:`trio.sleep_until`, but ends up to
+:data:`GRID_S` late. docs/performance.md explains why and how the sleeps are shared.
 """
 
 from __future__ import annotations

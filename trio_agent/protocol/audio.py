@@ -1,23 +1,7 @@
 """Protocol v1.1 AUDIO frames: the binary codec, with no I/O.
 
-An AUDIO frame is one *binary* WebSocket message::
-
-    +----------------+--------------------------------+----------------------+
-    | header length  | header: UTF-8 JSON object      | samples              |
-    | 2 bytes, u16 BE| {"msg_type": "AUDIO", ...}     | pcm_s16le, raw bytes |
-    +----------------+--------------------------------+----------------------+
-
-The header carries ``msg_type`` ("AUDIO"), ``request_id``, ``seq`` (audio chunks
-of the request, from 0), ``start_ms`` (the chunk's offset in the spoken reply),
-``duration_ms`` (samples x 1000 / sample_rate, exactly, fractional where it must
-be), ``format`` ("pcm_s16le"), ``sample_rate`` and ``channels``.
-
-Encoding and decoding are plain functions so the server, the Python client and
-the tests share one definition of the bytes. Decoding never raises anything but
-:class:`~trio_agent.protocol.messages.ProtocolError` with code ``INVALID_MESSAGE``: a
-frame that is too short, a header length past the end, a header that is not
-UTF-8 JSON or not an AUDIO header, sample bytes that do not make whole frames,
-or a ``duration_ms`` that does not match the samples.
+The layout is in docs/protocol.md ("AUDIO"). Decoding raises nothing but
+:class:`~trio_agent.protocol.messages.ProtocolError` (``INVALID_MESSAGE``).
 """
 
 from __future__ import annotations

@@ -1,16 +1,7 @@
-"""WebSocket message frames as this server writes them (RFC 6455, section 5.2).
+"""WebSocket message frames as this server writes them (RFC 6455, section 5.2). Pure; no I/O.
 
-The session's writer frames its messages itself and hands them to the
-:class:`~trio_agent.server.cork.CorkableStream` under the connection, so that a batch
-of frames costs one system call and no per-message lock (see
-:mod:`trio_agent.server.cork`). trio-websocket keeps everything else: the handshake,
-reading, ping and pong, the closing handshake.
-
-A server's frames are simple: never masked, and this server sends every
-message whole (FIN set, no fragments) and negotiates no extension (so no
-compression and no reserved bits). That leaves the opcode and the length, and
-:func:`websocket_frame` gives the same bytes as wsproto's framing (a test
-checks it across the length encodings). Pure; no I/O.
+The session's writer frames a batch itself so that it leaves in one socket write
+(:mod:`trio_agent.server.cork`; docs/performance.md explains the batching).
 """
 
 from __future__ import annotations

@@ -1,17 +1,7 @@
 """A client-side checker of the protocol guarantees, as pure code.
 
-Feed it every frame a client sends (:meth:`GuaranteeChecker.sent`) and receives
-(:meth:`GuaranteeChecker.received`), in order; it records each broken guarantee
-as a :class:`Violation` naming the guarantee's number in ``docs/protocol.md``.
-Call :meth:`GuaranteeChecker.finish` when the conversation is over to check what
-must have happened by then (a DONE for every accepted REQUEST, an ACK for every
-INTERRUPT).
-
-The test suite runs every conversation through it, the Python client
-(:mod:`trio_agent.client.connection`) runs it on every connection (it raises in ``strict``
-mode and logs otherwise), and users can run it over transcripts of their own
-servers. Because a client may live for days, what it remembers about requests and
-interrupts that are over is bounded (``memory``).
+Feed :class:`GuaranteeChecker` every frame sent and received, in order; each broken
+guarantee becomes a :class:`Violation` numbered as in docs/protocol.md.
 """
 
 from __future__ import annotations

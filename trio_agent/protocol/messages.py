@@ -1,16 +1,7 @@
 """Protocol v1: every wire message as a pydantic model, and the pure parser.
 
-This module does no I/O. Turning raw text into a typed message (or a coded
-protocol error) and turning a server message back into text are plain functions,
-so they can be unit-tested, fuzzed and reused by any client without a socket.
-
-The envelope shared by every message::
-
-    {"msg_type": "...", "msg_id": "...", "session_id": "...", "request_id": "...",
-     "ref": "...", "ts": 1732540000000, "payload": {...}}
-
-``docs/protocol.md`` is the human-readable contract; this module is its executable
-twin, and the two must agree field for field.
+No I/O: parsing and encoding are plain functions. ``docs/protocol.md`` is the
+human-readable contract; this module is its executable twin, field for field.
 """
 
 from __future__ import annotations

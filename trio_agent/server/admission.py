@@ -1,28 +1,7 @@
 """Who may open a session: the handshake admission policy, as a pure function.
 
-:func:`admit` looks at the facts of one WebSocket handshake (the request target,
-the ``Host``, the headers, the offered subprotocols) and at the server's state
-(draining, sessions open) and returns :class:`Accept` or :class:`Refuse`. It does
-no I/O and knows nothing of trio-websocket, so the same decision serves any front
-end that parses a handshake (an HTTP router on the same port, a test).
-
-The checks run in a fixed order, and the order is part of the contract
-(``docs/security.md``)::
-
-    path      -> 404  the request is not for the WebSocket endpoint
-    Origin    -> 403  a browser page from a site that may not connect (cross-site
-                      WebSocket hijacking); checked before the token, so a foreign
-                      page learns nothing about the token
-    token     -> 401  missing or wrong shared secret
-    protocol  -> 400  a token offered as a subprotocol without ``trio-agent.v1``
-    draining  -> 503  the server is shutting down
-    capacity  -> 503  ``max_sessions`` sessions are open
-
-A client learns nothing about the server's state (draining, full) before it has
-shown that it may connect.
-
-Tokens are compared in constant time, and a refusal's ``reason`` never contains a
-secret: it is written to the log and sent as the response body.
+:func:`admit` returns :class:`Accept` or :class:`Refuse` from the facts of one
+handshake; the order of its checks is part of the contract (docs/security.md).
 """
 
 from __future__ import annotations

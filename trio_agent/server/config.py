@@ -1,13 +1,7 @@
 """Server settings: one table, read from CLI flags and ``TRIO_AGENT_*`` variables.
 
-Each field of :class:`ServerConfig` is one setting. Its flag is the field name in
-kebab case (``max_message_bytes`` -> ``--max-message-bytes``) and its environment
-variable the name in upper case (``TRIO_AGENT_MAX_MESSAGE_BYTES``). A flag beats the
-variable, the variable beats the default. ``docs/protocol.md`` lists them all.
-
-An agent with settings of its own declares them the same way in a dataclass of its
-own (``OpenAIConfig``), read with :func:`settings_from`. A setting whose ecosystem
-already has a variable name (``OPENAI_BASE_URL``) says so with ``env=...``.
+A flag beats the variable, the variable beats the default; ``docs/protocol.md``
+("Limits and settings") lists them all.
 """
 
 from __future__ import annotations
@@ -39,7 +33,7 @@ class ServerConfig:
     port: int = setting(DEFAULT_PORT, "TCP port (0 picks a free one)")
     path: str = setting(DEFAULT_PATH, "WebSocket path; other paths get HTTP 404")
     max_message_bytes: int = setting(
-        1_048_576, "largest client WebSocket message; bigger closes the connection with 1009"
+        1_048_576, "largest client WebSocket message, in bytes; bigger closes with 1009"
     )
     max_input_bytes: int = setting(
         65_536, "largest REQUEST input (UTF-8 bytes); bigger gets ERROR MESSAGE_TOO_LARGE"
@@ -50,8 +44,7 @@ class ServerConfig:
     write_batch_frames: int = setting(
         8,
         "frames the writer may send in one socket write when more are queued (1: a write "
-        "per frame). Batches halve the CPU per frame under load; frames already in a batch "
-        "are being written, so an INTERRUPT read meanwhile no longer drops them",
+        "per frame)",
     )
     priority_lane_capacity: int = setting(
         256, "control frames queued per connection before the session is closed with 1008"
@@ -60,25 +53,23 @@ class ServerConfig:
         8, "requests one session may run at once (TOO_MANY_REQUESTS past that)"
     )
     request_timeout_cap_s: float = setting(
-        300.0, "upper bound of a request's timeout_s, and its timeout when it gives none"
+        300.0, "upper bound of a request's timeout_s in seconds, and its timeout when it gives none"
     )
     idle_timeout_s: float = setting(
         120.0,
-        "close a session with 1001 after this long without a frame from the client (0: never)",
+        "seconds without a frame from the client before the session closes with 1001 (0: never)",
     )
     handshake_timeout_s: float = setting(
-        10.0, "how long a new connection may take to complete the WebSocket handshake"
+        10.0, "seconds a new connection may take to complete the WebSocket handshake"
     )
     cleanup_grace_s: float = setting(
-        2.0, "how long a session waits for cancelled agents to finish cleaning up"
+        2.0, "seconds a session waits for cancelled agents to finish cleaning up"
     )
-    shutdown_grace_s: float = setting(
-        5.0, "how long shutdown waits for sessions to flush and close"
-    )
+    shutdown_grace_s: float = setting(5.0, "seconds shutdown waits for sessions to flush and close")
     # -- hardening: see docs/security.md
     max_sessions: int = setting(1000, "sessions open at once; the next handshake gets HTTP 503")
     send_timeout_s: float = setting(
-        10.0, "abort a connection whose writes make no progress for this long (0: never)"
+        10.0, "seconds a connection's writes may make no progress before it is aborted (0: never)"
     )
     rate_limit_per_s: float = setting(
         50.0, "client frames per second per session (token bucket; 0: no limit)"
@@ -101,16 +92,15 @@ class ServerConfig:
     certfile: str = setting("", "TLS certificate chain (PEM); with --keyfile, serves wss://")
     keyfile: str = setting("", "TLS private key (PEM) of --certfile; empty: it is in --certfile")
     slow_step_warn_s: float = setting(
-        0.5, "warn when a task runs this long without a checkpoint, freezing all sessions (0: off)"
+        0.5, "seconds a task may run without a checkpoint before a warning (0: off)"
     )
     stats_interval_s: float = setting(
-        0.0, "log a DEBUG 'server stats' line (sessions, live tasks) every N s (0: never)"
+        0.0, "seconds between DEBUG 'server stats' lines (sessions, live tasks; 0: never)"
     )
     tcp_notsent_lowat: int = setting(
         0,
         "bytes of unsent data the kernel may hold per TCP connection (Linux TCP_NOTSENT_LOWAT; "
-        "0: the system default). Small values keep frames in the lanes, where an INTERRUPT "
-        "can overtake and drop them, instead of in the kernel, where it cannot",
+        "0: the system default)",
     )
     default_agent: str = setting("lorem", "agent used by a REQUEST that names none")
     speech: SpeechMode = setting(
@@ -122,13 +112,12 @@ class ServerConfig:
     audio_chunk_ms: float = setting(20.0, "milliseconds of audio per AUDIO chunk")
     audio_lead_ms: float = setting(
         20.0,
-        "how far ahead of real time a paced reply may send its audio: chunks starting "
-        "within this much of now leave together, in one write (0: each chunk at its time)",
+        "milliseconds a paced reply may send its audio ahead of real time "
+        "(0: each chunk at its time)",
     )
     audio_queue_ms: float = setting(
         200.0,
-        "milliseconds of AUDIO queued per connection before a speaking request waits: "
-        "the most speech a barge-in can find buffered on the server",
+        "milliseconds of AUDIO queued per connection before a speaking request waits",
     )
     web: bool = setting(
         True,
@@ -136,7 +125,7 @@ class ServerConfig:
     )
     lanes: LaneMode = setting(
         "priority",
-        "outbound lanes: 'priority' (the design) or 'fifo' (diagnostic: ACK queues behind stream frames)",
+        "outbound lanes: 'priority', or 'fifo' (diagnostic: ACK queues behind stream frames)",
         choices=("priority", "fifo"),
     )
     trace: str = setting(

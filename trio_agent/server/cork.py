@@ -1,23 +1,7 @@
 """A byte stream with a cork: several WebSocket frames leave in one socket write.
 
-trio-websocket sends every message with its own ``send_all`` under its own
-lock: every STREAM frame costs a ``send()`` system call (on loopback it also
-runs the receiving side of TCP) and a schedule point for the lock. The
-session's writer knows better: when the lanes hold more frames, it frames them
-itself (:func:`trio_agent.protocol.framing.websocket_frame`) and hands them all to the
-socket at once. :class:`CorkableStream` sits between trio-websocket and the TCP
-stream and makes that safe::
-
-    stream.keep(frame_a)              # the writer's frames, kept here (no I/O)
-    stream.keep(frame_b)
-    await stream.flush()              # one send_all for both
-
-trio-websocket still sends through this stream (a pong, a close frame, while
-the handshake is done by it before the writer starts). Such a send first sends
-whatever is kept, then its own bytes, under the same lock: the bytes on the
-wire are always in the order the calls were made, and nothing waits for the
-writer. The writer checks ``ws.closed`` before it keeps a frame; trio-websocket
-sets it before it sends a close frame, so no frame of ours follows a close.
+:class:`CorkableStream` keeps the writer's frames and flushes them in one
+``send_all``, in call order with trio-websocket's own sends (docs/performance.md).
 """
 
 from __future__ import annotations

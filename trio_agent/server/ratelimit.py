@@ -1,19 +1,7 @@
 """Flood control for one session's client frames: a token bucket and a hard limit.
 
-Pure: the caller passes the time (``trio.current_time()`` in the server, any
-number in a test), so every decision can be checked without an event loop.
-
-Each client frame takes one token from a bucket that holds ``burst`` tokens and
-refills at ``rate_per_s``. A frame that finds the bucket empty is *refused*: the
-session answers it with ``ERROR{RATE_LIMITED}`` instead of acting on it. Refusals
-are counted per flood; once more than ``close_after`` frames of one flood have been
-refused, the verdict is :attr:`Verdict.CLOSE` and the session closes with 1008.
-
-A flood ends when the bucket is full again, that is when the client has been
-quiet (or slow) long enough to earn back its whole burst. So a client that bursts
-now and then is forgiven, while one that keeps sending faster than the rate
-accumulates refusals until it is closed: the number of ERROR frames one session
-can cause is bounded by ``close_after`` per flood.
+Pure: the caller passes the time. docs/security.md explains refusals and when a
+flooding session is closed.
 """
 
 from __future__ import annotations

@@ -1,26 +1,7 @@
 """The per-session book of requests: which are running, which have ended, who cut whom.
 
-:class:`RequestRegistry` is pure bookkeeping. It never awaits, never touches a
-socket and never cancels anything itself: it *decides* (which requests an INTERRUPT
-cuts, whether a request id may be used, which terminal status wins) and returns the
-decision, and the Trio shell in :mod:`trio_agent.server.session` carries it out. That split
-is what lets every protocol guarantee about request state be unit-tested without an
-event loop, the way ``h11`` and ``wsproto`` test their state machines.
-
-A request moves through three phases::
-
-    RUNNING --end()--> ENDING --done_written()--> (forgotten; id remembered as finished)
-
-* RUNNING: its agent may still send frames; an INTERRUPT can cut it.
-* ENDING: its terminal status is decided and its DONE is queued but not yet written.
-  It can no longer be cut (an INTERRUPT naming it reports ``already_done``), and its
-  id cannot be reused yet.
-* After its DONE is on the wire the id is free again, and remembered in a bounded
-  memory so that a late INTERRUPT still gets ``already_done`` instead of ``unknown``.
-
-The first terminal decision wins: :meth:`RequestRegistry.end` returns ``False`` for
-every later one. That single rule is what makes "exactly one DONE per request" hold
-when an interrupt, a timeout, a failure and the agent's own return race.
+:class:`RequestRegistry` decides and the session carries the decision out; the first
+terminal decision wins. docs/cancellation.md explains the phases and why.
 """
 
 from __future__ import annotations

@@ -1,30 +1,7 @@
 """The bytes under a WebSocket: a stream wrapper that will not be held hostage, and TLS.
 
-:class:`GuardedStream` wraps each accepted connection (TCP or TLS) before the
-WebSocket layer sees it, and watches for the ways a peer can hold a server's
-resources without doing anything wrong at the protocol level:
-
-* **A peer that stops reading.** Every write must make progress: each piece of at
-  most :data:`PROGRESS_CHUNK` bytes must be taken by the kernel within
-  ``send_timeout_s``. When one is not, the write raises :class:`SendStalled` (a
-  :class:`trio.BrokenResourceError`, so the WebSocket layer treats it as a broken
-  connection) and the stream is marked broken.
-* **A write that did not complete.** A write that stalled, failed or was
-  cancelled may have left part of a frame on the wire. Nothing valid can follow
-  it, not even a close frame, so later writes fail at once and :meth:`aclose`
-  *aborts* the TCP connection (``SO_LINGER`` 0: a reset) instead of closing it
-  politely. The kernel then drops the unsent bytes at once rather than keep them
-  (and the socket) for a peer that will never read them.
-* **A peer that leaves during the handshake.**
-  :meth:`GuardedStream.cancel_if_peer_leaves` gives a cancel scope for the
-  handshake wait that is cancelled when the peer closes its side or the
-  connection breaks, so the connection's task ends at once instead of waiting for
-  the handshake timeout.
-
-Cancellation: every ``await`` here is a plain Trio checkpoint of the wrapped
-stream. A write cancelled before it wrote anything leaves the stream as it was
-(nothing of it is on the wire); one cancelled later marks the stream broken (see
-above); cancelling a read leaves it as it was.
+:class:`GuardedStream` bounds a peer that stops reading, aborts a connection left
+with half a frame, and notices a peer that leaves mid-handshake (docs/security.md).
 """
 
 from __future__ import annotations

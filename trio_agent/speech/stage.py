@@ -1,38 +1,7 @@
 """The speech stage: an agent's text, spoken into the request's stream lane.
 
-A REQUEST with ``options.voice`` runs its agent (any text agent) against a
-:class:`SpokenResponseStream` instead of the plain stream::
-
-    agent --send(delta)--> PhraseCutter --phrase--> synthesiser --samples, word spans-->
-      20 ms chunks --paced--> stream lane (budgeted in ms) --> writer --> socket
-
-For each chunk, in the request task: wait for the chunk's time (the reply's
-clock starts at its first chunk; ``options.audio_pace`` scales it, 0 turns it
-off), queue the STREAM frame of every word whose audio starts in the chunk
-(with that ``start_ms``), then queue the chunk. Both go through the stream lane,
-one request's frames in order, so a word's caption is written before its sound.
-
-A paced reply may run ahead of real time by ``--audio-lead-ms`` (20): when a
-chunk is due, every chunk that starts within the lead is queued with it, and
-they leave in one socket write. With 20 ms chunks that is one wake-up and one
-write per 40 ms of speech instead of two, which is most of what a spoken
-session costs the server; no chunk is ever later for it, and at most the lead
-more audio sits in the client's buffer. ``--audio-lead-ms 0`` sends each chunk
-at its own time. The sleeps go through :mod:`trio_agent.agents.pacing`, which lets the
-speakers due in the same millisecond share one Trio timer.
-
-Everything happens inside the agent's own ``await stream.send(...)``: the
-synthesis of a phrase, the pacing and the waits for room are all checkpoints of
-the request's task, in the request's cancel scope. An INTERRUPT cancels that
-scope, so the synthesiser's subprocess is killed where it stands
-(:mod:`trio_agent.speech.synthesizers`), the pacing sleep ends, and the chunks already
-queued are discarded with the request's STREAM frames. There is no task of its
-own to stop.
-
-One phrase is synthesised at a time, when the agent's text completes it; the
-agent waits meanwhile (that is the backpressure). A phrase's synthesis therefore
-starts when the previous phrase's last chunk is queued: with espeak-ng (a few
-tens of ms per phrase) the first chunk of a phrase can be that much late.
+Everything happens inside the agent's own ``await stream.send(...)``, in the
+request's cancel scope: an INTERRUPT stops it where it stands (docs/voice.md).
 """
 
 from __future__ import annotations

@@ -1,20 +1,7 @@
 """Synthesisers: text of one phrase in, ``pcm_s16le`` mono samples and word spans out.
 
-Two ship with the server, chosen by ``--speech`` (``auto``: espeak-ng when it is
-installed, else the built-in one):
-
-* :class:`EspeakSynthesizer` runs ``espeak-ng`` once per phrase, as a subprocess
-  opened with :func:`trio.lowlevel.open_process`. Cancelling the request (an
-  INTERRUPT, a timeout, a disconnect) kills the process at once and reaps it,
-  waiting at most :data:`REAP_TIMEOUT_S` in a shielded scope, so no synthesiser
-  outlives the request that started it. Word boundaries inside a phrase are an
-  **estimate**: the phrase's audio is shared between its words in proportion to
-  their letters (espeak-ng's command line reports no word timings).
-* :class:`BuiltinSynthesizer` needs nothing installed: every syllable is a short
-  tone with an attack and a decay, a word is its syllables, words are separated by
-  a short silence and phrases by a pause. Deterministic, and its word boundaries
-  are **exact** (the phrase is built word by word). It only joins precomputed
-  tones, so it costs next to no CPU.
+``espeak-ng`` (a subprocess killed on cancellation) or the built-in tones,
+chosen by ``--speech`` (docs/voice.md).
 """
 
 from __future__ import annotations

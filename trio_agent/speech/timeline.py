@@ -1,18 +1,7 @@
 """The speech stage's pure parts: phrases, words on the audio timeline, what was heard.
 
-Nothing here awaits or touches a socket. The Trio shell (:mod:`trio_agent.speech.stage`)
-feeds an agent's text through :class:`PhraseCutter`, has each phrase synthesised
-(:mod:`trio_agent.speech.synthesizers`), and books every word and audio chunk it queues in
-the request's :class:`SpeechTimeline`; the writer books what reached the socket.
-The DONE of a spoken reply is then computed from the timeline alone:
-
-* ``audio_ms``: samples written x 1000 / sample_rate (the sum of the written
-  chunks' ``duration_ms``; chunks are contiguous from 0);
-* ``heard_ms``: the client's ``played_ms`` when its INTERRUPT named the request,
-  capped by ``audio_ms``; otherwise ``audio_ms``;
-* ``heard_text``: the deltas of the words whose audio lies wholly within
-  ``heard_ms`` (``end_ms <= heard_ms``), joined: always a prefix of the reply's
-  STREAM deltas.
+The DONE of a spoken reply (``audio_ms``, ``heard_ms``, ``heard_text``) is computed
+from the timeline alone; docs/voice.md defines each field.
 """
 
 from __future__ import annotations

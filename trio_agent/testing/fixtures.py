@@ -1,26 +1,7 @@
 """The pytest fixtures of the trio-agent plugin (they need pytest-trio).
 
-* ``agent_server``: an :class:`~trio_agent.AgentServer` running in the test's
-  nursery, listening on a free loopback port, with the agents of
-  ``agent_server_agents`` and the settings of ``agent_server_config``. It traces
-  into memory: ``agent_server.tracer.events`` is the list of trace events.
-* ``agent_client``: the project's client (:func:`~trio_agent.client.connection.open_agent_client`)
-  connected to ``agent_server``, in strict mode (a broken guarantee fails the
-  test with :class:`~trio_agent.client.connection.ProtocolViolation`) and without heartbeats
-  (so a test's clock only moves when the test makes it). By default it connects
-  over in-memory streams, which keeps ``trio.testing.MockClock`` deterministic;
-  ``agent_transport`` set to ``"socket"`` uses the loopback port instead.
-
-Override a fixture to change it, in a module or a conftest.py::
-
-    @pytest.fixture
-    def agent_server_agents():
-        return {"mine": MyAgent()}
-
-or for one test, by parametrizing it::
-
-    @pytest.mark.parametrize("agent_server_agents", [{"mine": MyAgent()}])
-    async def test_mine(agent_client): ...
+``agent_server`` runs a traced server in the test's nursery; ``agent_client``
+connects to it in strict mode. docs/testing.md shows how to override them.
 """
 
 from __future__ import annotations

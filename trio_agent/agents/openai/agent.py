@@ -1,29 +1,7 @@
 """The ``openai`` agent: a reply streamed from any OpenAI-compatible chat model.
 
-It talks to ``POST {base_url}/chat/completions`` (OpenAI, vLLM, llama.cpp's server,
-Ollama, LM Studio...) and gets three things right that matter once users can
-interrupt:
-
-* **The upstream stops.** An INTERRUPT cancels the request's scope; the streaming
-  response is closed at once (bounded, shielded), which is how vLLM and llama.cpp
-  learn to stop generating. The DONE then says ``upstream_cancelled: true`` and
-  how long the close took (``upstream_close_ms``): the agent defers its DONE until
-  that cleanup is over (:meth:`~trio_agent.agents.ResponseStream.defer_done`).
-* **No race.** Every request has its own HTTP request, so a REQUEST right after an
-  INTERRUPT starts streaming at once and never sees a token of the old one.
-* **History is what the user heard.** Each session keeps its conversation
-  (:class:`~trio_agent.agents.openai.history.ChatHistory` in the session's state); an
-  assistant turn is recorded when the DONE is written, with exactly the delivered
-  deltas (:meth:`~trio_agent.agents.ResponseStream.on_done`); for a spoken reply
-  that was interrupted, with the words the user heard (``DONE.heard_text``).
-
-The HTTP client is opened when the server starts and closed when it stops (the
-agent is an async context manager; see :func:`~trio_agent.agents.open_agents`):
-one client, with a bounded connection pool, shared by every session.
-
-Settings: :class:`OpenAIConfig` (``--openai-*`` flags and variables) plus
-``OPENAI_API_KEY``, the variable the official SDK reads. The key is sent as a
-bearer token and is never logged, put in a frame, or shown in a repr.
+Settings: :class:`OpenAIConfig` plus ``OPENAI_API_KEY`` (never logged). docs/agents.md
+explains how an INTERRUPT stops the upstream and why history holds what was heard.
 """
 
 from __future__ import annotations

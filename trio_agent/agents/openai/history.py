@@ -1,21 +1,7 @@
 """A chat conversation that remembers what the user actually heard.
 
-Pure bookkeeping, no I/O: :class:`ChatHistory` holds the turns of one session's
-dialogue with a chat model and builds the ``messages`` list of the next request.
-
-The rule that matters is in :meth:`ChatHistory.record`: an assistant turn holds
-exactly the text the client received (the deltas of the STREAM frames written to
-the socket before the DONE), not what the model produced. When a reply is cut by an
-INTERRUPT, the model may have generated a hundred more tokens that were queued,
-dropped or never read; the next request must not pretend the user heard them. The
-turn keeps its status (``interrupted``) in the server's own record, while the
-message sent upstream is a plain ``{"role", "content"}`` pair: strict upstreams
-reject fields they do not know.
-
-Concurrent requests of one session each start from the conversation as it stood
-when they started (:meth:`ChatHistory.messages_for` takes a snapshot), and their
-turns are appended in the order the requests end (:meth:`ChatHistory.record` is
-called when a request's DONE is written).
+Pure bookkeeping, no I/O: an assistant turn holds exactly the deltas the client
+received, not what the model produced (docs/agents.md, the ``openai`` agent).
 """
 
 from __future__ import annotations

@@ -1,42 +1,8 @@
 """One streaming chat completion from an OpenAI-compatible server, on Trio.
 
-``POST {base_url}/chat/completions`` with ``"stream": true`` answers with
-server-sent events, one JSON chunk each, and a last ``[DONE]``::
-
-    data: {"choices": [{"index": 0, "delta": {"content": "Hel"}, "finish_reason": null}]}
-
-    data: {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
-
-    data: [DONE]
-
-:class:`CompletionStream` makes that call with a shared ``httpx.AsyncClient`` (httpx runs
-on Trio through httpcore's Trio backend), reads the events with ``httpx-sse`` and
-forwards each content delta. It owns the three things the server relies on:
-
-**Deadlines.** One :class:`trio.CancelScope` guards the call, and its deadline moves
-with the phase: *connect* (from the start until the request goes out: waiting for a
-pooled connection, TCP, TLS), *first token* (until the first event arrives, which
-covers the upstream's queue and prompt processing), then *token gap* (restarted by
-every event). httpcore's ``trace`` extension tells us when the request goes out.
-While a delta waits in ``send`` (a slow client, backpressure) the deadline is
-lifted: a slow reader is not a silent upstream. When the scope fires, the call ends
-with :class:`~trio_agent.agents.AgentTimeout` naming the phase.
-
-**Errors.** Every way the upstream can fail becomes an
-:class:`~trio_agent.agents.AgentError` with one of three codes:
-``UPSTREAM_UNAVAILABLE`` (no connection: refused, DNS, reset), ``UPSTREAM_ERROR``
-(an HTTP error status or an error event, with the upstream's own message and
-``upstream_status``), ``UPSTREAM_PROTOCOL`` (not an event stream, an event that is
-not a chunk, a stream that ends before ``[DONE]``).
-
-**Close.** However the call ends (done, failed, timed out, cancelled by an
-INTERRUPT), the response is closed before :meth:`CompletionStream.run` returns or raises.
-A response that is still streaming is closed by closing its connection: that is
-what tells vLLM, llama.cpp's server and OpenAI to stop generating. httpcore closes
-it in a shielded block the moment cancellation reaches its read; when the cancel
-lands elsewhere (in ``send``), :meth:`CompletionStream.run` closes it in a bounded,
-shielded block. The ``trace`` extension reports when the close started and ended,
-which :attr:`CompletionStream.close_ms` keeps.
+:class:`CompletionStream` owns the call's phase deadlines, turns every upstream
+failure into an :class:`~trio_agent.agents.AgentError`, and closes the response
+however the call ends. docs/agents.md explains each of the three.
 """
 
 from __future__ import annotations

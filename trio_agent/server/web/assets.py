@@ -1,16 +1,7 @@
 """The files the server hands to browsers, read once and kept in memory.
 
-``trio_agent/web/static/`` holds the browser client (``agent-client.js``) and, under
-``demo/``, the demo page. They are a few kilobytes, so the server reads them once,
-with their content type and validators, and answers from memory:
-
-* no file system access while serving, so no blocking call in the event loop and
-  no directory traversal to defend against: a name that is not a key of the table
-  is a 404, whatever dots, slashes or encodings it holds;
-* a strong ``ETag`` (a hash of the content) and a ``Last-Modified`` (the file's
-  modification time) for conditional requests.
-
-Edit a file and restart the server to serve the new version.
+No file access while serving, strong ``ETag`` and ``Last-Modified`` validators;
+restart the server to serve an edited file (docs/web.md).
 """
 
 from __future__ import annotations

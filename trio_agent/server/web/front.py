@@ -1,21 +1,7 @@
 """The front of every connection: HTTP/1.1 until the client asks for the WebSocket.
 
-:func:`serve_http` reads requests from a freshly accepted stream with ``h11``.
-Each request is routed (:mod:`trio_agent.server.web.routing`); a plain request is
-answered (:class:`~trio_agent.server.web.routes.WebApp`) and the connection kept alive
-for the next one, and a WebSocket upgrade to the agent's path ends the HTTP part:
-:func:`serve_http` returns a :class:`ReplayStream` that gives back the bytes it
-has read so far, so trio-websocket can run the handshake as if it had read the
-connection from the start.
-
-Timeouts and shutdown:
-
-* each request head must arrive within ``head_timeout_s`` of the connection
-  opening or of the previous response (slow clients cannot hold a connection, and
-  an idle keep-alive connection is closed after that long);
-* when the server starts draining, a connection waiting for its next request is
-  closed at once, and a request already under way gets its response with
-  ``Connection: close``. So an idle browser connection never delays a shutdown.
+:func:`serve_http` answers plain requests and hands a WebSocket upgrade to
+trio-websocket with the bytes already read. docs/web.md covers timeouts and shutdown.
 """
 
 from __future__ import annotations

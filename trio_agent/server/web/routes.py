@@ -1,22 +1,7 @@
 """The plain HTTP side of the agent's port: a request in, a response out.
 
-:class:`WebApp` answers every request that is not the agent's WebSocket:
-
-=================  ==============================================================
-``GET /``          the demo page (not with ``--no-web``)
-``GET /static/…``  the browser client and the page's files, with ``ETag`` and
-                   ``Last-Modified``; ``If-None-Match``/``If-Modified-Since`` give 304
-``GET /healthz``   200 while the process runs
-``GET /readyz``    200 while the server accepts sessions, 503 while it drains
-``GET /metrics``   Prometheus exposition (OpenMetrics when the scraper asks for it)
-``GET /ws``        without an upgrade: 426 Upgrade Required
-anything else      404; a known path with another method than GET or HEAD: 405
-=================  ==============================================================
-
-It does no I/O: the files are in memory (:mod:`trio_agent.server.web.assets`), readiness
-and metrics are read through the callables it is given, and the clock is an
-argument. The Trio shell that reads requests and writes responses is
-:mod:`trio_agent.server.web.front`.
+:class:`WebApp` answers every request that is not the agent's WebSocket, with no
+I/O; docs/web.md lists the endpoints.
 """
 
 from __future__ import annotations

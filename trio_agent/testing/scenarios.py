@@ -1,0 +1,221 @@
+"""The scenarios :func:`~trio_agent.testing.check_agent` plays, one method each.
+
+Each wire scenario runs the agent behind a fresh traced
+:class:`~trio_agent.server.agent_server.AgentServer` and plays a raw client
+through a :class:`~trio_agent.testing.scene.Scene`; "conduct" runs the agent
+alone (:mod:`trio_agent.testing.conduct`). docs/testing.md describes each one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from trio_agent.agents import Agent, AgentRequest
+from trio_agent.server.agent_server import AgentServer
+from trio_agent.server.config import ServerConfig
+from trio_agent.testing.conduct import check_conduct
+from trio_agent.testing.rules import AGENT_RULES, GUARANTEES, AgentCheckReport, Finding
+from trio_agent.testing.scene import Impatient, Scene, impatient_leaves
+from trio_agent.testing.step_timer import StepTimer, WatchingTracer
+
+#: The agent's name behind the check's server.
+AGENT = "agent-under-test"
+
+
+@dataclass
+class Check:
+    """One :func:`~trio_agent.testing.check_agent` run: its settings, what it learnt, its report."""
+
+    agent: Agent
+    label: str
+    input: str
+    options: dict[str, Any]
+    completes: bool
+    timeout_s: float
+    max_step_s: float
+    cleanup_grace_s: float
+    patience_s: float
+    config: ServerConfig
+    #: Times the agent's tasks; every scenario has it watch the tasks that run the agent.
+    steps: StepTimer
+    report: AgentCheckReport = field(init=False)
+    #: STREAM frames of a complete run (learnt by "complete"; None until then).
+    frames: int | None = None
+
+    def __post_init__(self) -> None:
+        self.report = AgentCheckReport(self.label)
+
+    async def run(self, scenario: str) -> list[Finding]:
+        if scenario == "conduct":
+            return await self._conduct()
+        tracer = WatchingTracer(self.steps)
+        server = AgentServer(self.config, {AGENT: self.agent}, trace=tracer)
+        play = {
+            "complete": self._complete,
+            "interrupt early": self._interrupt_early,
+            "interrupt late": self._interrupt_late,
+            "interrupt all": self._interrupt_all,
+            "concurrent interrupts": self._concurrent_interrupts,
+            "timeout": self._timeout,
+            "disconnect mid-stream": self._disconnect,
+        }[scenario]
+        scene = Scene(scenario, server, tracer, self.patience_s)
+        try:
+            await play(scene)
+        except* Impatient as group:
+            # Raised inside the connection's nursery, so it comes out in a group.
+            for exc in impatient_leaves(group):
+                scene.found(exc.rule, exc.detail)
+        self.report.scenarios.setdefault(scenario, "; ".join(scene.notes) or "ok")
+        return scene.findings()
+
+    def _request(self, rid: str, **extra: Any) -> dict[str, Any]:
+        return {"input": self.input, "agent": AGENT, "options": self.options, **extra}
+
+    # -- conduct: the agent alone, cancelled inside stream.send ----------------------
+
+    async def _conduct(self) -> list[Finding]:
+        request = AgentRequest(
+            request_id="conduct", input=self.input, options=self.options, session_id="check"
+        )
+        return await check_conduct(
+            self.agent,
+            request,
+            sends=self.frames if self.frames is not None else 2,
+            patience_s=self.patience_s,
+            cleanup_grace_s=self.cleanup_grace_s,
+            steps=self.steps,
+            report=self.report,
+        )
+
+    # -- on the wire ------------------------------------------------------------------
+
+    async def _complete(self, scene: Scene) -> None:
+        async with scene.connect("memory") as wire:
+            await wire.send(scene.request_frame(wire, "complete", self._request("complete")))
+            if self.completes:
+                done = await scene.until_done(wire, "complete")
+                self.frames = scene.streams(wire, "complete")
+                status = done["payload"]["status"]
+                if status != "completed":
+                    error = done["payload"].get("error")
+                    scene.found(
+                        f"agent rule: {AGENT_RULES['complete']}",
+                        f"the request ended with status {status!r}"
+                        + (f" ({error['code']}: {error['message']})" if error else "")
+                        + "; pass check_agent an input= and options= the agent accepts",
+                        wire,
+                    )
+                self.report.scenarios["complete"] = f"{status}, {self.frames} frames"
+            else:
+                await scene.until_streams(wire, "complete", 3)
+                self.frames = 3
+                await scene.until_ack_and_done(wire, await wire.interrupt("complete"), "complete")
+                self.report.scenarios["complete"] = "streams (an endless agent)"
+
+    async def _interrupt_after(self, scene: Scene, rid: str, frames: int) -> None:
+        # Unbuffered: the server's writer waits for this client, so frames queue
+        # up in the stream lane and the INTERRUPT has some to overtake.
+        async with scene.connect("lockstep") as wire:
+            await wire.send(scene.request_frame(wire, rid, self._request(rid)))
+            got = await scene.until_streams(wire, rid, frames)
+            if got < frames:  # it finished before: nothing left to interrupt
+                scene.note(f"the agent finished after {got} frames")
+                return
+            msg_id = await wire.interrupt(rid)
+            ack, done = await scene.until_ack_and_done(wire, msg_id, rid)
+            await scene.settle(wire)
+            if ack["payload"]["interrupted"] == [rid] and not done["payload"]["interrupted"]:
+                scene.found(
+                    f"guarantee 5: {GUARANTEES[5]}",
+                    "the ACK named the request but its DONE says interrupted: false",
+                    wire,
+                )
+            scene.note(
+                f"ACK interrupted={ack['payload']['interrupted']}, DONE {done['payload']['status']}"
+            )
+
+    async def _interrupt_early(self, scene: Scene) -> None:
+        await self._interrupt_after(scene, "early", 1)
+
+    async def _interrupt_late(self, scene: Scene) -> None:
+        frames = self.frames if self.frames is not None else 3
+        await self._interrupt_after(scene, "late", max(frames - 1, 1))
+
+    async def _interrupt_all(self, scene: Scene) -> None:
+        async with scene.connect("memory") as wire:
+            for rid in ("all-1", "all-2"):
+                await wire.send(scene.request_frame(wire, rid, self._request(rid)))
+            for rid in ("all-1", "all-2"):
+                await scene.until_streams(wire, rid, 1)
+            msg_id = await wire.interrupt(None, reason="STOP_BUTTON")
+            await wire.send(scene.request_frame(wire, "after", self._request("after")))
+            ack = await scene.until_ack(wire, msg_id)
+            if "after" in ack["payload"]["interrupted"]:
+                scene.found(
+                    f"guarantee 7: {GUARANTEES[7]}", "the REQUEST sent after it was cut", wire
+                )
+            if self.completes:
+                done = await scene.until_done(wire, "after")
+                if done["payload"]["status"] != "completed":
+                    scene.found(
+                        f"guarantee 7: {GUARANTEES[7]}",
+                        f"the REQUEST sent right after the interrupt-all ended "
+                        f"{done['payload']['status']!r}",
+                        wire,
+                    )
+            else:
+                await scene.until_streams(wire, "after", 1)
+                await scene.until_ack_and_done(wire, await wire.interrupt("after"), "after")
+            for rid in ("all-1", "all-2"):
+                await scene.until_done(wire, rid)
+            await scene.settle(wire)
+            scene.note(f"ACK interrupted={sorted(ack['payload']['interrupted'])}")
+
+    async def _concurrent_interrupts(self, scene: Scene) -> None:
+        async with scene.connect("memory") as wire:
+            await wire.send(scene.request_frame(wire, "twice", self._request("twice")))
+            await scene.until_streams(wire, "twice", 1)
+            first = await wire.interrupt("twice")
+            second = await wire.interrupt("twice")
+            acks = [await scene.until_ack(wire, first), await scene.until_ack(wire, second)]
+            await scene.until_done(wire, "twice")
+            await scene.settle(wire)
+            counts = [a["payload"]["interrupted_count"] for a in acks]
+            scene.note(f"ACK counts {counts}")
+
+    async def _timeout(self, scene: Scene) -> None:
+        async with scene.connect("memory") as wire:
+            extra = {"timeout_s": self.timeout_s}
+            await wire.send(scene.request_frame(wire, "slow", self._request("slow", **extra)))
+            done = await scene.until_done(wire, "slow")
+            status = done["payload"]["status"]
+            if status not in ("timeout", "completed"):
+                scene.found(
+                    f"guarantee 1: {GUARANTEES[1]}",
+                    f"a request whose deadline ran out ended {status!r}, not 'timeout'",
+                    wire,
+                )
+            scene.note(f"DONE {status} after {done['payload']['frames']} frames")
+
+    async def _disconnect(self, scene: Scene) -> None:
+        async with trio.open_nursery() as server_side:
+            async with scene.connect("memory", serve_in=server_side, whole=False) as wire:
+                await wire.send(scene.request_frame(wire, "gone", self._request("gone")))
+                await scene.until_streams(wire, "gone", 1)
+                await trio.aclose_forcefully(wire.stream)
+            with trio.move_on_after(self.cleanup_grace_s + 1.0) as waited:
+                await scene.server.wait_idle()
+            if waited.cancelled_caught:
+                scene.found(
+                    f"guarantee 9: {GUARANTEES[9]}",
+                    f"the session was still open {self.cleanup_grace_s + 1.0:g} s after its "
+                    "client vanished: the agent does not stop when cancelled (an unbounded "
+                    "shield, or Cancelled swallowed in a loop)",
+                    "\n".join(scene.trace_lines("gone")),
+                )
+            else:
+                scene.note("the session ended with its client")
