@@ -29,7 +29,8 @@ from test_chat import Keyboard, Transcript, index
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, Request, TextMessage
 
-from trio_agent.cli.chat import VoiceSettings, run_chat, voice_settings
+from trio_agent.cli.chat import run_chat
+from trio_agent.cli.chat_voice import VoiceSettings, voice_settings
 from trio_agent.cli.main import build_parser
 from trio_agent.client.playback import player_argv, streaming_wav_header
 

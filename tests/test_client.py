@@ -20,7 +20,7 @@ from testing_agents import Probe, endless
 
 from trio_agent import AgentServer
 from trio_agent import agents as builtin
-from trio_agent.client.connection import (
+from trio_agent.client import (
     AckTimeout,
     AgentClient,
     ClientClosed,

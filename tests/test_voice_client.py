@@ -14,8 +14,8 @@ import trio
 import trio.testing
 from fake_server import FAKE_URL, start_fake, tone, voice_session_payload
 
-from trio_agent.client.connection import AudioChunk, AudioFormat, open_agent_client
-from trio_agent.client.state import ClientState, ProtocolBreach, RequestUpdated
+from trio_agent.client import AudioChunk, AudioFormat, ClientState, open_agent_client
+from trio_agent.client.state import ProtocolBreach, RequestUpdated
 from trio_agent.protocol.audio import AudioHeader, encode_audio_frame
 from trio_agent.protocol.guarantees import GuaranteeChecker
 
@@ -38,9 +38,9 @@ def audio_frame(request_id: str, seq: int, start_ms: float, ms: int, rate: int =
 
 
 def opened() -> ClientState:
-    conversation = ClientState()
-    conversation.receive(frame("SESSION", payload=voice_session_payload()))
-    return conversation
+    client_state = ClientState()
+    client_state.receive(frame("SESSION", payload=voice_session_payload()))
+    return client_state
 
 
 def spoken_request(c: ClientState, request_id: str = "r1"):
@@ -49,7 +49,7 @@ def spoken_request(c: ClientState, request_id: str = "r1"):
     return state
 
 
-# --------------------------------------------------------------------------- the books
+# --------------------------------------------------------------------------- the client state
 
 
 def test_audio_frames_become_chunks_with_their_timing():

@@ -1,28 +1,10 @@
 """``trio-agent chat``: a terminal chat that barges in.
 
-Each line you type is a request, and its reply streams in as it arrives. A new
-line while a reply is still streaming interrupts that reply (reason
-``USER_NEW_INPUT``) and asks the new question at once: the old reply ends on the
-screen with a ``[cut ...]`` marker where it stopped, and when the server's ACK
-comes a note says how long it took and what the server cut. Commands: ``/stop``
-interrupts without asking anything, ``/agent NAME`` switches agent, ``/quit``
-leaves. Ctrl-C leaves too, closing the connection cleanly. At the end of the
-input (a pipe, a file, Ctrl-D) the chat lets the last reply finish, then leaves.
-
-The chat is a thin user of :mod:`trio_agent.client.connection`: it never waits for an ACK
-before asking again, which is the point of optimistic interruption.
-
-With ``--voice`` the replies are spoken (protocol v1.1): each reply's audio goes to
-a WAV file (``--wav``) and/or a player command (``--play aplay``), see
-:mod:`trio_agent.client.playback`. A barge-in kills the player at once, and the INTERRUPT
-carries ``played_ms`` from the player's clock; when the server's DONE comes, a note
-says what was heard (``heard_text``).
-
-Cancellation: :func:`run_chat` lives in one nursery. A task per reply shows it; a
-task per spoken reply feeds its sinks, inside a cancel scope the next barge-in
-cancels (its ``finally`` kills and reaps the player, shielded and bounded); a task
-per interrupt waits for its ACK and reports it. Leaving (``/quit``, Ctrl-C)
-cancels them all, and the client's block closes the connection.
+Each line typed is a request; a new line while a reply streams interrupts it and
+asks at once, never waiting for the ACK. This module holds the chat loop, its
+flags and its entry point; the terminal I/O is in :mod:`trio_agent.cli.chat_terminal`
+and the speech in :mod:`trio_agent.cli.chat_voice`. docs/client.md ("The terminal
+chat") describes it.
 """
 
 from __future__ import annotations
@@ -31,13 +13,20 @@ import argparse
 import os
 import signal
 import sys
-from dataclasses import dataclass
-from pathlib import Path
 from typing import TextIO
 
 import trio
 
-from trio_agent.client.connection import (
+from trio_agent.cli.chat_terminal import LineReader, Screen, ThreadedFdReader
+from trio_agent.cli.chat_voice import (
+    DEFAULT_WAV,
+    Speech,
+    VoiceSettings,
+    describe_heard,
+    describe_voice,
+    voice_settings,
+)
+from trio_agent.client import (
     AckInfo,
     AckTimeout,
     AgentClient,
@@ -45,12 +34,13 @@ from trio_agent.client.connection import (
     ClientClosed,
     DoneInfo,
     InterruptHandle,
+    PlayerSink,
     Response,
     ServerError,
+    WavFileSink,
     check_token,
     open_agent_client,
 )
-from trio_agent.client.playback import PlayerSink, Sink, WavFileSink
 from trio_agent.protocol.constants import DEFAULT_URL
 
 STOP_REASON = "USER_STOP"
@@ -59,140 +49,6 @@ HELP = (
     "type a line to ask; a new line while a reply streams interrupts it. "
     "/stop interrupts, /agent NAME switches agent, /quit leaves"
 )
-#: Where ``--voice`` writes replies when given neither ``--wav`` nor ``--play``.
-DEFAULT_WAV = "trio-agent-{request_id}.wav"
-
-
-@dataclass(frozen=True, slots=True)
-class VoiceSettings:
-    """How the chat speaks replies.
-
-    :param voice: the voice to ask for (``True``: the server's default).
-    :param wav: a path for each reply's WAV file; ``{request_id}`` in it is
-        replaced by the reply's id (without it, each reply overwrites the last).
-    :param play: a player command, given each reply's audio on its stdin.
-    :param audio_pace: the ``audio_pace`` request option (``None``: the server's).
-    """
-
-    voice: str | bool = True
-    wav: str | None = None
-    play: str | None = None
-    audio_pace: float | None = None
-
-    def sinks(self, request_id: str) -> list[Sink]:
-        sinks: list[Sink] = []
-        if self.wav is not None:
-            sinks.append(WavFileSink(Path(self.wav.replace("{request_id}", request_id))))
-        if self.play is not None:
-            sinks.append(PlayerSink(self.play))
-        return sinks
-
-
-class Speech:
-    """The audio of the reply on screen: its sinks, and the cancel scope of the task
-    that feeds them. :meth:`silence` is the barge-in."""
-
-    def __init__(self, sinks: list[Sink]) -> None:
-        self.sinks = sinks
-        self.scope = trio.CancelScope()
-
-    def players(self) -> list[PlayerSink]:
-        return [sink for sink in self.sinks if isinstance(sink, PlayerSink)]
-
-    @property
-    def playing(self) -> bool:
-        """A player of this reply is still running (it may play on after the reply ended)."""
-        return any(player.running for player in self.players())
-
-    def silence(self) -> None:
-        """Stop the sound now (kill the players, synchronously), then let the task
-        clean up: its scope is cancelled, and its ``finally`` reaps the players."""
-        for player in self.players():
-            player.halt()
-        self.scope.cancel(reason="barge-in")
-
-
-class Screen:
-    """Everything the chat prints goes through here.
-
-    Several tasks print (replies, ACK notes); each call writes whole pieces
-    synchronously, so they never interleave inside a piece. A note that arrives
-    while a reply is mid-line starts on a new line.
-    """
-
-    def __init__(self, out: TextIO) -> None:
-        self._out = out
-        self._mid_line = False
-
-    def reply(self, delta: str) -> None:
-        self._write(delta)
-        self._mid_line = True
-
-    def end_reply(self, marker: str = "") -> None:
-        """End the reply's line, with ``marker`` (like ``[cut ...]``) at its end."""
-        if self._mid_line:
-            self._write(f" {marker}\n" if marker else "\n")
-        elif marker:
-            self._write(f"{marker}\n")
-        self._mid_line = False
-
-    def line(self, text: str) -> None:
-        """Print ``text`` on a line of its own."""
-        self._write(("\n" if self._mid_line else "") + text + "\n")
-        self._mid_line = False
-
-    def note(self, text: str) -> None:
-        self.line(f"[{text}]")
-
-    def _write(self, text: str) -> None:
-        self._out.write(text)
-        self._out.flush()
-
-
-class LineReader:
-    """Splits a byte stream into lines (UTF-8, undecodable bytes replaced)."""
-
-    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
-        self._stream = stream
-        self._buffer = b""
-        self._eof = False
-
-    async def next_line(self) -> str | None:
-        """The next line without its end, or ``None`` at the end of the input."""
-        while b"\n" not in self._buffer and not self._eof:
-            data = await self._stream.receive_some()
-            if data:
-                self._buffer += data
-            else:
-                self._eof = True
-        if b"\n" in self._buffer:
-            raw, self._buffer = self._buffer.split(b"\n", 1)
-        elif self._buffer:
-            raw, self._buffer = self._buffer, b""
-        else:
-            return None
-        return raw.decode("utf-8", errors="replace").rstrip("\r")
-
-
-class ThreadedFdReader(trio.abc.ReceiveStream):
-    """Reads a file descriptor in a worker thread.
-
-    Works the same for a terminal, a pipe and a file, and never switches the
-    descriptor to non-blocking mode (which a terminal shares with stdout and
-    stderr). A cancelled read abandons its thread, which returns at the next input
-    or when the process exits.
-    """
-
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        return await trio.to_thread.run_sync(
-            os.read, self._fd, max_bytes or 65536, abandon_on_cancel=True
-        )
-
-    async def aclose(self) -> None:
-        await trio.lowlevel.checkpoint()
 
 
 class Chat:
@@ -391,16 +247,6 @@ def end_marker(done: DoneInfo | None, chunks_shown: int) -> str:
     return f"[{done.status}: {done.reason}]" if done.reason else f"[{done.status}]"
 
 
-def describe_heard(done: DoneInfo) -> str | None:
-    """One line about what the user heard of a spoken reply, from its server DONE,
-    e.g. ``heard 1.20 s of 3.40 s: "Lorem ipsum dolor"``; ``None`` if not spoken."""
-    if done.heard_ms is None or done.audio_ms is None:
-        return None
-    text = (done.heard_text or "").strip()
-    words = f': "{text}"' if text else ": nothing"
-    return f"heard {done.heard_ms / 1000:.2f} s of {done.audio_ms / 1000:.2f} s{words}"
-
-
 def describe_ack(ack: AckInfo, handle: InterruptHandle) -> str:
     """One line about an INTERRUPT_ACK, e.g. ``ack in 0.4 ms: the server cut req-1``."""
     head = f"ack in {ack.rtt_s * 1000:.1f} ms"
@@ -441,6 +287,12 @@ async def run_chat(
 
     Errors (cannot connect, connection lost) are printed as one line on stderr,
     with exit status 1; an unknown ``agent`` gives status 2.
+
+    Cancellation: the chat lives in one nursery. A task per reply shows it; a task
+    per spoken reply feeds its sinks, inside a cancel scope the next barge-in
+    cancels (its ``finally`` kills and reaps the player, shielded and bounded); a
+    task per interrupt waits for its ACK and reports it. Leaving (``/quit``,
+    Ctrl-C) cancels them all, and the client's block closes the connection.
     """
     screen = Screen(out)
     try:
@@ -484,37 +336,6 @@ async def run_chat(
         print(f"trio-agent chat: {error}", file=sys.stderr)
         return 1
     return 0
-
-
-def describe_voice(client: AgentClient, voice: VoiceSettings) -> str:
-    """The note that says how replies will be spoken, and whether the server can."""
-    if not client.voices:
-        return "the server offers no voices: replies will not be spoken"
-    name = client.default_voice if voice.voice is True else voice.voice
-    where = [f"to {voice.wav}"] if voice.wav is not None else []
-    if voice.play is not None:
-        where.append(f"through `{voice.play}`")
-    return f"voice {name} ({client.synthesizer or 'unknown synthesizer'}), " + " and ".join(where)
-
-
-def voice_settings(args: argparse.Namespace) -> VoiceSettings | None:
-    """The chat's voice from its flags: ``--wav`` or ``--play`` alone imply ``--voice``;
-    ``--voice`` alone writes WAV files (``DEFAULT_WAV``).
-
-    ``--voice`` takes an optional NAME, so ``chat --voice ws://host/ws`` would read
-    the URL as a voice: a "name" with ``://`` in it is taken back as the URL.
-    """
-    if isinstance(args.voice, str) and "://" in args.voice and args.url == DEFAULT_URL:
-        args.url, args.voice = args.voice, True
-    if args.voice is None and args.wav is None and args.play is None:
-        return None
-    wav = args.wav if args.wav is not None or args.play is not None else DEFAULT_WAV
-    return VoiceSettings(
-        voice=args.voice if args.voice is not None else True,
-        wav=wav,
-        play=args.play,
-        audio_pace=args.audio_pace,
-    )
 
 
 def add_chat_arguments(parser: argparse.ArgumentParser) -> None:

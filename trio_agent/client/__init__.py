@@ -1,31 +1,36 @@
 """The Python client: stream responses, interrupt them optimistically, check the server.
 
-``state`` is the client's side of a connection as a pure state machine (like
-h11's ``Connection``); ``connection`` is the Trio shell around it; ``playback``
-plays or records spoken responses. ``docs/client.md`` explains the optimistic
-interrupt. The names below are the public ones; the modules are internal.
+``state`` keeps the client state of a connection as a pure state machine (like
+h11's ``Connection``); ``connection`` is the Trio shell around it; ``response``
+holds what a request and an interrupt give back; ``errors`` what the client
+raises; ``playback`` plays or records spoken responses. ``docs/client.md``
+explains the optimistic interrupt. The names below are the public ones; the
+modules are internal.
 """
 
 from trio_agent.client.connection import (
-    AckInfo,
-    AckTimeout,
     AgentClient,
+    open_agent_client,
+)
+from trio_agent.client.errors import (
+    AckTimeout,
     AgentClientError,
     ClientClosed,
     ConnectionFailed,
     ConnectionLost,
     HeartbeatTimeout,
-    InterruptHandle,
     ProtocolViolation,
-    Response,
     ServerError,
-    check_token,
-    open_agent_client,
 )
 from trio_agent.client.playback import (
     PlayerSink,
     Sink,
     WavFileSink,
+)
+from trio_agent.client.response import (
+    AckInfo,
+    InterruptHandle,
+    Response,
 )
 from trio_agent.client.state import (
     AudioChunk,
@@ -33,6 +38,8 @@ from trio_agent.client.state import (
     ClientState,
     DoneInfo,
 )
+from trio_agent.client.websocket import check_token
+from trio_agent.protocol.messages import AudioFormat
 
 __all__ = [
     "AckInfo",
@@ -40,6 +47,7 @@ __all__ = [
     "AgentClient",
     "AgentClientError",
     "AudioChunk",
+    "AudioFormat",
     "Chunk",
     "ClientClosed",
     "ClientState",

@@ -1,115 +1,63 @@
-"""The Python client: stream replies, interrupt them optimistically, check the server.
+"""The Trio client: :class:`AgentClient` and :func:`open_agent_client`.
 
-::
-
-    async with open_agent_client("ws://127.0.0.1:8765/ws") as client:
-        response = await client.request("Tell me a story", agent="lorem")
-        async for chunk in response:
-            print(chunk.delta, end="", flush=True)
-            if user_pressed_stop():
-                await client.interrupt(response.request_id)   # the loop ends at once
-        print((await response.done()).status)
-
-A spoken reply (``request(..., voice=True)``, protocol v1.1) also streams audio::
-
-    response = await client.request("Tell me a story", voice=True)
-    async for audio in response.audio():       # AudioChunk: pcm_s16le bytes + timing
-        player.write(audio.samples)
-    await client.interrupt(response.request_id)  # sends played_ms: what was heard
-    print((await response.wait_server_done()).heard_text)
-
-The cancel-scope tree of a client::
-
-    open_agent_client
-    └── client nursery             <- the `async with` body runs inside it
-        ├── connection task        <- holds the WebSocket; trio-websocket's reader below it
-        ├── reader task            <- the only task that receives; never waits for a consumer
-        ├── writer task            <- the only task that sends
-        └── heartbeat task         <- HEARTBEAT every heartbeat_s, fails the client on silence
-
-The background tasks never raise into the nursery. When one of them finds the
-connection unusable (closed, silent, or, in ``strict`` mode, breaking the
-protocol) it records the failure and cancels the nursery; the ``async with``
-then exits with that exception (:class:`ConnectionLost`,
-:class:`HeartbeatTimeout`, :class:`ProtocolViolation`), never an
-``ExceptionGroup``. An exception from the body leaves the block as it is.
-
-The bookkeeping (which request a frame belongs to, what an interrupt cut, what is
-stale) is pure code in :mod:`trio_agent.client.state`; this module is the Trio
-shell around it. docs/client.md explains the behaviour in prose.
+The client runs in its own nursery (a reader, a writer and a heartbeat task) and
+keeps its client state in :class:`~trio_agent.client.state.ClientState`; this module is
+the Trio shell around it. docs/client.md has the usage, the cancel-scope tree and
+how each call behaves when cancelled.
 """
 
 from __future__ import annotations
 
-import math
 import ssl
-from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Final, NoReturn, Self
-from urllib.parse import SplitResult, urlsplit
+from typing import Any, Final
+from urllib.parse import urlsplit
 
 import trio
 from loguru import logger
-from trio_websocket import (
-    CloseReason,
-    ConnectionClosed,
-    ConnectionRejected,
-    HandshakeError,
-    WebSocketConnection,
-    wrap_client_stream,
-)
+from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_client_stream
 
+from trio_agent.client._exception_groups import lone_exception, raise_unwrapped
+from trio_agent.client.errors import (
+    AgentClientError,
+    ClientClosed,
+    ConnectionFailed,
+    ConnectionLost,
+    HeartbeatTimeout,
+    ProtocolViolation,
+    ServerError,
+)
+from trio_agent.client.outbox import Outbox, QueuedFrame
+from trio_agent.client.response import AckInfo, InterruptHandle, Response
 from trio_agent.client.state import (
     Acknowledged,
-    AudioChunk,
-    Chunk,
     ClientState,
-    DoneInfo,
     Event,
     HeartbeatAnswered,
     InterruptRefused,
-    InterruptState,
     Opened,
-    Outgoing,
     ProtocolBreach,
-    RequestState,
     RequestUpdated,
     UnclaimedError,
 )
-from trio_agent.protocol.constants import SUBPROTOCOL, TOKEN_CHARACTERS, TOKEN_SUBPROTOCOL_PREFIX
+from trio_agent.client.websocket import (
+    close_websocket,
+    connection_failure,
+    dial,
+    host_header,
+    offered_subprotocols,
+)
 from trio_agent.protocol.messages import (
     DEFAULT_INTERRUPT_REASON,
     AgentEntry,
     AudioFormat,
-    ErrorInfo,
     Limits,
     SessionMessage,
-    TargetOutcome,
 )
 
-__all__ = [
-    "AckInfo",
-    "AckTimeout",
-    "AgentClient",
-    "AgentClientError",
-    "AudioChunk",
-    "AudioFormat",
-    "Chunk",
-    "ClientClosed",
-    "ConnectionFailed",
-    "ConnectionLost",
-    "DoneInfo",
-    "HeartbeatTimeout",
-    "InterruptHandle",
-    "ProtocolViolation",
-    "Response",
-    "ServerError",
-    "check_token",
-    "open_agent_client",
-]
+__all__ = ["AgentClient", "open_agent_client"]
 
 #: How long closing the WebSocket may take before the client drops the connection.
 CLOSE_TIMEOUT_S: Final = 1.0
@@ -117,431 +65,10 @@ CLOSE_TIMEOUT_S: Final = 1.0
 WITHDRAWN_REASON: Final = "CLIENT_CANCELLED"
 
 
-# --------------------------------------------------------------------------- errors
-
-
-class AgentClientError(Exception):
-    """The base of every error this client raises on purpose."""
-
-
-class ConnectionFailed(AgentClientError):
-    """The client could not connect: no server, a refused handshake (``status_code``),
-    a timeout, or a first frame that is not SESSION."""
-
-    def __init__(self, message: str, *, status_code: int | None = None) -> None:
-        super().__init__(message)
-        self.status_code = status_code
-
-
-class ConnectionLost(AgentClientError):
-    """The connection ended while the client was using it. ``code`` and ``reason``
-    are the WebSocket close code and reason when there was a close frame."""
-
-    def __init__(self, message: str, *, code: int | None = None, reason: str | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.reason = reason
-
-    @classmethod
-    def from_close(cls, close: CloseReason | None) -> ConnectionLost:
-        if close is None:
-            return cls("the connection was closed")
-        why = f": {close.reason}" if close.reason else ""
-        return cls(
-            f"the server closed the connection ({close.code} {close.name}{why})",
-            code=close.code,
-            reason=close.reason,
-        )
-
-
-class HeartbeatTimeout(ConnectionLost):
-    """The server did not answer a HEARTBEAT in time: it is gone or stuck."""
-
-
-class ClientClosed(AgentClientError):
-    """The client's ``async with`` block has ended (or is ending), so the call cannot
-    complete: a reply that never finished, an ACK that never came, a late request."""
-
-
-class ServerError(AgentClientError):
-    """The server refused a REQUEST or an INTERRUPT with an ERROR frame."""
-
-    def __init__(
-        self, code: str, message: str, *, ref: str | None = None, request_id: str | None = None
-    ) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-        self.ref = ref
-        self.request_id = request_id
-
-
-class AckTimeout(AgentClientError, trio.TooSlowError):
-    """No INTERRUPT_ACK within the time given to :meth:`InterruptHandle.acknowledged`.
-
-    The interrupt still holds locally: the responses it cut stay ended.
-    """
-
-    def __init__(self, msg_id: str, timeout: float) -> None:
-        super().__init__(f"no INTERRUPT_ACK for {msg_id!r} within {timeout:g} s")
-        self.msg_id = msg_id
-        self.timeout = timeout
-
-
-class ProtocolViolation(AgentClientError):
-    """The server broke protocol v1.
-
-    ``guarantee`` is the number of the broken guarantee in docs/protocol.md, or
-    ``None`` when the frame itself is not a valid protocol v1 server frame;
-    ``frame`` is (the start of) the offending frame. In ``strict`` mode the client's
-    ``async with`` exits with this exception; otherwise it is logged and kept in
-    :attr:`AgentClient.violations`.
-    """
-
-    def __init__(self, guarantee: int | None, message: str, frame: str) -> None:
-        what = f"guarantee {guarantee}" if guarantee is not None else "protocol v1"
-        super().__init__(f"the server broke {what}: {message}")
-        self.guarantee = guarantee
-        self.message = message
-        self.frame = frame
-
-
-# --------------------------------------------------------------------------- results
-
-
-@dataclass(frozen=True, slots=True)
-class AckInfo:
-    """What the INTERRUPT_ACK said, and what the client measured around it.
-
-    ``interrupted`` are the requests the server cut; ``targets`` says why a named
-    request was not cut (``unknown`` or ``already_done``). ``rtt_s`` runs from the
-    moment the INTERRUPT was handed to the socket to the moment its ACK was read.
-    ``stale_dropped`` counts the STREAM frames of the requests this interrupt cut
-    locally that arrived after the cut and were dropped, up to the ACK. For a
-    request the server cut, that count is final (nothing but its DONE follows the
-    ACK); a request the server had already finished may still deliver frames later
-    (see :attr:`Response.stale_dropped`).
-    """
-
-    interrupted: tuple[str, ...]
-    interrupted_count: int
-    reason: str
-    targets: Mapping[str, TargetOutcome]
-    rtt_s: float
-    stale_dropped: int
-
-
-# --------------------------------------------------------------------------- responses
-
-
-class Response:
-    """The reply to one request: an async iterator of :class:`Chunk` (``seq``, ``delta``).
-
-    Iteration ends when the request ends: after the last chunk when the server's
-    DONE comes, or *at once* when the client interrupts it (chunks not consumed by
-    then are dropped). An ERROR refusing the request ends it with
-    :class:`ServerError`. Chunks wait in an unbounded buffer, so a consumer that is
-    slow (or never iterates) delays nobody else.
-
-    Iterating is cancel-safe: a cancelled ``__anext__`` takes no chunk.
-
-    A spoken reply (protocol v1.1) also has audio: :meth:`audio` iterates its
-    :class:`AudioChunk` values, with the same rules (it ends at once on a local
-    interrupt, which drops the audio not yet taken). The response keeps a
-    *playback clock*, :attr:`played_ms`, which an interrupt of this request sends
-    as ``played_ms`` so the server can tell what the user heard (``heard_text``).
-    """
-
-    def __init__(self, client: AgentClient, state: RequestState) -> None:
-        self._client = client
-        self._state = state
-        self._changed = trio.lowlevel.ParkingLot()
-        #: Set when the client closed before the server's last word.
-        self._closed = False
-        self._playback_clock: Callable[[], float] | None = None
-
-    def __repr__(self) -> str:
-        return f"<Response {self.request_id} ended={self.ended} frames={self._state.frames}>"
-
-    @property
-    def request_id(self) -> str:
-        return self._state.request_id
-
-    @property
-    def text(self) -> str:
-        """The text of every chunk that arrived before the request ended (consumed or not)."""
-        return "".join(self._state.parts)
-
-    @property
-    def ended(self) -> bool:
-        """True once the request is over for the user (done, interrupted, or refused)."""
-        return self._state.ended
-
-    @property
-    def done_info(self) -> DoneInfo | None:
-        """What :meth:`done` returns, once the request is over for the user; ``None``
-        before that, and for a request the server refused."""
-        return self._state.done
-
-    @property
-    def interrupted_locally(self) -> bool:
-        """True when this client cut the request before the server's DONE arrived."""
-        return self._state.cut_by is not None
-
-    @property
-    def stale_dropped(self) -> int:
-        """STREAM frames that arrived after the local cut and were dropped (so far)."""
-        return self._state.stale_dropped
-
-    @property
-    def server_done(self) -> DoneInfo | None:
-        """The DONE the server sent, once read. After a local cut it comes later than
-        :meth:`done`, and says what the server really did (it may even have completed)."""
-        return self._state.server_done
-
-    # ------------------------------------------------------------------ speech
-
-    @property
-    def spoken(self) -> bool:
-        """True when the request asked for speech or audio of it has arrived."""
-        return self._state.voice or self._state.audio_frames > 0
-
-    @property
-    def audio_received_ms(self) -> float:
-        """Milliseconds of audio that arrived before the request ended (taken or not)."""
-        return self._state.audio_received_ms
-
-    @property
-    def audio_queued_ms(self) -> float:
-        """Milliseconds of audio that arrived and :meth:`audio` has not handed out yet."""
-        return sum(chunk.duration_ms for chunk in self._state.audio)
-
-    @property
-    def stale_audio_dropped(self) -> int:
-        """AUDIO frames that arrived after the local cut and were dropped (so far)."""
-        return self._state.stale_audio_dropped
-
-    @property
-    def played_ms(self) -> float:
-        """The playback clock: how much of this reply's audio the user has heard.
-
-        The client cannot hear the speaker, so by default this is the audio the
-        application has taken from :meth:`audio` so far (a consumer that plays
-        each chunk as it takes it keeps this honest). A player that knows better
-        installs its own clock with :meth:`use_playback_clock`. It is what
-        :meth:`AgentClient.interrupt` sends as ``played_ms`` for this request.
-        """
-        if self._playback_clock is not None:
-            return max(0.0, float(self._playback_clock()))
-        return self._state.audio_consumed_ms
-
-    def use_playback_clock(self, clock: Callable[[], float] | None) -> None:
-        """Make :attr:`played_ms` read ``clock()`` (milliseconds heard so far);
-        ``None`` goes back to the audio taken from :meth:`audio`."""
-        self._playback_clock = clock
-
-    @property
-    def audio_ms(self) -> float | None:
-        """Audio the server wrote for this reply, from its DONE (``None`` before it,
-        or when the reply was not spoken)."""
-        done = self._state.server_done
-        return done.audio_ms if done is not None else None
-
-    @property
-    def heard_ms(self) -> float | None:
-        """How much the user heard, by the server's DONE: ``played_ms`` capped by
-        :attr:`audio_ms` after an interrupt of this request, else :attr:`audio_ms`."""
-        done = self._state.server_done
-        return done.heard_ms if done is not None else None
-
-    @property
-    def heard_text(self) -> str | None:
-        """The words whose audio lies wholly within :attr:`heard_ms`, by the server's
-        DONE: what the user actually heard. ``None`` until that DONE arrives (wait
-        with :meth:`wait_server_done`), or when the reply was not spoken."""
-        done = self._state.server_done
-        return done.heard_text if done is not None else None
-
-    def audio(self) -> AsyncIterator[AudioChunk]:
-        """Iterate the reply's audio chunks as they arrive, until the request ends.
-
-        Ends at once when the client interrupts the request (audio not taken by
-        then is dropped), after the last chunk when the server's DONE comes, and
-        at once for a reply that is not spoken. One consumer: each chunk is handed
-        out once. Cancel-safe: a cancelled step takes no chunk.
-        """
-        return self._audio_chunks()
-
-    async def _audio_chunks(self) -> AsyncIterator[AudioChunk]:
-        state = self._state
-        while True:
-            await trio.lowlevel.checkpoint()
-            while True:
-                if state.audio:
-                    break
-                if state.error is not None and state.cut_by is None:
-                    raise _server_error(state.error, state)
-                if state.ended:
-                    return
-                if self._closed:
-                    raise self._client._closed_error()
-                await self._changed.park()
-            yield state.take_audio()
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> Chunk:
-        await trio.lowlevel.checkpoint()
-        state = self._state
-        while True:
-            if state.chunks:
-                return state.chunks.popleft()
-            if state.error is not None and state.cut_by is None:
-                raise _server_error(state.error, state)
-            if state.ended:
-                raise StopAsyncIteration
-            if self._closed:
-                raise self._client._closed_error()
-            await self._changed.park()
-
-    async def done(self) -> DoneInfo:
-        """Wait until the request is over for the user; return how it ended.
-
-        Returns at once after a local interrupt (``local=True``). Raises
-        :class:`ServerError` if the server refused the request, and
-        :class:`ClientClosed` (or the client's failure) if the client closed first.
-        Does not consume chunks.
-        """
-        return await self._wait_for(lambda state: state.done)
-
-    async def wait_server_done(self) -> DoneInfo:
-        """Wait for the server's own DONE (the same as :meth:`done` unless the client
-        interrupted the request). Raises like :meth:`done`."""
-        return await self._wait_for(lambda state: state.server_done)
-
-    async def _wait_for(self, ending: Callable[[RequestState], DoneInfo | None]) -> DoneInfo:
-        await trio.lowlevel.checkpoint()
-        state = self._state
-        while True:
-            if (info := ending(state)) is not None:
-                return info
-            if state.error is not None:
-                raise _server_error(state.error, state)
-            if self._closed:
-                raise self._client._closed_error()
-            await self._changed.park()
-
-    async def interrupt(
-        self, *, reason: str = DEFAULT_INTERRUPT_REASON, played_ms: float | None = None
-    ) -> InterruptHandle:
-        """``client.interrupt(self.request_id, reason=reason, played_ms=played_ms)``."""
-        return await self._client.interrupt(self.request_id, reason=reason, played_ms=played_ms)
-
-    def _wake(self) -> None:
-        self._changed.unpark_all()
-
-    def _close(self) -> None:
-        self._closed = not self._state.settled
-        self._changed.unpark_all()
-
-
-def _server_error(error: ErrorInfo, state: RequestState) -> ServerError:
-    return ServerError(error.code, error.message, ref=state.msg_id, request_id=state.request_id)
-
-
-class InterruptHandle:
-    """An INTERRUPT that has been sent. ``cut`` names the requests it ended locally."""
-
-    def __init__(self, client: AgentClient, state: InterruptState, queued: _Queued) -> None:
-        self._client = client
-        self._state = state
-        self._queued = queued
-        self._answered = trio.Event()
-        self._ack: AckInfo | None = None
-        self._refused: ServerError | None = None
-
-    def __repr__(self) -> str:
-        return f"<InterruptHandle {self.msg_id} target={self.request_id or '*'} cut={self.cut}>"
-
-    @property
-    def msg_id(self) -> str:
-        return self._state.msg_id
-
-    @property
-    def request_id(self) -> str | None:
-        """The request it names, or ``None`` for all requests."""
-        return self._state.request_id
-
-    @property
-    def reason(self) -> str:
-        return self._state.reason
-
-    @property
-    def cut(self) -> tuple[str, ...]:
-        """The requests this interrupt ended locally, before anything was sent."""
-        return tuple(state.request_id for state in self._state.cut)
-
-    @property
-    def ack(self) -> AckInfo | None:
-        """The ACK, once it has arrived."""
-        return self._ack
-
-    # The timeout is a parameter on purpose: its 15 s default is part of the contract.
-    async def acknowledged(self, timeout: float | None = 15.0) -> AckInfo:  # noqa: ASYNC109
-        """Wait for the INTERRUPT_ACK, at most ``timeout`` seconds from this call
-        (``None``: no limit), and report what the server cut.
-
-        Raises :class:`AckTimeout` when the time is up (the local cut stands either
-        way), :class:`ServerError` if the server refused the INTERRUPT, and
-        :class:`ClientClosed` (or the client's failure) if the client closed first.
-        Returns at once if the ACK has already come; may be called any number of times.
-        """
-        await trio.lowlevel.checkpoint()
-        with trio.move_on_after(math.inf if timeout is None else timeout):
-            await self._answered.wait()
-        if self._ack is not None:
-            return self._ack
-        if self._refused is not None:
-            raise self._refused
-        if self._answered.is_set():
-            raise self._client._closed_error()
-        assert timeout is not None
-        raise AckTimeout(self.msg_id, timeout)
-
-    def _acknowledged(self, ack: AckInfo) -> None:
-        self._ack = ack
-        self._answered.set()
-
-    def _refuse(self, error: ServerError) -> None:
-        self._refused = error
-        self._answered.set()
-
-    def _close(self) -> None:
-        self._answered.set()
-
-
-# --------------------------------------------------------------------------- the client
-
-
-class _Queued:
-    """A frame in the writer's queue; ``written`` is set once it is on the socket."""
-
-    __slots__ = ("dropped", "outgoing", "taken_at", "written")
-
-    def __init__(self, outgoing: Outgoing) -> None:
-        self.outgoing = outgoing
-        self.written = trio.Event()
-        #: ``trio.current_time()`` when the writer took it (``None``: still queued).
-        self.taken_at: float | None = None
-        #: True when the client closed before it could be written.
-        self.dropped = False
-
-
 class _PendingHeartbeat:
     __slots__ = ("answered", "queued", "rtt_s")
 
-    def __init__(self, queued: _Queued) -> None:
+    def __init__(self, queued: QueuedFrame) -> None:
         self.queued = queued
         self.answered = trio.Event()
         self.rtt_s: float | None = None
@@ -561,15 +88,14 @@ class AgentClient:
         self.violations: list[ProtocolViolation] = []
         #: The round-trip time of the last answered HEARTBEAT, in seconds.
         self.rtt_s: float | None = None
-        self._conversation = ClientState()
+        self._client_state = ClientState()
         self._session: SessionMessage | None = None
         self._ws: WebSocketConnection | None = None
         self._nursery: trio.Nursery | None = None
         self._responses: dict[str, Response] = {}
         self._handles: dict[str, InterruptHandle] = {}
         self._heartbeats: dict[str, _PendingHeartbeat] = {}
-        self._outbox: deque[_Queued] = deque()
-        self._outbox_ready = trio.lowlevel.ParkingLot()
+        self._outbox = Outbox()
         self._failure: AgentClientError | None = None
         self._closing = False
         self._log = logger
@@ -660,12 +186,12 @@ class AgentClient:
                 options["voice"] = voice
             if audio_pace is not None:
                 options["audio_pace"] = audio_pace
-        state, outgoing = self._conversation.request(
+        state, outgoing = self._client_state.request(
             input, agent=agent, options=options, timeout_s=timeout_s, request_id=request_id
         )
         response = Response(self, state)
         self._responses[state.request_id] = response
-        queued = self._queue(outgoing)
+        queued = self._outbox.put(outgoing)
         try:
             await self._wait_written(queued)
         except BaseException:
@@ -700,12 +226,12 @@ class AgentClient:
             response = self._responses.get(request_id)
             if response is not None and response.spoken and not response.ended:
                 played_ms = response.played_ms
-        state, outgoing = self._conversation.interrupt(request_id, reason, played_ms=played_ms)
+        state, outgoing = self._client_state.interrupt(request_id, reason, played_ms=played_ms)
         for cut in state.cut:
             response = self._responses.get(cut.request_id)
             if response is not None:
                 response._wake()
-        queued = self._queue(outgoing)
+        queued = self._outbox.put(outgoing)
         handle = InterruptHandle(self, state, queued)
         self._handles[state.msg_id] = handle
         await self._wait_written(queued)
@@ -718,8 +244,8 @@ class AgentClient:
         calls it under a timeout. Cancelling it forgets the HEARTBEAT.
         """
         self._check_open()
-        outgoing = self._conversation.heartbeat()
-        pending = _PendingHeartbeat(self._queue(outgoing))
+        outgoing = self._client_state.heartbeat()
+        pending = _PendingHeartbeat(self._outbox.put(outgoing))
         self._heartbeats[outgoing.msg_id] = pending
         try:
             await self._wait_written(pending.queued)
@@ -745,28 +271,22 @@ class AgentClient:
         error.__cause__ = self._failure
         return error
 
-    def _queue(self, outgoing: Outgoing) -> _Queued:
-        queued = _Queued(outgoing)
-        self._outbox.append(queued)
-        self._outbox_ready.unpark()
-        return queued
-
-    async def _wait_written(self, queued: _Queued) -> None:
+    async def _wait_written(self, queued: QueuedFrame) -> None:
         await queued.written.wait()
         if queued.dropped:
             raise self._closed_error()
 
-    def _withdraw(self, response: Response, queued: _Queued) -> None:
+    def _withdraw(self, response: Response, queued: QueuedFrame) -> None:
         """Undo a request whose ``request()`` call did not complete. Synchronous."""
         if self._closing or self._failure is not None:
             return
         if queued.taken_at is None:
             self._outbox.remove(queued)
-            self._conversation.forget(response._state)
+            self._client_state.forget(response._state)
             self._responses.pop(response.request_id, None)
         elif not response.ended:
-            state, outgoing = self._conversation.interrupt(response.request_id, WITHDRAWN_REASON)
-            self._handles[state.msg_id] = InterruptHandle(self, state, self._queue(outgoing))
+            state, outgoing = self._client_state.interrupt(response.request_id, WITHDRAWN_REASON)
+            self._handles[state.msg_id] = InterruptHandle(self, state, self._outbox.put(outgoing))
             response._wake()
 
     async def _write_loop(self, ws: WebSocketConnection) -> None:
@@ -774,11 +294,8 @@ class AgentClient:
         cancelled caller can never leave half a frame on the wire."""
         try:
             while True:
-                while not self._outbox:
-                    await self._outbox_ready.park()
-                queued = self._outbox.popleft()
-                queued.taken_at = trio.current_time()
-                self._conversation.sending(queued.outgoing)
+                queued = await self._outbox.take()
+                self._client_state.sending(queued.outgoing)
                 await ws.send_message(queued.outgoing.text)
                 queued.written.set()
         except ConnectionClosed as closed:
@@ -796,7 +313,7 @@ class AgentClient:
             except ConnectionClosed as closed:
                 self._fail(ConnectionLost.from_close(closed.reason))
                 return
-            for event in self._conversation.receive(raw):
+            for event in self._client_state.receive(raw):
                 self._act(event)
                 if self._failure is not None:
                     return
@@ -815,15 +332,9 @@ class AgentClient:
                 if handle is None:
                     return
                 sent_at = handle._queued.taken_at
+                rtt_s = trio.current_time() - sent_at if sent_at is not None else 0.0
                 handle._acknowledged(
-                    AckInfo(
-                        interrupted=tuple(ack.interrupted),
-                        interrupted_count=ack.interrupted_count,
-                        reason=ack.reason,
-                        targets=MappingProxyType(dict(ack.targets)),
-                        rtt_s=trio.current_time() - sent_at if sent_at is not None else 0.0,
-                        stale_dropped=interrupt.stale_dropped,
-                    )
+                    AckInfo.from_ack(ack, rtt_s=rtt_s, stale_dropped=interrupt.stale_dropped)
                 )
             case HeartbeatAnswered(ref=ref):
                 pending = self._heartbeats.get(ref)
@@ -833,14 +344,7 @@ class AgentClient:
             case InterruptRefused(interrupt=interrupt, error=error):
                 handle = self._handles.pop(interrupt.msg_id, None)
                 if handle is not None:
-                    handle._refuse(
-                        ServerError(
-                            str(error.payload.code),
-                            error.payload.message,
-                            ref=error.ref,
-                            request_id=error.request_id,
-                        )
-                    )
+                    handle._refuse(ServerError.from_message(error))
             case UnclaimedError(error=error):
                 self._log.warning(
                     "ERROR from the server: {}: {}", error.payload.code, error.payload.message
@@ -905,16 +409,16 @@ class AgentClient:
             async with trio.open_nursery() as nursery:
                 with trio.fail_after(patience):
                     if stream is None:
-                        stream = await _dial(parts, ssl_context)
+                        stream = await dial(parts, ssl_context)
                     ws = await wrap_client_stream(
                         nursery,
                         stream,  # type: ignore[arg-type]  # typed for sockets; any Stream works
-                        _host_header(parts),
+                        host_header(parts),
                         (parts.path or "/") + (f"?{parts.query}" if parts.query else ""),
                         subprotocols=subprotocols,
                     )
                     first = await ws.get_message()
-                events = self._conversation.receive(first)
+                events = self._client_state.receive(first)
                 opened = [e for e in events if isinstance(e, Opened)]
                 if not opened:
                     breach = next((e for e in events if isinstance(e, ProtocolBreach)), None)
@@ -928,7 +432,7 @@ class AgentClient:
                 task_status.started(ws)
                 await trio.sleep_forever()
         except BaseExceptionGroup as group:
-            error = _lone_exception(group)
+            error = lone_exception(group)
             if error is None:
                 raise
             if self._ws is not None:
@@ -936,9 +440,9 @@ class AgentClient:
                 # ever does, the connection is unusable, and we say so.
                 self._fail(ConnectionLost(f"the WebSocket failed: {error!r}"))
                 return
-            failed = _connect_error(error, url, patience)
+            failed = connection_failure(error, url, patience)
             if failed is error:
-                _raise_unwrapped(error)
+                raise_unwrapped(error)
             raise failed from error
         finally:
             if stream is not None:
@@ -953,7 +457,7 @@ class AgentClient:
         if self._ws is not None:
             # After a failure the peer is gone or misbehaving: do not wait for its
             # close frame, just close our end.
-            await _close_websocket(self._ws, grace=CLOSE_TIMEOUT_S if self._failure is None else 0)
+            await close_websocket(self._ws, grace=CLOSE_TIMEOUT_S if self._failure is None else 0)
         nursery.cancel_scope.cancel(reason="client closed")
 
     def _fail(self, failure: AgentClientError) -> None:
@@ -977,10 +481,7 @@ class AgentClient:
         self._handles.clear()
         for pending in self._heartbeats.values():
             pending.answered.set()
-        while self._outbox:
-            queued = self._outbox.popleft()
-            queued.dropped = True
-            queued.written.set()
+        self._outbox.drop_all()
 
 
 @asynccontextmanager
@@ -1020,9 +521,7 @@ async def open_agent_client(
     client has ended and the WebSocket is closed (requests still running are then
     cancelled by the server).
     """
-    subprotocols = [SUBPROTOCOL]
-    if token is not None:
-        subprotocols.append(TOKEN_SUBPROTOCOL_PREFIX + check_token(token))
+    subprotocols = offered_subprotocols(token)
     if heartbeat_s is not None and not heartbeat_s > 0:
         raise ValueError(f"heartbeat_s must be positive or None, not {heartbeat_s!r}")
     beat_timeout = heartbeat_timeout_s if heartbeat_timeout_s is not None else heartbeat_s
@@ -1052,92 +551,9 @@ async def open_agent_client(
     except BaseExceptionGroup as group:
         # The background tasks never raise, so the group holds what the body (or the
         # setup before it) raised; hand that back as it is, not wrapped.
-        error = client._failure or _lone_exception(group)
+        error = client._failure or lone_exception(group)
         if error is None:
             raise
-        _raise_unwrapped(error)
+        raise_unwrapped(error)
     if client._failure is not None:
         raise client._failure
-
-
-def check_token(token: str) -> str:
-    """Return ``token`` if it can travel in a subprotocol name; raise ``ValueError`` if not."""
-    if not token or not set(token) <= TOKEN_CHARACTERS:
-        raise ValueError("a token may only contain RFC 7230 token characters (no spaces)")
-    return token
-
-
-async def _dial(parts: SplitResult, ssl_context: ssl.SSLContext | None) -> trio.abc.Stream:
-    """Open the TCP (or TLS, for ``wss``) stream to the URL's host."""
-    assert parts.hostname is not None
-    if parts.scheme == "wss":
-        stream = await trio.open_ssl_over_tcp_stream(
-            parts.hostname,
-            parts.port or 443,
-            ssl_context=ssl_context or ssl.create_default_context(),
-            https_compatible=True,
-        )
-        try:
-            # Now, so that a certificate problem is reported as one, not later as a
-            # WebSocket handshake that never completes.
-            await stream.do_handshake()
-        except BaseException:
-            await trio.aclose_forcefully(stream)
-            raise
-        return stream
-    if ssl_context is not None:
-        raise ConnectionFailed("an ssl_context needs a wss:// URL")
-    return await trio.open_tcp_stream(parts.hostname, parts.port or 80)
-
-
-def _host_header(parts: SplitResult) -> str:
-    return parts.netloc.rpartition("@")[2] or "localhost"
-
-
-async def _close_websocket(ws: WebSocketConnection, *, grace: float) -> None:
-    """Close ``ws``, waiting at most ``grace`` seconds for the close handshake.
-
-    Shielded, so it also happens when the client is being cancelled. (The stream
-    under it is closed by the connection task in any case.)
-    """
-    with trio.move_on_after(grace, shield=True):
-        await ws.aclose()
-
-
-def _connect_error(error: BaseException, url: str, timeout: float) -> ConnectionFailed:
-    if isinstance(error, ConnectionFailed):
-        return error
-    if isinstance(error, ConnectionRejected):
-        return ConnectionFailed(
-            f"{url} refused the WebSocket handshake with HTTP {error.status_code}",
-            status_code=error.status_code,
-        )
-    if isinstance(error, trio.TooSlowError):
-        return ConnectionFailed(f"no SESSION from {url} within {timeout:g} s")
-    if isinstance(error, ConnectionClosed):
-        return ConnectionFailed(f"{url} closed the connection before its SESSION frame")
-    if isinstance(error, trio.BrokenResourceError) and error.__cause__ is not None:
-        return ConnectionFailed(f"cannot connect to {url}: {error.__cause__}")  # TLS
-    if isinstance(error, HandshakeError | OSError):
-        return ConnectionFailed(f"cannot connect to {url}: {error}")
-    return ConnectionFailed(f"cannot connect to {url}: {error!r}")
-
-
-def _lone_exception(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
-    """The one exception that is not a :class:`trio.Cancelled` in ``group`` (one level
-    deep: a group the body itself raised stays whole), or ``None``."""
-    _, rest = group.split(trio.Cancelled)
-    if rest is not None and len(rest.exceptions) == 1:
-        return rest.exceptions[0]
-    return None
-
-
-def _raise_unwrapped(error: BaseException) -> NoReturn:
-    """Raise ``error`` without chaining it to the group it came out of (which
-    contains it, and would print it twice)."""
-    context = error.__context__
-    try:
-        raise error
-    finally:
-        error.__context__ = context
-        del error

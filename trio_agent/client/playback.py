@@ -1,26 +1,10 @@
 """Where a spoken reply goes on the Python side: a WAV file, or a player process.
 
-``trio-agent chat --voice`` hands each reply's :class:`~trio_agent.client.connection.AudioChunk`
-values to one or more *sinks*:
-
-* :class:`WavFileSink` writes them to a WAV file (stdlib :mod:`wave`; the file is
-  complete and valid however the reply ended);
-* :class:`PlayerSink` pipes them to a command the user gives (``aplay``,
-  ``ffplay -nodisp -autoexit -``, ``paplay``...), as a WAV stream on its stdin, or
-  as raw samples when the command names ``{rate}`` / ``{channels}``.
-
-A player is also the reply's *playback clock*: the client cannot hear the
-speaker, so :meth:`PlayerSink.played_ms` is the wall time since the first samples
-were written to the player, capped by the audio written to it. The chat installs
-it with :meth:`~trio_agent.client.connection.Response.use_playback_clock`, so an interrupt of
-the reply sends that as ``played_ms``.
-
-Cancellation: :meth:`Sink.abort` is the barge-in. For a player it kills the
-process at once and then reaps it, shielded and bounded (``REAP_TIMEOUT_S``), so
-no player outlives its reply, even when the chat is being cancelled.
-:meth:`Sink.finish` lets a player play to the end of what it was given.
-
-The header arithmetic (:func:`streaming_wav_header`, :func:`player_argv`) is pure.
+``trio-agent chat --voice`` hands each reply's :class:`~trio_agent.client.state.AudioChunk`
+values to one or more :class:`Sink` (:class:`WavFileSink`, :class:`PlayerSink`).
+A player is also the reply's playback clock (:meth:`PlayerSink.played_ms`).
+:meth:`Sink.abort` is the barge-in: shielded and bounded (``REAP_TIMEOUT_S``), so no
+player outlives its reply. docs/client.md ("chat --voice") describes it.
 """
 
 from __future__ import annotations

@@ -1,30 +1,10 @@
-"""The client's side of one connection, as a pure state machine.
+"""The client state of one connection, as a pure state machine.
 
-:class:`ClientState` is to :mod:`trio_agent.client.connection` what h11's ``Connection`` is
-to an HTTP client: it knows protocol v1 and keeps the books, and it does no I/O and
-never waits. It builds the frames the client sends, and turns each frame the
-client receives into :data:`Event` values for the Trio shell to act on (wake a
-reader, resolve an ACK, answer a heartbeat). A test can drive it frame by frame.
-
-The two rules that make an interruption feel instant live here:
-
-* :meth:`ClientState.interrupt` ends the targeted requests *locally* before the
-  INTERRUPT frame even exists: their status becomes ``interrupted``, their chunks
-  not yet consumed are dropped, and their iteration is over.
-* From then on, a STREAM frame of such a request that still arrives (the server
-  sent it before it read the INTERRUPT) is *stale*: it is dropped and counted,
-  never shown. The server's DONE, when it comes, is kept as ``server_done``.
-
-Protocol v1.1 adds speech: a text frame is ``str`` and a *binary* frame
-(``bytes``) is an AUDIO frame, decoded by :mod:`trio_agent.protocol.audio`. Its samples
-become :class:`AudioChunk` values next to the text chunks, and the same two rules
-hold for them: the cut drops the audio not yet consumed, and audio arriving after
-it is stale. An INTERRUPT naming one spoken request carries ``played_ms``, the
-caller's playback position, so the server can say what was heard (``heard_text``).
-
-Every frame received also goes through a
-:class:`~trio_agent.protocol.guarantees.GuaranteeChecker`, so the client checks the
-server's guarantees as it goes (:class:`ProtocolBreach` events).
+:class:`ClientState` is to :mod:`trio_agent.client.connection` what h11's
+``Connection`` is to an HTTP client: it builds the frames to send and turns each
+frame received into :data:`Event` values, with no I/O and no waiting, so a test
+can drive it frame by frame. docs/client.md explains the optimistic interrupt and
+the stale frames it implements.
 """
 
 from __future__ import annotations
@@ -157,7 +137,7 @@ class DoneInfo:
         )
 
 
-# --------------------------------------------------------------------------- the books
+# --------------------------------------------------------------------------- the client state
 
 
 @dataclass(eq=False)
@@ -191,7 +171,7 @@ class RequestState:
     #: Milliseconds of audio that arrived before the request ended locally.
     audio_received_ms: float = 0.0
     #: Milliseconds of audio the application has taken from ``audio``: the default
-    #: playback clock (see :attr:`trio_agent.client.connection.Response.played_ms`).
+    #: playback clock (see :attr:`trio_agent.client.response.Response.played_ms`).
     audio_consumed_ms: float = 0.0
     #: AUDIO frames of this request dropped because they came after the local cut.
     stale_audio_dropped: int = 0
@@ -325,7 +305,16 @@ def check_request_id(request_id: str) -> str:
 
 
 class ClientState:
-    """The books of one client connection. See the module docstring.
+    """The client state of one connection: its requests, its interrupts, and what
+    each frame from the server does to them.
+
+    Two rules make an interruption feel instant. :meth:`interrupt` ends the
+    targeted requests *locally* before the INTERRUPT frame even exists (status
+    ``interrupted``, unconsumed chunks and audio dropped, iteration over). From
+    then on a STREAM or AUDIO frame of such a request that still arrives is
+    *stale*: dropped and counted, never shown; the server's DONE is kept as
+    ``server_done``. Every frame received goes through ``checker``, so the server's
+    guarantees are checked as it goes (:class:`ProtocolBreach` events).
 
     :param checker: the guarantee checker every received frame goes through.
     """

@@ -1,4 +1,4 @@
-"""The client's books as a pure state machine: no socket, no Trio, frame by frame."""
+"""The client state as a pure state machine: no socket, no Trio, frame by frame."""
 
 from __future__ import annotations
 
@@ -45,15 +45,15 @@ def ack(ref: str, interrupted: list[str], targets: dict[str, str] | None = None)
 
 
 def opened() -> ClientState:
-    conversation = ClientState()
-    events = conversation.receive(frame("SESSION", payload=session_payload()))
+    client_state = ClientState()
+    events = client_state.receive(frame("SESSION", payload=session_payload()))
     assert [type(e) for e in events] == [Opened]
-    return conversation
+    return client_state
 
 
-def send(conversation: ClientState, *outgoing):
+def send(client_state: ClientState, *outgoing):
     for item in outgoing:
-        conversation.sending(item)
+        client_state.sending(item)
 
 
 def test_chunks_are_buffered_and_the_done_ends_the_request():
