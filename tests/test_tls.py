@@ -123,7 +123,7 @@ def test_a_certificate_that_cannot_be_read_stops_the_server_with_its_name(tmp_pa
 async def test_the_python_client_connects_over_wss_with_its_token(
     start_server, cert_files, client_context
 ):
-    from trio_agent.client.connection import ConnectionFailed, open_agent_client
+    from trio_agent.client import ConnectionFailed, open_agent_client
 
     certfile, keyfile = cert_files
     server = await start_server(agent_set(), certfile=certfile, keyfile=keyfile, token=TOKEN)

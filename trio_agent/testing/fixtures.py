@@ -14,7 +14,7 @@ import trio
 import trio.testing
 
 from trio_agent.agents import Agent, builtin_agents
-from trio_agent.client.connection import AgentClient, open_agent_client
+from trio_agent.client import AgentClient, open_agent_client
 from trio_agent.observability.trace import MemoryTracer
 from trio_agent.server.agent_server import AgentServer
 from trio_agent.server.config import ServerConfig
