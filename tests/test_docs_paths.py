@@ -1,8 +1,8 @@
 """The README and docs/*.md name only modules, names and files that exist.
 
-Every ``trio_agent.x.y[.Name]`` a page names in code (a fenced block or inline
-code) must import, or be an attribute of what imports; every ``from trio_agent.x
-import A, B`` must find ``A`` and ``B``; every ``trio_agent/...``, ``scripts/...``,
+Every ``trio_agent.x.y[.Name]`` a page names (in code blocks, inline code or prose)
+must import, or be an attribute of what imports; every ``from trio_agent.x import
+A, B`` must find ``A`` and ``B``; every ``trio_agent/...``, ``scripts/...``,
 ``tests/...`` or ``docs/...`` path must be a file or directory of the repository;
 every relative link must lead to a file. A module that moves takes its docs along.
 """
@@ -20,20 +20,12 @@ ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 FENCED = re.compile(r"^```[^\n]*\n(.*?)^```", flags=re.S | re.M)
-INLINE = re.compile(r"(`+)(.+?)\1", flags=re.S)
 DOTTED = re.compile(r"(?<![\w.])trio_agent(?:\.[A-Za-z_]\w*)+")
 FROM_IMPORT = re.compile(
     r"^[ \t]*from[ \t]+(trio_agent(?:\.\w+)*)[ \t]+import[ \t]+(?:\(([^)]*)\)|([^\n#]+))", re.M
 )
 PATH = re.compile(r"(?<![\w./-])(?:trio_agent|scripts|tests|docs)/[\w./-]*")
 LINK = re.compile(r"\]\(([^)\s]+)\)")
-
-
-def code_of(text: str) -> list[str]:
-    """The fenced blocks of a page, then its inline code spans (outside those blocks)."""
-    blocks = FENCED.findall(text)
-    prose = FENCED.sub("", text)
-    return blocks + [span for _, span in INLINE.findall(prose)]
 
 
 def page_id(page: Path) -> str:
@@ -63,16 +55,13 @@ def resolve(dotted: str) -> object:
     raise LookupError(f"{dotted}: no such module")
 
 
-def references(page: Path) -> tuple[set[str], set[str]]:
-    """The dotted names and the repository paths a page's code mentions."""
-    dotted: set[str] = set()
-    paths: set[str] = set()
-    for code in code_of(page.read_text()):
-        dotted.update(DOTTED.findall(code))
-        for module, grouped, names in FROM_IMPORT.findall(code):
-            imported = (n.split()[0] for n in (grouped or names).split(",") if n.strip())
-            dotted.update(f"{module}.{name}" for name in imported)
-        paths.update(p.rstrip(".") for p in PATH.findall(code))
+def references(text: str) -> tuple[set[str], set[str]]:
+    """The dotted names and the repository paths a page mentions, anywhere in it."""
+    dotted = set(DOTTED.findall(text))
+    for module, grouped, names in FROM_IMPORT.findall(text):
+        imported = (n.split()[0] for n in (grouped or names).split(",") if n.strip())
+        dotted.update(f"{module}.{name}" for name in imported)
+    paths = {p.rstrip(".") for p in PATH.findall(text)}
     return dotted, paths
 
 
@@ -83,7 +72,7 @@ def test_the_pages_are_found():
 
 @pytest.mark.parametrize("page", PAGES, ids=page_id)
 def test_every_dotted_name_resolves(page: Path):
-    dotted, _ = references(page)
+    dotted, _ = references(page.read_text())
     missing = []
     for name in sorted(dotted):
         try:
@@ -95,7 +84,7 @@ def test_every_dotted_name_resolves(page: Path):
 
 @pytest.mark.parametrize("page", PAGES, ids=page_id)
 def test_every_repository_path_exists(page: Path):
-    _, paths = references(page)
+    _, paths = references(page.read_text())
     missing = sorted(p for p in paths if not (ROOT / p).exists())
     assert not missing, f"{page_id(page)} names files that do not exist: {missing}"
 
@@ -117,7 +106,15 @@ def test_the_checks_catch_a_stale_name_and_a_stale_path():
     with pytest.raises(LookupError):
         resolve("trio_agent.observability.trace.shielded_cleanup")
     resolve("trio_agent.testing.wire.open_wire")
-    page = "Run `python -m trio_agent.cli.main`, read `trio_agent/session.py`.\n"
-    code = code_of(page)
-    assert DOTTED.findall(code[0]) == ["trio_agent.cli.main"]
-    assert PATH.findall(code[1]) == ["trio_agent/session.py"]
+    page = (
+        "Run `python -m trio_agent.cli.main`, read trio_agent/session.py.\n\n"
+        "```python\nfrom trio_agent.client import (\n    open_agent_client,\n    Nothing,\n)\n```\n"
+    )
+    dotted, paths = references(page)
+    assert dotted == {
+        "trio_agent.cli.main",
+        "trio_agent.client",
+        "trio_agent.client.open_agent_client",
+        "trio_agent.client.Nothing",
+    }
+    assert paths == {"trio_agent/session.py"}
