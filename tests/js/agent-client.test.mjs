@@ -11,7 +11,7 @@ import {
   AudioPlayback,
   NotConnectedError,
   parseAudioFrame,
-} from "../../trio_agent/web/static/agent-client.js";
+} from "../../trio_agent/server/web/static/agent-client.js";
 
 /**
  * One AUDIO binary frame as the server sends it: 2-byte big-endian header length,

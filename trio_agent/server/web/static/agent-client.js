@@ -27,6 +27,9 @@
 // scheduled buffer of the response at once and sends played_ms, the playback position,
 // so the server's DONE can say what was heard (heard_text).
 
+// The wire constants, spelled again because this module has no build step: each one equals its
+// Python definition in trio_agent.protocol, and tests/test_client_constants.py checks that it does.
+
 /** The subprotocol a client offers when it sends a token (see docs/security.md). */
 export const PROTOCOL_NAME = "trio-agent.v1";
 /** Prefix of the subprotocol that carries the token, for browsers that cannot set headers. */
