@@ -142,7 +142,7 @@ async def open_client(port: int) -> SpeechClient:
     return client
 
 
-async def next_frame(client: SpeechClient, kind: str) -> tuple[dict, float]:
+async def next_frame(client: SpeechClient, kind: str) -> tuple[dict[str, Any], float]:
     while True:
         got, frame, at = await asyncio.wait_for(client.frames.get(), 30.0)
         if got == kind:
@@ -160,7 +160,9 @@ def discarded_frames(server: RunningServer) -> float:
 # --------------------------------------------------------------------------- barge-in
 
 
-async def barge_in_trial(client: SpeechClient, rid: str, pace: float, rng: random.Random) -> dict:
+async def barge_in_trial(
+    client: SpeechClient, rid: str, pace: float, rng: random.Random
+) -> dict[str, Any]:
     """One spoken reply, interrupted after a random 0.3-1.5 s of audio."""
     cut_at_ms = rng.uniform(300, 1500)
     state: dict[str, Any] = {"received_ms": 0.0, "sent_at": None, "ack_at": None, "after": []}
@@ -202,11 +204,11 @@ async def barge_in_trial(client: SpeechClient, rid: str, pace: float, rng: rando
     }
 
 
-async def barge_in(server: RunningServer, pace: float, budget: Budget, seed: int) -> dict:
+async def barge_in(server: RunningServer, pace: float, budget: Budget, seed: int) -> dict[str, Any]:
     rng = random.Random(seed)
     discarded_before = discarded_frames(server)
     clients = [await open_client(server.port) for _ in range(budget.concurrency)]
-    trials: list[dict] = []
+    trials: list[dict[str, Any]] = []
 
     async def run(client: SpeechClient, index: int) -> None:
         for t in range(index, budget.trials, budget.concurrency):
@@ -238,7 +240,7 @@ class _Session:
     lateness: list[float] = field(default_factory=list)
 
 
-async def capacity(server: RunningServer, sessions: int, window_s: float) -> dict:
+async def capacity(server: RunningServer, sessions: int, window_s: float) -> dict[str, Any]:
     """``sessions`` spoken replies at real-time pace; lateness of every chunk in the window."""
     clients = await asyncio.gather(*(open_client(server.port) for _ in range(sessions)))
     states = [_Session() for _ in clients]
@@ -331,7 +333,7 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def print_table(title: str, columns: list[tuple[str, str]], rows: list[dict]) -> None:
+def print_table(title: str, columns: list[tuple[str, str]], rows: list[dict[str, Any]]) -> None:
     print(f"\n== {title}")
     cells = [[h for h, _ in columns]] + [
         [_cell(_dig(row, path)) for _, path in columns] for row in rows
@@ -349,7 +351,7 @@ def print_table(title: str, columns: list[tuple[str, str]], rows: list[dict]) ->
     sys.stdout.flush()
 
 
-def _dig(row: dict, path: str) -> Any:
+def _dig(row: dict[str, Any], path: str) -> Any:
     value: Any = row
     for key in path.split("."):
         value = value.get(key) if isinstance(value, dict) else None
@@ -408,7 +410,7 @@ async def run_all(args: argparse.Namespace, budget: Budget, log_dir: Path) -> di
     t0 = time.perf_counter()
     try:
         await asyncio.gather(*(s.wait_ready() for s in servers.values()))
-        rows = []
+        rows: list[dict[str, Any]] = []
         for key, pace, label in (
             ("builtin", 1.0, "trio-agent, real time (the design)"),
             ("builtin", 0.0, "trio-agent, audio_pace 0 (burst)"),
