@@ -34,19 +34,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
 import json
-import os
-import platform
 import random
 import re
-import shlex
 import shutil
-import signal
 import struct
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -55,7 +49,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from interrupt_bench.servers import HOST, PATH, RunningServer, ServerSpec, raise_open_file_limit
+from interrupt_bench.runs import new_run, run_benchmark, serving
+from interrupt_bench.servers import HOST, PATH, RunningServer, ServerSpec
 from interrupt_bench.stats import ratio, summarize
 from interrupt_bench.wsclient import WebSocketClient
 
@@ -392,24 +387,12 @@ def _most_on_time(rows: list[dict[str, Any]], label: str) -> int:
 
 
 async def run_all(args: argparse.Namespace, budget: Budget, log_dir: Path) -> dict[str, Any]:
-    run: dict[str, Any] = {
-        "command": shlex.join(["scripts/bench_voice.py", *sys.argv[1:]]),
-        "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "load_average_at_start": os.getloadavg(),
-        },
-        "budget": {k: getattr(budget, k) for k in budget.__dataclass_fields__},
-        "late_threshold_ms": LATE_S * 1000,
-    }
+    run = new_run("bench_voice.py", {k: getattr(budget, k) for k in budget.__dataclass_fields__})
+    run["late_threshold_ms"] = LATE_S * 1000
     espeak = shutil.which("espeak-ng") is not None and not args.no_espeak
     specs = [BUILTIN, FIFO, STRICT] + ([ESPEAK] if espeak else [])
     servers = {spec.key: RunningServer(spec, log_dir) for spec in specs}
-    t0 = time.perf_counter()
-    try:
-        await asyncio.gather(*(s.wait_ready() for s in servers.values()))
+    async with serving(servers.values(), run):
         rows: list[dict[str, Any]] = []
         for key, pace, label in (
             ("builtin", 1.0, "trio-agent, real time (the design)"),
@@ -462,13 +445,6 @@ async def run_all(args: argparse.Namespace, budget: Budget, log_dir: Path) -> di
             f"{run['capacity']['most_sessions_without_a_late_chunk']} "
             f"(lead 0: {run['capacity']['most_sessions_without_a_late_chunk_lead_0']})"
         )
-    finally:
-        for server in servers.values():
-            server.terminate()
-        for server in servers.values():
-            server.stop()
-    run["wall_s"] = round(time.perf_counter() - t0, 1)
-    run["machine"]["load_average_at_end"] = os.getloadavg()
     return run
 
 
@@ -491,13 +467,9 @@ def main(argv: list[str] | None = None) -> int:
         budget = Budget(**{**budget.__dict__, "capacity_steps": tuple(args.sessions)})
     if args.window_s:
         budget = Budget(**{**budget.__dict__, "capacity_window_s": args.window_s})
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    raise_open_file_limit()
-    with tempfile.TemporaryDirectory(prefix="bench-voice-") as tmp:
-        log_dir = args.log_dir or Path(tmp)
-        log_dir.mkdir(parents=True, exist_ok=True)
-        run = asyncio.run(run_all(args, budget, log_dir))
-    print(f"\nwall time: {run['wall_s']} s")
+    run = run_benchmark(
+        "bench-voice-", args.log_dir, lambda log_dir: run_all(args, budget, log_dir)
+    )
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(run, indent=2) + "\n")
     print(f"figures: {args.json}")

@@ -50,7 +50,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import secrets
 import signal
 import sys
@@ -66,15 +65,8 @@ if VENV_PYTHON.exists() and Path(sys.prefix).resolve() != (ROOT / ".venv").resol
 
 import trio  # noqa: E402
 from interrupt_bench.stats import summarize  # noqa: E402
-from soak_behaviours import BEHAVIOURS, client_loop, stalls  # noqa: E402
-from soak_client import (  # noqa: E402
-    MAX_INPUT_BYTES,
-    MAX_MESSAGE_BYTES,
-    OP_TIMEOUT_S,
-    SEND_TIMEOUT_S,
-    Server,
-    Tally,
-)
+from soak_behaviours import BEHAVIOURS, client_loop, warm_up  # noqa: E402
+from soak_client import Server, Tally  # noqa: E402
 from soak_report import report  # noqa: E402
 from soak_server import (  # noqa: E402
     Sample,
@@ -82,6 +74,7 @@ from soak_server import (  # noqa: E402
     cpu_seconds,
     new_file,
     proc_sample,
+    server_command,
     wait_idle,
     watch,
 )
@@ -93,13 +86,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
     every figure of the report. The server gets SIGTERM at the end, whatever happened."""
     token = secrets.token_urlsafe(24)
     env = {**os.environ, "TRIO_AGENT_TOKEN": token}
-    command = [
-        sys.executable, "-m", "trio_agent", "serve",
-        "--host", "127.0.0.1", "--port", "0",
-        "--log-format", "json", "--log-level", "DEBUG", "--stats-interval-s", "0.25",
-        "--send-timeout-s", str(SEND_TIMEOUT_S), "--idle-timeout-s", "30",
-        "--max-message-bytes", str(MAX_MESSAGE_BYTES), "--max-input-bytes", str(MAX_INPUT_BYTES),
-    ]  # fmt: skip
+    command = server_command()
     log_dir = tempfile.TemporaryDirectory(prefix="trio-agent-soak-")
     log_path = args.server_log or Path(log_dir.name) / "server.log"
     with new_file(log_path) as log_sink:
@@ -118,13 +105,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
             port = int(server.url.rsplit(":", 1)[1].split("/")[0])
             target = Server(port, token)
 
-            # Warm up: every behaviour once, so imports and first-use caches are
-            # paid before the baseline is taken.
-            warm = Tally()
-            for i, (behaviour, _) in enumerate(BEHAVIOURS):
-                if behaviour is not stalls:
-                    with trio.fail_after(OP_TIMEOUT_S):
-                        await behaviour(target, warm, random.Random(i))
+            await warm_up(target)
             await wait_idle(server, None, 15)
             baseline_rss, baseline_fds = proc_sample(proc.pid)
             baseline_tasks = server.stats["tasks"]

@@ -288,6 +288,16 @@ BEHAVIOURS: list[tuple[Callable[[Server, Tally, random.Random], Awaitable[None]]
 ]
 
 
+async def warm_up(server: Server) -> None:
+    """Every behaviour once (but the stall, which takes seconds), so that imports and
+    first-use caches are paid before the baseline is taken."""
+    warm = Tally()
+    for i, (behaviour, _) in enumerate(BEHAVIOURS):
+        if behaviour is not stalls:
+            with trio.fail_after(OP_TIMEOUT_S):
+                await behaviour(server, warm, random.Random(i))
+
+
 async def client_loop(
     server: Server, tally: Tally, seed: int, deadline: float, skip: set[str]
 ) -> None:

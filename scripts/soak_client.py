@@ -19,9 +19,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import trio
-from trio_websocket import ConnectionClosed
 
-from trio_agent.testing.wire import Frame, WireConnection, open_wire_stream
+from trio_agent.testing.wire import Frame, WireConnection, drain_until_closed, open_wire_stream
 
 #: The limits the server is started with, which the behaviours probe.
 SEND_TIMEOUT_S = 2.0
@@ -137,11 +136,7 @@ class Client:
 
     async def until_closed(self) -> int:
         """Receive until the server closes the connection; return the close code."""
-        try:
-            while True:
-                await self.recv()
-        except ConnectionClosed as closed:
-            return closed.reason.code if closed.reason is not None else -1
+        return await drain_until_closed(self.recv)
 
     def finish(self) -> None:
         """The conversation is over and everything was answered: check the end state."""

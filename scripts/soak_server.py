@@ -10,12 +10,28 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import trio
+from soak_client import MAX_INPUT_BYTES, MAX_MESSAGE_BYTES, SEND_TIMEOUT_S
+
+
+def server_command() -> list[str]:
+    """The command that starts the server under soak: loopback, a free port, JSON logs
+    at DEBUG with frequent stats lines, and the limits the clients probe (a short
+    ``send_timeout_s``, so that stalls resolve within the run). The token goes in
+    the environment, never on the command line."""
+    return [
+        sys.executable, "-m", "trio_agent", "serve",
+        "--host", "127.0.0.1", "--port", "0",
+        "--log-format", "json", "--log-level", "DEBUG", "--stats-interval-s", "0.25",
+        "--send-timeout-s", str(SEND_TIMEOUT_S), "--idle-timeout-s", "30",
+        "--max-message-bytes", str(MAX_MESSAGE_BYTES), "--max-input-bytes", str(MAX_INPUT_BYTES),
+    ]  # fmt: skip
 
 
 @dataclass

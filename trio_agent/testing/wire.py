@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
@@ -60,7 +60,9 @@ __all__ = [
     "WireClient",
     "WireConnection",
     "audio_frame",
+    "collect_until",
     "connect",
+    "drain_until_closed",
     "only",
     "open_wire",
     "open_wire_stream",
@@ -182,12 +184,7 @@ class WireConnection:
     async def receive_until(self, predicate: Callable[[Frame], bool]) -> list[Frame]:
         """Receive text frames until one satisfies ``predicate``; return them all, it
         last (AUDIO frames on the way go to :attr:`audio`)."""
-        frames = []
-        while True:
-            frame = await self.receive()
-            frames.append(frame)
-            if predicate(frame):
-                return frames
+        return await collect_until(self.receive, predicate)
 
     async def request(
         self,
@@ -231,11 +228,7 @@ class WireConnection:
     async def until_closed(self) -> int:
         """Receive until the server closes the connection; return the close code
         (-1 if the connection ended without one). Cancellable."""
-        try:
-            while True:
-                await self.receive_message()
-        except ConnectionClosed as closed:
-            return closed.reason.code if closed.reason is not None else -1
+        return await drain_until_closed(self.receive_message)
 
     async def until_done(self, request_id: str) -> Frame:
         """Receive until the DONE of ``request_id``; return it."""
@@ -275,6 +268,30 @@ class WireConnection:
         if start:
             lines.insert(0, f"       ... {start} earlier frames")
         return "\n".join(lines)
+
+
+async def collect_until(
+    receive: Callable[[], Awaitable[Frame]], predicate: Callable[[Frame], bool]
+) -> list[Frame]:
+    """Await ``receive()`` until it returns a frame that satisfies ``predicate``;
+    return every frame it returned, that one last. Cancellable: the frames read so
+    far stay recorded by whoever ``receive`` belongs to."""
+    frames = []
+    while True:
+        frame = await receive()
+        frames.append(frame)
+        if predicate(frame):
+            return frames
+
+
+async def drain_until_closed(receive: Callable[[], Awaitable[object]]) -> int:
+    """Await ``receive()`` until the connection closes; return the close code (-1 if
+    it ended without one). Cancellable."""
+    try:
+        while True:
+            await receive()
+    except ConnectionClosed as closed:
+        return closed.reason.code if closed.reason is not None else -1
 
 
 @asynccontextmanager
@@ -460,12 +477,7 @@ class WireClient:
 
     async def recv_until(self, predicate: Callable[[Frame], bool]) -> list[Frame]:
         """Receive frames until one satisfies ``predicate``; return them all (it last)."""
-        frames = []
-        while True:
-            frame = await self.recv()
-            frames.append(frame)
-            if predicate(frame):
-                return frames
+        return await collect_until(self.recv, predicate)
 
     async def request(
         self,
@@ -488,11 +500,7 @@ class WireClient:
 
     async def until_closed(self) -> int:
         """Receive (and check) until the server closes the connection; return the close code."""
-        try:
-            while True:
-                await self.recv()
-        except ConnectionClosed as closed:
-            return closed.reason.code if closed.reason is not None else -1
+        return await drain_until_closed(self.recv)
 
     async def until_done(self, request_id: str) -> list[Frame]:
         return await self.recv_until(
