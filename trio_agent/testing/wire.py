@@ -1,4 +1,4 @@
-"""A raw protocol-v1 connection that keeps a transcript: for the demo and conformance checks.
+"""A raw protocol-v1 connection that keeps a transcript: for tests, checks, the demo, the soak.
 
 It speaks the wire protocol with plain dicts, so a script can send exactly the
 frames it means to, and it records every frame in both directions in order.
