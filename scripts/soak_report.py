@@ -8,6 +8,7 @@ from typing import Any
 def report(result: dict[str, Any]) -> str:
     """The result of :func:`soak.soak` as a table: a name and a value a line, the
     verdict last."""
+
     def fmt(value: Any) -> str:
         if isinstance(value, float):
             return f"{value:.2f}"
