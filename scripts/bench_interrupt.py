@@ -18,16 +18,10 @@ Also reachable as ``trio-agent bench``. Needs the ``bench`` extra
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
-import datetime
 import json
 import os
-import platform
-import shlex
-import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -35,8 +29,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from interrupt_bench.report import markdown_table, plot, table
+from interrupt_bench.runs import new_run, run_benchmark, serving
 from interrupt_bench.scenarios import FULL, QUICK, SCENARIOS, Budget, Scenario
-from interrupt_bench.servers import SERVERS, RunningServer, raise_open_file_limit
+from interrupt_bench.servers import SERVERS, RunningServer
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,22 +106,12 @@ async def run_scenario(
 
 async def run_all(args: argparse.Namespace, budget: Budget, log_dir: Path) -> dict[str, Any]:
     chosen = args.scenario or list(SCENARIOS)
-    run: dict[str, Any] = {
-        "command": shlex.join(["scripts/bench_interrupt.py", *sys.argv[1:]]),
-        "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "load_average_at_start": os.getloadavg(),
-        },
-        "budget": dataclasses.asdict(budget),
-        "servers": {
-            key: {"label": s.label, "description": s.description, "argv": list(s.argv)}
-            for key, s in SERVERS.items()
-        },
-        "scenarios": {},
+    run = new_run("bench_interrupt.py", dataclasses.asdict(budget))
+    run["servers"] = {
+        key: {"label": s.label, "description": s.description, "argv": list(s.argv)}
+        for key, s in SERVERS.items()
     }
+    run["scenarios"] = {}
     plan = {
         name: [k for k in SCENARIOS[name].servers if not args.server or k in args.server]
         for name in chosen
@@ -135,10 +120,8 @@ async def run_all(args: argparse.Namespace, budget: Budget, log_dir: Path) -> di
     # and serves every workload that names it; each figure is a difference measured
     # around its own workload, so what ran before does not count.
     keys = list(dict.fromkeys(k for servers in plan.values() for k in servers))
-    t0 = time.perf_counter()
     started = {key: RunningServer(SERVERS[key], log_dir) for key in keys}
-    try:
-        await asyncio.gather(*(s.wait_ready() for s in started.values()))
+    async with serving(started.values(), run):
         for name, servers in plan.items():
             if not servers:
                 continue
@@ -150,27 +133,15 @@ async def run_all(args: argparse.Namespace, budget: Budget, log_dir: Path) -> di
             for key, value in result["ratios"].items():
                 print(f"   {key}: {json.dumps(value)}")
             sys.stdout.flush()
-    finally:
-        for server in started.values():
-            server.terminate()
-        for server in started.values():
-            server.stop()
-    run["wall_s"] = round(time.perf_counter() - t0, 1)
-    run["machine"]["load_average_at_end"] = os.getloadavg()
     return run
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     budget = budget_from(args)
-    # SIGTERM stops the run the way Ctrl-C does, so the servers are stopped too.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    raise_open_file_limit()
-    with tempfile.TemporaryDirectory(prefix="bench-interrupt-") as tmp:
-        log_dir = args.log_dir or Path(tmp)
-        log_dir.mkdir(parents=True, exist_ok=True)
-        run = asyncio.run(run_all(args, budget, log_dir))
-    print(f"\nwall time: {run['wall_s']} s")
+    run = run_benchmark(
+        "bench-interrupt-", args.log_dir, lambda log_dir: run_all(args, budget, log_dir)
+    )
     if args.json:
         args.json.write_text(json.dumps(run, indent=2) + "\n")
         print(f"figures: {args.json}")

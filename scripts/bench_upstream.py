@@ -39,13 +39,17 @@ from typing import Any
 
 import trio
 from loguru import logger
-from trio_websocket import WebSocketConnection, open_websocket_url
 
 from trio_agent import AgentServer, ServerConfig
 from trio_agent import agents as builtin
 from trio_agent.agents.openai.agent import OpenAIAgent, OpenAIConfig
-from trio_agent.protocol.guarantees import GuaranteeChecker
 from trio_agent.server.session import Session
+from trio_agent.testing.wire import WireConnection, open_wire_url
+
+# The bench helpers beside this script, also when it is loaded by path (as its test does).
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from interrupt_bench.stats import summarize
 
 SCRIPT = str(Path(__file__).resolve())
 
@@ -104,34 +108,8 @@ async def json_lines_process(
             await process.wait()
 
 
-class _CheckedConnection:
-    """The client's WebSocket, with every frame in both directions going through a
-    :class:`GuaranteeChecker`: a server that broke a guarantee while being timed
-    would be counted, whatever its latency."""
-
-    def __init__(self, ws: WebSocketConnection) -> None:
-        self.ws = ws
-        self.checker = GuaranteeChecker()
-        self._reported = 0
-
-    async def send(self, frame: dict[str, Any]) -> None:
-        self.checker.sent(frame)
-        await self.ws.send_message(json.dumps(frame))
-
-    async def receive(self) -> dict[str, Any]:
-        frame: dict[str, Any] = json.loads(await self.ws.get_message())
-        self.checker.received(frame)
-        return frame
-
-    def new_violations(self) -> list[str]:
-        """The violations seen since the last call, as text."""
-        found = [str(v) for v in self.checker.violations[self._reported :]]
-        self._reported += len(found)
-        return found
-
-
 async def _round(
-    conn: _CheckedConnection,
+    conn: WireConnection,
     request_id: str,
     agent: str,
     options: dict[str, Any],
@@ -171,17 +149,19 @@ async def _round(
         "done": done,
         "payload": done_payload,
         "stale": stale,
-        "violations": conn.new_violations(),
+        "violations": [str(v) for v in conn.unreported_violations()],
     }
 
 
 async def run_client(url: str, rounds: int, tokens_per_s: float, seed: int) -> None:
     """The client side (``--client URL``): alternate lorem and openai rounds, and print
-    each round's times as a JSON line."""
+    each round's times as a JSON line.
+
+    Every frame in both directions goes through the connection's guarantee
+    checker: a server that broke a guarantee while being timed would be counted,
+    whatever its latency."""
     rng = random.Random(seed)
-    async with open_websocket_url(url) as ws:
-        conn = _CheckedConnection(ws)
-        await conn.receive()  # SESSION
+    async with open_wire_url(url) as conn:
         for i in range(rounds):
             wait = rng.randint(3, 10)
             lorem = {"words": 5000, "words_per_s": tokens_per_s}
@@ -192,13 +172,10 @@ async def run_client(url: str, rounds: int, tokens_per_s: float, seed: int) -> N
                 print(json.dumps(result), flush=True)
 
 
-def _ms(values: list[float]) -> dict[str, float]:
-    ordered = sorted(values)
-
-    def at(q: float) -> float:
-        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 3)
-
-    return {"p50_ms": at(0.50), "p99_ms": at(0.99), "max_ms": round(ordered[-1] * 1000, 3)}
+def _ms(seconds: list[float]) -> dict[str, float]:
+    """p50, p99 and max of ``seconds``, in milliseconds."""
+    summary = summarize(seconds, scale=1000)
+    return {"p50_ms": summary["p50"], "p99_ms": summary["p99"], "max_ms": summary["max"]}
 
 
 async def measure_upstream_interrupts(

@@ -34,19 +34,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
 import json
-import os
-import platform
 import random
 import re
-import shlex
 import shutil
-import signal
 import struct
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -55,7 +49,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from interrupt_bench.servers import HOST, PATH, RunningServer, ServerSpec, raise_open_file_limit
+from interrupt_bench.runs import new_run, run_benchmark, serving
+from interrupt_bench.servers import HOST, PATH, RunningServer, ServerSpec
 from interrupt_bench.stats import ratio, summarize
 from interrupt_bench.wsclient import WebSocketClient
 
@@ -142,7 +137,7 @@ async def open_client(port: int) -> SpeechClient:
     return client
 
 
-async def next_frame(client: SpeechClient, kind: str) -> tuple[dict, float]:
+async def next_frame(client: SpeechClient, kind: str) -> tuple[dict[str, Any], float]:
     while True:
         got, frame, at = await asyncio.wait_for(client.frames.get(), 30.0)
         if got == kind:
@@ -160,7 +155,9 @@ def discarded_frames(server: RunningServer) -> float:
 # --------------------------------------------------------------------------- barge-in
 
 
-async def barge_in_trial(client: SpeechClient, rid: str, pace: float, rng: random.Random) -> dict:
+async def barge_in_trial(
+    client: SpeechClient, rid: str, pace: float, rng: random.Random
+) -> dict[str, Any]:
     """One spoken reply, interrupted after a random 0.3-1.5 s of audio."""
     cut_at_ms = rng.uniform(300, 1500)
     state: dict[str, Any] = {"received_ms": 0.0, "sent_at": None, "ack_at": None, "after": []}
@@ -202,11 +199,11 @@ async def barge_in_trial(client: SpeechClient, rid: str, pace: float, rng: rando
     }
 
 
-async def barge_in(server: RunningServer, pace: float, budget: Budget, seed: int) -> dict:
+async def barge_in(server: RunningServer, pace: float, budget: Budget, seed: int) -> dict[str, Any]:
     rng = random.Random(seed)
     discarded_before = discarded_frames(server)
     clients = [await open_client(server.port) for _ in range(budget.concurrency)]
-    trials: list[dict] = []
+    trials: list[dict[str, Any]] = []
 
     async def run(client: SpeechClient, index: int) -> None:
         for t in range(index, budget.trials, budget.concurrency):
@@ -238,7 +235,7 @@ class _Session:
     lateness: list[float] = field(default_factory=list)
 
 
-async def capacity(server: RunningServer, sessions: int, window_s: float) -> dict:
+async def capacity(server: RunningServer, sessions: int, window_s: float) -> dict[str, Any]:
     """``sessions`` spoken replies at real-time pace; lateness of every chunk in the window."""
     clients = await asyncio.gather(*(open_client(server.port) for _ in range(sessions)))
     states = [_Session() for _ in clients]
@@ -331,7 +328,7 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def print_table(title: str, columns: list[tuple[str, str]], rows: list[dict]) -> None:
+def print_table(title: str, columns: list[tuple[str, str]], rows: list[dict[str, Any]]) -> None:
     print(f"\n== {title}")
     cells = [[h for h, _ in columns]] + [
         [_cell(_dig(row, path)) for _, path in columns] for row in rows
@@ -349,7 +346,7 @@ def print_table(title: str, columns: list[tuple[str, str]], rows: list[dict]) ->
     sys.stdout.flush()
 
 
-def _dig(row: dict, path: str) -> Any:
+def _dig(row: dict[str, Any], path: str) -> Any:
     value: Any = row
     for key in path.split("."):
         value = value.get(key) if isinstance(value, dict) else None
@@ -390,25 +387,13 @@ def _most_on_time(rows: list[dict[str, Any]], label: str) -> int:
 
 
 async def run_all(args: argparse.Namespace, budget: Budget, log_dir: Path) -> dict[str, Any]:
-    run: dict[str, Any] = {
-        "command": shlex.join(["scripts/bench_voice.py", *sys.argv[1:]]),
-        "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "load_average_at_start": os.getloadavg(),
-        },
-        "budget": {k: getattr(budget, k) for k in budget.__dataclass_fields__},
-        "late_threshold_ms": LATE_S * 1000,
-    }
+    run = new_run("bench_voice.py", {k: getattr(budget, k) for k in budget.__dataclass_fields__})
+    run["late_threshold_ms"] = LATE_S * 1000
     espeak = shutil.which("espeak-ng") is not None and not args.no_espeak
     specs = [BUILTIN, FIFO, STRICT] + ([ESPEAK] if espeak else [])
     servers = {spec.key: RunningServer(spec, log_dir) for spec in specs}
-    t0 = time.perf_counter()
-    try:
-        await asyncio.gather(*(s.wait_ready() for s in servers.values()))
-        rows = []
+    async with serving(servers.values(), run):
+        rows: list[dict[str, Any]] = []
         for key, pace, label in (
             ("builtin", 1.0, "trio-agent, real time (the design)"),
             ("builtin", 0.0, "trio-agent, audio_pace 0 (burst)"),
@@ -460,13 +445,6 @@ async def run_all(args: argparse.Namespace, budget: Budget, log_dir: Path) -> di
             f"{run['capacity']['most_sessions_without_a_late_chunk']} "
             f"(lead 0: {run['capacity']['most_sessions_without_a_late_chunk_lead_0']})"
         )
-    finally:
-        for server in servers.values():
-            server.terminate()
-        for server in servers.values():
-            server.stop()
-    run["wall_s"] = round(time.perf_counter() - t0, 1)
-    run["machine"]["load_average_at_end"] = os.getloadavg()
     return run
 
 
@@ -489,13 +467,9 @@ def main(argv: list[str] | None = None) -> int:
         budget = Budget(**{**budget.__dict__, "capacity_steps": tuple(args.sessions)})
     if args.window_s:
         budget = Budget(**{**budget.__dict__, "capacity_window_s": args.window_s})
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    raise_open_file_limit()
-    with tempfile.TemporaryDirectory(prefix="bench-voice-") as tmp:
-        log_dir = args.log_dir or Path(tmp)
-        log_dir.mkdir(parents=True, exist_ok=True)
-        run = asyncio.run(run_all(args, budget, log_dir))
-    print(f"\nwall time: {run['wall_s']} s")
+    run = run_benchmark(
+        "bench-voice-", args.log_dir, lambda log_dir: run_all(args, budget, log_dir)
+    )
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(run, indent=2) + "\n")
     print(f"figures: {args.json}")

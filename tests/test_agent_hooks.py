@@ -12,11 +12,11 @@ import pytest
 import trio
 import trio.testing
 from testing_agents import endless
-from wire import connect, only
 
 from trio_agent import AgentError, AgentRequest, AgentServer, ResponseStream, ServerConfig
 from trio_agent import agents as builtin
 from trio_agent.agents import AgentTimeout, RequestOutcome
+from trio_agent.testing.wire import connect, only
 
 
 def streams(rid, count=1):

@@ -9,10 +9,10 @@ import sys
 
 import pytest
 import trio
-from wire import WireClient, only
 
 from trio_agent.cli.main import main
 from trio_agent.server.config import ServerConfig, parse_config
+from trio_agent.testing.wire import WireClient, only
 
 
 def test_flags_beat_environment_beat_defaults():

@@ -6,10 +6,10 @@ import pytest
 import trio
 import trio.testing
 from testing_agents import endless
-from wire import connect, only
 
 from trio_agent import agents as builtin
 from trio_agent.server.cork import CorkableStream
+from trio_agent.testing.wire import connect, only
 
 
 class Recording(trio.abc.Stream):

@@ -18,11 +18,11 @@ from handshakes import RawClient, raw_handshake, request_bytes
 from loguru import logger
 from testing_agents import endless
 from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
-from wire import WireClient, connect, only
 from wsproto.events import CloseConnection
 
 from trio_agent import AgentError, AgentRequest, ResponseStream
 from trio_agent import agents as builtin
+from trio_agent.testing.wire import WireClient, connect, only
 
 TOKEN = "s3cret-T0ken"
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import trio
 import trio.testing
 from testing_agents import Probe, endless
-from wire import connect
 
 from trio_agent.protocol.messages import InterruptMessage
+from trio_agent.testing.wire import connect
 
 
 async def test_agent_blocked_on_backpressure_is_cancelled_not_failed(start_server, autojump_clock):

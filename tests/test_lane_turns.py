@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import trio
-from wire import connect, only
 
 from trio_agent import agents as builtin
 from trio_agent.protocol.constants import FrameKind
 from trio_agent.server.lanes import Outbound, OutboundLanes
 from trio_agent.server.registry import RequestRecord
+from trio_agent.testing.wire import connect, only
 
 
 def record(rid: str) -> RequestRecord:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import trio
-from wire import connect
 
 from trio_agent import AgentRequest, ResponseStream
 from trio_agent import agents as builtin
+from trio_agent.testing.wire import connect
 
 
 async def one_word_then_wait(request: AgentRequest, stream: ResponseStream) -> None:

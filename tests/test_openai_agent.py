@@ -15,7 +15,6 @@ import pytest
 import trio
 import trio.testing
 from loguru import logger
-from wire import connect, only
 
 from trio_agent import agents as builtin
 from trio_agent.agents.openai.agent import (
@@ -27,6 +26,7 @@ from trio_agent.agents.openai.agent import (
 from trio_agent.agents.openai.history import ChatHistory
 from trio_agent.cli.main import build_parser
 from trio_agent.testing.fake_openai import FakeOpenAI, Script
+from trio_agent.testing.wire import connect, only
 
 
 @pytest.fixture(params=["memory", "socket"])

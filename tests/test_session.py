@@ -15,10 +15,10 @@ import trio
 import trio.testing
 from testing_agents import Probe, endless, fails_after_two, refuses, stubborn
 from trio_websocket import ConnectionClosed
-from wire import connect, only
 
 from trio_agent import agents as builtin
 from trio_agent.server.session import Session
+from trio_agent.testing.wire import connect, only
 
 
 @pytest.fixture(params=["memory", "socket"])

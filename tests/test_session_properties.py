@@ -21,11 +21,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from testing_agents import endless, fails_after_two, refuses
 from trio_websocket import ConnectionClosed
-from wire import WireClient, connect
 
 from trio_agent import AgentServer, ServerConfig
 from trio_agent import agents as builtin
 from trio_agent.protocol.messages import ProtocolError, parse_client_message
+from trio_agent.testing.wire import WireClient, connect
 
 AGENTS = {
     "lorem": builtin.lorem,

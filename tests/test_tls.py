@@ -12,10 +12,10 @@ import trustme
 from handshakes import request_bytes
 from testing_agents import endless
 from trio_websocket import open_websocket_url
-from wire import WireClient
 
 from trio_agent import AgentServer, ServerConfig
 from trio_agent import agents as builtin
+from trio_agent.testing.wire import WireClient
 
 TOKEN = "tls-T0ken"
 

@@ -8,7 +8,6 @@ import json
 import trio
 import trio.testing
 from testing_agents import endless, stubborn
-from wire import connect, only
 
 from trio_agent import AgentServer, ServerConfig
 from trio_agent import agents as builtin
@@ -20,6 +19,7 @@ from trio_agent.observability.trace import (
     SessionTrace,
 )
 from trio_agent.server.config import parse_config
+from trio_agent.testing.wire import connect, only
 
 
 def traced_server(agents=None, **settings) -> tuple[AgentServer, MemoryTracer]:

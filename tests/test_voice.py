@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from wire import Frame, WireClient, connect, only
 
 from trio_agent import AgentServer, ServerConfig
 from trio_agent import agents as builtin
@@ -26,6 +25,7 @@ from trio_agent.protocol.audio import AudioHeader, encode_audio_frame
 from trio_agent.server import session as session_module
 from trio_agent.speech.stage import Speaker
 from trio_agent.speech.synthesizers import BuiltinSynthesizer, EspeakSynthesizer
+from trio_agent.testing.wire import Frame, WireClient, connect, only
 
 
 @pytest.fixture(params=["memory", "socket"])

@@ -11,10 +11,10 @@ import trio.testing
 from http_client import HttpClient, fetch, raw_exchange
 from prometheus_client.parser import text_string_to_metric_families
 from trio_websocket import wrap_client_stream
-from wire import WireClient, connect
 
 from trio_agent import AgentServer, ServerConfig
 from trio_agent.server.web.front import ReplayStream
+from trio_agent.testing.wire import WireClient, connect
 
 JS = "text/javascript; charset=utf-8"
 

@@ -1,4 +1,4 @@
-"""A raw protocol-v1 connection that keeps a transcript: for the demo and conformance checks.
+"""A raw protocol-v1 connection that keeps a transcript: for tests, checks, the demo, the soak.
 
 It speaks the wire protocol with plain dicts, so a script can send exactly the
 frames it means to, and it records every frame in both directions in order.
@@ -20,6 +20,12 @@ speech, or does not care about the samples, reads exactly what it did before. A
 binary message that is not a well-formed AUDIO frame is recorded like an invalid
 text frame: a dict ``{"raw": ...}`` with a violation numbered 0.
 
+Tests that want a failed assertion at the frame that broke a guarantee, rather
+than a transcript to read, use :class:`WireClient` (opened with :func:`connect`):
+the same connection, seen through methods that assert. Scripts that talk to a
+server in another process open a connection over a stream of their own with
+:func:`open_wire_stream`, or by URL with :func:`open_wire_url`.
+
 This is a test and teaching tool. Applications use the Python client.
 """
 
@@ -27,80 +33,79 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit
 
 import trio
 import trio.testing
-from trio_websocket import WebSocketConnection, wrap_client_stream
+from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_client_stream
 
-from trio_agent.protocol.audio import AudioHeader, decode_audio_frame
+from trio_agent.protocol.audio import decode_audio_frame
 from trio_agent.protocol.guarantees import GuaranteeChecker, Violation
 from trio_agent.protocol.messages import ProtocolError, parse_server_message
+from trio_agent.testing.transcript import AudioFrame, Frame, TranscriptLine, summarize
 
 if TYPE_CHECKING:
     from trio_agent.server.agent_server import AgentServer
 
-Frame = dict[str, Any]
 Transport = Literal["memory", "lockstep", "socket"]
 
-
-@dataclass(frozen=True)
-class TranscriptLine:
-    """One frame of the conversation, and the guarantees it was seen to break."""
-
-    sent: bool
-    frame: Frame
-    violations: tuple[Violation, ...] = ()
-
-    def __str__(self) -> str:
-        line = f"{'->' if self.sent else '<-'} {summarize(self.frame)}"
-        return line + "".join(f"   <-- {v}" for v in self.violations)
-
-
-@dataclass(frozen=True)
-class AudioFrame:
-    """One AUDIO binary message (protocol v1.1), decoded: its header and its samples."""
-
-    header: AudioHeader
-    #: The raw ``pcm_s16le`` samples, interleaved if the header has several channels.
-    samples: bytes
-
-    @property
-    def request_id(self) -> str:
-        return self.header.request_id
-
-    @property
-    def seq(self) -> int:
-        return self.header.seq
-
-    @property
-    def start_ms(self) -> float:
-        return self.header.start_ms
-
-    @property
-    def duration_ms(self) -> float:
-        return self.header.duration_ms
+__all__ = [
+    "AudioFrame",
+    "Frame",
+    "TranscriptLine",
+    "Transport",
+    "WireClient",
+    "WireConnection",
+    "audio_frame",
+    "collect_until",
+    "connect",
+    "drain_until_closed",
+    "only",
+    "open_wire",
+    "open_wire_stream",
+    "open_wire_url",
+    "summarize",
+]
 
 
 class WireConnection:
-    """One client connection. Open it with :func:`open_wire`."""
+    """One client connection. Open it with :func:`open_wire` (or :func:`open_wire_stream`).
 
-    def __init__(self, ws: WebSocketConnection, stream: trio.abc.Stream) -> None:
+    ``stream`` is the byte stream under ``ws``, for a script that wants to drop the
+    connection abruptly; a connection made on a WebSocket opened elsewhere may go
+    without it.
+    """
+
+    def __init__(self, ws: WebSocketConnection, stream: trio.abc.Stream | None = None) -> None:
         self.ws = ws
-        self.stream = stream
+        self._stream = stream
         self.checker = GuaranteeChecker()
         self.transcript: list[TranscriptLine] = []
         self.session: Frame = {}
         #: Every AUDIO frame received so far, in order, whichever method read it.
         self.audio: list[AudioFrame] = []
         self._ids = itertools.count()
+        self._reported = 0
+
+    @property
+    def stream(self) -> trio.abc.Stream:
+        """The byte stream under the WebSocket. Raises ``RuntimeError`` if it was not given."""
+        if self._stream is None:
+            raise RuntimeError("this connection was made on a WebSocket opened elsewhere")
+        return self._stream
 
     @property
     def violations(self) -> list[Violation]:
         return self.checker.violations
+
+    def unreported_violations(self) -> list[Violation]:
+        """The violations seen since the last call (all of them, the first time)."""
+        found = self.checker.violations[self._reported :]
+        self._reported += len(found)
+        return found
 
     def next_msg_id(self) -> str:
         return f"c{next(self._ids)}"
@@ -111,6 +116,11 @@ class WireConnection:
         self.transcript.append(TranscriptLine(True, frame))
         await self.ws.send_message(json.dumps(frame))
         return frame
+
+    async def send_raw(self, raw: str | bytes) -> None:
+        """Send ``raw`` as one WebSocket message, unchecked and off the transcript: for
+        frames that are meant to be invalid. Cancellable; raises ``ConnectionClosed``."""
+        await self.ws.send_message(raw)
 
     async def receive(self) -> Frame:
         """Wait for the next *text* frame and record it. Raises ``ConnectionClosed`` at the end.
@@ -174,12 +184,7 @@ class WireConnection:
     async def receive_until(self, predicate: Callable[[Frame], bool]) -> list[Frame]:
         """Receive text frames until one satisfies ``predicate``; return them all, it
         last (AUDIO frames on the way go to :attr:`audio`)."""
-        frames = []
-        while True:
-            frame = await self.receive()
-            frames.append(frame)
-            if predicate(frame):
-                return frames
+        return await collect_until(self.receive, predicate)
 
     async def request(
         self,
@@ -213,6 +218,17 @@ class WireConnection:
             frame["payload"] = {"reason": reason}
         await self.send(frame)
         return msg_id
+
+    async def heartbeat(self) -> str:
+        """Send a HEARTBEAT; return its ``msg_id``."""
+        msg_id = self.next_msg_id()
+        await self.send({"msg_type": "HEARTBEAT", "msg_id": msg_id})
+        return msg_id
+
+    async def until_closed(self) -> int:
+        """Receive until the server closes the connection; return the close code
+        (-1 if the connection ended without one). Cancellable."""
+        return await drain_until_closed(self.receive_message)
 
     async def until_done(self, request_id: str) -> Frame:
         """Receive until the DONE of ``request_id``; return it."""
@@ -254,45 +270,101 @@ class WireConnection:
         return "\n".join(lines)
 
 
-def summarize(frame: Frame) -> str:
-    """One frame in a line: ``STREAM r1 seq=3``, ``DONE r1 interrupted frames=4``,
-    ``AUDIO r1 seq=2 start_ms=40.0 duration_ms=20.0``..."""
-    kind = frame.get("msg_type")
-    if kind is None:
-        return str(frame.get("end") or frame.get("raw") or frame)
-    rid = frame.get("request_id")
-    payload = frame.get("payload") or {}
-    parts = [str(kind)] + ([str(rid)] if rid else [])
-    if kind == "REQUEST":
-        parts.append(f"({frame.get('msg_id')}) agent={payload.get('agent')}")
-        if "timeout_s" in payload:
-            parts.append(f"timeout_s={payload['timeout_s']}")
-    elif kind == "INTERRUPT":
-        parts.append(f"({frame.get('msg_id')})" + ("" if rid else " all"))
-    elif kind == "STREAM":
-        parts.append(f"seq={payload.get('seq')}")
-    elif kind == "AUDIO":
-        parts.append(
-            f"seq={frame.get('seq')} start_ms={frame.get('start_ms')}"
-            f" duration_ms={frame.get('duration_ms')}"
-        )
-    elif kind == "DONE":
-        parts.append(f"{payload.get('status')} frames={payload.get('frames')}")
-        if payload.get("error"):
-            parts.append(f"error={payload['error']}")
-    elif kind == "INTERRUPT_ACK":
-        parts.append(
-            f"ref={frame.get('ref')} interrupted={payload.get('interrupted')}"
-            + (f" targets={payload['targets']}" if payload.get("targets") else "")
-        )
-    elif kind == "ERROR":
-        parts.append(f"{payload.get('code')}: {payload.get('message')}")
-    return " ".join(parts)
+async def collect_until(
+    receive: Callable[[], Awaitable[Frame]], predicate: Callable[[Frame], bool]
+) -> list[Frame]:
+    """Await ``receive()`` until it returns a frame that satisfies ``predicate``;
+    return every frame it returned, that one last. Cancellable: the frames read so
+    far stay recorded by whoever ``receive`` belongs to."""
+    frames = []
+    while True:
+        frame = await receive()
+        frames.append(frame)
+        if predicate(frame):
+            return frames
+
+
+async def drain_until_closed(receive: Callable[[], Awaitable[object]]) -> int:
+    """Await ``receive()`` until the connection closes; return the close code (-1 if
+    it ended without one). Cancellable."""
+    try:
+        while True:
+            await receive()
+    except ConnectionClosed as closed:
+        return closed.reason.code if closed.reason is not None else -1
+
+
+@asynccontextmanager
+async def open_wire_stream(
+    stream: trio.abc.Stream,
+    target: str,
+    *,
+    host: str = "localhost",
+    subprotocols: Sequence[str] = (),
+    headers: Sequence[tuple[bytes, bytes]] = (),
+    max_message_size: int = 2**20,
+    close_timeout_s: float = 1.0,
+) -> AsyncIterator[WireConnection]:
+    """Open a WebSocket to ``target`` (path and query) over ``stream``, which is
+    already connected, and read the SESSION frame.
+
+    ``host``, ``subprotocols`` and ``headers`` shape the handshake (the token can go
+    in any of them); ``max_message_size`` is the largest message it accepts
+    (trio-websocket's default, 1 MiB, unless given).
+
+    On exit the connection is closed politely if it can be within
+    ``close_timeout_s``, and dropped otherwise; the stream is closed either way.
+    A cancelled handshake or SESSION wait closes the stream too.
+    """
+    async with trio.open_nursery() as nursery:
+        try:
+            # trio-websocket annotates this as taking a socket or TLS stream, but any
+            # trio.abc.Stream works (its own tests use memory streams).
+            ws = await wrap_client_stream(
+                nursery,
+                stream,  # type: ignore[arg-type]
+                host,
+                target,
+                subprotocols=list(subprotocols),
+                extra_headers=list(headers),
+                max_message_size=max_message_size,
+            )
+            wire = WireConnection(ws, stream)
+            try:
+                wire.session = await wire.receive()
+                yield wire
+            finally:
+                with trio.move_on_after(close_timeout_s):
+                    await ws.aclose()
+        finally:
+            await trio.aclose_forcefully(stream)
+            nursery.cancel_scope.cancel(reason="wire connection closed")
+
+
+@asynccontextmanager
+async def open_wire_url(url: str) -> AsyncIterator[WireConnection]:
+    """Connect over TCP to the server at ``url`` (``ws://host:port/path?query``, as
+    ``AgentServer.url`` gives it) and read its SESSION frame: for a script whose
+    server runs in another process. Closed on exit as by :func:`open_wire_stream`."""
+    parts = urlsplit(url)
+    if parts.scheme != "ws" or parts.hostname is None or parts.port is None:
+        raise ValueError(f"not a ws://host:port/ URL: {url!r}")
+    stream = await trio.open_tcp_stream(parts.hostname, parts.port)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    async with open_wire_stream(stream, target, host=parts.hostname) as wire:
+        yield wire
 
 
 @asynccontextmanager
 async def open_wire(
-    server: AgentServer, transport: Transport = "memory", *, serve_in: trio.Nursery | None = None
+    server: AgentServer,
+    transport: Transport = "memory",
+    *,
+    serve_in: trio.Nursery | None = None,
+    subprotocols: Sequence[str] = (),
+    headers: Sequence[tuple[bytes, bytes]] = (),
+    target: str | None = None,
+    close_timeout_s: float = 1.0,
 ) -> AsyncIterator[WireConnection]:
     """Connect to ``server`` and read its SESSION frame.
 
@@ -307,8 +379,9 @@ async def open_wire(
     for the session to end: pass a nursery of yours to watch what the server
     does after the client has gone.
 
-    On exit the connection is closed politely if it can be within a second, and
-    dropped otherwise.
+    ``subprotocols``, ``headers`` and ``target`` (path and query; the server's
+    path by default) shape the handshake, as in :func:`open_wire_stream`, which
+    also says how the connection is closed on exit.
     """
     async with trio.open_nursery() as nursery:
         stream: trio.abc.Stream
@@ -326,20 +399,168 @@ async def open_wire(
             )
             stream, server_stream = pair()
             (serve_in or nursery).start_soon(server.serve_stream, server_stream)
-        # trio-websocket annotates this as taking a socket or TLS stream, but any
-        # trio.abc.Stream works (its own tests use memory streams).
-        ws = await wrap_client_stream(
-            nursery,
-            stream,  # type: ignore[arg-type]
-            "localhost",
-            server.config.path,
-        )
-        wire = WireConnection(ws, stream)
         try:
-            wire.session = await wire.receive()
-            yield wire
+            async with open_wire_stream(
+                stream,
+                target or server.config.path,
+                subprotocols=subprotocols,
+                headers=headers,
+                close_timeout_s=close_timeout_s,
+            ) as wire:
+                yield wire
         finally:
-            with trio.move_on_after(1):
-                await ws.aclose()
-            await trio.aclose_forcefully(stream)
             nursery.cancel_scope.cancel(reason="wire connection closed")
+
+
+# --------------------------------------------------------------------------- for tests
+
+
+class WireClient:
+    """A :class:`WireConnection` seen through methods that assert: the frame-level
+    test client.
+
+    Behaviour tests use the real client, :mod:`trio_agent.client.connection`. This
+    one is for the tests that must send invalid frames, which the real client never
+    would, or look at the exact order of frames on the wire, which the real client
+    hides. :meth:`recv` fails the test at the first frame that breaks a guarantee
+    (or is not a valid server message), so any test that drives a conversation
+    also checks the guarantees on it. Every frame comes back as a dict, AUDIO ones
+    too (see :func:`audio_frame`), and :attr:`received` keeps them all in order.
+    """
+
+    def __init__(self, ws: WebSocketConnection | WireConnection) -> None:
+        self.wire = ws if isinstance(ws, WireConnection) else WireConnection(ws)
+        self.received: list[Frame] = [self.wire.session] if self.wire.session else []
+
+    @property
+    def ws(self) -> WebSocketConnection:
+        return self.wire.ws
+
+    @property
+    def stream(self) -> trio.abc.Stream:
+        return self.wire.stream
+
+    @property
+    def checker(self) -> GuaranteeChecker:
+        return self.wire.checker
+
+    @property
+    def session(self) -> Frame:
+        return self.wire.session
+
+    @property
+    def session_id(self) -> str:
+        return str(self.session["session_id"])
+
+    async def start(self) -> WireClient:
+        """Read the SESSION frame, unless it was read already; return this client."""
+        if not self.session:
+            self.wire.session = await self.recv()
+        assert not self.wire.violations, self.wire.violations
+        assert self.session["msg_type"] == "SESSION", self.session
+        return self
+
+    async def send(self, frame: Frame) -> Frame:
+        return await self.wire.send(frame)
+
+    async def send_raw(self, raw: str | bytes) -> None:
+        await self.wire.send_raw(raw)
+
+    async def recv(self) -> Frame:
+        """The next frame, text or AUDIO. Asserts that it broke no guarantee."""
+        message = await self.wire.receive_message()
+        frame = audio_frame(message) if isinstance(message, AudioFrame) else message
+        self.received.append(frame)
+        violations = list(self.wire.transcript[-1].violations)
+        assert not violations, f"{violations} in {frame}"
+        return frame
+
+    async def recv_until(self, predicate: Callable[[Frame], bool]) -> list[Frame]:
+        """Receive frames until one satisfies ``predicate``; return them all (it last)."""
+        return await collect_until(self.recv, predicate)
+
+    async def request(
+        self,
+        request_id: str,
+        input: str = "hello",
+        *,
+        agent: str | None = "lorem",
+        timeout_s: float | None = None,
+        **options: Any,
+    ) -> Frame:
+        return await self.wire.request(
+            request_id, input, agent=agent, timeout_s=timeout_s, options=options
+        )
+
+    async def interrupt(self, request_id: str | None = None, reason: str | None = None) -> str:
+        return await self.wire.interrupt(request_id, reason=reason)
+
+    async def heartbeat(self) -> str:
+        return await self.wire.heartbeat()
+
+    async def until_closed(self) -> int:
+        """Receive (and check) until the server closes the connection; return the close code."""
+        return await drain_until_closed(self.recv)
+
+    async def until_done(self, request_id: str) -> list[Frame]:
+        return await self.recv_until(
+            lambda f: f["msg_type"] == "DONE" and f["request_id"] == request_id
+        )
+
+    async def until_ack(self, msg_id: str) -> list[Frame]:
+        return await self.recv_until(
+            lambda f: f["msg_type"] == "INTERRUPT_ACK" and f["ref"] == msg_id
+        )
+
+    def assert_guarantees(self) -> None:
+        violations = self.wire.finish()
+        assert not violations, violations
+
+
+def audio_frame(audio: AudioFrame) -> Frame:
+    """An AUDIO frame as a dict: its header's fields, plus ``samples`` (the bytes) and
+    ``received_at`` (``trio.current_time()`` when this is called, as it is on reading)."""
+    return {
+        **audio.header.model_dump(),
+        "samples": audio.samples,
+        "received_at": trio.current_time(),
+    }
+
+
+def only(frames: list[Frame], msg_type: str, request_id: str | None = None) -> list[Frame]:
+    """The frames of ``msg_type`` (and of ``request_id``, if given), in order."""
+    return [
+        f
+        for f in frames
+        if f["msg_type"] == msg_type and (request_id is None or f.get("request_id") == request_id)
+    ]
+
+
+@asynccontextmanager
+async def connect(
+    server: AgentServer,
+    transport: str = "memory",
+    *,
+    lockstep: bool = False,
+    subprotocols: Sequence[str] = (),
+    headers: Sequence[tuple[bytes, bytes]] = (),
+    target: str | None = None,
+) -> AsyncIterator[WireClient]:
+    """Connect a :class:`WireClient` to ``server``: :func:`open_wire`, for tests.
+
+    ``transport`` is ``"memory"`` (``lockstep=True`` removes all buffering, so the
+    server's writer blocks until the client reads) or ``"socket"``. The client owns
+    the raw stream (``client.stream``) so a test can drop it abruptly.
+    """
+    wire_transport: Transport = (
+        "socket" if transport != "memory" else "lockstep" if lockstep else "memory"
+    )
+    async with open_wire(
+        server,
+        wire_transport,
+        subprotocols=subprotocols,
+        headers=headers,
+        target=target,
+        close_timeout_s=2,
+    ) as wire:
+        yield await WireClient(wire).start()
