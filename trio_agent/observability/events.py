@@ -14,14 +14,13 @@ trace's ``stream_written``, ``ack_written``, ``done_written``), and
 ``request ended`` and ``interrupt acknowledged``).
 
 The events a STREAM frame makes (``stream_queued``, ``frame_written``) go to the
-trace alone, so they are not methods here but the trace's own hooks, bound once
-per session: with tracing off that is one call of an empty method, as cheap as a
-call can be. ``docs/cancellation.md`` shows the trace, ``docs/web.md`` the metrics.
+trace alone: a session's events are composed once (:func:`session_events`), and
+untraced their methods are empty, so tracing off costs what it always did. ``docs/cancellation.md`` shows the trace, ``docs/web.md`` the metrics.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import trio
@@ -53,60 +52,27 @@ _log = logger.opt(depth=1)
 _WAIT_FOR_REQUEST_TASKS = "wait for request tasks"
 
 
+def session_events(trace: SessionTrace, metrics: SessionMetrics) -> SessionEvents:
+    """The events of one session, composed once: traced only when ``trace`` records."""
+    return (_TracedSessionEvents if trace.enabled else SessionEvents)(trace, metrics)
+
+
 class SessionEvents:
-    """What one session tells: one method (or hook) per event, each sink written once.
+    """What one session tells: one method per event, each sink written once.
+
+    Build it with :func:`session_events`. This class does not trace the per-frame
+    events (``stream_queued``, ``frame_written``): their methods are empty, so with
+    tracing off a STREAM frame costs two calls that return at once.
 
     :param trace: the session's trace (the shared no-op one when tracing is off).
     :param metrics: where the session's events are counted.
     """
 
-    __slots__ = (
-        "_metrics",
-        "_trace",
-        "done_queued",
-        "error_sent",
-        "frame_read",
-        "frame_written",
-        "late_send",
-        "nursery_cancelled",
-        "priority_queued",
-        "scope_cancelled",
-        "stream_queued",
-    )
-
-    # The events one sink alone records: that sink's hook itself, bound once.
-
-    #: A client frame was read and parsed (:meth:`SessionTrace.frame_read`).
-    frame_read: Callable[[ClientMessage], None]
-    #: A request's scope was cancelled, ``discarded`` of its queued frames dropped.
-    scope_cancelled: Callable[[RequestFacts, int], None]
-    #: A frame went onto the priority lane.
-    priority_queued: Callable[[FrameFacts], None]
-    #: A request's DONE went onto the stream lane, behind its STREAM frames.
-    done_queued: Callable[[RequestFacts], None]
-    #: The agent's ``stream.send`` queued STREAM ``seq`` (per frame: keep it cheap).
-    stream_queued: Callable[[RequestFacts, int], None]
-    #: The agent sent after its request had ended.
-    late_send: Callable[[RequestFacts], None]
-    #: The writer counts ``frame`` as written (per frame: keep it cheap).
-    frame_written: Callable[[FrameFacts], None]
-    #: The session nursery was cancelled: the session is closing.
-    nursery_cancelled: Callable[[str], None]
-    #: An ERROR frame was queued for the client.
-    error_sent: Callable[[ErrorCode], None]
+    __slots__ = ("_metrics", "_trace")
 
     def __init__(self, trace: SessionTrace, metrics: SessionMetrics) -> None:
         self._trace = trace
         self._metrics = metrics
-        self.frame_read = trace.frame_read
-        self.scope_cancelled = trace.scope_cancelled
-        self.priority_queued = trace.priority_queued
-        self.done_queued = trace.done_queued
-        self.stream_queued = trace.stream_queued
-        self.late_send = trace.late_send
-        self.frame_written = trace.frame_written
-        self.nursery_cancelled = trace.nursery_cancelled
-        self.error_sent = metrics.error_sent
 
     # -- the session ----------------------------------------------------------------
 
@@ -132,12 +98,33 @@ class SessionEvents:
                 grace_s=grace_s,
             )
 
+    def nursery_cancelled(self, reason: str) -> None:
+        """The session nursery was cancelled: the session is closing."""
+        self._trace.nursery_cancelled(reason)
+
     def session_closed(self, reason: str, code: int | None) -> None:
         """The session is over: ``reason``, and the close code sent (if any)."""
         _log.info("session closed", reason=reason, code=code)
         self._trace.session_closed(reason)
 
     # -- the reader -----------------------------------------------------------------
+
+    def frame_read(self, message: ClientMessage) -> None:
+        """A client frame was read and parsed."""
+        self._trace.frame_read(message)
+
+    def error_sent(self, code: ErrorCode) -> None:
+        """An ERROR frame was queued for the client."""
+        self._metrics.error_sent(code)
+
+    def scope_cancelled(self, record: RequestFacts, discarded: int) -> None:
+        """A request's scope was cancelled (INTERRUPT, shutdown), and then
+        ``discarded`` of its queued STREAM frames dropped."""
+        self._trace.scope_cancelled(record, discarded)
+
+    def priority_queued(self, frame: FrameFacts) -> None:
+        """A frame went onto the priority lane (an ACK, an interrupted DONE, ...)."""
+        self._trace.priority_queued(frame)
 
     def frame_received(self, raw: str) -> None:
         """A text frame arrived, not yet parsed (logged at TRACE level, cut short)."""
@@ -200,6 +187,17 @@ class SessionEvents:
         """The agent failed: its request ends FAILED, the session goes on."""
         logger.opt(exception=exc, depth=1).warning("agent raised")
 
+    def stream_queued(self, record: RequestFacts, seq: int) -> None:
+        """The agent's ``stream.send`` queued STREAM ``seq``. Traced only (per frame)."""
+
+    def late_send(self, record: RequestFacts) -> None:
+        """The agent sent after its request had ended: refused."""
+        self._trace.late_send(record)
+
+    def done_queued(self, record: RequestFacts) -> None:
+        """A request's DONE went onto the stream lane, behind its STREAM frames."""
+        self._trace.done_queued(record)
+
     def request_abandoned(self) -> None:
         """A request still running when the session stopped sending: no DONE for it."""
         _log.info("request abandoned", why="session closed")
@@ -214,6 +212,9 @@ class SessionEvents:
     def writer_started(self) -> None:
         """The calling task is the session's writer."""
         self._trace.task_started(WRITER)
+
+    def frame_written(self, frame: FrameFacts) -> None:
+        """The writer counts ``frame`` as written. Traced only (per frame)."""
 
     def on_done_failed(self, exc: Exception, request_id: str) -> None:
         """An agent's ``on_done`` callback raised; the DONE is sent all the same."""
@@ -249,3 +250,15 @@ class SessionEvents:
     def writer_failed(self, exc: Exception) -> None:
         """A bug of ours stopped the writer: the session closes with 1011."""
         logger.opt(exception=exc, depth=1).error("writer failed")
+
+
+class _TracedSessionEvents(SessionEvents):
+    """The events of a traced session: the per-frame events are traced too."""
+
+    __slots__ = ()
+
+    def stream_queued(self, record: RequestFacts, seq: int) -> None:
+        self._trace.stream_queued(record, seq)
+
+    def frame_written(self, frame: FrameFacts) -> None:
+        self._trace.frame_written(frame)

@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from trio_agent.agents import Agent, AgentRequest
-from trio_agent.observability.events import SessionEvents
+from trio_agent.observability.events import session_events
 from trio_agent.observability.metrics import NO_METRICS, SessionMetrics
 from trio_agent.observability.trace import NO_TRACE, Tracer
 from trio_agent.protocol.audio import decode_audio_frame
@@ -101,7 +101,7 @@ class Session:
         self._agents = agents
         self._session_payload = session_payload
         #: What the session tells: each event once, to the log, trace and metrics.
-        self.events = SessionEvents(trace.session(session_id), metrics)
+        self.events = session_events(trace.session(session_id), metrics)
         self.registry = RequestRegistry(max_running=config.max_concurrent_requests)
         self.lanes = OutboundLanes(
             stream_capacity=config.stream_lane_capacity,
@@ -252,7 +252,8 @@ class Session:
                 return
 
     def _handle_frame(self, raw: str | bytes) -> None:
-        """Act on one client frame. Synchronous on purpose: see the module docstring."""
+        """Act on one client frame. Synchronous on purpose: a busy stream can never
+        delay the handling of an INTERRUPT (``docs/architecture.md``)."""
         if self._frame_rate is not None and not self._within_rate(raw):
             return
         if isinstance(raw, bytes):
