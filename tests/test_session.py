@@ -18,6 +18,7 @@ from trio_websocket import ConnectionClosed
 
 from trio_agent import agents as builtin
 from trio_agent.server.session import Session
+from trio_agent.server.writer import Writer
 from trio_agent.testing.wire import connect, only
 
 
@@ -541,14 +542,14 @@ async def test_oversized_websocket_message_closes_with_1009(start_server, transp
 
 async def test_one_broken_session_does_not_reach_another(start_server, monkeypatch, transport):
     server = await start_server(agent_set())
-    real_render = Session._render_done
+    real_render = Writer._render_done
 
     def render_done(self, frame):
         if frame.record.request_id == "poison":
             raise RuntimeError("a bug in one session")
         return real_render(self, frame)
 
-    monkeypatch.setattr(Session, "_render_done", render_done)
+    monkeypatch.setattr(Writer, "_render_done", render_done)
     async with connect(server, transport) as healthy, connect(server, transport) as doomed:
         await healthy.request("h", agent="endless")
         await healthy.recv_until(is_stream("h"))

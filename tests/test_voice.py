@@ -22,7 +22,7 @@ import trio.testing
 from trio_agent import AgentServer, ServerConfig
 from trio_agent import agents as builtin
 from trio_agent.protocol.audio import AudioHeader, encode_audio_frame
-from trio_agent.server import session as session_module
+from trio_agent.server import request_runner
 from trio_agent.speech.stage import Speaker
 from trio_agent.speech.synthesizers import BuiltinSynthesizer, EspeakSynthesizer
 from trio_agent.testing.wire import Frame, WireClient, connect, only
@@ -290,7 +290,7 @@ async def test_a_cancelled_request_queues_nothing_even_when_the_lane_has_room(
             sinks.append(sink)
             super().__init__(sink, *args, **kwargs)
 
-    monkeypatch.setattr(session_module, "Speaker", RecordingSpeaker)
+    monkeypatch.setattr(request_runner, "Speaker", RecordingSpeaker)
     queued: list[str] = []
 
     async def cut_then_send(request: Any, stream: Any) -> None:

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trio_agent.observability.trace import READER, WRITER, request_task_label
+
 TraceEvent = Mapping[str, Any]
 
 #: STREAM events that narration folds into one line when they come in a row.
@@ -66,8 +68,8 @@ class InterruptStory:
     def lanes(self) -> list[str]:
         """Task lanes, top to bottom: reader, writer, the cut requests, then the others."""
         seen = list(dict.fromkeys(str(e["task"]) for e in self.events))
-        cut_lanes = [f"request {rid}" for rid in self.cut]
-        order = ["reader", "writer", *cut_lanes]
+        cut_lanes = [request_task_label(rid) for rid in self.cut]
+        order = [READER, WRITER, *cut_lanes]
         return [lane for lane in order if lane in seen or lane in cut_lanes] + [
             lane for lane in seen if lane not in order
         ]

@@ -12,6 +12,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trio_agent.observability.timeline import InterruptStory, TraceEvent
+from trio_agent.observability.trace import (
+    READER,
+    WRITER,
+    request_of_task_label,
+    request_task_label,
+)
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -127,7 +133,7 @@ def _reader_step_end(story: InterruptStory) -> int:
     start = next(i for i, e in enumerate(events) if e["event"] == "interrupt_read")
     end = story.read_us
     for event in events[start:]:
-        if event["task"] != "reader":
+        if event["task"] != READER:
             break
         end = int(event["t_us"])
     return end - story.read_us
@@ -138,7 +144,7 @@ def _label_reader_step(axes: Axes, story: InterruptStory, row: dict[str, int]) -
     events = list(story.events)
     start = next(i for i, e in enumerate(events) if e["event"] == "interrupt_read")
     for event in events[start:]:
-        if event["task"] != "reader":
+        if event["task"] != READER:
             break
         kind, rid = event["event"], event.get("request")
         text = {
@@ -148,7 +154,7 @@ def _label_reader_step(axes: Axes, story: InterruptStory, row: dict[str, int]) -
             "ack_queued": "ACK\nqueued",
             "done_queued": f"DONE\n{rid}",
         }.get(str(kind))
-        lane = row.get(f"request {rid}" if kind == "stream_discarded" else "reader")
+        lane = row.get(request_task_label(str(rid)) if kind == "stream_discarded" else READER)
         if text is None or lane is None:
             continue
         axes.annotate(
@@ -168,7 +174,7 @@ def _short(us: int) -> str:
 
 
 def _colours(story: InterruptStory, lanes: list[str]) -> dict[str | None, str]:
-    requests = [lane.removeprefix("request ") for lane in lanes if lane.startswith("request ")]
+    requests = [rid for lane in lanes if (rid := request_of_task_label(lane)) is not None]
     return {rid: _REQUEST_COLOURS[i % len(_REQUEST_COLOURS)] for i, rid in enumerate(requests)}
 
 
@@ -189,7 +195,7 @@ def _draw(
             axes.plot([x(event)], [y], linestyle="none", **style)
 
     def request_lane(event: TraceEvent) -> str:
-        return f"request {event['request']}"
+        return request_task_label(str(event["request"]))
 
     opened: dict[str, TraceEvent] = {}
     cleanup: dict[tuple[str | None, str], TraceEvent] = {}
@@ -202,7 +208,7 @@ def _draw(
             e, marker="|", color=colour.get(e["request"], "gray"), markersize=12
         ),
         "stream_written": lambda e: at(
-            e, "writer", marker="|", color=colour.get(e["request"], "gray"), markersize=12
+            e, WRITER, marker="|", color=colour.get(e["request"], "gray"), markersize=12
         ),
         "stream_discarded": lambda e: at(
             e, request_lane(e), marker="x", color="gray", markersize=10, markeredgewidth=2
@@ -258,12 +264,12 @@ def _draw(
         elif kind == "cancel_delivered":
             source = cancelled.get(str(event["request"]))
             if source is not None:
-                _arrow(axes, (x(source), row["reader"]), (x(event), row[str(event["task"])]))
+                _arrow(axes, (x(source), row[READER]), (x(event), row[str(event["task"])]))
         elif kind == "ack_queued":
             ack_queued = event
             at(event, marker="o", color=_ACK, markersize=8)
         elif kind == "ack_written" and ack_queued is not None:
-            _arrow(axes, (x(ack_queued), row["reader"]), (x(event), row["writer"]), _ACK)
+            _arrow(axes, (x(ack_queued), row[READER]), (x(event), row[WRITER]), _ACK)
 
 
 def _arrow(

@@ -1,6 +1,7 @@
 """Trace mode: one JSON object per cancellation event, to watch an interrupt travel.
 
-A session calls one hook per event (see :class:`SessionTrace`): a frame read, a
+A session's events (:mod:`trio_agent.observability.events`) call one hook of
+:class:`SessionTrace` each, and the trace records: a frame read, a
 request scope opened, a STREAM frame queued, written or discarded, an INTERRUPT
 read, a scope cancelled, ``Cancelled`` delivered inside an agent, a shielded
 cleanup started or ended, an ACK or DONE queued or written, a scope closed. With
@@ -11,8 +12,9 @@ tracing on, each hook becomes one event::
 
 * ``t_us``: ``trio.current_time()`` in microseconds. Monotonic, and virtual under
   ``trio.testing.MockClock``, so a traced test is as deterministic as the test.
-* ``task``: who did it: ``reader``, ``writer``, ``request <id>``, or the name of
-  another Trio task (the server's, during shutdown).
+* ``task``: who did it: ``reader``, ``writer``, ``request <id>`` (the tasks the
+  session names with :meth:`SessionTrace.task_started`), or the name of another
+  Trio task (one an agent started, or the server's, during shutdown).
 
 Tracing is off unless asked for (``trio-agent serve --trace PATH``,
 ``ServerConfig(trace=...)`` or ``AgentServer(trace=...)``). Off, every session
@@ -26,7 +28,6 @@ The trace holds ids, counts and timings, never the text of an input or a delta.
 from __future__ import annotations
 
 import json
-import re
 import sys
 from collections.abc import Callable
 from contextvars import ContextVar
@@ -46,6 +47,23 @@ if TYPE_CHECKING:
 
 TraceEvent = dict[str, Any]
 
+#: The ``task`` of what a session's reader does.
+READER = "reader"
+#: The ``task`` of what a session's writer does.
+WRITER = "writer"
+_REQUEST_PREFIX = "request "
+
+
+def request_task_label(request_id: str) -> str:
+    """The ``task`` of what the task running request ``request_id`` does: ``request <id>``."""
+    return f"{_REQUEST_PREFIX}{request_id}"
+
+
+def request_of_task_label(label: str) -> str | None:
+    """The request id in a :func:`request_task_label`, or ``None`` for any other label."""
+    return label.removeprefix(_REQUEST_PREFIX) if label.startswith(_REQUEST_PREFIX) else None
+
+
 #: What the task that runs a request can find its trace by (see :func:`shielded_cleanup`).
 _request_trace: ContextVar[tuple[SessionTrace, RequestFacts] | None] = ContextVar(
     "trio_agent_request_trace", default=None
@@ -53,7 +71,7 @@ _request_trace: ContextVar[tuple[SessionTrace, RequestFacts] | None] = ContextVa
 
 
 class SessionTrace:
-    """The hooks a session calls, one per event. This class records nothing.
+    """The hooks a session's events call, one per event. This class records nothing.
 
     It is what a session holds when tracing is off, so every hook here must stay
     an empty method. :class:`RecordingSessionTrace` gives them a body.
@@ -64,9 +82,17 @@ class SessionTrace:
     #: Whether the hooks record anything (a session never needs to ask).
     enabled = False
 
+    # -- any task of the session --------------------------------------------------
+    def task_started(self, label: str) -> None:
+        """The calling task is the session's ``label`` task (:data:`READER`,
+        :data:`WRITER`, a :func:`request_task_label`): its events carry that label."""
+
+    def task_ended(self) -> None:
+        """The calling task is done with its label (a request's task, as it ends)."""
+
     # -- the reader ---------------------------------------------------------------
     def session_opened(self) -> None:
-        """The session starts; the calling task is its reader."""
+        """The session starts (its reader has said so with :meth:`task_started`)."""
 
     def frame_read(self, message: ClientMessage) -> None:
         """A client frame was read and parsed (an INTERRUPT is recorded as ``interrupt_read``)."""
@@ -195,13 +221,11 @@ def tracer_for(path: str) -> Tracer:
 #: Built once: json.dumps() with any option builds a new encoder on every call.
 _encode = json.JSONEncoder(separators=(",", ":")).encode
 
-_TASK_REPR = re.compile(r"^<Task '(.*)' at 0x[0-9a-f]+>$")
-
 
 class RecordingSessionTrace(SessionTrace):
     """The hooks of one session, each turned into an event for the tracer's sink."""
 
-    __slots__ = ("_reader", "_session_id", "_sink", "_tracer")
+    __slots__ = ("_session_id", "_sink", "_tasks", "_tracer")
 
     enabled = True
 
@@ -209,7 +233,8 @@ class RecordingSessionTrace(SessionTrace):
         self._session_id = session_id
         self._sink = sink
         self._tracer = tracer
-        self._reader: trio.lowlevel.Task | None = None
+        #: The session's own tasks, by Task object: what :meth:`task_started` named.
+        self._tasks: dict[trio.lowlevel.Task, str] = {}
 
     # -- plumbing ------------------------------------------------------------------
 
@@ -226,28 +251,34 @@ class RecordingSessionTrace(SessionTrace):
         )
 
     def _label(self, task: trio.lowlevel.Task) -> str:
-        if task is self._reader:
-            return "reader"
-        if task.name.startswith("writer "):
-            return "writer"
-        return task.name
+        label = self._tasks.get(task)
+        return task.name if label is None else label
 
-    def _label_repr(self, task_repr: str | None) -> str | None:
-        """Turn ``Cancelled.source_task`` (a task's repr) into a lane name."""
+    def _source_task_label(self, task_repr: str | None) -> str | None:
+        """Turn ``Cancelled.source_task`` (a task's repr) into a task label.
+
+        Trio gives the task as its repr, so it is compared with the repr of the
+        session's own tasks, and then of every live task under the root.
+        """
         if task_repr is None:
             return None
-        if self._reader is not None and task_repr == repr(self._reader):
-            return "reader"
-        match = _TASK_REPR.match(task_repr)
-        if match is None:
-            return task_repr
-        name = match.group(1)
-        return "writer" if name.startswith("writer ") else name
+        for task, label in self._tasks.items():
+            if repr(task) == task_repr:
+                return label
+        live = _live_task(task_repr)
+        return task_repr if live is None else live.name
+
+    # -- any task of the session ---------------------------------------------------
+
+    def task_started(self, label: str) -> None:
+        self._tasks[trio.lowlevel.current_task()] = label
+
+    def task_ended(self) -> None:
+        self._tasks.pop(trio.lowlevel.current_task(), None)
 
     # -- the reader ----------------------------------------------------------------
 
     def session_opened(self) -> None:
-        self._reader = trio.lowlevel.current_task()
         self._emit("session_opened", None)
 
     def frame_read(self, message: ClientMessage) -> None:
@@ -343,7 +374,7 @@ class RecordingSessionTrace(SessionTrace):
             record.request_id,
             source=cancelled.source,
             reason=cancelled.reason,
-            source_task=self._label_repr(cancelled.source_task),
+            source_task=self._source_task_label(cancelled.source_task),
             checkpoint=checkpoint,
             stack=stack,
         )
@@ -419,6 +450,19 @@ def current_request_trace() -> tuple[SessionTrace, RequestFacts] | None:
     uses it to put an agent's cleanup on its request's lane.
     """
     return _request_trace.get()
+
+
+def _live_task(task_repr: str) -> trio.lowlevel.Task | None:
+    """The live Trio task whose repr is ``task_repr``, found from the root task down."""
+    root = trio.lowlevel.current_root_task()
+    pending = [] if root is None else [root]
+    while pending:
+        task = pending.pop()
+        if repr(task) == task_repr:
+            return task
+        for nursery in task.child_nurseries:
+            pending.extend(nursery.child_tasks)
+    return None
 
 
 def _text(value: object) -> str | None:

@@ -1,0 +1,264 @@
+"""A session's events: each fact said once by the server, written to every sink.
+
+The server says what happened with one call of :class:`SessionEvents`
+(``interrupt_processed``, ``request_started``, ``batch_written``, ...), and this module writes it
+where it belongs: a log line (loguru, see :mod:`trio_agent.observability.logs`),
+a trace event (:mod:`trio_agent.observability.trace`), a metric
+(:mod:`trio_agent.observability.metrics`). Every method is synchronous and never
+a checkpoint, so telling can never change when an interrupt lands.
+
+The writer tells two moments of a frame: ``frame_written`` when it counts the
+frame as written (sent, or kept in a batch that will reach the socket whole: the
+trace's ``stream_written``, ``ack_written``, ``done_written``), and
+``batch_written`` once the batch is on the socket (the metrics, and the log lines
+``request ended`` and ``interrupt acknowledged``).
+
+The events a STREAM frame makes (``stream_queued``, ``frame_written``) go to the
+trace alone: a session's events are composed once (:func:`session_events`), and
+untraced their methods are empty, so tracing off costs what it always did. ``docs/cancellation.md`` shows the trace, ``docs/web.md`` the metrics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import trio
+from loguru import logger
+
+from trio_agent.observability.facts import FrameFacts, RequestFacts
+from trio_agent.observability.metrics import SessionMetrics
+from trio_agent.observability.trace import (
+    READER,
+    WRITER,
+    SessionTrace,
+    request_task_label,
+)
+from trio_agent.protocol.constants import FrameKind
+
+if TYPE_CHECKING:
+    from trio_agent.protocol.messages import (
+        ClientMessage,
+        ErrorCode,
+        ErrorInfo,
+        InterruptMessage,
+        ProtocolError,
+    )
+
+#: Log lines name the server's code that told the event, not this module.
+_log = logger.opt(depth=1)
+
+#: What the session waits for when it closes with request tasks still running.
+_WAIT_FOR_REQUEST_TASKS = "wait for request tasks"
+
+
+def session_events(trace: SessionTrace, metrics: SessionMetrics) -> SessionEvents:
+    """The events of one session, composed once: traced only when ``trace`` records."""
+    return (_TracedSessionEvents if trace.enabled else SessionEvents)(trace, metrics)
+
+
+class SessionEvents:
+    """What one session tells: one method per event, each sink written once.
+
+    Build it with :func:`session_events`. This class does not trace the per-frame
+    events (``stream_queued``, ``frame_written``): their methods are empty, so with
+    tracing off a STREAM frame costs two calls that return at once.
+
+    :param trace: the session's trace (the shared no-op one when tracing is off).
+    :param metrics: where the session's events are counted.
+    """
+
+    __slots__ = ("_metrics", "_trace")
+
+    def __init__(self, trace: SessionTrace, metrics: SessionMetrics) -> None:
+        self._trace = trace
+        self._metrics = metrics
+
+    # -- the session ----------------------------------------------------------------
+
+    def session_opened(self, remote: str) -> None:
+        """The session starts; the calling task is its reader."""
+        self._trace.task_started(READER)
+        _log.info("session opened", remote=remote)
+        self._trace.session_opened()
+
+    def waiting_for_request_tasks(self, grace_s: float) -> None:
+        """The closing session waits, shielded, up to ``grace_s`` for its request tasks."""
+        self._trace.cleanup_started(_WAIT_FOR_REQUEST_TASKS, grace_s)
+
+    def waited_for_request_tasks(
+        self, *, timed_out: bool, still_running: int, grace_s: float
+    ) -> None:
+        """That wait is over: every request task ended, or ``still_running`` did not."""
+        self._trace.cleanup_ended(_WAIT_FOR_REQUEST_TASKS, timed_out)
+        if timed_out:
+            _log.warning(
+                "an agent ignores cancellation; the session cannot finish until it returns",
+                request_tasks=still_running,
+                grace_s=grace_s,
+            )
+
+    def nursery_cancelled(self, reason: str) -> None:
+        """The session nursery was cancelled: the session is closing."""
+        self._trace.nursery_cancelled(reason)
+
+    def session_closed(self, reason: str, code: int | None) -> None:
+        """The session is over: ``reason``, and the close code sent (if any)."""
+        _log.info("session closed", reason=reason, code=code)
+        self._trace.session_closed(reason)
+
+    # -- the reader -----------------------------------------------------------------
+
+    def frame_read(self, message: ClientMessage) -> None:
+        """A client frame was read and parsed."""
+        self._trace.frame_read(message)
+
+    def error_sent(self, code: ErrorCode) -> None:
+        """An ERROR frame was queued for the client."""
+        self._metrics.error_sent(code)
+
+    def scope_cancelled(self, record: RequestFacts, discarded: int) -> None:
+        """A request's scope was cancelled (INTERRUPT, shutdown), and then
+        ``discarded`` of its queued STREAM frames dropped."""
+        self._trace.scope_cancelled(record, discarded)
+
+    def priority_queued(self, frame: FrameFacts) -> None:
+        """A frame went onto the priority lane (an ACK, an interrupted DONE, ...)."""
+        self._trace.priority_queued(frame)
+
+    def frame_received(self, raw: str) -> None:
+        """A text frame arrived, not yet parsed (logged at TRACE level, cut short)."""
+        _log.trace("frame read", frame=raw[:200])
+
+    def protocol_error(self, error: ProtocolError) -> None:
+        """A client frame broke the protocol; an ERROR answers it."""
+        _log.debug("protocol error", code=str(error.code), detail=error.message)
+
+    def frame_handling_failed(self, exc: Exception) -> None:
+        """A bug of ours raised while a frame was handled; the session goes on."""
+        logger.opt(exception=exc, depth=1).error("internal error while handling a frame")
+
+    def rate_limiting(self, rate_per_s: float) -> None:
+        """A client went over the frame rate: its frames are refused for now."""
+        _log.info("rate limiting a client", rate_per_s=rate_per_s)
+
+    def flood_closed(self, refused: int) -> None:
+        """A client kept flooding after ``refused`` refusals: its session closes."""
+        _log.warning("closing a session that floods", refused=refused)
+
+    def control_lane_overflowed(self, detail: str) -> None:
+        """The priority lane is full (the client does not read): the session closes."""
+        _log.warning("closing a session that does not read", detail=detail)
+
+    def interrupt_processed(
+        self, message: InterruptMessage, interrupted: Sequence[str], discarded: int
+    ) -> None:
+        """An INTERRUPT cut the requests ``interrupted``, dropping ``discarded``
+        queued STREAM frames (their scopes are cancelled; the ACK is queued next)."""
+        self._metrics.interrupt_processed(cut=len(interrupted), discarded=discarded)
+        _log.info(
+            "interrupt processed",
+            interrupt=message.msg_id,
+            target=message.request_id or "*",
+            interrupted=list(interrupted),
+            discarded_frames=discarded,
+            reason=message.payload.reason,
+        )
+
+    # -- a request's task -------------------------------------------------------------
+
+    def request_started(self, record: RequestFacts, timeout_s: float) -> None:
+        """The calling task runs ``record``: it has entered the request's scope."""
+        self._trace.task_started(request_task_label(record.request_id))
+        _log.info("request started", agent=record.agent, timeout_s=timeout_s)
+        self._trace.scope_opened(record, timeout_s)
+
+    def cancel_delivered(self, record: RequestFacts, cancelled: trio.Cancelled) -> None:
+        """``trio.Cancelled`` came out of the agent: who cut it and why, from Trio."""
+        _log.debug(
+            "request cancelled",
+            source=cancelled.source,
+            cancel_reason=cancelled.reason,
+            source_task=cancelled.source_task,
+        )
+        self._trace.cancel_delivered(record, cancelled)
+
+    def agent_raised(self, exc: Exception) -> None:
+        """The agent failed: its request ends FAILED, the session goes on."""
+        logger.opt(exception=exc, depth=1).warning("agent raised")
+
+    def stream_queued(self, record: RequestFacts, seq: int) -> None:
+        """The agent's ``stream.send`` queued STREAM ``seq``. Traced only (per frame)."""
+
+    def late_send(self, record: RequestFacts) -> None:
+        """The agent sent after its request had ended: refused."""
+        self._trace.late_send(record)
+
+    def done_queued(self, record: RequestFacts) -> None:
+        """A request's DONE went onto the stream lane, behind its STREAM frames."""
+        self._trace.done_queued(record)
+
+    def request_abandoned(self) -> None:
+        """A request still running when the session stopped sending: no DONE for it."""
+        _log.info("request abandoned", why="session closed")
+
+    def scope_closed(self, record: RequestFacts, error: ErrorInfo | None) -> None:
+        """The request's scope exited and its task is about to end."""
+        self._trace.scope_closed(record, error)
+        self._trace.task_ended()
+
+    # -- the writer -------------------------------------------------------------------
+
+    def writer_started(self) -> None:
+        """The calling task is the session's writer."""
+        self._trace.task_started(WRITER)
+
+    def frame_written(self, frame: FrameFacts) -> None:
+        """The writer counts ``frame`` as written. Traced only (per frame)."""
+
+    def on_done_failed(self, exc: Exception, request_id: str) -> None:
+        """An agent's ``on_done`` callback raised; the DONE is sent all the same."""
+        logger.opt(exception=exc, depth=1).error(
+            "an on_done callback raised", request_id=request_id
+        )
+
+    def batch_written(self, batch: Sequence[tuple[FrameFacts, str | bytes]]) -> None:
+        """A batch of frames, each with its encoded text, is on the socket.
+
+        Counts every frame, and tells for each DONE that its request ended and for
+        each INTERRUPT_ACK how long after its INTERRUPT was read it went out.
+        """
+        metrics = self._metrics
+        for frame, text in batch:
+            metrics.frame_written(frame.kind, text)
+            record = frame.record
+            if frame.kind is FrameKind.DONE:
+                assert record is not None
+                metrics.request_ended(record)
+                with logger.contextualize(request_id=record.request_id):
+                    _log.info(
+                        "request ended",
+                        status=str(record.status),
+                        frames=record.frames_written,
+                        reason=record.reason,
+                    )
+            elif frame.read_at is not None:
+                latency_s = trio.current_time() - frame.read_at
+                metrics.interrupt_acknowledged(latency_s)
+                _log.info("interrupt acknowledged", latency_us=round(latency_s * 1e6))
+
+    def writer_failed(self, exc: Exception) -> None:
+        """A bug of ours stopped the writer: the session closes with 1011."""
+        logger.opt(exception=exc, depth=1).error("writer failed")
+
+
+class _TracedSessionEvents(SessionEvents):
+    """The events of a traced session: the per-frame events are traced too."""
+
+    __slots__ = ()
+
+    def stream_queued(self, record: RequestFacts, seq: int) -> None:
+        self._trace.stream_queued(record, seq)
+
+    def frame_written(self, frame: FrameFacts) -> None:
+        self._trace.frame_written(frame)

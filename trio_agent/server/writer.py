@@ -1,0 +1,196 @@
+"""The writer: the one task of a session that sends on its socket.
+
+It takes frames from the lanes (:mod:`trio_agent.server.lanes`), priority first,
+renders each DONE as it is about to send it, and with a
+:class:`~trio_agent.server.cork.CorkableStream` sends them in batches. What a
+batch is and why it ends where it does: :meth:`Writer.run`, and
+``docs/architecture.md``; what a client can count on: ``docs/protocol.md``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection
+
+from trio_agent.observability.events import SessionEvents
+from trio_agent.protocol.constants import FrameKind
+from trio_agent.protocol.framing import websocket_frame
+from trio_agent.protocol.messages import CloseCode, DoneMessage, DonePayload, encode, now_ms
+from trio_agent.server.cork import CorkableStream
+from trio_agent.server.lanes import Outbound, OutboundLanes
+from trio_agent.server.message_ids import MessageIds
+from trio_agent.server.registry import RequestRegistry
+from trio_agent.server.session_end import SessionEnd
+
+
+class Writer:
+    """Sends a session's frames; :meth:`run` is its task.
+
+    :param ws: the connection; nothing else sends on it.
+    :param session_id: the session's id, carried by every DONE.
+    :param lanes: where the frames wait.
+    :param registry: told when a DONE is on the wire, which frees its request id.
+    :param msg_ids: the session's message ids (a DONE gets one as it is rendered).
+    :param events: what the session tells.
+    :param batch_frames: the most frames in one batch (``1``: no batches).
+    :param cork: the stream under ``ws``, if it is a :class:`CorkableStream`.
+    :param end_session: how the writer ends its session when it cannot write.
+    """
+
+    def __init__(
+        self,
+        ws: WebSocketConnection,
+        *,
+        session_id: str,
+        lanes: OutboundLanes,
+        registry: RequestRegistry,
+        msg_ids: MessageIds,
+        events: SessionEvents,
+        batch_frames: int,
+        cork: CorkableStream | None,
+        end_session: Callable[[SessionEnd], None],
+    ) -> None:
+        self._ws = ws
+        self._session_id = session_id
+        self._lanes = lanes
+        self._registry = registry
+        self._msg_ids = msg_ids
+        self._events = events
+        self._batch_frames = batch_frames
+        self._cork = cork if batch_frames > 1 else None
+        self._end_session = end_session
+
+    async def run(self) -> None:
+        """Take frames from the lanes, priority first, and send them. The only sender.
+
+        With a :class:`~trio_agent.server.cork.CorkableStream` under the connection, the
+        writer frames its messages itself (:mod:`trio_agent.protocol.framing`) and the
+        frames it takes one after another leave in one socket write: a *batch*.
+        A batch ends when it holds ``batch_frames``, right after any frame that is
+        not a STREAM or AUDIO frame (so an INTERRUPT_ACK is never held back),
+        right after the first STREAM frame of a request (so a new reply's first
+        words are not either), and when the lanes are empty and stay so for one
+        turn of the producers (a checkpoint, or two: see the loop). Framing and
+        keeping do no I/O, so those turns are the writer's only schedule points
+        before the flush, and an ACK queued meanwhile is the next frame taken,
+        which ends the batch. A STREAM frame counts as written once it is in the
+        batch: the batch reaches the socket whole and in order, or the connection
+        is gone, so a DONE counts exactly the STREAM frames ahead of it on the wire.
+
+        Returns when the connection is gone (having ended the session); cancelled
+        with the session nursery.
+        """
+        self._events.writer_started()
+        lanes = self._lanes
+        ws = self._ws
+        events = self._events
+        most = self._batch_frames
+        cork = self._cork
+        batch: list[tuple[Outbound, str | bytes]] = []
+        try:
+            while True:
+                frame = await lanes.next_frame()
+                text = frame.data if frame.data is not None else self._render_done(frame)
+                if frame.kind is FrameKind.DONE:
+                    # Before the write: a client that has the DONE can count on it.
+                    self._report_done(frame)
+                if cork is None:
+                    await ws.send_message(text)
+                elif ws.closed is not None:
+                    # As send_message would: nothing follows a close frame.
+                    raise ConnectionClosed(ws.closed)
+                else:
+                    cork.keep(websocket_frame(text))
+                # In a batch, a frame counts as written from here on (see above).
+                events.frame_written(frame)
+                first = False
+                if frame.kind is FrameKind.STREAM:
+                    assert frame.record is not None
+                    frame.record.frames_written += 1
+                    first = frame.record.frames_written == 1
+                elif frame.kind is FrameKind.AUDIO:
+                    assert frame.record is not None
+                    assert frame.record.speech is not None
+                    frame.record.speech.samples_written += frame.samples
+                batch.append((frame, text))
+                ends_batch = (
+                    cork is None
+                    or frame.kind not in (FrameKind.STREAM, FrameKind.AUDIO)
+                    or first
+                    or len(batch) >= most
+                )
+                if not ends_batch and not lanes.queued:
+                    # Give the producers that are ready one turn to add to the
+                    # batch (an agent streaming flat out queues one frame per
+                    # turn); if none does, the batch is complete. One that is
+                    # ready now may run after the writer in the next scheduler
+                    # batch (Trio runs a batch in either order), so a second
+                    # checkpoint when the first found nothing: then every task
+                    # that was ready has had its turn.
+                    await trio.lowlevel.checkpoint()
+                    if not lanes.queued:
+                        await trio.lowlevel.checkpoint()
+                    ends_batch = not lanes.queued
+                if ends_batch:
+                    if cork is not None:
+                        await cork.flush()
+                    lanes.frame_written()
+                    self._batch_written(batch)
+                    batch = []
+        except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
+            # (A flush raises the stream's own errors: trio-websocket only sees the cork.)
+            self._end_session(SessionEnd("connection closed while writing"))
+        except Exception as exc:
+            events.writer_failed(exc)
+            self._end_session(SessionEnd("internal error in the writer", CloseCode.INTERNAL_ERROR))
+        finally:
+            lanes.writer_gone()
+
+    def _report_done(self, frame: Outbound) -> None:
+        """Run the agent's ``on_done`` callbacks: the DONE is rendered, its count final."""
+        record = frame.record
+        assert record is not None
+        for callback in record.done_callbacks:
+            try:
+                callback()
+            except Exception as exc:
+                self._events.on_done_failed(exc, record.request_id)
+
+    def _batch_written(self, batch: list[tuple[Outbound, str | bytes]]) -> None:
+        """Once a batch is on the socket: free the ids of its DONE requests, and tell."""
+        for frame, _ in batch:
+            if frame.kind is FrameKind.DONE:
+                assert frame.record is not None
+                self._registry.done_written(frame.record)
+        self._events.batch_written(batch)
+
+    def _render_done(self, frame: Outbound) -> str:
+        """The DONE of ``frame.record``, as it stands now that it is about to be sent."""
+        record = frame.record
+        assert record is not None
+        assert record.status is not None
+        return encode(
+            DoneMessage(
+                msg_id=self._msg_ids.next_id(),
+                session_id=self._session_id,
+                request_id=record.request_id,
+                ref=record.ref,
+                ts=now_ms(),
+                payload=DonePayload(
+                    status=record.status,
+                    interrupted=record.interrupted,
+                    reason=record.reason,
+                    frames=record.frames_written,
+                    error=record.error,
+                    cancelled_by=record.cancelled_by,
+                    **record.done_fields,
+                    **(
+                        record.speech.done_fields(record.frames_written)
+                        if record.speech is not None
+                        else {}
+                    ),
+                ),
+            )
+        )
