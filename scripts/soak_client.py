@@ -20,6 +20,11 @@ from dataclasses import dataclass, field
 
 import trio
 
+from trio_agent.protocol.constants import (
+    SUBPROTOCOL,
+    TOKEN_QUERY_PARAMETER,
+    TOKEN_SUBPROTOCOL_PREFIX,
+)
 from trio_agent.testing.wire import Frame, WireConnection, drain_until_closed, open_wire_stream
 
 #: The limits the server is started with, which the behaviours probe.
@@ -156,8 +161,8 @@ class Server:
         if how == 0:
             return "/ws", [], [(b"authorization", f"Bearer {self.token}".encode())]
         if how == 1:
-            return f"/ws?token={self.token}", [], []
-        return "/ws", ["trio-agent.v1", f"trio-agent.token.{self.token}"], []
+            return f"/ws?{TOKEN_QUERY_PARAMETER}={self.token}", [], []
+        return "/ws", [SUBPROTOCOL, TOKEN_SUBPROTOCOL_PREFIX + self.token], []
 
 
 async def tcp(port: int, rcvbuf: int | None = None) -> trio.SocketStream:
