@@ -98,7 +98,7 @@ def lorem_words(count: int) -> list[str]:
 
 async def _paced(words: Iterable[str], words_per_s: float, stream: ResponseStream) -> None:
     # pacing.sleep, not trio.sleep: a server pacing many replies wakes them on shared
-    # timers (trio_agent/pacing.py); the interval is rounded up to the millisecond.
+    # timers (trio_agent/agents/pacing.py); the interval is rounded up to the millisecond.
     interval = 1.0 / words_per_s if words_per_s > 0 else 0.0
     for i, word in enumerate(words):
         if interval and i:

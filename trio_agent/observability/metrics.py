@@ -129,7 +129,7 @@ class ServerMetrics:
 
         frames = counter(
             "frames_sent",
-            "WebSocket frames written, by lane kind (control, stream, done)",
+            "WebSocket frames written, by lane kind (control, stream, audio, done)",
             ("kind",),
         )
         sent_bytes = counter(
