@@ -6,14 +6,19 @@
 Three variants of the server run the same two workloads, each in a fresh
 interpreter, interleaved, ``--repeat`` times:
 
-* ``baseline``: this tree with every trace hook call in trio_agent/session.py
-  replaced by ``pass`` (a copy in a temporary folder). What the server would
-  cost if trace mode did not exist.
+* ``baseline``: a copy of this tree (in a temporary folder) as it would be if
+  trace mode did not exist: ``SessionEvents`` (trio_agent/observability/events.py)
+  calls no trace hook, and the server's code (trio_agent/server/) no longer calls
+  the events then left empty, among them the two a STREAM frame makes
+  (``self._events.stream_queued(...)``, ``events.frame_written(frame)``). Each call
+  removed becomes ``pass``; the log lines and the metrics stay.
 * ``off``: this tree, tracing off (the default).
 * ``on``: this tree, tracing to a JSON-lines file (``--trace PATH``).
 
 Workloads, over in-memory streams (no socket noise; the client runs in the
-same process and its cost is included, as it would be in any end-to-end test):
+same process and its cost is included, as it would be in any end-to-end test),
+against a server without its frame rate limit (the interrupt workload sends far
+more than 50 frames a second):
 
 * ``stream``: 4 requests of ``lorem`` at full speed, 1,000 frames each, read
   to the end. Reported as CPU time per frame and frames per second.
@@ -34,40 +39,164 @@ an idle core.
 from __future__ import annotations
 
 import argparse
+import ast
+import compileall
 import json
 import os
-import re
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = ("baseline", "off", "on")
-#: A trace hook call on a line of its own, e.g. ``self.trace.frame_written(frame)``.
-HOOK_LINE = re.compile(r"^([ \t]*)(self|self\._session)\.trace\.\w+\(.*\)[ \t]*$")
+#: Where a session's events are written to the log, the trace and the metrics.
+EVENTS_MODULE = Path("observability") / "events.py"
+#: The package whose modules tell those events, as calls on the session's events object.
+TELLERS = Path("server")
+#: How the server's code names the session's events object: ``events.frame_written(frame)``,
+#: ``self._events.stream_queued(record, seq)``, ``self.events.frame_read(message)``.
+EVENTS_OBJECT = {"events", "_events"}
+#: The events a STREAM frame makes: the hooks the baseline must have removed.
+PER_FRAME_EVENTS = {"stream_queued", "frame_written"}
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much each measurement does: the benchmark's figures by default (a smoke
+    test passes tiny ones to :func:`main`)."""
+
+    #: ``stream``: requests run at once, and the words (STREAM frames) of each.
+    stream_requests: int = 4
+    stream_words: int = 1_000
+    #: ``interrupt``: REQUEST, STREAM, INTERRUPT, ACK, DONE cycles.
+    interrupt_cycles: int = 150
+    #: The hooks alone: frames per timed loop, and loops (the best one counts).
+    hook_frames: int = 200_000
+    hook_runs: int = 7
+
+
+def _statements_to_pass(source: str, statements: Sequence[ast.stmt]) -> str:
+    """``source`` with each of ``statements`` (each on lines of its own) replaced by
+    ``pass``, its other lines left blank, so every other line keeps its number."""
+    lines = source.split("\n")
+    for stmt in statements:
+        first, last = stmt.lineno - 1, (stmt.end_lineno or stmt.lineno) - 1
+        head, tail = lines[first], lines[last]
+        if head[: stmt.col_offset].strip() or tail[stmt.end_col_offset or 0 :].strip():
+            raise SystemExit(f"bench_trace: not a statement of its own: {head.strip()!r}")
+        lines[first] = head[: stmt.col_offset] + "pass"
+        for i in range(first + 1, last + 1):
+            lines[i] = ""
+    return "\n".join(lines)
+
+
+def _calls(tree: ast.AST, receiver: Callable[[ast.expr], bool]) -> list[tuple[ast.Expr, str]]:
+    """Every statement of ``tree`` that is a lone method call on a receiver
+    ``receiver`` accepts, with the method's name."""
+    found = []
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Expr)
+            and isinstance(node.value, ast.Call)
+            and isinstance(node.value.func, ast.Attribute)
+            and receiver(node.value.func.value)
+        ):
+            found.append((node, node.value.func.attr))
+    return found
+
+
+def _is_trace(node: ast.expr) -> bool:
+    """``self._trace``: the session's trace, inside :class:`SessionEvents`."""
+    return (
+        isinstance(node, ast.Attribute)
+        and node.attr == "_trace"
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "self"
+    )
+
+
+def _is_events(node: ast.expr) -> bool:
+    """``events``, ``self.events`` or ``self._events``: a session's events object."""
+    if isinstance(node, ast.Name):
+        return node.id in EVENTS_OBJECT
+    return isinstance(node, ast.Attribute) and node.attr in EVENTS_OBJECT
+
+
+def _silent_events(tree: ast.Module) -> set[str]:
+    """The methods of ``SessionEvents`` that do nothing at all (a docstring, ``pass``)."""
+    (cls,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "SessionEvents"]
+    silent = set()
+    for method in cls.body:
+        if isinstance(method, ast.FunctionDef):
+            body = [
+                stmt
+                for stmt in method.body
+                if not isinstance(stmt, ast.Pass)
+                and not (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant))
+            ]
+            if not body:
+                silent.add(method.name)
+    return silent
 
 
 def make_baseline(into: Path) -> Path:
-    """Copy trio_agent into ``into`` with every trace hook call replaced by ``pass``."""
+    """Copy trio_agent into ``into`` as it would be if trace mode did not exist.
+
+    In the copy, :class:`~trio_agent.observability.events.SessionEvents` no longer
+    calls the trace (each ``self._trace.<hook>(...)`` becomes ``pass``; the log lines
+    and the metrics stay), and the server's code no longer calls the events that are
+    then left with nothing to do (``self._events.stream_queued(...)``,
+    ``events.frame_written(frame)``, ``self.events.frame_read(message)``, ...).
+    """
     package = into / "trio_agent"
     shutil.copytree(ROOT / "trio_agent", package, ignore=shutil.ignore_patterns("__pycache__"))
-    session = package / "session.py"
-    lines = session.read_text().split("\n")
-    stripped = [HOOK_LINE.sub(r"\1pass", line) for line in lines]
-    removed = sum(a != b for a, b in zip(lines, stripped, strict=True))
-    text = "\n".join(stripped)
-    if removed < 10 or re.search(r"\.trace\.\w+\(", text):
-        raise SystemExit(f"bench_trace: could not strip the trace hooks ({removed} lines found)")
-    session.write_text(text)
+
+    events_path = package / EVENTS_MODULE
+    source = events_path.read_text()
+    hooks = _calls(ast.parse(source), _is_trace)
+    source = _statements_to_pass(source, [stmt for stmt, _name in hooks])
+    tree = ast.parse(source)
+    if len(hooks) < 10 or _calls(tree, _is_trace):
+        raise SystemExit(f"bench_trace: could not strip the trace hooks ({len(hooks)} found)")
+    events_path.write_text(source)
+    silent = _silent_events(tree)
+
+    removed: set[str] = set()
+    for path in sorted((package / TELLERS).rglob("*.py")):
+        source = path.read_text()
+        calls = _calls(ast.parse(source), _is_events)
+        gone = [(stmt, name) for stmt, name in calls if name in silent]
+        if gone:
+            removed.update(name for _stmt, name in gone)
+            source = _statements_to_pass(source, [stmt for stmt, _name in gone])
+            compile(source, str(path), "exec")
+            path.write_text(source)
+    if not removed >= PER_FRAME_EVENTS:
+        missing = ", ".join(sorted(PER_FRAME_EVENTS - removed))
+        raise SystemExit(f"bench_trace: found no call of {missing} to remove")
+    # Compiled now, as this tree already is, so that no run of the baseline pays for it.
+    compileall.compile_dir(package, quiet=1)
     return into
 
 
 # --------------------------------------------------------------------------- the worker
+
+
+async def _next_frame(ws: Any) -> str:
+    """The next text frame from the server. An ERROR means a frame of ours was
+    refused, and the reply it would have had will never come: stop at once rather
+    than wait until the server closes the idle connection."""
+    raw: str = await ws.get_message()
+    if '"msg_type":"ERROR"' in raw:
+        raise RuntimeError(f"the server refused a frame: {raw}")
+    return raw
 
 
 async def _stream_workload(server: Any, requests: int, words: int) -> dict[str, float]:
@@ -81,7 +210,7 @@ async def _stream_workload(server: Any, requests: int, words: int) -> dict[str, 
             await wire.request(f"r{i}", agent="lorem", options={"words": words, "words_per_s": 0})
         done = frames = 0
         while done < requests:
-            raw = await ws.get_message()
+            raw = await _next_frame(ws)
             if '"STREAM"' in raw:
                 frames += 1
             elif '"DONE"' in raw:
@@ -104,15 +233,15 @@ async def _interrupt_workload(server: Any, cycles: int) -> dict[str, float]:
         cpu = time.process_time()
         for i in range(cycles):
             await wire.request(f"r{i}", agent="lorem", options={"words": 1000, "words_per_s": 0})
-            while '"STREAM"' not in await ws.get_message():
+            while '"STREAM"' not in await _next_frame(ws):
                 pass
             sent = time.perf_counter()
             await wire.interrupt(f"r{i}")
-            while '"INTERRUPT_ACK"' not in (raw := await ws.get_message()):
+            while '"INTERRUPT_ACK"' not in (raw := await _next_frame(ws)):
                 pass
             ack_us.append((time.perf_counter() - sent) * 1e6)
             while '"DONE"' not in raw:
-                raw = await ws.get_message()
+                raw = await _next_frame(ws)
         cpu = time.process_time() - cpu
     return {
         "cycles": cycles,
@@ -121,7 +250,7 @@ async def _interrupt_workload(server: Any, cycles: int) -> dict[str, float]:
     }
 
 
-def worker(variant: str, workload: str, trace_path: str) -> dict[str, Any]:
+def worker(variant: str, workload: str, trace_path: str, sizes: Sizes) -> dict[str, Any]:
     import trio
     from loguru import logger
 
@@ -133,12 +262,15 @@ def worker(variant: str, workload: str, trace_path: str) -> dict[str, Any]:
     where = Path(trio_agent.__file__).resolve().parent.parent
     assert (where == ROOT) == (variant != "baseline"), f"{variant} imported {where}"
     tracer = JsonLinesTracer(trace_path) if variant == "on" else None
-    config = ServerConfig(port=0, max_concurrent_requests=8)
+    # No frame rate limit: the interrupt workload sends two frames per cycle as fast
+    # as the server answers, far above the default 50 frames/s, and a refused REQUEST
+    # or INTERRUPT never gets its STREAM or ACK.
+    config = ServerConfig(port=0, max_concurrent_requests=8, rate_limit_per_s=0)
     server = AgentServer(config, trace=tracer)
     if workload == "stream":
-        result = trio.run(_stream_workload, server, 4, 1_000)
+        result = trio.run(_stream_workload, server, sizes.stream_requests, sizes.stream_words)
     else:
-        result = trio.run(_interrupt_workload, server, 150)
+        result = trio.run(_interrupt_workload, server, sizes.interrupt_cycles)
     if tracer is not None:
         tracer.close()
         result["trace_bytes"] = os.path.getsize(trace_path)
@@ -148,10 +280,12 @@ def worker(variant: str, workload: str, trace_path: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------- the hooks alone
 
 
-async def _hook_costs(frames: int, scratch: Path) -> dict[str, float]:
+async def _hook_costs(frames: int, runs: int, scratch: Path) -> dict[str, float]:
     """Nanoseconds per STREAM frame spent in its two hook calls, by variant."""
     import trio
 
+    from trio_agent.observability.events import SessionEvents, session_events
+    from trio_agent.observability.metrics import NO_METRICS
     from trio_agent.observability.trace import (
         NO_TRACE,
         JsonLinesTracer,
@@ -165,9 +299,12 @@ async def _hook_costs(frames: int, scratch: Path) -> dict[str, float]:
     record = RequestRecord(request_id="r1", agent="lorem", scope=trio.CancelScope())
     frame = Outbound(FrameKind.STREAM, "{}", record)
 
-    class Holder:  # the hooks are called as self.trace.<hook>(...), like in a session
+    class Holder:
+        """Holds a session's events as the server's code does: the request's stream
+        calls ``self._events.stream_queued(...)``, the writer ``events.frame_written(...)``."""
+
         def __init__(self, trace: SessionTrace) -> None:
-            self.trace = trace
+            self._events: SessionEvents = session_events(trace, NO_METRICS)
 
     def without_hooks(holder: Holder) -> int:
         started = time.perf_counter_ns()
@@ -176,10 +313,11 @@ async def _hook_costs(frames: int, scratch: Path) -> dict[str, float]:
         return time.perf_counter_ns() - started
 
     def with_hooks(holder: Holder) -> int:
+        events = holder._events
         started = time.perf_counter_ns()
         for seq in range(frames):
-            holder.trace.stream_queued(record, seq)
-            holder.trace.frame_written(frame)
+            holder._events.stream_queued(record, seq)
+            events.frame_written(frame)
         return time.perf_counter_ns() - started
 
     file_tracer = JsonLinesTracer(scratch / "hooks.jsonl")
@@ -190,7 +328,7 @@ async def _hook_costs(frames: int, scratch: Path) -> dict[str, float]:
         "on, JSON file": (with_hooks, Holder(file_tracer.session("s"))),
     }
     best = {name: float("inf") for name in variants}
-    for _ in range(7):
+    for _ in range(runs):
         for name, (loop, holder) in variants.items():
             best[name] = min(best[name], loop(holder) / frames)
         file_tracer.close()
@@ -201,14 +339,24 @@ async def _hook_costs(frames: int, scratch: Path) -> dict[str, float]:
 # --------------------------------------------------------------------------- the driver
 
 
-def run_once(variant: str, workload: str, baseline: Path, scratch: Path) -> dict[str, Any]:
+def run_once(
+    variant: str, workload: str, baseline: Path, scratch: Path, sizes: Sizes
+) -> dict[str, Any]:
     env = dict(os.environ)
     if variant == "baseline":
         env["PYTHONPATH"] = str(baseline)
     trace_path = scratch / f"{variant}-{workload}.jsonl"
     trace_path.unlink(missing_ok=True)
     out = subprocess.run(
-        [sys.executable, __file__, "--worker", variant, workload, str(trace_path)],
+        [
+            sys.executable,
+            __file__,
+            "--worker",
+            variant,
+            workload,
+            str(trace_path),
+            json.dumps(asdict(sizes)),
+        ],
         env=env,
         capture_output=True,
         text=True,
@@ -221,16 +369,20 @@ def run_once(variant: str, workload: str, baseline: Path, scratch: Path) -> dict
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, sizes: Sizes = Sizes()) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=5, help="runs per variant and workload")
     parser.add_argument("--json", type=Path, default=Path("bench-trace.json"))
     parser.add_argument(
-        "--worker", nargs=3, metavar=("VARIANT", "WORKLOAD", "TRACE"), help=argparse.SUPPRESS
+        "--worker",
+        nargs=4,
+        metavar=("VARIANT", "WORKLOAD", "TRACE", "SIZES"),
+        help=argparse.SUPPRESS,
     )
     args = parser.parse_args(argv)
     if args.worker:
-        print(json.dumps(worker(*args.worker)))
+        variant, workload, trace_path, sizes_json = args.worker
+        print(json.dumps(worker(variant, workload, trace_path, Sizes(**json.loads(sizes_json)))))
         return 0
     if not 1 <= args.repeat <= 50:
         parser.error("--repeat must be between 1 and 50")
@@ -242,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         scratch = Path(tmp)
         import trio
 
-        hooks = trio.run(_hook_costs, 200_000, scratch)
+        hooks = trio.run(_hook_costs, sizes.hook_frames, sizes.hook_runs, scratch)
         baseline = make_baseline(scratch / "baseline")
         for round_ in range(args.repeat):
             # Interleaved, and the order rotated each round, so drift in the
@@ -250,7 +402,9 @@ def main(argv: list[str] | None = None) -> int:
             order = VARIANTS[round_ % 3 :] + VARIANTS[: round_ % 3]
             for workload in runs:
                 for variant in order:
-                    runs[workload][variant].append(run_once(variant, workload, baseline, scratch))
+                    runs[workload][variant].append(
+                        run_once(variant, workload, baseline, scratch, sizes)
+                    )
             print(f"round {round_ + 1}/{args.repeat} done", file=sys.stderr)
 
     def median(workload: str, variant: str, key: str) -> float:
@@ -295,7 +449,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{row['median']:>10,.1f} {spread:>20} {row['ratio_to_baseline']:>11.3f}x"
         )
     print(f"\ntrace size with tracing on: {trace_bytes / frames:.0f} bytes per STREAM frame")
-    print("\nthe hooks alone: ns per STREAM frame (two hook calls), best of 7 x 200,000")
+    print(
+        "\nthe hooks alone: ns per STREAM frame (two hook calls), "
+        f"best of {sizes.hook_runs} x {sizes.hook_frames:,}"
+    )
     for name, ns in hooks.items():
         extra = "" if name == "baseline" else f"   +{ns - hooks['baseline']:,.0f} ns"
         print(f"  {name:<20} {ns:>8,.0f} ns{extra}")

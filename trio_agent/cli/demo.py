@@ -1,21 +1,7 @@
 """``trio-agent demo``: watch an interrupt travel through the cancel-scope tree.
 
-Starts a server in this process with tracing on, plays a scripted conversation
-against it, then tells the story of each INTERRUPT from the trace, as text and
-as a picture. The scenes:
-
-1. a request streams to completion;
-2. two requests run at once and one of them is interrupted; the other goes on;
-3. a new request right after, which runs untouched;
-4. an interrupt-all, with a REQUEST sent right behind it (it is not cut);
-5. a request that runs out of time (``timeout_s``).
-
-By default the client talks to the server over an in-memory stream with no
-buffer at all (``trio.testing.lockstep_stream_pair``): the server's writer waits
-until the client reads, and the client reads at a set pace, so the stream lane
-fills up and the agents feel backpressure, the way they would behind a slow
-network or a client that speaks the reply out loud. ``--socket`` uses a loopback
-TCP connection instead (the kernel's buffers then absorb most of the stream).
+Starts a traced server in this process, plays a scripted conversation against it,
+and tells the story of each INTERRUPT. ``docs/cancellation.md`` walks through it.
 """
 
 from __future__ import annotations

@@ -5,6 +5,10 @@ explain them. This layer sees the server only through the facts it is handed;
 it imports nothing of the server. The modules are internal.
 """
 
+from trio_agent.observability.events import (
+    SessionEvents,
+    session_events,
+)
 from trio_agent.observability.logs import (
     LogFormat,
     configure_logging,
@@ -42,6 +46,7 @@ __all__ = [
     "MemoryTracer",
     "RecordingTracer",
     "ServerMetrics",
+    "SessionEvents",
     "SessionMetrics",
     "SessionTrace",
     "Tracer",
@@ -52,5 +57,6 @@ __all__ = [
     "narrate",
     "narrate_events",
     "pick_story",
+    "session_events",
     "tracer_for",
 ]

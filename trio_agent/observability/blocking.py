@@ -1,21 +1,7 @@
 """Name the task that froze the server: a Trio instrument that times task steps.
 
-Trio is cooperative. A task that runs a long loop without reaching a checkpoint
-(an agent that computes, calls a blocking library, or ``time.sleep``\\ s) holds the
-one thread: no other session reads, writes or answers an INTERRUPT until it
-yields. No cancel scope can stop it, because cancellation is delivered at
-checkpoints. What the server can do is say so, naming the culprit, so that the
-agent gets fixed (``await trio.to_thread.run_sync(...)`` for blocking work, or a
-``await trio.lowlevel.checkpoint()`` in the loop).
-
-:class:`BlockingTaskMonitor` measures each task step (the time between Trio
-handing a task the thread and getting it back) and logs a WARNING for a step longer
-than the threshold. The line is logged in the task's own context, so it carries
-that task's ``session_id`` and ``request_id``, and it gives the step's CPU time
-next to its length: ``cpu_s`` close to ``blocked_s`` is a computation, ``cpu_s``
-near zero a blocking call (or a machine so busy that the process did not run). Once the agent does reach a
-checkpoint, its request ends as any other would: an INTERRUPT or a deadline that
-passed meanwhile is delivered there, and the request gets its DONE.
+:class:`BlockingTaskMonitor` logs a WARNING, in the culprit's own context, for a
+step longer than the threshold. ``docs/cancellation.md`` (pitfalls) explains why.
 """
 
 from __future__ import annotations

@@ -1,21 +1,8 @@
 """A session's events: each fact said once by the server, written to every sink.
 
-The server says what happened with one call of :class:`SessionEvents`
-(``interrupt_processed``, ``request_started``, ``batch_written``, ...), and this module writes it
-where it belongs: a log line (loguru, see :mod:`trio_agent.observability.logs`),
-a trace event (:mod:`trio_agent.observability.trace`), a metric
-(:mod:`trio_agent.observability.metrics`). Every method is synchronous and never
-a checkpoint, so telling can never change when an interrupt lands.
-
-The writer tells two moments of a frame: ``frame_written`` when it counts the
-frame as written (sent, or kept in a batch that will reach the socket whole: the
-trace's ``stream_written``, ``ack_written``, ``done_written``), and
-``batch_written`` once the batch is on the socket (the metrics, and the log lines
-``request ended`` and ``interrupt acknowledged``).
-
-The events a STREAM frame makes (``stream_queued``, ``frame_written``) go to the
-trace alone: a session's events are composed once (:func:`session_events`), and
-untraced their methods are empty, so tracing off costs what it always did. ``docs/cancellation.md`` shows the trace, ``docs/web.md`` the metrics.
+:class:`SessionEvents` writes each event to the log, the trace and the metrics;
+its methods are synchronous, never a checkpoint, and the per-frame ones are empty
+when untraced. ``docs/architecture.md`` explains the design.
 """
 
 from __future__ import annotations

@@ -1,12 +1,8 @@
 """Structured logging through loguru.
 
-Every line carries ``session_id`` and, inside a request, ``request_id``: the session
-and request tasks run under :meth:`loguru.logger.contextualize`, and Trio copies the
-context into each task it spawns, so even a log line deep inside an agent knows
-which session and request it belongs to.
-
-The library never installs a sink on import; :func:`configure_logging` is called by
-the command line (or by an application that wants our format).
+Every line carries ``session_id`` and, inside a request, ``request_id``. The
+library installs no sink on import; the command line calls :func:`configure_logging`.
+``docs/architecture.md`` explains the design.
 """
 
 from __future__ import annotations

@@ -1,20 +1,7 @@
 """What a dashboard needs to know about a running server, in Prometheus terms.
 
-Two kinds of figures, collected two ways:
-
-* **Levels** (sessions and connections open, requests running, live Trio tasks) are
-  read from :meth:`AgentServer.stats <trio_agent.server.agent_server.AgentServer.stats>` when
-  ``/metrics`` is scraped. Nothing is counted on the hot path for them, so they can
-  never drift from the truth.
-* **Events** (frames and bytes sent, requests ended, interrupts, errors) are counted
-  where they happen, through the narrow :class:`SessionMetrics` interface a
-  :class:`~trio_agent.server.session.Session` calls. Every hook is synchronous and does no
-  I/O: counting never adds a checkpoint, so it cannot change when an interrupt
-  lands.
-
-Each :class:`ServerMetrics` has its own :class:`~prometheus_client.CollectorRegistry`
-rather than the library's global one, so two servers in one process (a test suite
-does that all the time) never share or clash over a counter.
+Levels are read when ``/metrics`` is scraped; events are counted where they happen,
+by synchronous hooks that are never a checkpoint. ``docs/web.md`` lists the metrics.
 """
 
 from __future__ import annotations

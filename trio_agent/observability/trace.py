@@ -1,28 +1,7 @@
 """Trace mode: one JSON object per cancellation event, to watch an interrupt travel.
 
-A session's events (:mod:`trio_agent.observability.events`) call one hook of
-:class:`SessionTrace` each, and the trace records: a frame read, a
-request scope opened, a STREAM frame queued, written or discarded, an INTERRUPT
-read, a scope cancelled, ``Cancelled`` delivered inside an agent, a shielded
-cleanup started or ended, an ACK or DONE queued or written, a scope closed. With
-tracing on, each hook becomes one event::
-
-    {"t_us": 1843077, "event": "scope_cancelled", "session": "9f3c", "request": "r1",
-     "task": "reader", "by": "c7", "status": "interrupted", "reason": "USER_NEW_INPUT"}
-
-* ``t_us``: ``trio.current_time()`` in microseconds. Monotonic, and virtual under
-  ``trio.testing.MockClock``, so a traced test is as deterministic as the test.
-* ``task``: who did it: ``reader``, ``writer``, ``request <id>`` (the tasks the
-  session names with :meth:`SessionTrace.task_started`), or the name of another
-  Trio task (one an agent started, or the server's, during shutdown).
-
-Tracing is off unless asked for (``trio-agent serve --trace PATH``,
-``ServerConfig(trace=...)`` or ``AgentServer(trace=...)``). Off, every session
-holds the shared :class:`SessionTrace`, whose hooks are empty methods: a call
-that returns at once, with no clock read, no string formatting and no allocation
-behind it. ``scripts/bench_trace.py`` measures what that costs.
-
-The trace holds ids, counts and timings, never the text of an input or a delta.
+Off by default, and then every hook is an empty method (``scripts/bench_trace.py``
+measures what that costs). ``docs/cancellation.md`` describes the events.
 """
 
 from __future__ import annotations

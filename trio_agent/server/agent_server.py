@@ -1,26 +1,7 @@
 """The server: a listener and a nursery of sessions, with a graceful shutdown.
 
-The top of the cancel-scope tree::
-
-    AgentServer.run
-    └── server nursery
-        ├── listener task (its own CancelScope: shutdown stops accepting first)
-        ├── serve_stream (one task per TCP connection; plain HTTP is answered in
-        │   │             this task by trio_agent.server.web until a WebSocket upgrade)
-        │   └── nursery
-        │       ├── trio-websocket's reader task for the connection
-        │       └── (the nursery's own body) Session.run: see trio_agent.server.session
-        └── ...
-
-Agents that hold resources are async context managers: :meth:`AgentServer.run`
-enters them before it listens and exits them after the last session has ended
-(:func:`~trio_agent.agents.open_agents`), so an agent's HTTP client, say, lives
-exactly as long as the server that uses it.
-
-A session's failure stays in that session: :meth:`AgentServer.serve_connection`
-logs anything a session raises and returns, because trio-websocket would otherwise
-let the handler's exception escape into the server nursery and take every other
-session down with it.
+The top of the cancel-scope tree; a session's failure stays in that session.
+``docs/cancellation.md`` shows the tree and the shutdown.
 """
 
 from __future__ import annotations

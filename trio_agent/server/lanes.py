@@ -1,37 +1,9 @@
 """Two outbound lanes in front of one writer task.
 
-Every frame the server sends waits in one of two queues:
-
-* the **priority lane** carries control frames (INTERRUPT_ACK, ERROR, HEARTBEAT,
-  SESSION, and the DONE of an interrupted request). Pushing onto it never blocks,
-  so the reader can answer an INTERRUPT without awaiting anything. It is bounded:
-  a client that floods us with control traffic and never reads overflows it, and
-  :class:`LaneOverflow` tells the session to close the connection.
-* the **stream lane** carries STREAM frames and AUDIO chunks. It is bounded too,
-  and an agent's ``await stream.send(...)`` waits for room: that wait *is* the
-  backpressure, and because it is a Trio checkpoint it is also where an interrupt
-  lands. STREAM frames are counted against ``stream_capacity``; AUDIO chunks
-  against ``audio_budget_ms``, milliseconds of sound, so that a barge-in never
-  finds more than that much speech waiting on the server, whatever the chunk size.
-
-The single writer task takes from the priority lane first, every time. So an ACK
-queued while a hundred STREAM frames wait is the next frame on the wire, and the
-queued frames of a cut request are removed (:meth:`OutboundLanes.discard`) before
-the writer could ever reach them.
-
-The stream lane is fair between the requests of a connection: the writer takes
-their frames in turn, one request after the other (:class:`_Turns`). A request
-that has just started (the user's new turn, right after an INTERRUPT) is then
-not queued behind the whole backlog of another request still streaming. Each
-request's own frames, and its DONE after them, keep their order.
-
-The lanes know nothing about the protocol; they hold :class:`Outbound` items and
-wake the right task. There is no polling anywhere: waiting tasks sleep in a
-:class:`trio.lowlevel.ParkingLot` until a push, a pop or a discard wakes them.
-
-``fifo=True`` turns the design off for comparison: one queue, control frames behind
-stream frames, nothing discarded. It exists for the benchmark and for teaching, and
-the server says so loudly when it runs that way.
+A priority lane for control frames (the INTERRUPT_ACK is the next frame on the
+wire) and a bounded stream lane, fair between requests, whose wait is the agents'
+backpressure and where an interrupt lands. ``fifo=True`` is the one-queue design,
+kept for comparison. ``docs/architecture.md`` explains the design.
 """
 
 from __future__ import annotations

@@ -1,18 +1,7 @@
 """A fake OpenAI-compatible chat completions server, for tests, benchmarks and demos.
 
-It speaks real HTTP/1.1 (h11 over a Trio TCP listener) and frames its stream the way
-the OpenAI API does: ``data: {chunk}`` events, a last chunk with ``finish_reason``,
-then ``data: [DONE]``. What it does with each request is a :class:`Script`: how many
-tokens, how fast, and how it ends (finish, hang, fail with a status, send a
-malformed event, drop the connection). It records every request it got
-(:class:`FakeRequest`), and above all **when its client disconnected**: while it
-streams, a second task reads the socket, so the moment a client closes the
-connection (an interrupted request) is known to the microsecond.
-
-Run it on its own to try the ``openai`` agent without a model::
-
-    python -m trio_agent.testing.fake_openai --port 8000 --tokens-per-s 20
-    OPENAI_BASE_URL=http://127.0.0.1:8000/v1 scripts/serve
+Each request follows a :class:`Script`; it records every request and the moment its
+client disconnected. ``docs/agents.md`` (the fake upstream) shows how to run it.
 """
 
 from __future__ import annotations

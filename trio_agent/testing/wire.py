@@ -1,32 +1,8 @@
 """A raw protocol-v1 connection that keeps a transcript: for tests, checks, the demo, the soak.
 
-It speaks the wire protocol with plain dicts, so a script can send exactly the
-frames it means to, and it records every frame in both directions in order.
-Every frame also goes through a :class:`~trio_agent.protocol.guarantees.GuaranteeChecker`,
-and a broken guarantee is noted on the transcript line that revealed it, so a
-report can show the frames around it. It never raises for what the server sends;
-read :attr:`WireConnection.violations`.
-
-Spoken replies (protocol v1.1) arrive as binary AUDIO messages, which are
-decoded with :func:`~trio_agent.protocol.audio.decode_audio_frame` into :class:`AudioFrame`
-values (the header and the ``pcm_s16le`` samples).
-:meth:`WireConnection.receive_message` returns every message in order, text
-frames as dicts and AUDIO as :class:`AudioFrame`. :meth:`WireConnection.receive`
-and the helpers built on it (``receive_until``, ``until_done``, ``until_ack``)
-return text frames only, as they always have: an AUDIO frame that comes first is
-still checked, put on the transcript (as its header) and kept in
-:attr:`WireConnection.audio`, but not returned, so a script that never asks for
-speech, or does not care about the samples, reads exactly what it did before. A
-binary message that is not a well-formed AUDIO frame is recorded like an invalid
-text frame: a dict ``{"raw": ...}`` with a violation numbered 0.
-
-Tests that want a failed assertion at the frame that broke a guarantee, rather
-than a transcript to read, use :class:`WireClient` (opened with :func:`connect`):
-the same connection, seen through methods that assert. Scripts that talk to a
-server in another process open a connection over a stream of their own with
-:func:`open_wire_stream`, or by URL with :func:`open_wire_url`.
-
-This is a test and teaching tool. Applications use the Python client.
+Plain dicts on the wire, every frame checked against the guarantees and recorded;
+:class:`WireClient` asserts instead. A test and teaching tool: applications use
+the Python client. ``docs/testing.md`` explains its use.
 """
 
 from __future__ import annotations
