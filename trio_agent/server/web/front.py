@@ -13,7 +13,7 @@ import h11
 import trio
 
 from trio_agent.server.web.routes import HttpRequest, HttpResponse, WebApp
-from trio_agent.server.web.routing import Route
+from trio_agent.server.web.routing import Route, framing_error
 
 #: Bytes asked of the transport per read.
 RECEIVE_SIZE = 16 * 1024
@@ -118,6 +118,12 @@ class _HttpConnection:
                 await self._send_error(exc.error_status_hint)
                 return None
             if isinstance(event, h11.Request):
+                ambiguous = framing_error(event.headers)
+                if ambiguous is not None:
+                    # Answered before any of the body is read: the connection
+                    # closes after the answer, so whatever follows is never parsed.
+                    await self._send(self.app.refusal(400, ambiguous, now=time.time()))
+                    return None
                 self._read_rest_if_buffered()
                 return event
             if event is not h11.NEED_DATA:
@@ -170,7 +176,7 @@ class _HttpConnection:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return b""
 
-    async def _send(self, response: HttpResponse, *, head_only: bool) -> bool:
+    async def _send(self, response: HttpResponse, *, head_only: bool = False) -> bool:
         """Send ``response``; return whether the connection can take another request."""
         close = self.draining.is_set() or self.h11.their_state is not h11.DONE
         headers = [*response.headers]
@@ -204,7 +210,7 @@ class _HttpConnection:
         if self.h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return
         status = status if 400 <= status < 600 else 400
-        await self._send(self.app.error(status, now=time.time()), head_only=False)
+        await self._send(self.app.error(status, now=time.time()))
 
     async def _linger(self) -> None:
         """Tell the client we are done, and read what it still sends, briefly."""

@@ -147,6 +147,10 @@ class WebApp:
             text_response(status, f"{HTTPStatus(status).phrase}\n"), now
         )
 
+    def refusal(self, status: int, reason: str, *, now: float) -> HttpResponse:
+        """A refusal whose body says why (``reason`` must hold no secret)."""
+        return self._with_common_headers(text_response(status, f"{reason}\n"), now)
+
     @staticmethod
     def _with_common_headers(response: HttpResponse, now: float) -> HttpResponse:
         return HttpResponse(
