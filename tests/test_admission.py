@@ -282,13 +282,18 @@ def test_any_handshake_gets_a_decision_and_no_refusal_shows_the_token(
 # --------------------------------------------------------------------------- redaction
 
 
-def test_redact_target_hides_only_secret_values():
+def test_redact_target_hides_every_value_but_safe_ones():
     assert redact_target("/ws") == "/ws"
     assert redact_target(f"/ws?token={TOKEN}") == f"/ws?token={REDACTED}"
-    assert redact_target(f"/ws?a=1&token={TOKEN}&b=2") == f"/ws?a=1&token={REDACTED}&b=2"
+    assert (
+        redact_target(f"/ws?a=1&token={TOKEN}&b=2")
+        == f"/ws?a={REDACTED}&token={REDACTED}&b={REDACTED}"
+    )
     assert redact_target(f"/ws?to%6Ben={TOKEN}") == f"/ws?to%6Ben={REDACTED}"
-    assert redact_target(f"/ws?access_token={TOKEN}#frag") == f"/ws?access_token={REDACTED}#frag"
-    assert redact_target("/ws?tokens=visible") == "/ws?tokens=visible"
+    assert (
+        redact_target(f"/ws?access_token={TOKEN}#frag") == f"/ws?access_token={REDACTED}#{REDACTED}"
+    )
+    assert redact_target("/ws?agent=echo") == "/ws?agent=echo"
 
 
 def test_redact_subprotocols_and_headers():

@@ -107,6 +107,8 @@ class AgentServer:
         self._no_connections.set()
         self._nursery: trio.Nursery | None = None
         self._admission = AdmissionPolicy.from_config(self.config)
+        #: Values hidden wherever a log line shows what a client sent.
+        self._secrets = tuple(s for s in (self.config.token,) if s)
         # Loaded now, so that a bad certificate stops the server before it starts.
         self._ssl_context = (
             server_ssl_context(self.config.certfile, self.config.keyfile)
@@ -250,7 +252,7 @@ class AgentServer:
                 "handshake refused",
                 status=decision.status,
                 why=decision.reason,
-                target=redact_target(facts.target),
+                target=redact_target(facts.target, self._secrets),
                 origin=", ".join(facts.header("origin")),
                 remote=str(request.remote),
             )
@@ -260,7 +262,7 @@ class AgentServer:
             return
         logger.debug(
             "handshake accepted",
-            target=redact_target(facts.target),
+            target=redact_target(facts.target, self._secrets),
             subprotocols=redact_subprotocols(facts.subprotocols),
             remote=str(request.remote),
         )
