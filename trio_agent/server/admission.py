@@ -18,7 +18,12 @@ from trio_agent.protocol.constants import (
     TOKEN_QUERY_PARAMETER,
     TOKEN_SUBPROTOCOL_PREFIX,
 )
-from trio_agent.server.origins import normalize_origin, parse_allowed_origins
+from trio_agent.server.origins import (
+    host_is_allowed,
+    normalize_origin,
+    parse_allowed_hosts,
+    parse_allowed_origins,
+)
 
 if TYPE_CHECKING:
     from trio_agent.server.config import ServerConfig
@@ -54,12 +59,15 @@ class AdmissionPolicy:
     :param allowed_origins: normalized origins that may connect; ``"*"`` in it
         allows any; empty means "a browser Origin must match the Host".
     :param max_sessions: sessions open at once before handshakes get 503.
+    :param allowed_hosts: host names a client may address without a token, besides
+        IP addresses, ``localhost`` and ``*.localhost`` (``"*"`` in it: any).
     """
 
     path: str
     token: str | None = None
     allowed_origins: frozenset[str] = frozenset()
     max_sessions: int = 1000
+    allowed_hosts: frozenset[str] = frozenset()
 
     @classmethod
     def from_config(cls, config: ServerConfig) -> AdmissionPolicy:
@@ -68,6 +76,24 @@ class AdmissionPolicy:
             token=config.token or None,
             allowed_origins=parse_allowed_origins(config.allow_origin),
             max_sessions=config.max_sessions,
+            allowed_hosts=parse_allowed_hosts(config.allow_host),
+        )
+
+    def host_refusal(self, host: str) -> str | None:
+        """Why a request addressed to ``host`` (its ``Host`` header) is refused with
+        403, or ``None``. The same rule guards the WebSocket and plain HTTP.
+
+        A server without a token trusts whoever can reach it, and DNS rebinding lets
+        any web page reach a server on the user's machine under a name of the
+        page's own, with an ``Origin`` that matches it. The ``Host`` names that name,
+        so only hosts a rebinding cannot forge are let in. With a token, the token is
+        the protection and any ``Host`` may connect.
+        """
+        if self.token is not None or host_is_allowed(host, self.allowed_hosts):
+            return None
+        return (
+            "this Host is not allowed without a token (DNS rebinding protection): "
+            "connect by IP address or localhost, or start the server with --allow-host NAME"
         )
 
 
@@ -100,6 +126,9 @@ def admit(
     """Decide one handshake. ``sessions`` counts the sessions already admitted."""
     if urlsplit(facts.target).path != policy.path:
         return Refuse(404, "no WebSocket endpoint here")
+    host_refusal = policy.host_refusal(facts.host)
+    if host_refusal is not None:
+        return Refuse(403, host_refusal)
     origin_refusal = _check_origin(facts, policy.allowed_origins)
     if origin_refusal is not None:
         return Refuse(403, origin_refusal)

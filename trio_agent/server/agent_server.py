@@ -62,6 +62,9 @@ from trio_agent.server.web.front import serve_http
 from trio_agent.server.web.routes import WebApp
 from trio_agent.speech.synthesizers import Synthesizer, select_synthesizer
 
+#: The most of a client's header a log line shows.
+_LOGGED_HEADER_CHARS = 200
+
 #: Linux's TCP_NOTSENT_LOWAT (``socket`` names it only on some builds).
 _TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)
 
@@ -143,6 +146,7 @@ class AgentServer:
             assets=load_assets(demo=self.config.web),
             ready=lambda: not self.shutting_down,
             metrics=self.metrics,
+            host_refusal=self._admission.host_refusal,
         )
 
     @property
@@ -253,7 +257,8 @@ class AgentServer:
                 status=decision.status,
                 why=decision.reason,
                 target=redact_target(facts.target, self._secrets),
-                origin=", ".join(facts.header("origin")),
+                host=facts.host[:_LOGGED_HEADER_CHARS],
+                origin=", ".join(facts.header("origin"))[:_LOGGED_HEADER_CHARS],
                 remote=str(request.remote),
             )
             await request.reject(

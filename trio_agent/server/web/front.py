@@ -11,9 +11,10 @@ from http import HTTPStatus
 
 import h11
 import trio
+from loguru import logger
 
 from trio_agent.server.web.routes import HttpRequest, HttpResponse, WebApp
-from trio_agent.server.web.routing import Route, framing_error
+from trio_agent.server.web.routing import Route, framing_error, target_path
 
 #: Bytes asked of the transport per read.
 RECEIVE_SIZE = 16 * 1024
@@ -104,7 +105,18 @@ class _HttpConnection:
             routed = self.app.route(request)
             if routed.route is Route.WEBSOCKET:
                 return ReplayStream(self.stream, bytes(self.received))
-            response = self.app.respond(request, routed, now=time.time())
+            refusal = self.app.host_refusal(request)
+            if refusal is not None:
+                logger.info(
+                    "HTTP request refused",
+                    status=403,
+                    why=refusal,
+                    host=(request.header(b"host") or b"").decode("latin-1")[:200],
+                    path=target_path(request.target)[:200],
+                )
+                response = self.app.refusal(403, refusal, now=time.time())
+            else:
+                response = self.app.respond(request, routed, now=time.time())
             if not await self._send(response, head_only=request.method == b"HEAD"):
                 return None
 

@@ -100,6 +100,10 @@ class WebApp:
         :func:`~trio_agent.server.web.assets.load_assets`).
     :param ready: whether the server accepts sessions now (``/readyz``).
     :param metrics: the server's metrics (``/metrics``).
+    :param host_refusal: why a request addressed to a ``Host`` is refused (403), or
+        ``None``: the admission policy's DNS rebinding rule
+        (:meth:`~trio_agent.server.admission.AdmissionPolicy.host_refusal`). ``None``
+        checks no ``Host``.
     """
 
     def __init__(
@@ -110,8 +114,10 @@ class WebApp:
         assets: Mapping[str, Asset],
         ready: Callable[[], bool],
         metrics: ServerMetrics,
+        host_refusal: Callable[[str], str | None] | None = None,
     ) -> None:
         self.websocket_path = websocket_path
+        self._host_refusal = host_refusal
         self.page = page
         self._ready = ready
         self.metrics = metrics
@@ -133,6 +139,13 @@ class WebApp:
             websocket_path=self.websocket_path,
             page=self.page,
         )
+
+    def host_refusal(self, request: HttpRequest) -> str | None:
+        """Why ``request`` is refused for its ``Host`` (answer 403 with it), or ``None``."""
+        if self._host_refusal is None:
+            return None
+        host = request.header(b"host")
+        return self._host_refusal(host.decode("latin-1") if host is not None else "")
 
     def respond(self, request: HttpRequest, routed: Routed, *, now: float) -> HttpResponse:
         """The response to ``request``, which :meth:`route` sent to ``routed``.
