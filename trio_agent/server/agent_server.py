@@ -28,6 +28,7 @@ from __future__ import annotations
 import secrets
 import signal
 import socket
+from collections import Counter
 from collections.abc import Mapping
 
 import trio
@@ -120,6 +121,8 @@ class AgentServer:
         )
         #: Sessions admitted at the handshake and not yet over: what max_sessions bounds.
         self._admitted = 0
+        #: The same sessions by client address: what max_sessions_per_address bounds.
+        self._admitted_from: Counter[str] = Counter()
         self._session_payload = SessionPayload(
             server=f"trio-agent/{__version__}",
             agents={name: agent_entry(agent) for name, agent in self.agents.items()},
@@ -237,18 +240,27 @@ class AgentServer:
             )
 
     async def _handle_handshake(
-        self, request: WebSocketRequest, cork: CorkableStream | None = None
+        self,
+        request: WebSocketRequest,
+        cork: CorkableStream | None = None,
+        peer: str | None = None,
     ) -> None:
         """Admit or refuse a handshake (the policy is :func:`trio_agent.server.admission.admit`),
-        then serve the session. A refused client gets an HTTP status and no session."""
+        then serve the session. A refused client gets an HTTP status and no session.
+        ``peer`` is the TCP peer's IP address, if the stream has one."""
         facts = HandshakeFacts(
             target=request.path,
             host=_host_of(request),
             headers=request.headers,
             subprotocols=request.proposed_subprotocols,
         )
+        client = self._admission.client_address(peer, facts)
         decision = admit(
-            facts, self._admission, draining=self.shutting_down, sessions=self._admitted
+            facts,
+            self._admission,
+            draining=self.shutting_down,
+            sessions=self._admitted,
+            sessions_from_address=self._admitted_from[client] if client else 0,
         )
         if isinstance(decision, Refuse):
             self.metrics.handshake_refused(decision.status)
@@ -260,6 +272,7 @@ class AgentServer:
                 host=facts.host[:_LOGGED_HEADER_CHARS],
                 origin=", ".join(facts.header("origin"))[:_LOGGED_HEADER_CHARS],
                 remote=str(request.remote),
+                client=client,
             )
             await request.reject(
                 decision.status, extra_headers=list(decision.headers), body=decision.body
@@ -272,11 +285,17 @@ class AgentServer:
             remote=str(request.remote),
         )
         self._admitted += 1
+        if client:
+            self._admitted_from[client] += 1
         try:
             ws = await request.accept(subprotocol=decision.subprotocol)
             await self.serve_connection(ws, cork)
         finally:
             self._admitted -= 1
+            if client:
+                self._admitted_from[client] -= 1
+                if not self._admitted_from[client]:
+                    del self._admitted_from[client]
 
     async def serve_connection(
         self, ws: WebSocketConnection, cork: CorkableStream | None = None
@@ -313,6 +332,7 @@ class AgentServer:
         a WebSocket upgrade to the agent's path runs the handshake, then the session.
         Closes the stream. When it returns, nothing of the connection is left running."""
         self._connection_opened()
+        peer = _peer_address(stream)
         self._bound_unsent_data(stream)
         # The guard bounds how long a write may wait for a client that does not
         # read, and aborts the connection when a frame could not be finished.
@@ -339,7 +359,7 @@ class AgentServer:
                         nursery, cork, max_message_size=self.config.max_message_bytes
                     )
                 if request is not None:
-                    await self._handle_handshake(request, cork)
+                    await self._handle_handshake(request, cork, peer)
                 # trio-websocket's reader task for this connection lives in this
                 # nursery; the session is over, so stop it.
                 nursery.cancel_scope.cancel(reason="connection over")
@@ -410,6 +430,19 @@ def _host_of(request: WebSocketRequest) -> str:
     event = getattr(request, "_event", None)
     host = getattr(event, "host", None)
     return host if isinstance(host, str) else ""
+
+
+def _peer_address(stream: trio.abc.Stream) -> str | None:
+    """The IP address of the peer of a TCP (or TLS over TCP) stream, else ``None``."""
+    while isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
+    if not isinstance(stream, trio.SocketStream):
+        return None
+    try:
+        address = stream.socket.getpeername()
+    except OSError:
+        return None  # already gone
+    return str(address[0]) if isinstance(address, tuple) else None
 
 
 def _count_tasks(nursery: trio.Nursery) -> int:

@@ -140,10 +140,13 @@ def parse_allowed_hosts(spec: str) -> frozenset[str]:
 # --------------------------------------------------------------------------- proxies
 
 
-def parse_trusted_proxies(spec: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_trusted_proxies(spec: str) -> tuple[IPNetwork, ...]:
     """Parse ``--trust-forwarded-for``: comma-separated addresses or networks
     (``10.0.0.5``, ``10.0.0.0/24``, ``::1``). Raises ``ValueError`` naming a bad entry."""
-    networks = []
+    networks: list[IPNetwork] = []
     for entry in (e.strip() for e in spec.split(",")):
         if not entry:
             continue
