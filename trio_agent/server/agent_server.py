@@ -46,6 +46,7 @@ from trio_agent.observability.blocking import report_blocking_tasks
 from trio_agent.observability.metrics import ServerMetrics
 from trio_agent.observability.trace import Tracer, tracer_for
 from trio_agent.protocol.messages import AudioFormat, Limits, SessionPayload
+from trio_agent.server.accept import serve_listeners
 from trio_agent.server.admission import AdmissionPolicy, HandshakeFacts, Refuse, admit
 from trio_agent.server.config import ServerConfig
 from trio_agent.server.cork import CorkableStream
@@ -235,7 +236,9 @@ class AgentServer:
         assert self._nursery is not None
         with scope:
             listeners = await open_listeners(self.config, self._ssl_context)
-            await trio.serve_listeners(
+            # Not trio.serve_listeners: at the fd limit it logs a traceback every
+            # 100 ms; this one backs off and logs once a second (accept.py).
+            await serve_listeners(
                 self.serve_stream, listeners, handler_nursery=self._nursery, task_status=task_status
             )
 
