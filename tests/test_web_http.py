@@ -364,7 +364,7 @@ def value(samples, name: str, **labels: str) -> float:
 
 
 async def test_metrics_parse_and_move_when_requests_run(start_server):
-    server = await start_server()
+    server = await start_server(metrics_cache_s=0)  # each scrape fresh
     before = await metrics(server)
     assert value(before, "trio_agent_sessions_open") == 0
     async with connect(server, "socket") as client:

@@ -201,11 +201,7 @@ def admit(
 
 def presented_tokens(facts: HandshakeFacts) -> list[str]:
     """Every token the client presented: ``Authorization: Bearer``, ``?token=``, subprotocol."""
-    tokens = []
-    for value in facts.header("authorization"):
-        scheme, _, credentials = value.strip().partition(" ")
-        if scheme.lower() == "bearer":
-            tokens.append(credentials.strip())
+    tokens = bearer_tokens(facts)
     query = urlsplit(facts.target).query
     tokens += [v for k, v in parse_qsl(query, keep_blank_values=True) if k == TOKEN_QUERY_PARAMETER]
     tokens += [
@@ -213,6 +209,21 @@ def presented_tokens(facts: HandshakeFacts) -> list[str]:
         for p in facts.subprotocols
         if p.startswith(TOKEN_SUBPROTOCOL_PREFIX)
     ]
+    return tokens
+
+
+def same_secret(presented: str, expected: str) -> bool:
+    """Whether ``presented`` is ``expected``, in a time that tells neither."""
+    return hmac.compare_digest(_digest(presented), _digest(expected))
+
+
+def bearer_tokens(facts: HandshakeFacts) -> list[str]:
+    """The credentials of every ``Authorization: Bearer`` header."""
+    tokens = []
+    for value in facts.header("authorization"):
+        scheme, _, credentials = value.strip().partition(" ")
+        if scheme.lower() == "bearer":
+            tokens.append(credentials.strip())
     return tokens
 
 

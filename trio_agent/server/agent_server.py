@@ -113,7 +113,7 @@ class AgentServer:
         self._nursery: trio.Nursery | None = None
         self._admission = AdmissionPolicy.from_config(self.config)
         #: Values hidden wherever a log line shows what a client sent.
-        self._secrets = tuple(s for s in (self.config.token,) if s)
+        self._secrets = tuple(s for s in (self.config.token, self.config.metrics_token) if s)
         # Loaded now, so that a bad certificate stops the server before it starts.
         self._ssl_context = (
             server_ssl_context(self.config.certfile, self.config.keyfile)
@@ -151,6 +151,9 @@ class AgentServer:
             ready=lambda: not self.shutting_down,
             metrics=self.metrics,
             host_refusal=self._admission.host_refusal,
+            metrics_token=self.config.metrics_token or None,
+            metrics_cache_s=self.config.metrics_cache_s,
+            clock=trio.current_time,
         )
 
     @property

@@ -115,6 +115,10 @@ class ServerConfig:
         "otherwise); prefer the environment variable to the flag",
         secret=True,
     )
+    metrics_cache_s: float = setting(
+        1.0,
+        "seconds a rendered /metrics body is served again before it is rendered anew (0: never)",
+    )
     certfile: str = setting("", "TLS certificate chain (PEM); with --keyfile, serves wss://")
     keyfile: str = setting("", "TLS private key (PEM) of --certfile; empty: it is in --certfile")
     slow_step_warn_s: float = setting(
@@ -190,6 +194,7 @@ class ServerConfig:
             "slow_step_warn_s",
             "stats_interval_s",
             "max_sessions_per_address",
+            "metrics_cache_s",
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
