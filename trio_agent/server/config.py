@@ -117,7 +117,7 @@ class ServerConfig:
     )
     metrics_cache_s: float = setting(
         1.0,
-        "seconds a rendered /metrics body is served again before it is rendered anew (0: never)",
+        "seconds a rendered /metrics body is served again before it is rendered anew (0: every time)",
     )
     certfile: str = setting("", "TLS certificate chain (PEM); with --keyfile, serves wss://")
     keyfile: str = setting("", "TLS private key (PEM) of --certfile; empty: it is in --certfile")

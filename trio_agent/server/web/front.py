@@ -32,6 +32,8 @@ MAX_PIPELINED_REQUESTS = 16
 #: connection closes. A browser loading the demo page sends five or so, a
 #: Prometheus scrape one.
 MAX_REQUESTS_PER_S = 20
+#: The most of a client's header a log line shows.
+LOGGED_CHARS = 200
 
 
 class ReplayStream(trio.abc.Stream):
@@ -129,8 +131,8 @@ class _HttpConnection:
                     "HTTP request refused",
                     status=403,
                     why=refusal,
-                    host=(request.header(b"host") or b"").decode("latin-1")[:200],
-                    path=target_path(request.target)[:200],
+                    host=(request.header(b"host") or b"").decode("latin-1")[:LOGGED_CHARS],
+                    path=target_path(request.target)[:LOGGED_CHARS],
                 )
                 response = self.app.refusal(403, refusal, now=time.time())
             else:
@@ -168,7 +170,8 @@ class _HttpConnection:
                 if ambiguous is not None:
                     # Answered before any of the body is read: the connection
                     # closes after the answer, so whatever follows is never parsed.
-                    await self._send(self.app.refusal(400, ambiguous, now=time.time()))
+                    refusal = self.app.refusal(400, ambiguous, now=time.time())
+                    await self._send(refusal, close=True)
                     return None
                 self._read_rest_if_buffered()
                 return event
