@@ -74,7 +74,7 @@ async def raw_handshake(
 class RawClient:
     """A WebSocket client over a trio stream that reads only when told to."""
 
-    def __init__(self, stream: trio.abc.Stream, host: str = "test") -> None:
+    def __init__(self, stream: trio.abc.Stream, host: str = "localhost") -> None:
         self.stream = stream
         self.host = host
         self.ws = WSConnection(ConnectionType.CLIENT)

@@ -20,8 +20,10 @@ from trio_agent.server.config import ServerConfig, parse_config
 from trio_agent.server.redaction import REDACTED, redact_headers, redact_subprotocols, redact_target
 
 TOKEN = "s3cret-T0ken"
-OPEN = AdmissionPolicy(path="/ws")
-LOCKED = AdmissionPolicy(path="/ws", token=TOKEN)
+#: The Host allow-list has tests of its own (test_host_allowlist.py); these check the rest.
+ANY_HOST = frozenset({"*"})
+OPEN = AdmissionPolicy(path="/ws", allowed_hosts=ANY_HOST)
+LOCKED = AdmissionPolicy(path="/ws", allowed_hosts=ANY_HOST, token=TOKEN)
 
 
 def facts(
@@ -61,7 +63,7 @@ def test_other_paths_are_404_and_the_query_does_not_matter():
 
 def test_draining_and_full_are_503():
     assert status(facts(), draining=True) == 503
-    full = AdmissionPolicy(path="/ws", max_sessions=2)
+    full = AdmissionPolicy(path="/ws", allowed_hosts=ANY_HOST, max_sessions=2)
     assert status(facts(), full, sessions=1) == 101
     refused = decide(facts(), full, sessions=2)
     assert isinstance(refused, Refuse)
@@ -171,6 +173,7 @@ def test_no_origin_header_is_a_non_browser_client_and_allowed():
 def test_an_explicit_list_is_exhaustive():
     policy = AdmissionPolicy(
         path="/ws",
+        allowed_hosts=ANY_HOST,
         allowed_origins=parse_allowed_origins("https://app.example, http://localhost:3000"),
     )
     assert status(facts(headers={"Origin": "https://app.example"}), policy) == 101
@@ -184,7 +187,9 @@ def test_an_explicit_list_is_exhaustive():
 
 
 def test_star_allows_any_origin_but_only_when_set():
-    star = AdmissionPolicy(path="/ws", allowed_origins=parse_allowed_origins("*"))
+    star = AdmissionPolicy(
+        path="/ws", allowed_hosts=ANY_HOST, allowed_origins=parse_allowed_origins("*")
+    )
     assert status(facts(headers={"Origin": "http://evil.example"}), star) == 101
     assert status(facts(headers={"Origin": "null"}), star) == 101
 
@@ -282,13 +287,18 @@ def test_any_handshake_gets_a_decision_and_no_refusal_shows_the_token(
 # --------------------------------------------------------------------------- redaction
 
 
-def test_redact_target_hides_only_secret_values():
+def test_redact_target_hides_every_value_but_safe_ones():
     assert redact_target("/ws") == "/ws"
     assert redact_target(f"/ws?token={TOKEN}") == f"/ws?token={REDACTED}"
-    assert redact_target(f"/ws?a=1&token={TOKEN}&b=2") == f"/ws?a=1&token={REDACTED}&b=2"
+    assert (
+        redact_target(f"/ws?a=1&token={TOKEN}&b=2")
+        == f"/ws?a={REDACTED}&token={REDACTED}&b={REDACTED}"
+    )
     assert redact_target(f"/ws?to%6Ben={TOKEN}") == f"/ws?to%6Ben={REDACTED}"
-    assert redact_target(f"/ws?access_token={TOKEN}#frag") == f"/ws?access_token={REDACTED}#frag"
-    assert redact_target("/ws?tokens=visible") == "/ws?tokens=visible"
+    assert (
+        redact_target(f"/ws?access_token={TOKEN}#frag") == f"/ws?access_token={REDACTED}#{REDACTED}"
+    )
+    assert redact_target("/ws?agent=echo") == "/ws?agent=echo"
 
 
 def test_redact_subprotocols_and_headers():

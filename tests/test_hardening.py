@@ -179,7 +179,7 @@ async def test_a_draining_server_refuses_with_503(start_server):
         client_stream, server_stream = trio.testing.memory_stream_pair()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(server.serve_stream, server_stream)
-            head = request_bytes("test")
+            head = request_bytes("localhost")
             await client_stream.send_all(head[:20])
             await trio.testing.wait_all_tasks_blocked()
             server.shutdown()
@@ -543,7 +543,7 @@ async def vanish_before_the_request(client: RawClient) -> None:
 
 
 async def vanish_mid_request(client: RawClient) -> None:
-    await client.stream.send_all(b"GET /ws HTTP/1.1\r\nHost: test\r\nUpgr")
+    await client.stream.send_all(b"GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgr")
 
 
 async def send_garbage_instead_of_http(client: RawClient) -> None:

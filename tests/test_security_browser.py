@@ -55,7 +55,9 @@ def browser() -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def locked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedProcess]:
     log = tmp_path_factory.mktemp("serve") / "server.log"
-    served = ServedProcess([str(ROOT / "scripts" / "serve"), "--token", TOKEN], log).start()
+    # Fresh counters on every scrape: the tests read refusals from /metrics.
+    command = [str(ROOT / "scripts" / "serve"), "--token", TOKEN, "--metrics-cache-s", "0"]
+    served = ServedProcess(command, log).start()
     yield served
     assert served.stop() == 0
     assert TOKEN not in log.read_text()

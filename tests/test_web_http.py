@@ -164,7 +164,7 @@ async def test_a_wrong_method_is_405_with_allow(start_server, method, target):
 async def test_a_body_still_to_come_is_not_waited_for(start_server):
     server = await start_server()
     reply = await raw_exchange(
-        server, b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"
+        server, b"POST /healthz HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n{"
     )
     assert reply.startswith(b"HTTP/1.1 405 ")
     assert b"connection: close" in reply.lower()
@@ -203,9 +203,9 @@ async def test_keep_alive_and_pipelined_requests(start_server):
     # Pipelined: three requests in one write, three responses in order.
     reply = await raw_exchange(
         server,
-        b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
-        b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n"
-        b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n"
+        b"GET /nowhere HTTP/1.1\r\nHost: localhost\r\n\r\n"
+        b"GET /readyz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
     )
     statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", reply)
     assert statuses == [b"200", b"404", b"200"]
@@ -222,7 +222,7 @@ async def test_garbage_gets_400_and_the_connection_closes(start_server):
 
 async def test_an_oversized_head_gets_431(start_server):
     server = await start_server()
-    head = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n"
+    head = b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n"
     reply = await raw_exchange(server, head)
     assert reply.startswith(b"HTTP/1.1 431 ")
 
@@ -274,7 +274,7 @@ async def test_readyz_is_503_while_draining(nursery, autojump_clock):
     server = AgentServer(ServerConfig(port=0))
     stream = await serve_memory(server, nursery)
     # A request under way when the drain starts still gets its answer.
-    await stream.send_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\n")
+    await stream.send_all(b"GET /readyz HTTP/1.1\r\nHost: localhost\r\n")
     await trio.testing.wait_all_tasks_blocked()
     server.shutdown()
     await stream.send_all(b"\r\n")
@@ -307,7 +307,7 @@ async def test_a_handshake_in_one_byte_pieces_still_becomes_a_session(nursery):
             await client_side.aclose()
 
     async with trio.open_nursery() as inner:
-        ws = await wrap_client_stream(inner, OneByteAtATime(), "test", "/ws")
+        ws = await wrap_client_stream(inner, OneByteAtATime(), "localhost", "/ws")
         client = await WireClient(ws).start()
         await client.request("r", agent="echo", input="a b c")
         frames = await client.until_done("r")
@@ -364,7 +364,7 @@ def value(samples, name: str, **labels: str) -> float:
 
 
 async def test_metrics_parse_and_move_when_requests_run(start_server):
-    server = await start_server()
+    server = await start_server(metrics_cache_s=0)  # each scrape fresh
     before = await metrics(server)
     assert value(before, "trio_agent_sessions_open") == 0
     async with connect(server, "socket") as client:

@@ -74,6 +74,16 @@ def add_arguments(parser: argparse._ActionsContainer, settings: type[DataclassIn
                 help=f"{f.metadata.get('help', '')} (env {env}=1|0; default {default!r})",
             )
             continue
+        if f.metadata.get("repeatable"):
+            # --allow-host a --allow-host b,c: the values are joined with commas.
+            parser.add_argument(
+                flag,
+                dest=f.name,
+                default=None,
+                action="append",
+                help=f"{f.metadata.get('help', '')} (env {env}; default {default!r})",
+            )
+            continue
         parser.add_argument(
             flag,
             dest=f.name,
@@ -97,7 +107,9 @@ def settings_from(
     values: dict[str, Any] = {}
     for f in fields(settings):
         from_flag = getattr(args, f.name, None) if args is not None else None
-        if from_flag is not None:
+        if isinstance(from_flag, list):  # a repeatable flag
+            values[f.name] = ",".join(from_flag)
+        elif from_flag is not None:
             values[f.name] = from_flag
         elif (raw := environ.get(_env_name(f))) is not None:
             try:

@@ -105,6 +105,8 @@ class ServerMetrics:
 
     def __init__(self, stats: Callable[[], Mapping[str, int]] | None = None) -> None:
         self.registry = CollectorRegistry()
+        #: The last body rendered in each format, with its time (see :meth:`render`).
+        self._rendered: dict[str, tuple[float, bytes]] = {}
         registry = self.registry
         if stats is not None:
             registry.register(_LevelsCollector(stats))
@@ -188,11 +190,26 @@ class ServerMetrics:
     def handshake_refused(self, status: int) -> None:
         self.handshakes_refused.labels(code=str(status)).inc()
 
-    def render(self, accept: str = "") -> tuple[bytes, str]:
+    def render(
+        self, accept: str = "", *, now: float | None = None, max_age_s: float = 0.0
+    ) -> tuple[bytes, str]:
         """The exposition body and its content type, negotiated from an ``Accept``
-        header (Prometheus text format by default, OpenMetrics when asked for)."""
+        header (Prometheus text format by default, OpenMetrics when asked for).
+
+        With ``now`` (a monotonic time) and ``max_age_s``, a body rendered less than
+        ``max_age_s`` before ``now`` in the same format is returned again: rendering
+        walks every metric, and a client that asks in a loop must not make the server
+        do that more than once per ``max_age_s``.
+        """
         encoder, content_type = choose_encoder(accept)
-        return encoder(self.registry), content_type
+        if now is not None:
+            cached = self._rendered.get(content_type)
+            if cached is not None and 0 <= now - cached[0] < max_age_s:
+                return cached[1], content_type
+        body = encoder(self.registry)
+        if now is not None:
+            self._rendered[content_type] = (now, body)
+        return body, content_type
 
 
 class _LevelsCollector(Collector):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -18,7 +19,14 @@ from trio_agent.protocol.constants import (
     TOKEN_QUERY_PARAMETER,
     TOKEN_SUBPROTOCOL_PREFIX,
 )
-from trio_agent.server.origins import normalize_origin, parse_allowed_origins
+from trio_agent.server.origins import (
+    IPNetwork,
+    host_is_allowed,
+    normalize_origin,
+    parse_allowed_hosts,
+    parse_allowed_origins,
+    parse_trusted_proxies,
+)
 
 if TYPE_CHECKING:
     from trio_agent.server.config import ServerConfig
@@ -54,12 +62,21 @@ class AdmissionPolicy:
     :param allowed_origins: normalized origins that may connect; ``"*"`` in it
         allows any; empty means "a browser Origin must match the Host".
     :param max_sessions: sessions open at once before handshakes get 503.
+    :param allowed_hosts: host names a client may address without a token, besides
+        IP addresses, ``localhost`` and ``*.localhost`` (``"*"`` in it: any).
+    :param max_sessions_per_address: sessions open at once from one client address
+        before its handshakes get 503 (0: no limit).
+    :param trusted_proxies: the networks of reverse proxies whose ``X-Forwarded-For``
+        names the client (see :meth:`client_address`).
     """
 
     path: str
     token: str | None = None
     allowed_origins: frozenset[str] = frozenset()
     max_sessions: int = 1000
+    allowed_hosts: frozenset[str] = frozenset()
+    max_sessions_per_address: int = 100
+    trusted_proxies: tuple[IPNetwork, ...] = ()
 
     @classmethod
     def from_config(cls, config: ServerConfig) -> AdmissionPolicy:
@@ -68,6 +85,51 @@ class AdmissionPolicy:
             token=config.token or None,
             allowed_origins=parse_allowed_origins(config.allow_origin),
             max_sessions=config.max_sessions,
+            allowed_hosts=parse_allowed_hosts(config.allow_host),
+            max_sessions_per_address=config.max_sessions_per_address,
+            trusted_proxies=parse_trusted_proxies(config.trust_forwarded_for),
+        )
+
+    def client_address(self, peer: str | None, facts: HandshakeFacts) -> str | None:
+        """The address ``max_sessions_per_address`` counts for a handshake from ``peer``.
+
+        ``peer`` is the TCP peer's IP address (``None`` for a stream that has none,
+        such as an in-process one: such a client is not counted). Behind a reverse
+        proxy every client has the proxy's address, unless the proxy is trusted
+        (``--trust-forwarded-for``): then the client is the rightmost entry of
+        ``X-Forwarded-For``, the one that proxy appended. Entries to its left were
+        sent by the client and prove nothing. A missing or unreadable entry leaves
+        the proxy's own address.
+        """
+        if peer is None or not self.trusted_proxies:
+            return peer
+        try:
+            peer_ip = ipaddress.ip_address(peer)
+        except ValueError:
+            return peer
+        if not any(peer_ip in network for network in self.trusted_proxies):
+            return peer
+        forwarded = ",".join(facts.header("x-forwarded-for")).rpartition(",")[2].strip()
+        try:
+            return str(ipaddress.ip_address(forwarded))
+        except ValueError:
+            return peer
+
+    def host_refusal(self, host: str) -> str | None:
+        """Why a request addressed to ``host`` (its ``Host`` header) is refused with
+        403, or ``None``. The same rule guards the WebSocket and plain HTTP.
+
+        A server without a token trusts whoever can reach it, and DNS rebinding lets
+        any web page reach a server on the user's machine under a name of the
+        page's own, with an ``Origin`` that matches it. The ``Host`` names that name,
+        so only hosts a rebinding cannot forge are let in. With a token, the token is
+        the protection and any ``Host`` may connect.
+        """
+        if self.token is not None or host_is_allowed(host, self.allowed_hosts):
+            return None
+        return (
+            "this Host is not allowed without a token (DNS rebinding protection): "
+            "connect by IP address or localhost, or start the server with --allow-host NAME"
         )
 
 
@@ -95,11 +157,21 @@ class Refuse:
 
 
 def admit(
-    facts: HandshakeFacts, policy: AdmissionPolicy, *, draining: bool, sessions: int
+    facts: HandshakeFacts,
+    policy: AdmissionPolicy,
+    *,
+    draining: bool,
+    sessions: int,
+    sessions_from_address: int = 0,
 ) -> Accept | Refuse:
-    """Decide one handshake. ``sessions`` counts the sessions already admitted."""
+    """Decide one handshake. ``sessions`` counts the sessions already admitted, and
+    ``sessions_from_address`` those of them from this client's address
+    (:meth:`AdmissionPolicy.client_address`)."""
     if urlsplit(facts.target).path != policy.path:
         return Refuse(404, "no WebSocket endpoint here")
+    host_refusal = policy.host_refusal(facts.host)
+    if host_refusal is not None:
+        return Refuse(403, host_refusal)
     origin_refusal = _check_origin(facts, policy.allowed_origins)
     if origin_refusal is not None:
         return Refuse(403, origin_refusal)
@@ -118,6 +190,9 @@ def admit(
         return Refuse(503, "server is shutting down")
     if sessions >= policy.max_sessions:
         return Refuse(503, f"server is full ({policy.max_sessions} sessions)")
+    per_address = policy.max_sessions_per_address
+    if per_address and sessions_from_address >= per_address:
+        return Refuse(503, f"too many sessions from your address ({per_address})")
     return Accept(SUBPROTOCOL if SUBPROTOCOL in facts.subprotocols else None)
 
 
@@ -126,11 +201,7 @@ def admit(
 
 def presented_tokens(facts: HandshakeFacts) -> list[str]:
     """Every token the client presented: ``Authorization: Bearer``, ``?token=``, subprotocol."""
-    tokens = []
-    for value in facts.header("authorization"):
-        scheme, _, credentials = value.strip().partition(" ")
-        if scheme.lower() == "bearer":
-            tokens.append(credentials.strip())
+    tokens = bearer_tokens(facts)
     query = urlsplit(facts.target).query
     tokens += [v for k, v in parse_qsl(query, keep_blank_values=True) if k == TOKEN_QUERY_PARAMETER]
     tokens += [
@@ -138,6 +209,21 @@ def presented_tokens(facts: HandshakeFacts) -> list[str]:
         for p in facts.subprotocols
         if p.startswith(TOKEN_SUBPROTOCOL_PREFIX)
     ]
+    return tokens
+
+
+def same_secret(presented: str, expected: str) -> bool:
+    """Whether ``presented`` is ``expected``, in a time that tells neither."""
+    return hmac.compare_digest(_digest(presented), _digest(expected))
+
+
+def bearer_tokens(facts: HandshakeFacts) -> list[str]:
+    """The credentials of every ``Authorization: Bearer`` header."""
+    tokens = []
+    for value in facts.header("authorization"):
+        scheme, _, credentials = value.strip().partition(" ")
+        if scheme.lower() == "bearer":
+            tokens.append(credentials.strip())
     return tokens
 
 

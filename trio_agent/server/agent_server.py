@@ -9,6 +9,7 @@ from __future__ import annotations
 import secrets
 import signal
 import socket
+from collections import Counter
 from collections.abc import Mapping
 
 import trio
@@ -26,6 +27,7 @@ from trio_agent.observability.blocking import report_blocking_tasks
 from trio_agent.observability.metrics import ServerMetrics
 from trio_agent.observability.trace import Tracer, tracer_for
 from trio_agent.protocol.messages import AudioFormat, Limits, SessionPayload
+from trio_agent.server.accept import serve_listeners
 from trio_agent.server.admission import AdmissionPolicy, HandshakeFacts, Refuse, admit
 from trio_agent.server.config import ServerConfig
 from trio_agent.server.cork import CorkableStream
@@ -42,6 +44,9 @@ from trio_agent.server.web.assets import load_assets
 from trio_agent.server.web.front import serve_http
 from trio_agent.server.web.routes import WebApp
 from trio_agent.speech.synthesizers import Synthesizer, select_synthesizer
+
+#: The most of a client's header a log line shows.
+_LOGGED_HEADER_CHARS = 200
 
 #: Linux's TCP_NOTSENT_LOWAT (``socket`` names it only on some builds).
 _TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)
@@ -88,6 +93,8 @@ class AgentServer:
         self._no_connections.set()
         self._nursery: trio.Nursery | None = None
         self._admission = AdmissionPolicy.from_config(self.config)
+        #: Values hidden wherever a log line shows what a client sent.
+        self._secrets = tuple(s for s in (self.config.token, self.config.metrics_token) if s)
         # Loaded now, so that a bad certificate stops the server before it starts.
         self._ssl_context = (
             server_ssl_context(self.config.certfile, self.config.keyfile)
@@ -96,6 +103,8 @@ class AgentServer:
         )
         #: Sessions admitted at the handshake and not yet over: what max_sessions bounds.
         self._admitted = 0
+        #: The same sessions by client address: what max_sessions_per_address bounds.
+        self._admitted_from: Counter[str] = Counter()
         self._session_payload = SessionPayload(
             server=f"trio-agent/{__version__}",
             agents={name: agent_entry(agent) for name, agent in self.agents.items()},
@@ -122,6 +131,10 @@ class AgentServer:
             assets=load_assets(demo=self.config.web),
             ready=lambda: not self.shutting_down,
             metrics=self.metrics,
+            host_refusal=self._admission.host_refusal,
+            metrics_token=self.config.metrics_token or None,
+            metrics_cache_s=self.config.metrics_cache_s,
+            clock=trio.current_time,
         )
 
     @property
@@ -207,23 +220,34 @@ class AgentServer:
         assert self._nursery is not None
         with scope:
             listeners = await open_listeners(self.config, self._ssl_context)
-            await trio.serve_listeners(
+            # Not trio.serve_listeners: at the fd limit it logs a traceback every
+            # 100 ms; this one backs off and logs once a second (accept.py).
+            await serve_listeners(
                 self.serve_stream, listeners, handler_nursery=self._nursery, task_status=task_status
             )
 
     async def _handle_handshake(
-        self, request: WebSocketRequest, cork: CorkableStream | None = None
+        self,
+        request: WebSocketRequest,
+        cork: CorkableStream | None = None,
+        peer: str | None = None,
     ) -> None:
         """Admit or refuse a handshake (the policy is :func:`trio_agent.server.admission.admit`),
-        then serve the session. A refused client gets an HTTP status and no session."""
+        then serve the session. A refused client gets an HTTP status and no session.
+        ``peer`` is the TCP peer's IP address, if the stream has one."""
         facts = HandshakeFacts(
             target=request.path,
             host=_host_of(request),
             headers=request.headers,
             subprotocols=request.proposed_subprotocols,
         )
+        client = self._admission.client_address(peer, facts)
         decision = admit(
-            facts, self._admission, draining=self.shutting_down, sessions=self._admitted
+            facts,
+            self._admission,
+            draining=self.shutting_down,
+            sessions=self._admitted,
+            sessions_from_address=self._admitted_from[client] if client else 0,
         )
         if isinstance(decision, Refuse):
             self.metrics.handshake_refused(decision.status)
@@ -231,9 +255,11 @@ class AgentServer:
                 "handshake refused",
                 status=decision.status,
                 why=decision.reason,
-                target=redact_target(facts.target),
-                origin=", ".join(facts.header("origin")),
+                target=redact_target(facts.target, self._secrets),
+                host=facts.host[:_LOGGED_HEADER_CHARS],
+                origin=", ".join(facts.header("origin"))[:_LOGGED_HEADER_CHARS],
                 remote=str(request.remote),
+                client=client,
             )
             await request.reject(
                 decision.status, extra_headers=list(decision.headers), body=decision.body
@@ -241,16 +267,22 @@ class AgentServer:
             return
         logger.debug(
             "handshake accepted",
-            target=redact_target(facts.target),
+            target=redact_target(facts.target, self._secrets),
             subprotocols=redact_subprotocols(facts.subprotocols),
             remote=str(request.remote),
         )
         self._admitted += 1
+        if client:
+            self._admitted_from[client] += 1
         try:
             ws = await request.accept(subprotocol=decision.subprotocol)
             await self.serve_connection(ws, cork)
         finally:
             self._admitted -= 1
+            if client:
+                self._admitted_from[client] -= 1
+                if not self._admitted_from[client]:
+                    del self._admitted_from[client]
 
     async def serve_connection(
         self, ws: WebSocketConnection, cork: CorkableStream | None = None
@@ -287,6 +319,7 @@ class AgentServer:
         a WebSocket upgrade to the agent's path runs the handshake, then the session.
         Closes the stream. When it returns, nothing of the connection is left running."""
         self._connection_opened()
+        peer = _peer_address(stream)
         self._bound_unsent_data(stream)
         # The guard bounds how long a write may wait for a client that does not
         # read, and aborts the connection when a frame could not be finished.
@@ -313,7 +346,7 @@ class AgentServer:
                         nursery, cork, max_message_size=self.config.max_message_bytes
                     )
                 if request is not None:
-                    await self._handle_handshake(request, cork)
+                    await self._handle_handshake(request, cork, peer)
                 # trio-websocket's reader task for this connection lives in this
                 # nursery; the session is over, so stop it.
                 nursery.cancel_scope.cancel(reason="connection over")
@@ -384,6 +417,19 @@ def _host_of(request: WebSocketRequest) -> str:
     event = getattr(request, "_event", None)
     host = getattr(event, "host", None)
     return host if isinstance(host, str) else ""
+
+
+def _peer_address(stream: trio.abc.Stream) -> str | None:
+    """The IP address of the peer of a TCP (or TLS over TCP) stream, else ``None``."""
+    while isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
+    if not isinstance(stream, trio.SocketStream):
+        return None
+    try:
+        address = stream.socket.getpeername()
+    except OSError:
+        return None  # already gone
+    return str(address[0]) if isinstance(address, tuple) else None
 
 
 def _count_tasks(nursery: trio.Nursery) -> int:

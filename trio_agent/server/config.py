@@ -18,7 +18,11 @@ if TYPE_CHECKING:
 
 from trio_agent.observability.logs import LogFormat
 from trio_agent.protocol.constants import DEFAULT_HOST, DEFAULT_PATH, DEFAULT_PORT, TOKEN_CHARACTERS
-from trio_agent.server.origins import parse_allowed_origins
+from trio_agent.server.origins import (
+    parse_allowed_hosts,
+    parse_allowed_origins,
+    parse_trusted_proxies,
+)
 from trio_agent.settings import add_arguments, setting, settings_from
 
 LaneMode = Literal["priority", "fifo"]
@@ -88,6 +92,32 @@ class ServerConfig:
         "",
         "comma-separated origins a browser may connect from, or '*'; empty: the page's "
         "origin must match the Host it connects to",
+    )
+    # -- who may reach the server, and how much of it one client may take (docs/security.md)
+    allow_host: str = setting(
+        "",
+        "host names clients may address without a token, besides IP addresses, localhost "
+        "and *.localhost (comma-separated or repeated; '.example.com' for a domain and its "
+        "subdomains; '*': any); others get HTTP 403",
+        repeatable=True,
+    )
+    max_sessions_per_address: int = setting(
+        100, "sessions open at once from one client address; the next handshake gets 503 (0: off)"
+    )
+    trust_forwarded_for: str = setting(
+        "",
+        "comma-separated addresses (or networks) of reverse proxies whose X-Forwarded-For "
+        "names the client address; empty: the client address is the peer's",
+    )
+    metrics_token: str = setting(
+        "",
+        "when set, GET /metrics requires 'Authorization: Bearer <METRICS_TOKEN>' (401 "
+        "otherwise); prefer the environment variable to the flag",
+        secret=True,
+    )
+    metrics_cache_s: float = setting(
+        1.0,
+        "seconds a rendered /metrics body is served again before it is rendered anew (0: every time)",
     )
     certfile: str = setting("", "TLS certificate chain (PEM); with --keyfile, serves wss://")
     keyfile: str = setting("", "TLS private key (PEM) of --certfile; empty: it is in --certfile")
@@ -163,6 +193,8 @@ class ServerConfig:
             "rate_limit_close_after",
             "slow_step_warn_s",
             "stats_interval_s",
+            "max_sessions_per_address",
+            "metrics_cache_s",
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
@@ -184,6 +216,10 @@ class ServerConfig:
                 "(it must fit a header, a subprotocol and a query string)"
             )
         parse_allowed_origins(self.allow_origin)  # raises ValueError on a bad entry
+        parse_allowed_hosts(self.allow_host)
+        parse_trusted_proxies(self.trust_forwarded_for)
+        if not set(self.metrics_token) <= TOKEN_CHARACTERS:
+            raise ValueError("metrics_token may only use the characters of a token (see token)")
         if self.keyfile and not self.certfile:
             raise ValueError("keyfile needs certfile")
 

@@ -10,11 +10,11 @@ line, access log or trace ever holds a secret. They are pure and cheap.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Final
 from urllib.parse import unquote_plus
 
-from trio_agent.protocol.constants import TOKEN_QUERY_PARAMETER, TOKEN_SUBPROTOCOL_PREFIX
+from trio_agent.protocol.constants import TOKEN_SUBPROTOCOL_PREFIX
 
 REDACTED: Final = "[redacted]"
 
@@ -22,28 +22,45 @@ REDACTED: Final = "[redacted]"
 SECRET_HEADERS: Final = frozenset(
     {b"authorization", b"proxy-authorization", b"cookie", b"set-cookie", b"x-api-key"}
 )
-#: Query parameters whose value is a credential.
-SECRET_QUERY_PARAMETERS: Final = frozenset({TOKEN_QUERY_PARAMETER, "access_token"})
+#: Query parameters whose value is shown in the log. Every other value is hidden:
+#: a client may put a credential under any name (``?TOKEN=``, ``?api_key=``), and a
+#: list of names to hide is always one spelling short.
+SAFE_QUERY_PARAMETERS: Final = frozenset({"agent", "voice", "v"})
+
+#: Where a query string splits into parameters (``;`` too: hiding too much is harmless).
+_SEPARATORS = re.compile(r"([&;])")
 
 
-#: ``key=value`` after any separator a query (or a fragment, or a path parameter)
-#: may use: hiding too much is harmless, hiding too little is not.
-_PARAMETER = re.compile(r"(?P<start>[?&#;])(?P<key>[^=&#;]*)=(?P<value>[^&#;]*)")
+def redact_target(target: str, secrets: Iterable[str] = ()) -> str:
+    """The request target as it may be logged.
 
-
-def redact_target(target: str) -> str:
-    """The request target with the value of every secret parameter hidden.
-
-    The key is decoded before it is compared (``?to%6Ben=...`` is ``token`` to the
-    server too), and everything else is left exactly as the client sent it.
+    Every query value is hidden except those of :data:`SAFE_QUERY_PARAMETERS` (the key
+    is decoded before it is compared, so ``?to%6Ben=`` is ``token`` here as it is to
+    the server); a parameter without ``=`` is hidden whole, and so is a fragment.
+    A path segment or a parameter that holds one of ``secrets`` (the server's own
+    tokens), plainly or percent-encoded, is hidden too, whatever its name.
     """
+    hidden = [secret for secret in secrets if secret]
 
-    def hide(match: re.Match[str]) -> str:
-        if unquote_plus(match["key"]) in SECRET_QUERY_PARAMETERS:
-            return f"{match['start']}{match['key']}={REDACTED}"
-        return match[0]
+    def holds_secret(text: str) -> bool:
+        return any(secret in text or secret in unquote_plus(text) for secret in hidden)
 
-    return _PARAMETER.sub(hide, target)
+    rest, hash_mark, fragment = target.partition("#")
+    path, question_mark, query = rest.partition("?")
+    shown_path = "/".join(REDACTED if holds_secret(s) else s for s in path.split("/"))
+    shown_query = "".join(_redact_parameter(p, holds_secret) for p in _SEPARATORS.split(query))
+    return shown_path + question_mark + shown_query + hash_mark + (REDACTED if fragment else "")
+
+
+def _redact_parameter(parameter: str, holds_secret: Callable[[str], bool]) -> str:
+    if parameter in ("", "&", ";"):
+        return parameter
+    key, equals, _ = parameter.partition("=")
+    if not equals or holds_secret(key):
+        return REDACTED
+    if unquote_plus(key) in SAFE_QUERY_PARAMETERS and not holds_secret(parameter):
+        return parameter
+    return f"{key}={REDACTED}"
 
 
 def redact_subprotocols(subprotocols: Iterable[str]) -> list[str]:

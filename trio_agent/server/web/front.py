@@ -7,13 +7,15 @@ trio-websocket with the bytes already read. docs/web.md covers timeouts and shut
 from __future__ import annotations
 
 import time
+from collections import deque
 from http import HTTPStatus
 
 import h11
 import trio
+from loguru import logger
 
 from trio_agent.server.web.routes import HttpRequest, HttpResponse, WebApp
-from trio_agent.server.web.routing import Route
+from trio_agent.server.web.routing import Route, framing_error, target_path
 
 #: Bytes asked of the transport per read.
 RECEIVE_SIZE = 16 * 1024
@@ -23,6 +25,15 @@ MAX_HEAD_BYTES = 16 * 1024
 #: the client still sends, so closing does not reset the connection (a TCP RST can
 #: destroy the response before the client reads it).
 CLOSE_LINGER_S = 1.0
+#: Requests in a row a client may send before the answer to the previous one
+#: (pipelining); the next gets 429 and the connection closes.
+MAX_PIPELINED_REQUESTS = 16
+#: Requests one connection may send in any one second; the next gets 429 and the
+#: connection closes. A browser loading the demo page sends five or so, a
+#: Prometheus scrape one.
+MAX_REQUESTS_PER_S = 20
+#: The most of a client's header a log line shows.
+LOGGED_CHARS = 200
 
 
 class ReplayStream(trio.abc.Stream):
@@ -92,6 +103,10 @@ class _HttpConnection:
         #: Every byte read since the current request began: what a WebSocket
         #: handshake must replay.
         self.received = bytearray()
+        #: When the recent requests arrived (trio time), at most MAX_REQUESTS_PER_S of them.
+        self.arrivals: deque[float] = deque()
+        #: Requests in a row that were already sent when the previous answer was.
+        self.pipelined = 0
 
     async def serve(self) -> ReplayStream | None:
         while True:
@@ -101,12 +116,45 @@ class _HttpConnection:
             if event is None:
                 return None  # the client left, broke HTTP, or sent no head in time
             request = HttpRequest(event.method, event.target, list(event.headers))
+            too_many = self._too_many_requests()
+            if too_many is not None:
+                logger.info("HTTP connection closed", status=429, why=too_many)
+                answer = self.app.refusal(429, too_many, now=time.time())
+                await self._send(answer, head_only=request.method == b"HEAD", close=True)
+                return None
             routed = self.app.route(request)
             if routed.route is Route.WEBSOCKET:
                 return ReplayStream(self.stream, bytes(self.received))
-            response = self.app.respond(request, routed, now=time.time())
+            refusal = self.app.host_refusal(request)
+            if refusal is not None:
+                logger.info(
+                    "HTTP request refused",
+                    status=403,
+                    why=refusal,
+                    host=(request.header(b"host") or b"").decode("latin-1")[:LOGGED_CHARS],
+                    path=target_path(request.target)[:LOGGED_CHARS],
+                )
+                response = self.app.refusal(403, refusal, now=time.time())
+            else:
+                response = self.app.respond(request, routed, now=time.time())
             if not await self._send(response, head_only=request.method == b"HEAD"):
                 return None
+
+    def _too_many_requests(self) -> str | None:
+        """Why the request just read is one too many for this connection, or ``None``.
+
+        Each answer costs the server more than the request costs the client, and a
+        pipelining client can ask without waiting: these bounds keep one connection
+        from holding the server busy (docs/security.md)."""
+        now = trio.current_time()
+        self.arrivals.append(now)
+        while now - self.arrivals[0] >= 1.0:
+            self.arrivals.popleft()
+        if len(self.arrivals) > MAX_REQUESTS_PER_S:
+            return f"more than {MAX_REQUESTS_PER_S} requests in one second on one connection"
+        if self.pipelined > MAX_PIPELINED_REQUESTS:
+            return f"more than {MAX_PIPELINED_REQUESTS} pipelined requests in a row"
+        return None
 
     async def _next_request(self) -> h11.Request | None:
         """The next request head, or ``None`` when the connection is over."""
@@ -118,6 +166,13 @@ class _HttpConnection:
                 await self._send_error(exc.error_status_hint)
                 return None
             if isinstance(event, h11.Request):
+                ambiguous = framing_error(event.headers)
+                if ambiguous is not None:
+                    # Answered before any of the body is read: the connection
+                    # closes after the answer, so whatever follows is never parsed.
+                    refusal = self.app.refusal(400, ambiguous, now=time.time())
+                    await self._send(refusal, close=True)
+                    return None
                 self._read_rest_if_buffered()
                 return event
             if event is not h11.NEED_DATA:
@@ -170,9 +225,12 @@ class _HttpConnection:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return b""
 
-    async def _send(self, response: HttpResponse, *, head_only: bool) -> bool:
-        """Send ``response``; return whether the connection can take another request."""
-        close = self.draining.is_set() or self.h11.their_state is not h11.DONE
+    async def _send(
+        self, response: HttpResponse, *, head_only: bool = False, close: bool = False
+    ) -> bool:
+        """Send ``response``; return whether the connection can take another request
+        (never when ``close``)."""
+        close = close or self.draining.is_set() or self.h11.their_state is not h11.DONE
         headers = [*response.headers]
         if response.status != HTTPStatus.NOT_MODIFIED:
             headers.append(("Content-Length", str(len(response.body))))
@@ -196,6 +254,8 @@ class _HttpConnection:
         self.app.metrics.http_response(response.status)
         if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:
             self.h11.start_next_cycle()
+            # Bytes already here are the next request, sent before this answer.
+            self.pipelined = self.pipelined + 1 if self.h11.trailing_data[0] else 0
             return True
         await self._linger()
         return False
@@ -204,7 +264,7 @@ class _HttpConnection:
         if self.h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return
         status = status if 400 <= status < 600 else 400
-        await self._send(self.app.error(status, now=time.time()), head_only=False)
+        await self._send(self.app.error(status, now=time.time()))
 
     async def _linger(self) -> None:
         """Tell the client we are done, and read what it still sends, briefly."""

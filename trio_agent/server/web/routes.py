@@ -7,12 +7,14 @@ I/O; docs/web.md lists the endpoints.
 from __future__ import annotations
 
 import html
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from email.utils import formatdate, parsedate_to_datetime
 from http import HTTPStatus
 
 from trio_agent.observability.metrics import ServerMetrics
+from trio_agent.server.admission import same_secret
 from trio_agent.server.web.assets import Asset, make_asset
 from trio_agent.server.web.routing import ALLOWED_METHODS, Route, Routed, route
 
@@ -100,6 +102,16 @@ class WebApp:
         :func:`~trio_agent.server.web.assets.load_assets`).
     :param ready: whether the server accepts sessions now (``/readyz``).
     :param metrics: the server's metrics (``/metrics``).
+    :param host_refusal: why a request addressed to a ``Host`` is refused (403), or
+        ``None``: the admission policy's DNS rebinding rule
+        (:meth:`~trio_agent.server.admission.AdmissionPolicy.host_refusal`). ``None``
+        checks no ``Host``.
+    :param metrics_token: when set, ``/metrics`` answers only a request with
+        ``Authorization: Bearer <metrics_token>`` (401 otherwise).
+    :param metrics_cache_s: how long a rendered ``/metrics`` body is served again: a
+        client that asks in a loop gets the same body, and the server renders it at
+        most once per ``metrics_cache_s`` (0: every time).
+    :param clock: a monotonic clock, in seconds: how old a cached ``/metrics`` body is.
     """
 
     def __init__(
@@ -110,8 +122,16 @@ class WebApp:
         assets: Mapping[str, Asset],
         ready: Callable[[], bool],
         metrics: ServerMetrics,
+        host_refusal: Callable[[str], str | None] | None = None,
+        metrics_token: str | None = None,
+        metrics_cache_s: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.websocket_path = websocket_path
+        self._host_refusal = host_refusal
+        self._metrics_token = metrics_token
+        self._metrics_cache_s = metrics_cache_s
+        self._clock = clock
         self.page = page
         self._ready = ready
         self.metrics = metrics
@@ -134,6 +154,13 @@ class WebApp:
             page=self.page,
         )
 
+    def host_refusal(self, request: HttpRequest) -> str | None:
+        """Why ``request`` is refused for its ``Host`` (answer 403 with it), or ``None``."""
+        if self._host_refusal is None:
+            return None
+        host = request.header(b"host")
+        return self._host_refusal(host.decode("latin-1") if host is not None else "")
+
     def respond(self, request: HttpRequest, routed: Routed, *, now: float) -> HttpResponse:
         """The response to ``request``, which :meth:`route` sent to ``routed``.
 
@@ -146,6 +173,10 @@ class WebApp:
         return self._with_common_headers(
             text_response(status, f"{HTTPStatus(status).phrase}\n"), now
         )
+
+    def refusal(self, status: int, reason: str, *, now: float) -> HttpResponse:
+        """A refusal whose body says why (``reason`` must hold no secret)."""
+        return self._with_common_headers(text_response(status, f"{reason}\n"), now)
 
     @staticmethod
     def _with_common_headers(response: HttpResponse, now: float) -> HttpResponse:
@@ -175,8 +206,16 @@ class WebApp:
                 return text_response(200, "ready\n")
             return text_response(503, "draining: not accepting sessions\n", (("Retry-After", "5"),))
         if routed.route is Route.METRICS:
+            if not self._may_read_metrics(request):
+                return text_response(
+                    401,
+                    "/metrics needs Authorization: Bearer <metrics token>\n",
+                    (("WWW-Authenticate", 'Bearer realm="trio-agent metrics"'),),
+                )
             accept = (request.header(b"accept") or b"").decode("latin-1")
-            body, content_type = self.metrics.render(accept)
+            body, content_type = self.metrics.render(
+                accept, now=self._clock(), max_age_s=self._metrics_cache_s
+            )
             return HttpResponse(
                 200, (("Content-Type", content_type), ("Cache-Control", "no-store")), body
             )
@@ -193,6 +232,21 @@ class WebApp:
         # The module is meant to be imported by pages of any origin, and module
         # scripts are fetched in CORS mode.
         return self._file(request, routed.asset, (("Access-Control-Allow-Origin", "*"),))
+
+    def _may_read_metrics(self, request: HttpRequest) -> bool:
+        """Whether ``request`` shows the metrics token (always, when there is none).
+
+        As with the session token, every credential presented must be right, and
+        each is compared in constant time."""
+        if self._metrics_token is None:
+            return True
+        presented = []
+        for key, value in request.headers:
+            if key == b"authorization":
+                scheme, _, credentials = value.decode("latin-1").strip().partition(" ")
+                presented.append(credentials.strip() if scheme.lower() == "bearer" else "")
+        matches = [same_secret(token, self._metrics_token) for token in presented]
+        return bool(matches) and all(matches)
 
     def _file(self, request: HttpRequest, name: str, extra: Headers) -> HttpResponse:
         asset = self._assets.get(name)

@@ -78,6 +78,20 @@ def is_websocket_upgrade(method: bytes, headers: Iterable[tuple[bytes, bytes]]) 
     )
 
 
+def framing_error(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """Why a request's body framing is ambiguous, or ``None`` when it is not.
+
+    A request with both ``Content-Length`` and ``Transfer-Encoding`` is the shape of
+    request smuggling: a proxy in front may frame it by one header and this server
+    by the other, and disagree on where the next request starts. RFC 9112 (section
+    6.3) says to treat it as an error and close the connection after answering.
+    """
+    names = {key.lower() for key, _ in headers}
+    if b"content-length" in names and b"transfer-encoding" in names:
+        return "Content-Length and Transfer-Encoding in one request (RFC 9112, section 6.3)"
+    return None
+
+
 def target_path(target: bytes) -> str:
     """The path of a request target, still percent-encoded.
 
