@@ -7,13 +7,14 @@ trio-websocket with the bytes already read. docs/web.md covers timeouts and shut
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from http import HTTPStatus
 
 import h11
 import trio
 
 from trio_agent.server.web.routes import HttpRequest, HttpResponse, WebApp
-from trio_agent.server.web.routing import Route
+from trio_agent.server.web.routing import Route, websocket_key_problem
 
 #: Bytes asked of the transport per read.
 RECEIVE_SIZE = 16 * 1024
@@ -103,8 +104,14 @@ class _HttpConnection:
             request = HttpRequest(event.method, event.target, list(event.headers))
             routed = self.app.route(request)
             if routed.route is Route.WEBSOCKET:
-                return ReplayStream(self.stream, bytes(self.received))
-            response = self.app.respond(request, routed, now=time.time())
+                problem = websocket_key_problem(request.headers)
+                if problem is None:
+                    return ReplayStream(self.stream, bytes(self.received))
+                response = replace(
+                    self.app.error(400, now=time.time()), body=f"Bad Request: {problem}\n".encode()
+                )
+            else:
+                response = self.app.respond(request, routed, now=time.time())
             if not await self._send(response, head_only=request.method == b"HEAD"):
                 return None
 
