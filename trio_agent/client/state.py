@@ -388,7 +388,9 @@ class ClientState:
 
         ``played_ms`` (the caller's playback position in that request's audio)
         goes into the payload; it counts only when one request is named, so it is
-        refused (``ValueError``) for an interrupt-all.
+        refused (``ValueError``) for an interrupt-all. A ``reason`` longer than
+        :data:`~trio_agent.protocol.messages.MAX_REASON_CHARS` is refused the same
+        way, before anything is cut.
         """
         if request_id is not None:
             check_request_id(request_id)
