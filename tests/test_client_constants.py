@@ -18,6 +18,7 @@ import pytest
 from trio_agent.client import InterruptHandle, open_agent_client
 from trio_agent.protocol import (
     DEFAULT_INTERRUPT_REASON,
+    MAX_REASON_CHARS,
     PCM_S16LE,
     SUBPROTOCOL,
     TOKEN_QUERY_PARAMETER,
@@ -33,6 +34,7 @@ WIRE_CONSTANTS = {
     "TOKEN_PREFIX": ("trio_agent.protocol.TOKEN_SUBPROTOCOL_PREFIX", TOKEN_SUBPROTOCOL_PREFIX),
     "DEFAULT_REASON": ("trio_agent.protocol.DEFAULT_INTERRUPT_REASON", DEFAULT_INTERRUPT_REASON),
     "PCM_S16LE": ("trio_agent.protocol.PCM_S16LE", PCM_S16LE),
+    "MAX_REASON_CHARS": ("trio_agent.protocol.MAX_REASON_CHARS", MAX_REASON_CHARS),
 }
 
 

@@ -211,7 +211,19 @@ def test_a_session_frame_without_default_agent_or_idle_timeout_parses():
 # --------------------------------------------------------------------------- more properties
 
 request_ids = st.from_regex(r"[A-Za-z0-9._:-]{1,64}", fullmatch=True)
-msg_ids = st.text(min_size=1, max_size=128)
+msg_ids = st.from_regex(r"[A-Za-z0-9._:-]{1,128}", fullmatch=True)
+#: What ``options`` may hold: JSON whose integers fit in 64 bits (docs/protocol.md).
+option_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
+    max_leaves=20,
+)
 
 
 @given(
@@ -224,7 +236,7 @@ msg_ids = st.text(min_size=1, max_size=128)
                     {"input": st.text()},
                     optional={
                         "agent": st.text(max_size=20),
-                        "options": st.dictionaries(st.text(max_size=5), json_values, max_size=3),
+                        "options": st.dictionaries(st.text(max_size=5), option_values, max_size=3),
                         "timeout_s": st.floats(min_value=0.001, max_value=1e6),
                     },
                 ),
@@ -235,7 +247,7 @@ msg_ids = st.text(min_size=1, max_size=128)
             {"msg_type": st.just("INTERRUPT"), "msg_id": msg_ids},
             optional={
                 "request_id": request_ids | st.none(),
-                "payload": st.fixed_dictionaries({}, optional={"reason": st.text()}),
+                "payload": st.fixed_dictionaries({}, optional={"reason": st.text(max_size=256)}),
             },
         ),
         st.fixed_dictionaries({"msg_type": st.just("HEARTBEAT"), "msg_id": msg_ids}),
@@ -278,8 +290,9 @@ def test_a_lone_surrogate_escape_anywhere_is_invalid_json(escape, where):
 
 
 def test_a_surrogate_pair_escape_is_fine():
-    msg = parse_client_message('{"msg_type": "HEARTBEAT", "msg_id": "\\ud83d\\ude00"}')
-    assert msg.msg_id == "\U0001f600"
+    raw = '{"msg_type": "INTERRUPT", "msg_id": "i", "payload": {"reason": "\\ud83d\\ude00"}}'
+    msg = parse_client_message(raw)
+    assert msg.payload.reason == "\U0001f600"
 
 
 @given(st.integers(1, 100_000), st.sampled_from(["[", '{"a":']))

@@ -210,7 +210,14 @@ def option_number(
     options: Mapping[str, Any], name: str, default: float, *, minimum: float, maximum: float
 ) -> float:
     value = options.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+    # ``math.isnan`` would raise OverflowError for an int too big for a float: the
+    # server refuses those when it reads the frame, but an agent may be called
+    # without a server (check_agent, tests), so only a float is asked.
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or (isinstance(value, float) and math.isnan(value))
+    ):
         raise AgentError(str(ErrorCode.INVALID_MESSAGE), f"options.{name} must be a number")
     if not minimum <= value <= maximum:
         raise AgentError(

@@ -219,7 +219,8 @@ class AgentClient:
         Interrupting one spoken request sends ``played_ms``: the value given, or
         else the response's playback clock (:attr:`Response.played_ms`), read
         before the cut. An interrupt-all sends none (the server would ignore it),
-        and giving one is a ``ValueError``.
+        and giving one is a ``ValueError``. So is a ``reason`` over 256 characters
+        (the protocol's bound), before anything is cut.
         """
         self._check_open()
         if played_ms is None and request_id is not None:

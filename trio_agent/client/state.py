@@ -23,6 +23,7 @@ from trio_agent.protocol.audio import AudioHeader, decode_audio_frame
 from trio_agent.protocol.guarantees import GuaranteeChecker
 from trio_agent.protocol.messages import (
     DEFAULT_INTERRUPT_REASON,
+    MAX_REASON_CHARS,
     REQUEST_ID_PATTERN,
     SERVER_MODELS,
     DoneMessage,
@@ -387,12 +388,17 @@ class ClientState:
 
         ``played_ms`` (the caller's playback position in that request's audio)
         goes into the payload; it counts only when one request is named, so it is
-        refused (``ValueError``) for an interrupt-all.
+        refused (``ValueError``) for an interrupt-all. A ``reason`` longer than
+        :data:`~trio_agent.protocol.messages.MAX_REASON_CHARS` is refused the same
+        way, before anything is cut.
         """
         if request_id is not None:
             check_request_id(request_id)
         if not isinstance(reason, str):
             raise TypeError(f"reason must be a str, not {type(reason).__name__}")
+        if len(reason) > MAX_REASON_CHARS:
+            # Refused here, before anything is cut: the server would refuse it too.
+            raise ValueError(f"reason is {len(reason)} characters; at most {MAX_REASON_CHARS}")
         if played_ms is not None:
             if request_id is None:
                 raise ValueError("played_ms counts only for an INTERRUPT that names one request")

@@ -13,7 +13,13 @@ from typing import Annotated, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 from pydantic_core import to_json
 
-from trio_agent.protocol.messages import ErrorCode, ProtocolError, RequestId, load_json_object
+from trio_agent.protocol.messages import (
+    ErrorCode,
+    ProtocolError,
+    RequestId,
+    id_echo,
+    load_json_object,
+)
 
 #: The only sample format of protocol v1.1: signed 16-bit little-endian PCM.
 PCM_S16LE: Final = "pcm_s16le"
@@ -130,8 +136,7 @@ def decode_audio_frame(data: bytes) -> tuple[AudioHeader, bytes]:
         ) from None
     if not isinstance(obj, dict):
         raise ProtocolError(ErrorCode.INVALID_MESSAGE, "the AUDIO header must be a JSON object")
-    rid = obj.get("request_id")
-    request_id = rid if isinstance(rid, str) else None
+    request_id = id_echo(obj.get("request_id"))
     if obj.get("msg_type") != "AUDIO":
         raise ProtocolError(
             ErrorCode.INVALID_MESSAGE,

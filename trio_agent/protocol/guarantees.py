@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from trio_agent.protocol.messages import id_echo
+
 #: How many ended request ids and answered INTERRUPTs a checker remembers by default.
 DEFAULT_MEMORY = 1024
 
@@ -84,15 +86,17 @@ class GuaranteeChecker:
         """Record a frame the client sent (a dict in wire form)."""
         self._clock += 1
         kind = frame.get("msg_type")
+        # Known by the ids the server echoes: an id too long to be valid comes back
+        # in its ERROR cut to MAX_ID_CHARS characters.
         if kind == "REQUEST":
-            rid = str(frame.get("request_id"))
+            rid = str(id_echo(frame.get("request_id")))
             # A REQUEST reusing a running id is refused (DUPLICATE_REQUEST_ID) and
             # must not replace the running one; a refused one never ran, so its id is free.
             known = self._requests.get(rid)
             if known is None or known.refused:
                 self._requests[rid] = _Request(rid, self._clock)
         elif kind == "INTERRUPT":
-            msg_id = str(frame.get("msg_id"))
+            msg_id = str(id_echo(frame.get("msg_id")))
             self._interrupts[msg_id] = _Interrupt(msg_id, frame.get("request_id"), self._clock)
 
     def received(self, frame: Mapping[str, Any]) -> list[Violation]:

@@ -6,13 +6,13 @@ human-readable contract; this module is its executable twin, field for field.
 
 from __future__ import annotations
 
-import json
-import re
+import math
 import time
 from enum import IntEnum, StrEnum
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -22,18 +22,90 @@ from pydantic import (
     StringConstraints,
     ValidationError,
 )
-from pydantic_core import to_json
+from pydantic_core import from_json, to_json
 
 PROTOCOL_VERSION: Final = "1.1"
 
+# Every string a client sends that the server keeps or sends back is bounded here,
+# when the frame is parsed: an ERROR, an ACK or a DONE can then never echo more than
+# a few hundred characters of a client's text, whatever the client sent.
+
+#: The characters of a client id (``msg_id``, ``session_id``, ``ref``, ``request_id``).
+ID_ALPHABET: Final = "A-Za-z0-9._:-"
+#: The longest ``msg_id``, ``session_id`` or ``ref``; also the longest echo of an id
+#: in an ERROR about a frame whose id was refused.
+MAX_ID_CHARS: Final = 128
+#: What a ``msg_id``, ``session_id`` or ``ref`` may look like: 1 to 128 characters of
+#: ``[A-Za-z0-9._:-]``.
+ID_PATTERN: Final = rf"^[{ID_ALPHABET}]{{1,{MAX_ID_CHARS}}}$"
 #: What a ``request_id`` may look like: 1 to 64 characters of ``[A-Za-z0-9._:-]``.
-REQUEST_ID_PATTERN: Final = r"^[A-Za-z0-9._:-]{1,64}$"
+REQUEST_ID_PATTERN: Final = rf"^[{ID_ALPHABET}]{{1,64}}$"
+#: The longest INTERRUPT ``reason``: it comes back in the ACK and in each DONE it causes.
+MAX_REASON_CHARS: Final = 256
+#: ``options`` hold at most this many values, nested ones included ...
+MAX_OPTION_VALUES: Final = 256
+#: ... and at most this many UTF-8 bytes of strings, keys included.
+MAX_OPTION_STRING_BYTES: Final = 16 * 1024
+#: The integers ``options`` may hold: those of a signed 64-bit integer.
+OPTION_INT_MIN: Final = -(2**63)
+OPTION_INT_MAX: Final = 2**63 - 1
 
 RequestId = Annotated[str, StringConstraints(pattern=REQUEST_ID_PATTERN, strict=True)]
-MsgId = Annotated[str, StringConstraints(min_length=1, max_length=128, strict=True)]
+MsgId = Annotated[str, StringConstraints(pattern=ID_PATTERN, strict=True)]
+#: A number where the protocol says number: an int or a float, never a string or a
+#: boolean, and finite.
+FiniteNumber = Annotated[StrictFloat, Field(allow_inf_nan=False)]
 
 #: The default reason of an INTERRUPT that gives none.
 DEFAULT_INTERRUPT_REASON: Final = "USER_NEW_INPUT"
+
+
+def id_echo(value: object) -> str | None:
+    """What an ERROR may echo of a client's id: the id if it is a string, cut to
+    :data:`MAX_ID_CHARS` characters; ``None`` otherwise."""
+    return value[:MAX_ID_CHARS] if isinstance(value, str) else None
+
+
+def _utf8_size(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8"))
+
+
+def check_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Refuse ``options`` past the bounds of the protocol (``ValueError``).
+
+    At most :data:`MAX_OPTION_VALUES` values, nested ones included, and
+    :data:`MAX_OPTION_STRING_BYTES` bytes of strings, keys included; every integer
+    within a signed 64 bits and every number finite, so that no agent meets a
+    number it cannot turn into a float. The walk stops as soon as a bound is
+    passed, so its cost is bounded whatever the size of the frame.
+    """
+    values = 0
+    string_bytes = 0
+    pending: list[Any] = [options]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            string_bytes += _utf8_size(item)
+        elif isinstance(item, bool) or item is None:
+            pass
+        elif isinstance(item, int):
+            if not OPTION_INT_MIN <= item <= OPTION_INT_MAX:
+                raise ValueError("an integer must be between -2**63 and 2**63-1")
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                raise ValueError("a number must be finite")
+        elif isinstance(item, dict | list):
+            values += len(item)
+            if values > MAX_OPTION_VALUES:
+                raise ValueError(f"at most {MAX_OPTION_VALUES} values, nested ones included")
+            if isinstance(item, dict):
+                string_bytes += sum(_utf8_size(key) for key in item)
+                pending += item.values()
+            else:
+                pending += item
+        if string_bytes > MAX_OPTION_STRING_BYTES:
+            raise ValueError(f"at most {MAX_OPTION_STRING_BYTES} bytes of strings, keys included")
+    return options
 
 
 class ErrorCode(StrEnum):
@@ -92,17 +164,19 @@ class _Model(BaseModel):
 
 class _ClientEnvelope(_Model):
     msg_id: MsgId | None = None
-    session_id: StrictStr | None = None
+    session_id: MsgId | None = None
     request_id: RequestId | None = None
-    ref: StrictStr | None = None
-    ts: float | None = None
+    ref: MsgId | None = None
+    ts: FiniteNumber | None = None
 
 
 class RequestPayload(_Model):
     input: StrictStr
     agent: StrictStr | None = None
-    options: dict[str, Any] = Field(default_factory=dict)
-    timeout_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
+    options: Annotated[dict[str, Any], Field(strict=True), AfterValidator(check_options)] = Field(
+        default_factory=dict
+    )
+    timeout_s: Annotated[FiniteNumber, Field(gt=0)] | None = None
 
 
 class RequestMessage(_ClientEnvelope):
@@ -114,10 +188,12 @@ class RequestMessage(_ClientEnvelope):
 
 
 class InterruptPayload(_Model):
-    reason: StrictStr = DEFAULT_INTERRUPT_REASON
+    reason: Annotated[StrictStr, StringConstraints(max_length=MAX_REASON_CHARS)] = (
+        DEFAULT_INTERRUPT_REASON
+    )
     #: The client's playback position in the named request's audio (v1.1); only
     #: counts when the INTERRUPT names one request.
-    played_ms: Annotated[StrictFloat, Field(ge=0, allow_inf_nan=False)] | None = None
+    played_ms: Annotated[FiniteNumber, Field(ge=0)] | None = None
 
 
 class InterruptMessage(_ClientEnvelope):
@@ -331,51 +407,25 @@ class ProtocolError(Exception):
         self.request_id = request_id
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-#: A JSON escape of a UTF-16 surrogate (``\\ud800`` to ``\\udfff``).
-_SURROGATE_ESCAPE: Final = re.compile(r"\\u[dD][89a-fA-F]")
-
-
-def _holds_lone_surrogate(obj: Any) -> bool:
-    pending = [obj]
-    while pending:
-        item = pending.pop()
-        if isinstance(item, str):
-            try:
-                item.encode("utf-8")
-            except UnicodeEncodeError:
-                return True
-        elif isinstance(item, dict):
-            pending += item.keys()
-            pending += item.values()
-        elif isinstance(item, list):
-            pending += item
-    return False
-
-
 def load_json_object(raw: str | bytes) -> Any:
-    """Decode strict JSON (no NaN/Infinity); raise ``ValueError`` on anything else.
+    """Decode strict JSON; raise ``ValueError`` on anything else.
 
-    A string escape of a lone surrogate (``"\\ud800"`` without its pair) is refused
-    too: it decodes to a text that is not Unicode, which no reply could carry back.
+    No ``NaN`` or ``Infinity``, no text that is not UTF-8, and no string escape of a
+    lone surrogate (``"\\ud800"`` without its pair): it would decode to a text that
+    is not Unicode, which no reply could carry back. pydantic-core's parser checks
+    all of it in the one pass that decodes the text, at native speed, whatever the
+    size of the frame. Nesting deeper than 200 levels is refused too.
     """
-    if isinstance(raw, bytes):
-        raw = raw.decode("utf-8")  # UnicodeDecodeError is a ValueError
-    obj = json.loads(raw, parse_constant=_reject_constant)
-    if _SURROGATE_ESCAPE.search(raw) and _holds_lone_surrogate(obj):
-        raise ValueError(
-            "a string holds a lone surrogate escape (\\ud800-\\udfff without its pair)"
-        )
-    return obj
+    try:
+        return from_json(raw, allow_inf_nan=False, cache_strings="keys")
+    except TypeError as exc:  # a str that holds a lone surrogate itself
+        raise ValueError(str(exc)) from None
 
 
 def _describe_validation_error(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors(include_url=False)[:3]:
-        where = ".".join(str(p) for p in err["loc"]) or "message"
+        where = ".".join(str(p)[:MAX_ID_CHARS] for p in err["loc"]) or "message"
         parts.append(f"{where}: {err['msg']}")
     return "; ".join(parts)
 
@@ -390,16 +440,15 @@ def parse_client_message(raw: str | bytes) -> ClientMessage:
     """
     try:
         obj = load_json_object(raw)
-    except (ValueError, RecursionError) as exc:
+    except ValueError as exc:
         raise ProtocolError(ErrorCode.INVALID_JSON, f"not valid JSON text: {exc}") from None
     if not isinstance(obj, dict):
         raise ProtocolError(
             ErrorCode.INVALID_MESSAGE, f"a message must be a JSON object, not {type(obj).__name__}"
         )
-    msg_id = obj.get("msg_id")
-    request_id = obj.get("request_id")
-    ref = msg_id if isinstance(msg_id, str) else None
-    rid = request_id if isinstance(request_id, str) else None
+    # Read before the frame is validated, to name it in the ERROR; cut, so that the
+    # echo stays small whatever the frame holds.
+    ref, rid = id_echo(obj.get("msg_id")), id_echo(obj.get("request_id"))
     msg_type = obj.get("msg_type")
     if not isinstance(msg_type, str):
         raise ProtocolError(

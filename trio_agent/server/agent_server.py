@@ -18,7 +18,6 @@ from trio_websocket import (
     ConnectionClosed,
     WebSocketConnection,
     WebSocketRequest,
-    wrap_server_stream,
 )
 
 from trio_agent._version import __version__
@@ -43,6 +42,7 @@ from trio_agent.server.transport import (
 from trio_agent.server.web.assets import load_assets
 from trio_agent.server.web.front import serve_http
 from trio_agent.server.web.routes import WebApp
+from trio_agent.server.websocket import open_server_websocket
 from trio_agent.speech.synthesizers import Synthesizer, select_synthesizer
 
 #: The most of a client's header a log line shows.
@@ -342,8 +342,8 @@ class AgentServer:
                     trio.move_on_after(self.config.handshake_timeout_s),
                     guarded.cancel_if_peer_leaves(),
                 ):
-                    request = await wrap_server_stream(
-                        nursery, cork, max_message_size=self.config.max_message_bytes
+                    request = await open_server_websocket(
+                        nursery, cork, max_message_bytes=self.config.max_message_bytes
                     )
                 if request is not None:
                     await self._handle_handshake(request, cork, peer)

@@ -15,7 +15,7 @@ import trio
 from loguru import logger
 
 from trio_agent.server.web.routes import HttpRequest, HttpResponse, WebApp
-from trio_agent.server.web.routing import Route, framing_error, target_path
+from trio_agent.server.web.routing import Route, framing_error, target_path, websocket_key_problem
 
 #: Bytes asked of the transport per read.
 RECEIVE_SIZE = 16 * 1024
@@ -124,9 +124,12 @@ class _HttpConnection:
                 return None
             routed = self.app.route(request)
             if routed.route is Route.WEBSOCKET:
-                return ReplayStream(self.stream, bytes(self.received))
-            refusal = self.app.host_refusal(request)
-            if refusal is not None:
+                problem = websocket_key_problem(request.headers)
+                if problem is None:
+                    return ReplayStream(self.stream, bytes(self.received))
+                logger.info("handshake refused", status=400, why=problem)
+                response = self.app.refusal(400, f"Bad Request: {problem}", now=time.time())
+            elif (refusal := self.app.host_refusal(request)) is not None:
                 logger.info(
                     "HTTP request refused",
                     status=403,

@@ -9,6 +9,8 @@ request line and headers: no I/O, no state, so every case is a one-line test.
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
@@ -89,6 +91,25 @@ def framing_error(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
     names = {key.lower() for key, _ in headers}
     if b"content-length" in names and b"transfer-encoding" in names:
         return "Content-Length and Transfer-Encoding in one request (RFC 9112, section 6.3)"
+    return None
+
+
+def websocket_key_problem(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """Why a WebSocket upgrade's ``Sec-WebSocket-Key`` is malformed, or ``None``.
+
+    RFC 6455 (sections 4.2.1 and 11.3.1) asks for exactly one such header, whose
+    value is the base64 of 16 bytes; a server must answer anything else with 400
+    rather than switch protocols. wsproto only checks that a key is there.
+    """
+    keys = [value for key, value in headers if key == b"sec-websocket-key"]
+    if len(keys) != 1:
+        return f"a WebSocket handshake needs one Sec-WebSocket-Key header, not {len(keys)}"
+    try:
+        decoded = base64.b64decode(keys[0], validate=True)
+    except (binascii.Error, ValueError):
+        decoded = b""
+    if len(decoded) != 16:
+        return "Sec-WebSocket-Key must be 16 bytes in base64 (24 characters)"
     return None
 
 

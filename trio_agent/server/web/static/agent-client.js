@@ -36,6 +36,8 @@ export const PROTOCOL_NAME = "trio-agent.v1";
 export const TOKEN_PREFIX = "trio-agent.token.";
 /** The default reason of an INTERRUPT, as in the protocol. */
 export const DEFAULT_REASON = "USER_NEW_INPUT";
+/** The longest INTERRUPT reason the server accepts, in characters (code points). */
+export const MAX_REASON_CHARS = 256;
 /** The only sample format of protocol v1.1 AUDIO frames. */
 export const PCM_S16LE = "pcm_s16le";
 
@@ -705,6 +707,9 @@ export class AgentClient extends EventTarget {
    *   ackTimeoutMs, or NotConnectedError if the connection is lost first
    */
   interrupt(requestId = null, reason = DEFAULT_REASON, extra = {}) {
+    // Cut, not refused: a stop must never fail on its label. By code points, so a
+    // surrogate pair is never split.
+    reason = Array.from(String(reason)).slice(0, MAX_REASON_CHARS).join("");
     const msgId = this._nextMsgId();
     let playedMs = requestId == null ? null : (extra.playedMs ?? null);
     const measurePlayed =
