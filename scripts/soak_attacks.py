@@ -244,17 +244,12 @@ async def malformed_frames(server: Server, tally: Tally, rng: random.Random) -> 
             ("timeout_s true", {"timeout_s": True, "options": {"words": 3}}),
         ]
         for what, extra in cases:
-            rid = c.next_id("r")
+            rid, msg_id = c.next_id("r"), c.next_id()
             payload = {"input": "soak", "agent": "lorem", **extra}
             await c.send(
-                {
-                    "msg_type": "REQUEST",
-                    "msg_id": c.next_id(),
-                    "request_id": rid,
-                    "payload": payload,
-                }
+                {"msg_type": "REQUEST", "msg_id": msg_id, "request_id": rid, "payload": payload}
             )
-            frame = await c.until(answers_request(rid))
+            frame = await c.until(answers_request(rid, msg_id))
             seen = await _seen(c, frame, rid)
             tally.answer("malformed_frames", f"{what}: {seen}")
             if seen != "ERROR INVALID_MESSAGE":
@@ -273,9 +268,13 @@ async def malformed_frames(server: Server, tally: Tally, rng: random.Random) -> 
         c.finish()
 
 
-def answers_request(rid: str) -> Callable[[Frame], bool]:
-    """Whether a frame is the ERROR or the DONE of request ``rid``."""
-    return lambda f: f.get("request_id") == rid and f["msg_type"] in ("ERROR", "DONE")
+def answers_request(rid: str, msg_id: str) -> Callable[[Frame], bool]:
+    """Whether a frame is the DONE of request ``rid``, or the ERROR that refused the
+    REQUEST ``msg_id`` (by its request_id, or by its ref if it names no request)."""
+    return lambda f: (
+        (f["msg_type"] == "DONE" and f.get("request_id") == rid)
+        or (f["msg_type"] == "ERROR" and (f.get("request_id") == rid or f.get("ref") == msg_id))
+    )
 
 
 async def _seen(c: Client, frame: dict[str, object], rid: str) -> str:

@@ -26,6 +26,14 @@ RSS_BOUND_MB = 64.0
 LOG_BOUND_BYTES = 256 * 1024
 
 
+#: The attacks whose bound is a row of its own.
+MEASURED_BY = {
+    "echoes": "RSS under non-reading echo clients (quiet phase)",
+    "log_floods": "server log bytes per session (INFO and above)",
+    "heartbeat_interrupts": "INTERRUPT after a HEARTBEAT burst",
+}
+
+
 def attack_figures(tally: Tally, server: ServerProcess, canary: Canary) -> dict[str, Any]:
     """The figures of the attacks, of the log and of the canary, for the result."""
     answers: dict[str, dict[str, int]] = defaultdict(dict)
@@ -138,6 +146,10 @@ def bounds(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
                 f"BROKEN: the token in {result['secrets_in_logs']} log lines "
                 f"({', '.join(result['secret_leak_samples'])})"
             )
+    for attack, bound in MEASURED_BY.items():
+        if f"attack {attack}" in out and bound in out:
+            out[f"attack {attack}"]["bound"] = f"measured by '{bound}'"
+            out[f"attack {attack}"]["held"] = out[bound]["held"]
     return out
 
 
