@@ -149,6 +149,7 @@ async def trickle(stream: trio.SocketStream) -> None:
 
 
 async def echoes(server: Server, tally: Tally, rng: random.Random) -> None:
+    """A pack of ``ECHO_PACK`` echo hoarders at once, each from its own address."""
     async with alone(server, "echoes", 1.0) as mine:
         if not mine:
             return
