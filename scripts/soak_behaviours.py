@@ -16,6 +16,14 @@ import time
 from collections.abc import Awaitable, Callable
 
 import trio
+from soak_attacks import (
+    echoes,
+    fragments,
+    heartbeat_interrupts,
+    log_floods,
+    malformed_frames,
+    pings,
+)
 from soak_client import (
     MAX_INPUT_BYTES,
     MAX_MESSAGE_BYTES,
@@ -26,6 +34,14 @@ from soak_client import (
     reset,
     session,
     tcp,
+)
+from soak_http_attacks import (
+    address_hoards,
+    bad_handshakes,
+    metrics_pipelines,
+    rebinds,
+    smuggles,
+    token_names,
 )
 from trio_websocket import ConnectionClosed, ConnectionRejected, HandshakeError, wrap_client_stream
 from wsproto import ConnectionType, WSConnection
@@ -285,15 +301,32 @@ BEHAVIOURS: list[tuple[Callable[[Server, Tally, random.Random], Awaitable[None]]
     (vanishes, 3),
     (floods, 1),
     (trespasses, 1),
+    # The attacks of the second hardening round (soak_attacks.py, soak_http_attacks.py).
+    # The heavy ones run one at a time (a client that finds one running moves on).
+    (echoes, 1),
+    (log_floods, 1),
+    (heartbeat_interrupts, 1),
+    (malformed_frames, 1),
+    (fragments, 1),
+    (pings, 1),
+    (rebinds, 1),
+    (metrics_pipelines, 1),
+    (smuggles, 1),
+    (token_names, 1),
+    (bad_handshakes, 1),
+    (address_hoards, 1),
 ]
+#: Left out of the warm-up: they take seconds, or would grow the server's memory
+#: before the baseline is taken.
+NOT_IN_WARM_UP = {stalls, echoes, log_floods, fragments, pings, address_hoards}
 
 
 async def warm_up(server: Server) -> None:
-    """Every behaviour once (but the stall, which takes seconds), so that imports and
+    """Every behaviour once (but those of ``NOT_IN_WARM_UP``), so that imports and
     first-use caches are paid before the baseline is taken."""
     warm = Tally()
     for i, (behaviour, _) in enumerate(BEHAVIOURS):
-        if behaviour is not stalls:
+        if behaviour not in NOT_IN_WARM_UP:
             with trio.fail_after(OP_TIMEOUT_S):
                 await behaviour(server, warm, random.Random(i))
 
@@ -305,6 +338,7 @@ async def client_loop(
     chosen = [(b, w) for b, w in BEHAVIOURS if b.__name__ not in skip]
     behaviours, weights = zip(*chosen, strict=True)
     while trio.current_time() < deadline:
+        await trio.lowlevel.checkpoint()  # even if a behaviour returns without one
         behaviour = rng.choices(behaviours, weights)[0]
         tally.counts[f"ran {behaviour.__name__}"] += 1
         try:

@@ -44,6 +44,20 @@ class Tally:
     heartbeat_ms: list[float] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)
     surprises: list[str] = field(default_factory=list)
+    #: The server's session ids of the sessions each attack opened (for their log bytes).
+    attack_sessions: dict[str, list[str]] = field(default_factory=dict)
+
+    def answer(self, attack: str, what: str) -> None:
+        """Count what the server answered to ``attack`` (a close code, a status...)."""
+        self.counts[f"attack {attack}: {what}"] += 1
+
+    def breach(self, attack: str, what: str) -> None:
+        """Count a bound that ``attack`` broke (the report shows each, and fails)."""
+        self.counts[f"breach {attack}: {what}"] += 1
+
+    def violation(self, what: str) -> None:
+        """A broken guarantee seen by a behaviour itself (not by the checker)."""
+        self.violations.append(what)
 
     def surprise(self, what: str) -> None:
         self.counts["surprises"] += 1
@@ -149,11 +163,17 @@ class Client:
 
 
 class Server:
-    """Where the server under soak listens, and the token it wants."""
+    """Where the server under soak listens, and the token it wants.
 
-    def __init__(self, port: int, token: str) -> None:
+    ``open_port`` is a second server's, started without a token (what DNS rebinding
+    aims at); ``locks`` keep the heavy attacks one at a time.
+    """
+
+    def __init__(self, port: int, token: str, open_port: int | None = None) -> None:
         self.port = port
         self.token = token
+        self.open_port = open_port
+        self.locks: dict[str, trio.Lock] = {}
 
     def credentials(self, rng: random.Random) -> tuple[str, list[str], list[tuple[bytes, bytes]]]:
         """The token in one of its three places: (target, subprotocols, headers)."""

@@ -52,18 +52,49 @@ def report(result: dict[str, Any]) -> str:
             "open fds: idle / peak / end",
             f"{result['baseline']['fds']} / {result['peak']['fds']} / {result['end']['fds']}",
         ),
-        ("RSS MB over the run", result["rss_mb_over_time"]),
+        ("RSS MB over the mix", result["rss_mb_over_time"]),
         (
-            "RSS MB: idle / peak / end",
+            "RSS MB: mix start / peak / end",
             f"{result['baseline']['rss_mb']} / {result['peak']['rss_mb']} / {result['end']['rss_mb']}",
+        ),
+        (
+            "quiet phase (first): RSS MB start / peak / end",
+            f"{result['quiet_phase']['rss_mb_start']} / {result['quiet_phase']['rss_mb_peak']} / "
+            f"{result['quiet_phase']['rss_mb_end']}",
+        ),
+        (
+            "quiet phase: then live tasks / open fds",
+            f"{result['quiet_phase']['tasks_after']} / {result['quiet_phase']['fds_after']}",
         ),
         ("leaked tasks", result["leaked_tasks"]),
         ("leaked fds", result["leaked_fds"]),
-        ("RSS growth (MB)", result["rss_growth_mb"]),
+        ("RSS growth over the mix (MB)", result["rss_growth_mb"]),
+        (
+            "server log: bytes / INFO+ per session mean / max",
+            f"{result['log_bytes']} / {result['log_bytes_per_session_mean']} / "
+            f"{result['log_bytes_per_session_max']}",
+        ),
         ("secrets in server logs", result["secrets_in_logs"]),
+        ("refused interrupts", result["refused_interrupts"]),
+        ("STREAM frames after an INTERRUPT", result["stream_frames_after_an_interrupt"]),
         ("guarantees violated", result["guarantees_violated"]),
         ("server exit code", result["server_exit_code"]),
-        ("verdict", "OK" if result["ok"] else "FAILED"),
     ]
     width = max(len(name) for name, _ in rows)
-    return "\n".join(f"{name:<{width}}  {fmt(value)}" for name, value in rows)
+    lines = [f"{name:<{width}}  {fmt(value)}" for name, value in rows]
+    lines += ["", "what the server answered to each attack:"]
+    for name, answers in result["attack_answers"].items():
+        lines.append(f"  {name}")
+        lines += [f"      {count:>6} x {what}" for what, count in answers.items()]
+        lines += [
+            f"      {key.split(': ', 1)[1]}: {count}"
+            for key, count in result["attack_counts"].items()
+            if key.startswith(f"{name}: ")
+        ]
+    lines += ["", "bounds:"]
+    for name, bound in result["bounds"].items():
+        verdict = "held  " if bound["held"] else "BROKEN"
+        lines.append(f"  {verdict} {name}: {bound['figure']}")
+        lines.append(f"         bound: {bound['bound']}")
+    lines += ["", f"verdict  {'OK' if result['ok'] else 'FAILED'}"]
+    return "\n".join(lines)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -18,19 +19,37 @@ from typing import Any, BinaryIO
 
 import trio
 from soak_client import MAX_INPUT_BYTES, MAX_MESSAGE_BYTES, SEND_TIMEOUT_S
+from soak_http_attacks import HOARD
+
+#: A JSON log line's session id (read with a regex: parsing every line costs too much).
+SESSION_ID = re.compile(rb'"session_id": ?"([^"]{1,64})"')
+#: A JSON log line's level, from the start of its "text" field.
+LEVEL = re.compile(rb'^\{"text": "[^|"]*\| (\w+)')
 
 
 def server_command() -> list[str]:
     """The command that starts the server under soak: loopback, a free port, JSON logs
     at DEBUG with frequent stats lines, and the limits the clients probe (a short
-    ``send_timeout_s``, so that stalls resolve within the run). The token goes in
-    the environment, never on the command line."""
+    ``send_timeout_s``, so that stalls resolve within the run; ``--max-sessions`` of
+    ``HOARD``, so that one address unbounded can take them all). The token, and
+    the sessions one address may hold, go in the environment (the token never on
+    the command line)."""
     return [
         sys.executable, "-m", "trio_agent", "serve",
         "--host", "127.0.0.1", "--port", "0",
         "--log-format", "json", "--log-level", "DEBUG", "--stats-interval-s", "0.25",
         "--send-timeout-s", str(SEND_TIMEOUT_S), "--idle-timeout-s", "30",
         "--max-message-bytes", str(MAX_MESSAGE_BYTES), "--max-input-bytes", str(MAX_INPUT_BYTES),
+        "--max-sessions", str(HOARD),
+    ]  # fmt: skip
+
+
+def open_server_command() -> list[str]:
+    """The second server: no token (the environment's is removed), INFO logs. It is
+    what a DNS-rebinding page aims at: only its Host check stands in the way."""
+    return [
+        sys.executable, "-m", "trio_agent", "serve", "--host", "127.0.0.1", "--port", "0",
+        "--log-format", "json", "--log-level", "INFO",
     ]  # fmt: skip
 
 
@@ -43,6 +62,12 @@ class ServerProcess:
     stats_updates: int = 0
     log_lines: int = 0
     secret_leaks: int = 0
+    #: The messages of the log lines that held the token (a few).
+    secret_leak_samples: list[str] = field(default_factory=list)
+    log_bytes: int = 0
+    #: Log bytes at INFO and above (what a server at the default level writes), by
+    #: session id; lines of no session are under "".
+    log_bytes_by_session: Counter[str] = field(default_factory=Counter)
     levels: Counter[str] = field(default_factory=Counter)
     warnings: Counter[str] = field(default_factory=Counter)
     warning_samples: list[str] = field(default_factory=list)
@@ -70,8 +95,21 @@ class ServerProcess:
         token = self.token.encode()
         for line in lines:
             self.log_lines += 1
-            if token in line:
+            self.log_bytes += len(line) + 1
+            level = LEVEL.match(line)
+            if level is None or level.group(1) not in (b"DEBUG", b"TRACE"):
+                session = SESSION_ID.search(line)
+                key = session.group(1).decode() if session else ""
+                self.log_bytes_by_session[key] += len(line) + 1
+            if token and token in line:
                 self.secret_leaks += 1
+                if len(self.secret_leak_samples) < 5:
+                    message = re.search(rb'"message": ?"([^"]{0,80})', line)
+                    self.secret_leak_samples.append(
+                        message.group(1).decode(errors="replace")
+                        if message
+                        else line[:80].decode(errors="replace")
+                    )
             if (
                 b'"server stats"' in line
                 or b'"interrupt acknowledged"' in line
