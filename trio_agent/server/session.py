@@ -106,6 +106,8 @@ class Session:
         self.lanes = OutboundLanes(
             stream_capacity=config.stream_lane_capacity,
             priority_capacity=config.priority_lane_capacity,
+            priority_bytes=config.priority_lane_bytes,
+            stream_bytes=config.stream_lane_bytes,
             audio_budget_ms=config.audio_queue_ms,
             fifo=config.lanes == "fifo",
         )
