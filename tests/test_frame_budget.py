@@ -7,6 +7,7 @@ frame budget does (docs/security.md, "Floods").
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -95,6 +96,22 @@ async def test_a_frame_flood_is_closed_with_1008_while_a_canary_keeps_streaming(
     ]
     with trio.fail_after(5):
         await server.wait_idle()
+
+
+async def test_a_message_over_the_limit_in_bytes_is_closed_with_1009_before_it_is_read(
+    start_server,
+):
+    """trio-websocket counts characters: 4-byte characters under the limit in
+    characters, over it in bytes, are refused from the frame header on."""
+    server = await start_server({"lorem": builtin.lorem}, max_message_bytes=4096)
+    text = json.dumps(
+        {"msg_type": "HEARTBEAT", "msg_id": "\N{GRINNING FACE}" * 2000}, ensure_ascii=False
+    )
+    frame = websocket_frame(text)  # unmasked; the server closes on its header anyway
+    assert len(text) < 4096 < len(frame)
+    with trio.fail_after(10):
+        code = await _flood(server.port, frame, b"", 0)
+    assert code == 1009
 
 
 async def test_a_client_under_the_frame_budget_is_served(start_server):

@@ -55,8 +55,8 @@ async def test_a_client_that_never_reads_cannot_fill_the_priority_lane_past_its_
 ):
     server = await start_server({"lorem": builtin.lorem})
     config = server.config
-    # As large as the message size limit allows (it counts characters).
-    n = config.max_message_bytes - 200
+    # As large as the message size limit allows (in UTF-8 bytes).
+    n = (config.max_message_bytes - 200) // len(char.encode())
     stream = await trio.open_tcp_stream("127.0.0.1", server.port)
     client = RawClient(stream)
     assert await client.handshake() == 101

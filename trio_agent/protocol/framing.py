@@ -54,12 +54,24 @@ class FrameCounter:
     Feed it the bytes in any pieces; :meth:`feed` says how many frame headers they
     completed.
 
+    It also adds up the payload lengths of the data frames of each message, as
+    their headers announce them, so a message too big in *bytes* is known before
+    its payload arrives (trio-websocket measures a text message in characters).
+
     :param after_http_head: the bytes begin with the HTTP upgrade request; skip it
         (up to the blank line that ends it, as h11 finds it: ``\\n\\r\\n`` or
         ``\\n\\n``) before counting.
     """
 
-    __slots__ = ("_head", "_in_http_head", "_payload_left", "_tail", "frames")
+    __slots__ = (
+        "_head",
+        "_in_http_head",
+        "_payload_left",
+        "_tail",
+        "frames",
+        "largest_message",
+        "message_bytes",
+    )
 
     def __init__(self, *, after_http_head: bool = False) -> None:
         self._in_http_head = after_http_head
@@ -68,6 +80,10 @@ class FrameCounter:
         self._payload_left = 0
         #: Frame headers completed since the start.
         self.frames = 0
+        #: Payload bytes announced so far by the data frames of the current message.
+        self.message_bytes = 0
+        #: The most payload bytes one message has announced (the current one included).
+        self.largest_message = 0
 
     def feed(self, data: bytes | bytearray | memoryview) -> int:
         """Read ``data``; return how many frame headers it completed."""
@@ -101,6 +117,11 @@ class FrameCounter:
                 length = short
             self.frames += 1
             self._payload_left = length
+            if not head[0] & 0x08:  # a data frame (opcode 0-7), not a control frame
+                self.message_bytes += length
+                self.largest_message = max(self.largest_message, self.message_bytes)
+                if head[0] & 0x80:  # FIN: the message is complete
+                    self.message_bytes = 0
             head.clear()
         return self.frames - before
 

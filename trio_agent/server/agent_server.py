@@ -48,7 +48,7 @@ from trio_agent.protocol.messages import AudioFormat, Limits, SessionPayload
 from trio_agent.server.admission import AdmissionPolicy, HandshakeFacts, Refuse, admit
 from trio_agent.server.config import ServerConfig
 from trio_agent.server.cork import CorkableStream
-from trio_agent.server.frame_budget import budget_frames
+from trio_agent.server.frame_budget import FrameBudgetStream
 from trio_agent.server.redaction import redact_subprotocols, redact_target
 from trio_agent.server.session import Session
 from trio_agent.server.transport import (
@@ -323,10 +323,11 @@ class AgentServer:
             # The session's writer batches frames through the cork; under it, every
             # WebSocket frame the client sends is counted against its budget.
             cork = CorkableStream(
-                budget_frames(
+                FrameBudgetStream(
                     upgraded,
                     rate_per_s=self.config.ws_frame_rate_per_s,
                     burst=self.config.ws_frame_burst,
+                    max_message_bytes=self.config.max_message_bytes,
                 )
             )
             async with trio.open_nursery() as nursery:

@@ -12,6 +12,12 @@ one token per frame from a token bucket. When the bucket runs dry it writes a
 close frame (1008) itself, refuses every later write (nothing may follow a close
 frame), and tells trio-websocket the connection is over: the flood is never
 parsed. docs/security.md ("Floods") gives the numbers.
+
+The same count of the bytes gives the size of each message in bytes, as the
+frame headers announce it: a message over ``max_message_bytes`` bytes is closed
+with 1009 before its payload is passed on (trio-websocket counts a text message in
+characters, so a message of 4-byte characters could otherwise take four times the
+limit in memory).
 """
 
 from __future__ import annotations
@@ -25,12 +31,13 @@ from trio_agent.protocol.framing import FrameCounter, close_frame
 from trio_agent.protocol.messages import CloseCode
 from trio_agent.server.ratelimit import TokenBucket
 
-#: How long writing the 1008 close frame may wait for a write under way (a
-#: client that floods rarely reads); after that the connection is just dropped.
+#: How long writing the close frame may wait for a write under way (a client that
+#: floods rarely reads); after that the connection is just dropped.
 CLOSE_FRAME_TIMEOUT_S: Final = 1.0
 
-#: The reason carried by the close frame, and logged.
+#: The reasons carried by the close frames.
 OVER_BUDGET: Final = "client exceeded the WebSocket frame rate"
+TOO_BIG: Final = "message too big"
 
 
 class FrameBudgetStream(trio.abc.Stream):
@@ -38,18 +45,26 @@ class FrameBudgetStream(trio.abc.Stream):
 
     :param inner: the upgraded connection, starting with the HTTP upgrade request
         (which is skipped, not counted).
-    :param rate_per_s: frames per second the bucket refills.
+    :param rate_per_s: frames per second the bucket refills (0: frames are not limited).
     :param burst: frames a client may send at once.
+    :param max_message_bytes: the largest message, in bytes of payload.
     """
 
-    def __init__(self, inner: trio.abc.Stream, *, rate_per_s: float, burst: int) -> None:
+    def __init__(
+        self, inner: trio.abc.Stream, *, rate_per_s: float, burst: int, max_message_bytes: int
+    ) -> None:
         self.inner = inner
+        self.max_message_bytes = max_message_bytes
         self._counter = FrameCounter(after_http_head=True)
-        self._bucket = TokenBucket(rate_per_s=rate_per_s, burst=burst, now=trio.current_time())
+        self._bucket = (
+            TokenBucket(rate_per_s=rate_per_s, burst=burst, now=trio.current_time())
+            if rate_per_s > 0
+            else None
+        )
         # Writes are whole frames (the cork sends whole batches): the close frame
         # waits for the write under way, so it never lands inside another frame.
         self._send_lock = trio.StrictFIFOLock()
-        #: True once the client went over its budget: the close frame is (being) sent.
+        #: True once the client went over a limit: the close frame is (being) sent.
         self.exceeded = False
 
     @property
@@ -58,8 +73,9 @@ class FrameBudgetStream(trio.abc.Stream):
         return self._counter.frames
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        """Read from ``inner`` and count its frames; past the budget, close with 1008
-        and return ``b""`` (end of stream), so trio-websocket never parses the flood.
+        """Read from ``inner`` and count its frames; past a limit, write the close
+        frame and return ``b""`` (end of stream), so trio-websocket never parses the
+        rest.
 
         Cancellation: as ``inner.receive_some``; the close frame's write is bounded
         by :data:`CLOSE_FRAME_TIMEOUT_S`.
@@ -68,26 +84,37 @@ class FrameBudgetStream(trio.abc.Stream):
             await trio.lowlevel.checkpoint()
             return b""
         data = await self.inner.receive_some(max_bytes)
-        frames = self._counter.feed(data)
-        if frames and not self._bucket.take(trio.current_time(), frames):
-            await self._close_over_budget()
+        counter = self._counter
+        frames = counter.feed(data)
+        if counter.largest_message > self.max_message_bytes:
+            logger.info(
+                "closing a connection whose message is too big",
+                message_bytes=counter.largest_message,
+                max_message_bytes=self.max_message_bytes,
+            )
+            await self._close(CloseCode.MESSAGE_TOO_BIG, TOO_BIG)
+            return b""
+        bucket = self._bucket
+        if frames and bucket is not None and not bucket.take(trio.current_time(), frames):
+            logger.warning(
+                "closing a connection that floods WebSocket frames",
+                frames=counter.frames,
+                rate_per_s=bucket.rate_per_s,
+                burst=bucket.burst,
+            )
+            await self._close(CloseCode.POLICY_VIOLATION, OVER_BUDGET)
             return b""
         return data
 
-    async def _close_over_budget(self) -> None:
+    async def _close(self, code: CloseCode, reason: str) -> None:
+        """Write the close frame (bounded); every write after it is refused."""
         self.exceeded = True
-        logger.warning(
-            "closing a connection that floods WebSocket frames",
-            frames=self._counter.frames,
-            rate_per_s=self._bucket.rate_per_s,
-            burst=self._bucket.burst,
-        )
         with trio.move_on_after(CLOSE_FRAME_TIMEOUT_S):
             async with self._send_lock:
-                await self.inner.send_all(close_frame(CloseCode.POLICY_VIOLATION, OVER_BUDGET))
+                await self.inner.send_all(close_frame(code, reason))
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        """Write ``data`` to ``inner``; refused once the close frame went out.
+        """Write ``data`` to ``inner``; refused once a close frame went out.
 
         Takes the lock without a schedule point when it is free (it always is,
         unless the close frame is being written), so, as the cork relies on, no
@@ -99,7 +126,7 @@ class FrameBudgetStream(trio.abc.Stream):
             await self._send_lock.acquire()
         try:
             if self.exceeded:
-                raise trio.BrokenResourceError("closed: the client exceeded its frame budget")
+                raise trio.BrokenResourceError("closed: the client went over a limit")
             await self.inner.send_all(data)
         finally:
             self._send_lock.release()
@@ -112,10 +139,3 @@ class FrameBudgetStream(trio.abc.Stream):
 
     def __repr__(self) -> str:
         return repr(self.inner)
-
-
-def budget_frames(stream: trio.abc.Stream, *, rate_per_s: float, burst: int) -> trio.abc.Stream:
-    """``stream`` under a :class:`FrameBudgetStream`, or as it is when ``rate_per_s`` is 0."""
-    if rate_per_s <= 0:
-        return stream
-    return FrameBudgetStream(stream, rate_per_s=rate_per_s, burst=burst)
