@@ -12,11 +12,11 @@ import random
 
 import pytest
 import trio
-from handshakes import RawClient
+from handshakes import RawClient, request_bytes
 from wsproto.events import CloseConnection
 
 from trio_agent import agents as builtin
-from trio_agent.protocol.framing import FrameCounter, close_frame, websocket_frame
+from trio_agent.protocol.framing import FrameCounter, close_frame
 from trio_agent.testing.wire import connect
 
 #: Client frames are masked; a zero mask key leaves the payload as it is.
@@ -24,6 +24,18 @@ _MASK = b"\x00\x00\x00\x00"
 TEXT_WITHOUT_FIN = bytes((0x01, 0x80 | 2)) + _MASK + b'{"'
 EMPTY_CONTINUATION = bytes((0x00, 0x80)) + _MASK
 PING = bytes((0x89, 0x80)) + _MASK
+
+
+def _masked(payload: bytes, opcode: int = 0x1) -> bytes:
+    """One whole client frame (FIN set, masked with a zero key)."""
+    n = len(payload)
+    if n < 126:
+        length = bytes((0x80 | n,))
+    elif n < 65536:
+        length = bytes((0x80 | 126,)) + n.to_bytes(2, "big")
+    else:
+        length = bytes((0x80 | 127,)) + n.to_bytes(8, "big")
+    return bytes((0x80 | opcode,)) + length + _MASK + payload
 
 
 async def _flood(port: int, first: bytes, each: bytes, count: int) -> int | None:
@@ -107,7 +119,7 @@ async def test_a_message_over_the_limit_in_bytes_is_closed_with_1009_before_it_i
     text = json.dumps(
         {"msg_type": "HEARTBEAT", "msg_id": "\N{GRINNING FACE}" * 2000}, ensure_ascii=False
     )
-    frame = websocket_frame(text)  # unmasked; the server closes on its header anyway
+    frame = _masked(text.encode())
     assert len(text) < 4096 < len(frame)
     with trio.fail_after(10):
         code = await _flood(server.port, frame, b"", 0)
@@ -135,8 +147,8 @@ async def test_a_client_under_the_frame_budget_is_served(start_server):
 
 def test_the_counter_counts_frames_split_anywhere():
     head = b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n"
-    frames = [websocket_frame("a" * n) for n in (0, 1, 125, 126, 65535, 65536, 3)]
-    frames += [close_frame(1000, "bye"), PING, EMPTY_CONTINUATION]
+    frames = [_masked(b"a" * n) for n in (0, 1, 125, 126, 65535, 65536, 3)]
+    frames += [_masked(close_frame(1000, "bye")[2:], opcode=0x8), PING, EMPTY_CONTINUATION]
     data = head + b"".join(frames)
     rng = random.Random(7)
     for _ in range(50):
@@ -152,3 +164,40 @@ def test_the_counter_counts_frames_split_anywhere():
 def test_the_counter_skips_a_head_ended_by_bare_newlines():
     counter = FrameCounter(after_http_head=True)
     assert counter.feed(b"GET /ws HTTP/1.1\nHost: x\n\n" + PING * 3) == 3
+
+
+def test_frames_that_would_put_the_counter_out_of_step_are_malformed():
+    for frame, why in [
+        (bytes((0x89, 0x00)) + _MASK, "unmasked"),
+        (bytes((0xC1, 0x80)) + _MASK, "RSV"),
+        (bytes((0x83, 0x80)) + _MASK, "opcode"),
+        (bytes((0x89, 0xFE, 0x00, 0x7E)) + _MASK, "125"),
+        (bytes((0x09, 0x80)) + _MASK, "fragmented"),
+    ]:
+        counter = FrameCounter()
+        counter.feed(frame)
+        assert counter.malformed is not None, why
+        assert counter.feed(PING * 10) == 0, why
+
+
+def test_an_upgrade_request_with_a_body_is_malformed():
+    for header in (b"Content-Length: 6", b"transfer-encoding: chunked"):
+        counter = FrameCounter(after_http_head=True)
+        counter.feed(b"GET /ws HTTP/1.1\r\nHost: x\r\n" + header + b"\r\n\r\n" + PING)
+        assert counter.malformed == "an upgrade request with a body"
+    counter = FrameCounter(after_http_head=True)
+    assert counter.feed(b"GET /ws HTTP/1.1\r\nContent-Length: 0\r\n\r\n" + PING) == 1
+    assert counter.malformed is None
+
+
+async def test_an_upgrade_request_with_a_body_gets_no_session(start_server):
+    server = await start_server({"lorem": builtin.lorem})
+    stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+    head = request_bytes(f"127.0.0.1:{server.port}", headers=[("Content-Length", "6")])
+    await stream.send_all(head + PING)
+    received = b""
+    with trio.fail_after(5):
+        while chunk := await stream.receive_some():
+            received += chunk
+    assert b" 101 " not in received.split(b"\r\n", 1)[0]
+    assert server.sessions_total == 0

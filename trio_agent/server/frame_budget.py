@@ -35,6 +35,9 @@ from trio_agent.server.ratelimit import TokenBucket
 #: floods rarely reads); after that the connection is just dropped.
 CLOSE_FRAME_TIMEOUT_S: Final = 1.0
 
+#: RFC 6455's close code for a frame that breaks the protocol.
+PROTOCOL_ERROR: Final = 1002
+
 #: The reasons carried by the close frames.
 OVER_BUDGET: Final = "client exceeded the WebSocket frame rate"
 TOO_BIG: Final = "message too big"
@@ -86,6 +89,18 @@ class FrameBudgetStream(trio.abc.Stream):
         data = await self.inner.receive_some(max_bytes)
         counter = self._counter
         frames = counter.feed(data)
+        if counter.malformed is not None:
+            # Out of step with wsproto, the count would mean nothing: drop the
+            # connection (wsproto would refuse such a frame too).
+            logger.info("closing a connection that sent " + counter.malformed)
+            if counter.frames:
+                await self._close(PROTOCOL_ERROR, "malformed frame")
+            else:
+                # Still in the handshake: no close frame, and closing the stream
+                # ends the handshake's wait at once.
+                self.exceeded = True
+                await trio.aclose_forcefully(self.inner)
+            return b""
         if counter.largest_message > self.max_message_bytes:
             logger.info(
                 "closing a connection whose message is too big",
@@ -106,7 +121,7 @@ class FrameBudgetStream(trio.abc.Stream):
             return b""
         return data
 
-    async def _close(self, code: CloseCode, reason: str) -> None:
+    async def _close(self, code: int, reason: str) -> None:
         """Write the close frame (bounded); every write after it is refused."""
         self.exceeded = True
         with trio.move_on_after(CLOSE_FRAME_TIMEOUT_S):
