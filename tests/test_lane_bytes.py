@@ -79,14 +79,14 @@ async def test_a_client_that_never_reads_cannot_fill_the_priority_lane_past_its_
             break
         assert session.lanes.priority_bytes == _queued_bytes(session.lanes)
     assert peak <= BOUND
+    await stream.aclose()
+    with trio.fail_after(5):
+        await server.wait_idle()
     if closed:
         ends = [r for r in log_records if r["message"] == "session closed"]
         assert ends
         assert ends[-1]["extra"]["code"] == 1008
         assert "does not read" in ends[-1]["extra"]["reason"]
-    await stream.aclose()
-    with trio.fail_after(5):
-        await server.wait_idle()
 
 
 def test_the_lane_refuses_a_frame_that_would_pass_its_byte_bound():
