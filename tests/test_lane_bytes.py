@@ -20,6 +20,7 @@ from trio_agent import agents as builtin
 from trio_agent.protocol.constants import FrameKind
 from trio_agent.server.config import ServerConfig
 from trio_agent.server.lanes import LaneOverflow, Outbound, OutboundLanes
+from trio_agent.server.registry import RequestRecord
 
 BOUND = ServerConfig().priority_lane_bytes
 
@@ -111,3 +112,24 @@ def test_a_frame_larger_than_the_bound_overflows_even_an_empty_lane():
     lanes = OutboundLanes(stream_capacity=4, priority_capacity=100, priority_bytes=1000)
     with pytest.raises(LaneOverflow):
         lanes.push_priority(Outbound(FrameKind.CONTROL, "x" * 1001))
+
+
+async def test_the_stream_lane_has_no_room_past_its_byte_bound_and_a_pop_or_discard_frees_it():
+    lanes = OutboundLanes(stream_capacity=32, priority_capacity=8, stream_bytes=1000)
+    first, second = (
+        RequestRecord(request_id=rid, agent="a", scope=trio.CancelScope()) for rid in "ab"
+    )
+    await lanes.wait_for_stream_room(first)
+    lanes.push_stream(Outbound(FrameKind.STREAM, "x" * 600, first))
+    assert lanes.has_stream_room(first)
+    lanes.push_stream(Outbound(FrameKind.STREAM, "\N{GRINNING FACE}" * 150, first))
+    assert lanes.stream_bytes == 1200
+    assert not lanes.has_stream_room(first)
+    # A request with nothing queued still gets its one frame.
+    assert lanes.has_stream_room(second)
+    await lanes.next_frame()
+    lanes.frame_written()
+    assert lanes.stream_bytes == 600
+    assert lanes.has_stream_room(first)
+    assert lanes.discard(first) == 1
+    assert lanes.stream_bytes == 0
