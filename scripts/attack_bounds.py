@@ -262,8 +262,9 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=1_000_000, help="frames per connection")
     parser.add_argument("--rounds", type=int, default=200)
     parser.add_argument("--log", default="/tmp/trio-agent-attack.log")
-    parser.add_argument("server_args", nargs="*", help="extra server flags, after --")
-    args = parser.parse_args()
+    args, server_args = parser.parse_known_args()
+    # Extra server flags, after "--".
+    args.server_args = [a for a in server_args if a != "--"]
     measure = {"memory": measure_memory, "frames": measure_frames, "logs": measure_logs}
     print(json.dumps(trio.run(measure[args.attack], args), indent=2))
 

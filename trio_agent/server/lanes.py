@@ -236,7 +236,14 @@ class OutboundLanes:
                 raise LaneOverflow(
                     f"{len(self._priority)} control frames are waiting for a client that does not read"
                 )
-            size = frame_bytes(frame)
+            # A text has at least as many bytes as characters: a frame that is too
+            # long in characters is refused before its bytes are counted (which
+            # would copy a non-ASCII text once more).
+            data = frame.data
+            too_long = isinstance(data, str) and (
+                self._priority_bytes + len(data) > self.priority_bytes_capacity
+            )
+            size = len(data) if too_long and isinstance(data, str) else frame_bytes(frame)
             if self._priority_bytes + size > self.priority_bytes_capacity:
                 raise LaneOverflow(
                     f"a control frame of {size} bytes would take the {self._priority_bytes} "
