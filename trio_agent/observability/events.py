@@ -3,6 +3,9 @@
 :class:`SessionEvents` writes each event to the log, the trace and the metrics;
 its methods are synchronous, never a checkpoint, and the per-frame ones are empty
 when untraced. ``docs/architecture.md`` explains the design.
+A client chooses how often most events happen and what strings they carry, so
+the log is bounded twice (cut values, and a :class:`LogBudget` per session); the
+trace and the metrics see every event.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import trio
 from loguru import logger
 
 from trio_agent.observability.facts import FrameFacts, RequestFacts
+from trio_agent.observability.logs import LOG_WINDOW_S, LogBudget, clip, clip_value
 from trio_agent.observability.metrics import SessionMetrics
 from trio_agent.observability.trace import (
     READER,
@@ -55,11 +59,20 @@ class SessionEvents:
     :param metrics: where the session's events are counted.
     """
 
-    __slots__ = ("_metrics", "_trace")
+    __slots__ = ("_log_budget", "_metrics", "_trace")
 
     def __init__(self, trace: SessionTrace, metrics: SessionMetrics) -> None:
         self._trace = trace
         self._metrics = metrics
+        self._log_budget = LogBudget()
+
+    def _may_log(self, event: str) -> bool:
+        """Whether this session may log one more line of ``event`` now (see the
+        module docstring); tells first what the last window of it suppressed."""
+        allowed, suppressed = self._log_budget.allow(event, trio.current_time())
+        if suppressed:
+            _suppressed(event, suppressed)
+        return allowed
 
     # -- the session ----------------------------------------------------------------
 
@@ -91,7 +104,9 @@ class SessionEvents:
 
     def session_closed(self, reason: str, code: int | None) -> None:
         """The session is over: ``reason``, and the close code sent (if any)."""
-        _log.info("session closed", reason=reason, code=code)
+        for event, suppressed in self._log_budget.remaining():
+            _suppressed(event, suppressed)
+        _log.info("session closed", reason=clip(reason), code=code)
         self._trace.session_closed(reason)
 
     # -- the reader -----------------------------------------------------------------
@@ -115,19 +130,23 @@ class SessionEvents:
 
     def frame_received(self, raw: str) -> None:
         """A text frame arrived, not yet parsed (logged at TRACE level, cut short)."""
-        _log.trace("frame read", frame=raw[:200])
+        if self._may_log("frame read"):
+            _log.trace("frame read", frame=clip(raw))
 
     def protocol_error(self, error: ProtocolError) -> None:
         """A client frame broke the protocol; an ERROR answers it."""
-        _log.debug("protocol error", code=str(error.code), detail=error.message)
+        if self._may_log("protocol error"):
+            _log.debug("protocol error", code=str(error.code), detail=clip(error.message))
 
     def frame_handling_failed(self, exc: Exception) -> None:
         """A bug of ours raised while a frame was handled; the session goes on."""
-        logger.opt(exception=exc, depth=1).error("internal error while handling a frame")
+        if self._may_log("internal error while handling a frame"):
+            logger.opt(exception=exc, depth=1).error("internal error while handling a frame")
 
     def rate_limiting(self, rate_per_s: float) -> None:
         """A client went over the frame rate: its frames are refused for now."""
-        _log.info("rate limiting a client", rate_per_s=rate_per_s)
+        if self._may_log("rate limiting a client"):
+            _log.info("rate limiting a client", rate_per_s=rate_per_s)
 
     def flood_closed(self, refused: int) -> None:
         """A client kept flooding after ``refused`` refusals: its session closes."""
@@ -143,36 +162,40 @@ class SessionEvents:
         """An INTERRUPT cut the requests ``interrupted``, dropping ``discarded``
         queued STREAM frames (their scopes are cancelled; the ACK is queued next)."""
         self._metrics.interrupt_processed(cut=len(interrupted), discarded=discarded)
-        _log.info(
-            "interrupt processed",
-            interrupt=message.msg_id,
-            target=message.request_id or "*",
-            interrupted=list(interrupted),
-            discarded_frames=discarded,
-            reason=message.payload.reason,
-        )
+        if self._may_log("interrupt processed"):
+            _log.info(
+                "interrupt processed",
+                interrupt=clip(message.msg_id),
+                target=clip(message.request_id or "*"),
+                interrupted=clip_value(list(interrupted)),
+                discarded_frames=discarded,
+                reason=clip(message.payload.reason),
+            )
 
     # -- a request's task -------------------------------------------------------------
 
     def request_started(self, record: RequestFacts, timeout_s: float) -> None:
         """The calling task runs ``record``: it has entered the request's scope."""
         self._trace.task_started(request_task_label(record.request_id))
-        _log.info("request started", agent=record.agent, timeout_s=timeout_s)
+        if self._may_log("request started"):
+            _log.info("request started", agent=clip(record.agent), timeout_s=timeout_s)
         self._trace.scope_opened(record, timeout_s)
 
     def cancel_delivered(self, record: RequestFacts, cancelled: trio.Cancelled) -> None:
         """``trio.Cancelled`` came out of the agent: who cut it and why, from Trio."""
-        _log.debug(
-            "request cancelled",
-            source=cancelled.source,
-            cancel_reason=cancelled.reason,
-            source_task=cancelled.source_task,
-        )
+        if self._may_log("request cancelled"):
+            _log.debug(
+                "request cancelled",
+                source=cancelled.source,
+                cancel_reason=clip_value(cancelled.reason),
+                source_task=cancelled.source_task,
+            )
         self._trace.cancel_delivered(record, cancelled)
 
     def agent_raised(self, exc: Exception) -> None:
         """The agent failed: its request ends FAILED, the session goes on."""
-        logger.opt(exception=exc, depth=1).warning("agent raised")
+        if self._may_log("agent raised"):
+            logger.opt(exception=exc, depth=1).warning("agent raised")
 
     def stream_queued(self, record: RequestFacts, seq: int) -> None:
         """The agent's ``stream.send`` queued STREAM ``seq``. Traced only (per frame)."""
@@ -187,7 +210,8 @@ class SessionEvents:
 
     def request_abandoned(self) -> None:
         """A request still running when the session stopped sending: no DONE for it."""
-        _log.info("request abandoned", why="session closed")
+        if self._may_log("request abandoned"):
+            _log.info("request abandoned", why="session closed")
 
     def scope_closed(self, record: RequestFacts, error: ErrorInfo | None) -> None:
         """The request's scope exited and its task is about to end."""
@@ -205,9 +229,10 @@ class SessionEvents:
 
     def on_done_failed(self, exc: Exception, request_id: str) -> None:
         """An agent's ``on_done`` callback raised; the DONE is sent all the same."""
-        logger.opt(exception=exc, depth=1).error(
-            "an on_done callback raised", request_id=request_id
-        )
+        if self._may_log("an on_done callback raised"):
+            logger.opt(exception=exc, depth=1).error(
+                "an on_done callback raised", request_id=clip(request_id)
+            )
 
     def batch_written(self, batch: Sequence[tuple[FrameFacts, str | bytes]]) -> None:
         """A batch of frames, each with its encoded text, is on the socket.
@@ -222,21 +247,30 @@ class SessionEvents:
             if frame.kind is FrameKind.DONE:
                 assert record is not None
                 metrics.request_ended(record)
-                with logger.contextualize(request_id=record.request_id):
-                    _log.info(
-                        "request ended",
-                        status=str(record.status),
-                        frames=record.frames_written,
-                        reason=record.reason,
-                    )
+                if self._may_log("request ended"):
+                    with logger.contextualize(request_id=clip(record.request_id)):
+                        _log.info(
+                            "request ended",
+                            status=str(record.status),
+                            frames=record.frames_written,
+                            reason=clip_value(record.reason),
+                        )
             elif frame.read_at is not None:
                 latency_s = trio.current_time() - frame.read_at
                 metrics.interrupt_acknowledged(latency_s)
-                _log.info("interrupt acknowledged", latency_us=round(latency_s * 1e6))
+                if self._may_log("interrupt acknowledged"):
+                    _log.info("interrupt acknowledged", latency_us=round(latency_s * 1e6))
 
     def writer_failed(self, exc: Exception) -> None:
         """A bug of ours stopped the writer: the session closes with 1011."""
         logger.opt(exception=exc, depth=1).error("writer failed")
+
+
+def _suppressed(event: str, count: int) -> None:
+    """One line for ``count`` lines of ``event`` a session did not log."""
+    logger.opt(depth=2).info(
+        "repeated log lines suppressed", event=event, suppressed=count, window_s=LOG_WINDOW_S
+    )
 
 
 class _TracedSessionEvents(SessionEvents):

@@ -16,6 +16,7 @@ from typing import IO, TYPE_CHECKING, Any
 import trio
 
 from trio_agent.observability.facts import FrameFacts, RequestFacts
+from trio_agent.observability.logs import clip_value
 from trio_agent.protocol.constants import FrameKind
 from trio_agent.protocol.messages import InterruptMessage
 
@@ -218,14 +219,16 @@ class RecordingSessionTrace(SessionTrace):
     # -- plumbing ------------------------------------------------------------------
 
     def _emit(self, event: str, request: str | None, **fields: Any) -> None:
+        # Client strings (ids, reasons) are cut as in the log (clip_value): a trace
+        # line stays a few hundred bytes whatever a frame carried.
         self._sink(
             {
                 "t_us": round(trio.current_time() * 1e6),
                 "event": event,
                 "session": self._session_id,
-                "request": request,
-                "task": self._label(trio.lowlevel.current_task()),
-                **fields,
+                "request": clip_value(request),
+                "task": clip_value(self._label(trio.lowlevel.current_task())),
+                **{key: clip_value(value) for key, value in fields.items()},
             }
         )
 

@@ -18,6 +18,7 @@ from trio_websocket import (
     ConnectionClosed,
     WebSocketConnection,
     WebSocketRequest,
+    wrap_server_stream,
 )
 
 from trio_agent._version import __version__
@@ -30,6 +31,7 @@ from trio_agent.server.accept import serve_listeners
 from trio_agent.server.admission import AdmissionPolicy, HandshakeFacts, Refuse, admit
 from trio_agent.server.config import ServerConfig
 from trio_agent.server.cork import CorkableStream
+from trio_agent.server.frame_budget import FrameBudgetStream
 from trio_agent.server.redaction import redact_subprotocols, redact_target
 from trio_agent.server.session import Session
 from trio_agent.server.transport import (
@@ -42,7 +44,6 @@ from trio_agent.server.transport import (
 from trio_agent.server.web.assets import load_assets
 from trio_agent.server.web.front import serve_http
 from trio_agent.server.web.routes import WebApp
-from trio_agent.server.websocket import open_server_websocket
 from trio_agent.speech.synthesizers import Synthesizer, select_synthesizer
 
 #: The most of a client's header a log line shows.
@@ -333,8 +334,16 @@ class AgentServer:
             )
             if upgraded is None:
                 return
-            # The session's writer batches frames through the cork.
-            cork = CorkableStream(upgraded)
+            # The session's writer batches frames through the cork; under it, every
+            # WebSocket frame the client sends is counted against its budget.
+            cork = CorkableStream(
+                FrameBudgetStream(
+                    upgraded,
+                    rate_per_s=self.config.ws_frame_rate_per_s,
+                    burst=self.config.ws_frame_burst,
+                    max_message_bytes=self.config.max_message_bytes,
+                )
+            )
             async with trio.open_nursery() as nursery:
                 request = None
                 # Bounded, and a client that leaves mid-handshake ends the wait at once.
@@ -342,8 +351,8 @@ class AgentServer:
                     trio.move_on_after(self.config.handshake_timeout_s),
                     guarded.cancel_if_peer_leaves(),
                 ):
-                    request = await open_server_websocket(
-                        nursery, cork, max_message_bytes=self.config.max_message_bytes
+                    request = await wrap_server_stream(
+                        nursery, cork, max_message_size=self.config.max_message_bytes
                     )
                 if request is not None:
                     await self._handle_handshake(request, cork, peer)

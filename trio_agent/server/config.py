@@ -82,6 +82,20 @@ class ServerConfig:
     rate_limit_close_after: int = setting(
         100, "frames refused with RATE_LIMITED in one flood before the session is closed with 1008"
     )
+    # -- memory and CPU a client may cost: see docs/security.md ("Slow readers", "Floods")
+    priority_lane_bytes: int = setting(
+        262_144,
+        "bytes of control frames queued per connection before the session is closed with 1008",
+    )
+    stream_lane_bytes: int = setting(
+        524_288, "bytes of STREAM frames queued per connection before agents wait (backpressure)"
+    )
+    ws_frame_rate_per_s: float = setting(
+        1000.0,
+        "WebSocket frames per second per connection, every frame counted (data, continuation, "
+        "ping, pong, close; token bucket); past it the connection is closed with 1008 (0: no limit)",
+    )
+    ws_frame_burst: int = setting(2000, "WebSocket frames a connection may send at once")
     token: str = setting(
         "",
         "shared secret clients must present (Authorization: Bearer, ?token= or subprotocol "
@@ -178,6 +192,9 @@ class ServerConfig:
             "request_timeout_cap_s",
             "max_sessions",
             "rate_limit_burst",
+            "priority_lane_bytes",
+            "stream_lane_bytes",
+            "ws_frame_burst",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -191,6 +208,7 @@ class ServerConfig:
             "send_timeout_s",
             "rate_limit_per_s",
             "rate_limit_close_after",
+            "ws_frame_rate_per_s",
             "slow_step_warn_s",
             "stats_interval_s",
             "max_sessions_per_address",

@@ -1,8 +1,8 @@
 """Two outbound lanes in front of one writer task.
 
 A priority lane for control frames (the INTERRUPT_ACK is the next frame on the
-wire) and a bounded stream lane, fair between requests, whose wait is the agents'
-backpressure and where an interrupt lands. ``fifo=True`` is the one-queue design,
+wire), bounded in frames and in bytes, and a bounded stream lane, fair between
+requests, whose wait is the agents' backpressure and where an interrupt lands. ``fifo=True`` is the one-queue design,
 kept for comparison. ``docs/architecture.md`` explains the design.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import trio
 
@@ -43,6 +43,34 @@ class Outbound:
     #: For an INTERRUPT_ACK: when its INTERRUPT was read (``trio.current_time()``),
     #: so the writer can log the read-to-written latency.
     read_at: float | None = None
+    #: What this frame counts against its lane's byte bound (set as it is queued).
+    lane_bytes: int = 0
+
+
+#: What a queued DONE counts in bytes besides its reason: it is rendered only when
+#: written, and its other fields (ids, status, counts) are bounded and small.
+DONE_BYTES_ESTIMATE: Final = 512
+
+
+def utf8_length(text: str) -> int:
+    """The bytes of ``text`` in UTF-8, without encoding it when it is ASCII (O(1))."""
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+def frame_bytes(frame: Outbound) -> int:
+    """What ``frame`` will be on the wire, near enough to bound memory by.
+
+    A DONE is rendered when it is written, so it is estimated: its reason (the
+    client's INTERRUPT reason, for an interrupted one) plus a fixed allowance.
+    """
+    data = frame.data
+    if isinstance(data, str):
+        return utf8_length(data)
+    if data is not None:
+        return len(data)
+    record = frame.record
+    reason = record.reason if record is not None else None
+    return DONE_BYTES_ESTIMATE + (utf8_length(reason) if reason else 0)
 
 
 class _Turns:
@@ -112,6 +140,12 @@ class OutboundLanes:
         :meth:`wait_for_stream_room` blocks.
     :param priority_capacity: control frames the priority lane holds before
         :meth:`push_priority` raises :class:`LaneOverflow`.
+    :param priority_bytes: bytes of control frames (UTF-8, as they will be sent) the
+        priority lane holds; a frame that would take it past that raises
+        :class:`LaneOverflow`, even into an empty lane, so the lane never holds more.
+    :param stream_bytes: bytes of STREAM frames past which the stream lane has no
+        room (backpressure, as ``stream_capacity``); a request with nothing queued
+        still has room for one frame, so a single frame larger than that is sent.
     :param audio_budget_ms: milliseconds of AUDIO the stream lane holds before
         :meth:`wait_for_audio_room` blocks (a chunk longer than that still goes
         alone into an empty lane).
@@ -123,15 +157,23 @@ class OutboundLanes:
         *,
         stream_capacity: int,
         priority_capacity: int,
+        priority_bytes: int = 262_144,
+        stream_bytes: int = 524_288,
         audio_budget_ms: float = 200.0,
         fifo: bool = False,
     ) -> None:
-        if stream_capacity < 1 or priority_capacity < 1:
+        if min(stream_capacity, priority_capacity, priority_bytes, stream_bytes) < 1:
             raise ValueError("lane capacities must be at least 1")
         if not audio_budget_ms > 0:
             raise ValueError("the audio budget must be positive")
         self.stream_capacity = stream_capacity
         self.priority_capacity = priority_capacity
+        self.priority_bytes_capacity = priority_bytes
+        self.stream_bytes_capacity = stream_bytes
+        #: Bytes of the frames waiting in the priority lane, and in the stream lane
+        #: (STREAM frames only: AUDIO is bounded in milliseconds).
+        self._priority_bytes = 0
+        self._stream_bytes = 0
         self.audio_budget_ms = audio_budget_ms
         self.fifo = fifo
         #: AUDIO chunks in the stream lane, and their milliseconds (the budget's measure).
@@ -153,7 +195,9 @@ class OutboundLanes:
     def push_priority(self, frame: Outbound) -> None:
         """Queue a control frame ahead of every stream frame. Never blocks.
 
-        Raises :class:`LaneOverflow` when the priority lane is full.
+        Raises :class:`LaneOverflow` when the priority lane is full: it holds
+        ``priority_capacity`` frames, or ``frame`` would take it past
+        ``priority_bytes`` bytes.
         """
         if self.fifo:
             self._stream.append(None, frame)
@@ -162,6 +206,21 @@ class OutboundLanes:
                 raise LaneOverflow(
                     f"{len(self._priority)} control frames are waiting for a client that does not read"
                 )
+            # A text has at least as many bytes as characters: a frame that is too
+            # long in characters is refused before its bytes are counted (which
+            # would copy a non-ASCII text once more).
+            data = frame.data
+            too_long = isinstance(data, str) and (
+                self._priority_bytes + len(data) > self.priority_bytes_capacity
+            )
+            size = len(data) if too_long and isinstance(data, str) else frame_bytes(frame)
+            if self._priority_bytes + size > self.priority_bytes_capacity:
+                raise LaneOverflow(
+                    f"a control frame of {size} bytes would take the {self._priority_bytes} "
+                    f"bytes waiting past {self.priority_bytes_capacity}"
+                )
+            frame.lane_bytes = size
+            self._priority_bytes += size
             self._priority.append(frame)
         self._ready.unpark()
 
@@ -199,9 +258,10 @@ class OutboundLanes:
         return self._has_room_for(record)
 
     def _has_room_for(self, record: RequestRecord | None) -> bool:
-        return self._stream_frames < self.stream_capacity or (
-            record is not None and not self.fifo and self._stream.holds_nothing_of(record)
-        )
+        return (
+            self._stream_frames < self.stream_capacity
+            and self._stream_bytes < self.stream_bytes_capacity
+        ) or (record is not None and not self.fifo and self._stream.holds_nothing_of(record))
 
     async def wait_for_audio_room(self, audio_ms: float) -> None:
         """Wait until the stream lane can take ``audio_ms`` more milliseconds of AUDIO.
@@ -236,6 +296,8 @@ class OutboundLanes:
             self._audio_ms += frame.audio_ms
         else:
             self._stream_frames += 1
+            frame.lane_bytes = frame_bytes(frame)
+            self._stream_bytes += frame.lane_bytes
         self._ready.unpark()
 
     def push_stream_terminal(self, frame: Outbound) -> None:
@@ -260,6 +322,9 @@ class OutboundLanes:
         text = sum(1 for frame in dropped if frame.kind is FrameKind.STREAM)
         if text:
             self._stream_frames -= text
+            self._stream_bytes -= sum(
+                frame.lane_bytes for frame in dropped if frame.kind is FrameKind.STREAM
+            )
             self._room.unpark(count=text)
         if len(dropped) > text:
             for frame in dropped:
@@ -293,10 +358,13 @@ class OutboundLanes:
             await self._ready.park()
         self._writer_busy = True
         if self._priority:
-            return self._priority.popleft()
+            frame = self._priority.popleft()
+            self._priority_bytes -= frame.lane_bytes
+            return frame
         frame = self._stream.popleft()
         if frame.kind is FrameKind.STREAM:
             self._stream_frames -= 1
+            self._stream_bytes -= frame.lane_bytes
             self._room.unpark()
         elif frame.kind is FrameKind.AUDIO:
             self._audio_taken(frame)
@@ -330,6 +398,16 @@ class OutboundLanes:
     @property
     def priority_depth(self) -> int:
         return len(self._priority)
+
+    @property
+    def priority_bytes(self) -> int:
+        """Bytes of the control frames waiting in the priority lane."""
+        return self._priority_bytes
+
+    @property
+    def stream_bytes(self) -> int:
+        """Bytes of the STREAM frames waiting in the stream lane."""
+        return self._stream_bytes
 
     @property
     def stream_depth(self) -> int:

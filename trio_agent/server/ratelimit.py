@@ -35,11 +35,11 @@ class TokenBucket:
     def full(self) -> bool:
         return self.tokens >= self.burst
 
-    def take(self, now: float) -> bool:
-        """Take one token if there is one."""
+    def take(self, now: float, count: int = 1) -> bool:
+        """Take ``count`` tokens if there are that many (none otherwise)."""
         self.refill(now)
-        if self.tokens >= 1:
-            self.tokens -= 1
+        if self.tokens >= count:
+            self.tokens -= count
             return True
         return False
 

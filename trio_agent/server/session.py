@@ -106,6 +106,8 @@ class Session:
         self.lanes = OutboundLanes(
             stream_capacity=config.stream_lane_capacity,
             priority_capacity=config.priority_lane_capacity,
+            priority_bytes=config.priority_lane_bytes,
+            stream_bytes=config.stream_lane_bytes,
             audio_budget_ms=config.audio_queue_ms,
             fifo=config.lanes == "fifo",
         )
@@ -304,7 +306,12 @@ class Session:
         )
 
     def _within_rate(self, raw: str | bytes) -> bool:
-        """Apply the frame rate limit (:mod:`trio_agent.server.ratelimit`); False: skip ``raw``."""
+        """Apply the frame rate limit (:mod:`trio_agent.server.ratelimit`); False: skip ``raw``.
+
+        An INTERRUPT over the rate is still acted on (True), never answered with
+        RATE_LIMITED; it counts toward the flood all the same, and a flood past
+        ``rate_limit_close_after`` closes the session, which cancels every request.
+        """
         assert self._frame_rate is not None
         verdict = self._frame_rate.check(trio.current_time())
         if verdict is Verdict.ACCEPT:
@@ -317,7 +324,11 @@ class Session:
             return False
         if self._frame_rate.refused_in_flood == 1:
             self.events.rate_limiting(self.config.rate_limit_per_s)
-        ref, request_id = _references(raw)
+        ref, request_id, is_interrupt = _references(raw)
+        if is_interrupt:
+            # A stop is always acted on: it only removes work, so obeying it can
+            # never feed a flood. It has counted toward flood detection above.
+            return True
         self._send_error(
             ErrorCode.RATE_LIMITED,
             f"more than {self.config.rate_limit_per_s:g} frames/s; this frame was not acted on",
@@ -478,12 +489,13 @@ class Session:
         )
 
 
-def _references(raw: str | bytes) -> tuple[str | None, str | None]:
-    """The ``msg_id`` and ``request_id`` of a client frame, where they can be read."""
+def _references(raw: str | bytes) -> tuple[str | None, str | None, bool]:
+    """The ``msg_id`` and ``request_id`` of a client frame, where they can be read,
+    and whether it is a valid INTERRUPT."""
     if isinstance(raw, bytes):
-        return None, None
+        return None, None, False
     try:
         message = parse_client_message(raw)
     except ProtocolError as exc:
-        return exc.ref, exc.request_id
-    return message.msg_id, message.request_id
+        return exc.ref, exc.request_id, False
+    return message.msg_id, message.request_id, isinstance(message, InterruptMessage)
