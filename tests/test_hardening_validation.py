@@ -18,15 +18,13 @@ from handshakes import Response
 from testing_agents import endless
 
 from trio_agent import agents as builtin
-from trio_agent.protocol.messages import (
+from trio_agent.protocol.bounds import (
     MAX_ID_CHARS,
     MAX_OPTION_STRING_BYTES,
     MAX_OPTION_VALUES,
     MAX_REASON_CHARS,
-    ErrorCode,
-    ProtocolError,
-    parse_client_message,
 )
+from trio_agent.protocol.messages import ErrorCode, ProtocolError, parse_client_message
 from trio_agent.testing.wire import WireClient, connect
 
 

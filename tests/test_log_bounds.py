@@ -24,7 +24,7 @@ from trio_agent.observability.logs import (
     configure_logging,
 )
 from trio_agent.observability.trace import MemoryTracer
-from trio_agent.protocol.messages import MAX_REASON_CHARS
+from trio_agent.protocol.bounds import MAX_REASON_CHARS
 from trio_agent.testing.wire import connect
 
 ROUNDS = 60

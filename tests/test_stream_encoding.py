@@ -7,13 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic_core import PydanticSerializationError
 
-from trio_agent.protocol.messages import (
-    REQUEST_ID_PATTERN,
-    StreamFrameEncoder,
-    StreamMessage,
-    StreamPayload,
-    encode,
-)
+from trio_agent.protocol.bounds import REQUEST_ID_PATTERN
+from trio_agent.protocol.messages import StreamFrameEncoder, StreamMessage, StreamPayload, encode
 
 
 def by_model(session_id: str, request_id: str, msg_id: str, ts: int, seq: int, delta: str) -> str:

@@ -20,11 +20,10 @@ from typing import Any, Final
 from pydantic import BaseModel, ValidationError
 
 from trio_agent.protocol.audio import AudioHeader, decode_audio_frame
+from trio_agent.protocol.bounds import MAX_REASON_CHARS, REQUEST_ID_PATTERN
 from trio_agent.protocol.guarantees import GuaranteeChecker
 from trio_agent.protocol.messages import (
     DEFAULT_INTERRUPT_REASON,
-    MAX_REASON_CHARS,
-    REQUEST_ID_PATTERN,
     SERVER_MODELS,
     DoneMessage,
     DonePayload,
@@ -389,7 +388,7 @@ class ClientState:
         ``played_ms`` (the caller's playback position in that request's audio)
         goes into the payload; it counts only when one request is named, so it is
         refused (``ValueError``) for an interrupt-all. A ``reason`` longer than
-        :data:`~trio_agent.protocol.messages.MAX_REASON_CHARS` is refused the same
+        :data:`~trio_agent.protocol.bounds.MAX_REASON_CHARS` is refused the same
         way, before anything is cut.
         """
         if request_id is not None:

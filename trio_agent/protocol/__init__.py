@@ -1,9 +1,10 @@
-"""The wire: protocol v1 as pure code. No I/O, no Trio, no logging.
+"""The wire: protocol v1.2 as pure code. No I/O, no Trio, no logging.
 
-Every message is a pydantic model (``messages``); the AUDIO binary frame has its
-codec (``audio``); the server's WebSocket framing (``framing``); the constants
-both ends share (``constants``); and :class:`GuaranteeChecker`, which checks a
-conversation against the guarantees. ``docs/protocol.md`` is the contract;
+Every message is a pydantic model (``messages``), with the bounds of what a client
+may send (``bounds``); the AUDIO binary frame has its codec (``audio``); the
+server's WebSocket framing (``framing``); the constants both ends share
+(``constants``); and :class:`GuaranteeChecker`, which checks a conversation
+against the guarantees. ``docs/protocol.md`` is the contract;
 ``docs/architecture.md`` shows where this layer sits. The names below are the
 public ones; the modules themselves are internal.
 """
@@ -18,6 +19,22 @@ from trio_agent.protocol.audio import (
     encode_audio_frame,
     pcm_duration_ms,
 )
+from trio_agent.protocol.bounds import (
+    ID_ALPHABET,
+    ID_PATTERN,
+    MAX_ID_CHARS,
+    MAX_OPTION_STRING_BYTES,
+    MAX_OPTION_VALUES,
+    MAX_REASON_CHARS,
+    OPTION_INT_MAX,
+    OPTION_INT_MIN,
+    REQUEST_ID_PATTERN,
+    FiniteNumber,
+    MsgId,
+    RequestId,
+    check_options,
+    id_echo,
+)
 from trio_agent.protocol.constants import (
     DEFAULT_HOST,
     DEFAULT_PATH,
@@ -30,6 +47,9 @@ from trio_agent.protocol.constants import (
     FrameKind,
 )
 from trio_agent.protocol.framing import (
+    MAX_HTTP_HEAD,
+    FrameCounter,
+    close_frame,
     websocket_frame,
 )
 from trio_agent.protocol.guarantees import (
@@ -38,13 +58,7 @@ from trio_agent.protocol.guarantees import (
 )
 from trio_agent.protocol.messages import (
     DEFAULT_INTERRUPT_REASON,
-    ID_PATTERN,
-    MAX_ID_CHARS,
-    MAX_OPTION_STRING_BYTES,
-    MAX_OPTION_VALUES,
-    MAX_REASON_CHARS,
     PROTOCOL_VERSION,
-    REQUEST_ID_PATTERN,
     SERVER_MODELS,
     AgentEntry,
     AudioFormat,
@@ -62,12 +76,16 @@ from trio_agent.protocol.messages import (
     InterruptAckPayload,
     InterruptMessage,
     InterruptPayload,
+    LastSeq,
     Limits,
-    MsgId,
     ProtocolError,
-    RequestId,
     RequestMessage,
     RequestPayload,
+    ResumedMessage,
+    ResumedPayload,
+    ResumeMessage,
+    ResumeOffer,
+    ResumePayload,
     ServerHeartbeatMessage,
     ServerMessage,
     SessionMessage,
@@ -77,7 +95,6 @@ from trio_agent.protocol.messages import (
     StreamPayload,
     TargetOutcome,
     encode,
-    id_echo,
     load_json_object,
     now_ms,
     parse_client_message,
@@ -90,12 +107,16 @@ __all__ = [
     "DEFAULT_PATH",
     "DEFAULT_PORT",
     "DEFAULT_URL",
+    "ID_ALPHABET",
     "ID_PATTERN",
     "MAX_HEADER_BYTES",
+    "MAX_HTTP_HEAD",
     "MAX_ID_CHARS",
     "MAX_OPTION_STRING_BYTES",
     "MAX_OPTION_VALUES",
     "MAX_REASON_CHARS",
+    "OPTION_INT_MAX",
+    "OPTION_INT_MIN",
     "PCM_S16LE",
     "PROTOCOL_VERSION",
     "REQUEST_ID_PATTERN",
@@ -118,6 +139,8 @@ __all__ = [
     "ErrorInfo",
     "ErrorMessage",
     "ErrorPayload",
+    "FiniteNumber",
+    "FrameCounter",
     "FrameKind",
     "GuaranteeChecker",
     "HeartbeatMessage",
@@ -125,12 +148,18 @@ __all__ = [
     "InterruptAckPayload",
     "InterruptMessage",
     "InterruptPayload",
+    "LastSeq",
     "Limits",
     "MsgId",
     "ProtocolError",
     "RequestId",
     "RequestMessage",
     "RequestPayload",
+    "ResumeMessage",
+    "ResumeOffer",
+    "ResumePayload",
+    "ResumedMessage",
+    "ResumedPayload",
     "ServerHeartbeatMessage",
     "ServerMessage",
     "SessionMessage",
@@ -140,6 +169,8 @@ __all__ = [
     "StreamPayload",
     "TargetOutcome",
     "Violation",
+    "check_options",
+    "close_frame",
     "decode_audio_frame",
     "encode",
     "encode_audio_frame",

@@ -13,13 +13,8 @@ from typing import Annotated, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 from pydantic_core import to_json
 
-from trio_agent.protocol.messages import (
-    ErrorCode,
-    ProtocolError,
-    RequestId,
-    id_echo,
-    load_json_object,
-)
+from trio_agent.protocol.bounds import RequestId, id_echo
+from trio_agent.protocol.messages import ErrorCode, ProtocolError, load_json_object
 
 #: The only sample format of protocol v1.1: signed 16-bit little-endian PCM.
 PCM_S16LE: Final = "pcm_s16le"

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from trio_agent.protocol.messages import id_echo
+from trio_agent.protocol.bounds import id_echo
 
 #: How many ended request ids and answered INTERRUPTs a checker remembers by default.
 DEFAULT_MEMORY = 1024

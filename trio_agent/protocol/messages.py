@@ -6,7 +6,6 @@ human-readable contract; this module is its executable twin, field for field.
 
 from __future__ import annotations
 
-import math
 import time
 from enum import IntEnum, StrEnum
 from typing import Annotated, Any, Final, Literal
@@ -17,95 +16,28 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictBool,
-    StrictFloat,
+    StrictInt,
     StrictStr,
     StringConstraints,
     ValidationError,
 )
 from pydantic_core import from_json, to_json
 
+from trio_agent.protocol.bounds import (
+    MAX_ID_CHARS,
+    MAX_OPTION_VALUES,
+    MAX_REASON_CHARS,
+    FiniteNumber,
+    MsgId,
+    RequestId,
+    check_options,
+    id_echo,
+)
+
 PROTOCOL_VERSION: Final = "1.1"
-
-# Every string a client sends that the server keeps or sends back is bounded here,
-# when the frame is parsed: an ERROR, an ACK or a DONE can then never echo more than
-# a few hundred characters of a client's text, whatever the client sent.
-
-#: The characters of a client id (``msg_id``, ``session_id``, ``ref``, ``request_id``).
-ID_ALPHABET: Final = "A-Za-z0-9._:-"
-#: The longest ``msg_id``, ``session_id`` or ``ref``; also the longest echo of an id
-#: in an ERROR about a frame whose id was refused.
-MAX_ID_CHARS: Final = 128
-#: What a ``msg_id``, ``session_id`` or ``ref`` may look like: 1 to 128 characters of
-#: ``[A-Za-z0-9._:-]``.
-ID_PATTERN: Final = rf"^[{ID_ALPHABET}]{{1,{MAX_ID_CHARS}}}$"
-#: What a ``request_id`` may look like: 1 to 64 characters of ``[A-Za-z0-9._:-]``.
-REQUEST_ID_PATTERN: Final = rf"^[{ID_ALPHABET}]{{1,64}}$"
-#: The longest INTERRUPT ``reason``: it comes back in the ACK and in each DONE it causes.
-MAX_REASON_CHARS: Final = 256
-#: ``options`` hold at most this many values, nested ones included ...
-MAX_OPTION_VALUES: Final = 256
-#: ... and at most this many UTF-8 bytes of strings, keys included.
-MAX_OPTION_STRING_BYTES: Final = 16 * 1024
-#: The integers ``options`` may hold: those of a signed 64-bit integer.
-OPTION_INT_MIN: Final = -(2**63)
-OPTION_INT_MAX: Final = 2**63 - 1
-
-RequestId = Annotated[str, StringConstraints(pattern=REQUEST_ID_PATTERN, strict=True)]
-MsgId = Annotated[str, StringConstraints(pattern=ID_PATTERN, strict=True)]
-#: A number where the protocol says number: an int or a float, never a string or a
-#: boolean, and finite.
-FiniteNumber = Annotated[StrictFloat, Field(allow_inf_nan=False)]
 
 #: The default reason of an INTERRUPT that gives none.
 DEFAULT_INTERRUPT_REASON: Final = "USER_NEW_INPUT"
-
-
-def id_echo(value: object) -> str | None:
-    """What an ERROR may echo of a client's id: the id if it is a string, cut to
-    :data:`MAX_ID_CHARS` characters; ``None`` otherwise."""
-    return value[:MAX_ID_CHARS] if isinstance(value, str) else None
-
-
-def _utf8_size(text: str) -> int:
-    return len(text) if text.isascii() else len(text.encode("utf-8"))
-
-
-def check_options(options: dict[str, Any]) -> dict[str, Any]:
-    """Refuse ``options`` past the bounds of the protocol (``ValueError``).
-
-    At most :data:`MAX_OPTION_VALUES` values, nested ones included, and
-    :data:`MAX_OPTION_STRING_BYTES` bytes of strings, keys included; every integer
-    within a signed 64 bits and every number finite, so that no agent meets a
-    number it cannot turn into a float. The walk stops as soon as a bound is
-    passed, so its cost is bounded whatever the size of the frame.
-    """
-    values = 0
-    string_bytes = 0
-    pending: list[Any] = [options]
-    while pending:
-        item = pending.pop()
-        if isinstance(item, str):
-            string_bytes += _utf8_size(item)
-        elif isinstance(item, bool) or item is None:
-            pass
-        elif isinstance(item, int):
-            if not OPTION_INT_MIN <= item <= OPTION_INT_MAX:
-                raise ValueError("an integer must be between -2**63 and 2**63-1")
-        elif isinstance(item, float):
-            if not math.isfinite(item):
-                raise ValueError("a number must be finite")
-        elif isinstance(item, dict | list):
-            values += len(item)
-            if values > MAX_OPTION_VALUES:
-                raise ValueError(f"at most {MAX_OPTION_VALUES} values, nested ones included")
-            if isinstance(item, dict):
-                string_bytes += sum(_utf8_size(key) for key in item)
-                pending += item.values()
-            else:
-                pending += item
-        if string_bytes > MAX_OPTION_STRING_BYTES:
-            raise ValueError(f"at most {MAX_OPTION_STRING_BYTES} bytes of strings, keys included")
-    return options
 
 
 class ErrorCode(StrEnum):
@@ -121,7 +53,14 @@ class ErrorCode(StrEnum):
     UNKNOWN_VOICE = "UNKNOWN_VOICE"
     INTERNAL_ERROR = "INTERNAL_ERROR"
     RATE_LIMITED = "RATE_LIMITED"
+    #: A RESUME for a session this server does not hold (never existed, window
+    #: expired, resumption off): start over. Followed by a close with 1008.
+    RESUME_UNKNOWN = "RESUME_UNKNOWN"
+    #: A RESUME with a wrong or already used token. Followed by a close with 1008.
+    RESUME_DENIED = "RESUME_DENIED"
     # Codes that only appear inside DONE.error, never as an ERROR frame:
+    #: The frames a resuming client missed are no longer all in the replay buffer.
+    RESUME_GAP = "RESUME_GAP"
     AGENT_ERROR = "AGENT_ERROR"
     UPSTREAM_UNAVAILABLE = "UPSTREAM_UNAVAILABLE"
     UPSTREAM_ERROR = "UPSTREAM_ERROR"
@@ -136,6 +75,9 @@ class CloseCode(IntEnum):
     POLICY_VIOLATION = 1008  # a client that breaks the rules (floods, stops reading)
     MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011
+    #: v1.2: another connection resumed this session (the old one is often a
+    #: half-open zombie).
+    RESUMED_ELSEWHERE = 4001
 
 
 class DoneStatus(StrEnum):
@@ -212,12 +154,38 @@ class HeartbeatMessage(_ClientEnvelope):
     payload: dict[str, Any] = Field(default_factory=dict)
 
 
-ClientMessage = RequestMessage | InterruptMessage | HeartbeatMessage
+#: A client's position in one request's sequence: the last ``seq`` it received, -1: none.
+LastSeq = Annotated[StrictInt, Field(ge=-1)]
 
-_CLIENT_MODELS: Final[dict[str, type[RequestMessage | InterruptMessage | HeartbeatMessage]]] = {
+
+class ResumePayload(_Model):
+    token: Annotated[StrictStr, StringConstraints(min_length=1, max_length=MAX_ID_CHARS)]
+    #: Each request the client still expects frames of, and its last STREAM ``seq``.
+    last_seq: Annotated[dict[RequestId, LastSeq], Field(max_length=MAX_OPTION_VALUES)] = Field(
+        default_factory=dict
+    )
+    #: The same for a spoken reply's AUDIO frames, which keep their own sequence.
+    last_audio_seq: Annotated[dict[RequestId, LastSeq], Field(max_length=MAX_OPTION_VALUES)] = (
+        Field(default_factory=dict)
+    )
+
+
+class ResumeMessage(_ClientEnvelope):
+    """RESUME (v1.2): the first frame of a new connection that takes over a session."""
+
+    msg_type: Literal["RESUME"] = "RESUME"
+    msg_id: MsgId
+    session_id: MsgId
+    payload: ResumePayload
+
+
+ClientMessage = RequestMessage | InterruptMessage | HeartbeatMessage | ResumeMessage
+
+_CLIENT_MODELS: Final[dict[str, type[ClientMessage]]] = {
     "REQUEST": RequestMessage,
     "INTERRUPT": InterruptMessage,
     "HEARTBEAT": HeartbeatMessage,
+    "RESUME": ResumeMessage,
 }
 
 
@@ -260,6 +228,15 @@ class AudioFormat(_Model):
     channels: int = 1
 
 
+class ResumeOffer(_Model):
+    """How to resume this session after a dropped connection (v1.2)."""
+
+    #: A secret of at least 128 bits, URL-safe; it changes on every resume.
+    token: str
+    #: How long the session waits for a resume once its connection is gone.
+    window_s: float
+
+
 class SessionPayload(_Model):
     protocol: str = PROTOCOL_VERSION
     server: str
@@ -271,6 +248,8 @@ class SessionPayload(_Model):
     default_voice: str | None = None
     audio_formats: list[AudioFormat] = Field(default_factory=list)
     synthesizer: Literal["espeak-ng", "builtin"] | None = None
+    #: v1.2: left out when resumption is off.
+    resume: ResumeOffer | None = None
 
 
 class SessionMessage(_ServerEnvelope):
@@ -351,6 +330,24 @@ class ServerHeartbeatMessage(_ServerEnvelope):
     payload: dict[str, Any] = Field(default_factory=dict)
 
 
+class ResumedPayload(_Model):
+    #: Each request the RESUME named (and any other of the session): still running,
+    #: or ended (its DONE is in the replay, or was received).
+    requests: dict[str, Literal["running", "done"]]
+    #: INTERRUPTs processed while the client may have missed their ACK: each
+    #: INTERRUPT's ``msg_id`` and the request ids it cut.
+    interrupts: dict[str, list[str]] = Field(default_factory=dict)
+    #: The next resume's token (the one just used is spent).
+    resume: ResumeOffer
+
+
+class ResumedMessage(_ServerEnvelope):
+    """RESUMED (v1.2): the answer to a RESUME; ``ref`` = its ``msg_id``. The replay follows."""
+
+    msg_type: Literal["RESUMED"] = "RESUMED"
+    payload: ResumedPayload
+
+
 class ErrorPayload(_Model):
     code: ErrorCode
     message: str
@@ -370,6 +367,7 @@ ServerMessage = (
     | InterruptAckMessage
     | ServerHeartbeatMessage
     | ErrorMessage
+    | ResumedMessage
 )
 
 SERVER_MODELS: Final[dict[str, type[ServerMessage]]] = {
@@ -379,6 +377,7 @@ SERVER_MODELS: Final[dict[str, type[ServerMessage]]] = {
     "INTERRUPT_ACK": InterruptAckMessage,
     "HEARTBEAT": ServerHeartbeatMessage,
     "ERROR": ErrorMessage,
+    "RESUMED": ResumedMessage,
 }
 
 

@@ -38,6 +38,7 @@ from trio_agent.protocol.messages import (
     InterruptMessage,
     ProtocolError,
     RequestMessage,
+    ResumeMessage,
     ServerHeartbeatMessage,
     SessionMessage,
     SessionPayload,
@@ -269,6 +270,9 @@ class Session:
             self._send_error(exc.code, exc.message, ref=exc.ref, request_id=exc.request_id)
             return
         self.events.frame_read(message)
+        if isinstance(message, ResumeMessage):
+            self._refuse_resume(message)
+            return
         if message.session_id is not None and message.session_id != self.session_id:
             self._send_error(
                 ErrorCode.INVALID_MESSAGE,
@@ -290,6 +294,18 @@ class Session:
                     ts=now_ms(),
                 )
             )
+
+    def _refuse_resume(self, message: ResumeMessage) -> None:
+        """A RESUME (v1.2): this server keeps no session beyond its connection (its
+        SESSION offers no ``resume``), so the client must start over."""
+        self._send_error(
+            ErrorCode.RESUME_UNKNOWN,
+            "no session to resume here: this server does not keep sessions past their connection",
+            ref=message.msg_id,
+        )
+        self._end_session(
+            SessionEnd("RESUME of an unknown session", CloseCode.POLICY_VIOLATION, flush=True)
+        )
 
     def _refuse_binary(self, raw: bytes) -> None:
         """A binary message: only the server sends them (AUDIO), so it is refused."""
