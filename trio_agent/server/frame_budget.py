@@ -1,23 +1,10 @@
 """A per-connection budget of WebSocket frames, counted below the message layer.
 
-trio-websocket hands the session whole messages; the frames that make them up
-(continuations), and the pings and pongs it answers itself, never reach the
-session's rate limit (:mod:`trio_agent.server.ratelimit`). A client could send a
-text frame without FIN and then empty continuations forever, or a ping flood, and
-burn the server's CPU in wsproto without ever completing a message.
-
-:class:`FrameBudgetStream` sits under trio-websocket, counts every frame header in
-the bytes it reads (:class:`~trio_agent.protocol.framing.FrameCounter`) and takes
-one token per frame from a token bucket. When the bucket runs dry it writes a
-close frame (1008) itself, refuses every later write (nothing may follow a close
-frame), and tells trio-websocket the connection is over: the flood is never
-parsed. docs/security.md ("Floods") gives the numbers.
-
-The same count of the bytes gives the size of each message in bytes, as the
-frame headers announce it: a message over ``max_message_bytes`` bytes is closed
-with 1009 before its payload is passed on (trio-websocket counts a text message in
-characters, so a message of 4-byte characters could otherwise take four times the
-limit in memory).
+:class:`FrameBudgetStream` sits under trio-websocket and counts every frame header
+it reads (continuations and pings included, which never reach the session's rate
+limit), and the size of each message in bytes. Past the budget or the size it
+closes the connection itself (1008, 1009) and the rest is never parsed.
+``docs/security.md`` ("Frame budget", "Sizes") explains why and gives the numbers.
 """
 
 from __future__ import annotations
