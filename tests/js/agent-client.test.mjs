@@ -68,12 +68,27 @@ class FakeSocket {
     this.onmessage?.({ data: JSON.stringify({ session_id: "s", msg_id: "s1", ts: 0, ...frame }) });
   }
 
-  session(agents = { lorem: { description: "", available: true } }) {
+  /** SESSION; `resume` is the v1.2 offer ({token, window_s}) of a server that resumes. */
+  session(agents = { lorem: { description: "", available: true } }, { resume } = {}) {
+    /** @type {Record<string, unknown>} */
+    const payload = { protocol: "1.0", server: "fake", agents, default_agent: "lorem", limits: {} };
+    if (resume) payload.resume = resume;
+    this.deliver({ msg_type: "SESSION", session_id: `session-${FakeSocket.all.indexOf(this)}`, payload });
+  }
+
+  /** RESUMED answering the RESUME this socket received, for the session it names. */
+  resumed({ requests = {}, interrupts = {}, token = "next-token", windowS = 30 } = {}) {
+    const resume = this.last("RESUME");
     this.deliver({
-      msg_type: "SESSION",
-      session_id: `session-${FakeSocket.all.indexOf(this)}`,
-      payload: { protocol: "1.0", server: "fake", agents, default_agent: "lorem", limits: {} },
+      msg_type: "RESUMED",
+      session_id: resume.session_id,
+      ref: resume.msg_id,
+      payload: { requests, interrupts, resume: { token, window_s: windowS } },
     });
+  }
+
+  error(code, ref, message = code) {
+    this.deliver({ msg_type: "ERROR", ref, payload: { code, message } });
   }
 
   stream(requestId, seq, delta) {
@@ -124,6 +139,9 @@ function newClient(options = {}) {
     "ack-timeout",
     "error",
     "heartbeat",
+    "reconnecting",
+    "resumed",
+    "resume_failed",
   ]) {
     client.addEventListener(type, (e) => events.push([type, /** @type {any} */ (e).detail]));
   }
@@ -684,4 +702,327 @@ test("interrupt() silences the audio of what it cuts", async () => {
   client.interrupt().catch(() => {});
   assert.equal(audio.pending, 0);
   client.close();
+});
+
+// ---------------------------------------------------------------- resume (protocol v1.2)
+
+const OFFER = { token: "tok-1-0123456789abcdef0123456789", window_s: 30 };
+
+/** A client on a session that offers resume, with mock timers (Date too: the window). */
+async function resumable(t, options = {}) {
+  t.mock.timers.enable({ apis: ["setTimeout", "setInterval", "Date"] });
+  const { client, events } = newClient({ reconnectMinMs: 100, reconnectMaxMs: 400, ...options });
+  const opening = client.connect();
+  const socket = FakeSocket.all[0];
+  socket.session(undefined, { resume: OFFER });
+  await opening;
+  return { client, events, socket };
+}
+
+/** Let the pending (re)connect timer fire; returns the new socket. */
+function nextSocket(t, events) {
+  const scheduled = events.filter(([type, d]) => type === "status" && d.delayMs !== undefined).at(-1);
+  const before = FakeSocket.all.length;
+  t.mock.timers.tick(scheduled[1].delayMs);
+  assert.equal(FakeSocket.all.length, before + 1, "no new connection after the backoff");
+  return FakeSocket.all.at(-1);
+}
+
+const ofType = (events, type) => events.filter(([t]) => t === type).map(([, d]) => d);
+
+test("a drop mid-response resumes: every word once, in order, one DONE", async (t) => {
+  const { client, events, socket } = await resumable(t);
+  const r = client.request("hi");
+  const iterated = [];
+  const reading = (async () => {
+    for await (const delta of r) iterated.push(delta);
+  })();
+  for (let seq = 0; seq < 3; seq++) socket.stream(r.requestId, seq, `w${seq} `);
+  socket.serverClose(1006); // no close frame: a dropped connection
+  assert.equal(client.state, "reconnecting");
+  assert.equal(r.ended, false, "a resumable drop ends nothing");
+  const [reconnecting] = ofType(events, "reconnecting");
+  assert.equal(reconnecting.sessionId, "session-0");
+  assert.equal(reconnecting.attempt, 1);
+  assert.equal(socket.closedWith.code, 4000);
+
+  const second = nextSocket(t, events);
+  assert.equal(second.url, "ws://test/ws", "the resume token never travels in the URL");
+  assert.equal(second.protocols, undefined);
+  second.session(undefined, { resume: { token: "unused", window_s: 30 } });
+  assert.equal(second.sent.length, 1);
+  const resume = second.sent[0];
+  assert.equal(resume.msg_type, "RESUME");
+  assert.equal(resume.session_id, "session-0");
+  assert.deepEqual(resume.payload, { token: OFFER.token, last_seq: { [r.requestId]: 2 } });
+  assert.equal(client.state, "reconnecting", "open only once RESUMED came");
+
+  second.resumed({ requests: { [r.requestId]: "running" }, token: "tok-2" });
+  assert.equal(client.state, "open");
+  assert.equal(client.sessionId, "session-0", "the connection speaks for the old session");
+  const [resumed] = ofType(events, "resumed");
+  assert.deepEqual(resumed.requests, { [r.requestId]: "running" });
+  // The replay overlaps what arrived: dropped, never delivered twice.
+  second.stream(r.requestId, 2, "w2 ");
+  for (let seq = 3; seq < 5; seq++) second.stream(r.requestId, seq, `w${seq} `);
+  second.done(r.requestId, { status: "completed", interrupted: false, frames: 5 });
+  await reading;
+  assert.deepEqual(iterated, ["w0 ", "w1 ", "w2 ", "w3 ", "w4 "]);
+  assert.equal(r.text, "w0 w1 w2 w3 w4 ");
+  assert.equal((await r.done).status, "completed");
+  assert.equal(ofType(events, "done").length, 1);
+  assert.equal(client.stats.duplicatesDropped, 1);
+  assert.equal(client.stats.resumes, 1);
+  assert.equal(client.stats.violations, 0);
+  assert.equal(client.stats.reconnects, 0, "no new session was opened");
+
+  // The token rotated: the next resume uses RESUMED's.
+  const r2 = client.request("again");
+  second.serverClose(1006);
+  const third = nextSocket(t, events);
+  third.session();
+  assert.deepEqual(third.sent[0].payload, { token: "tok-2", last_seq: { [r2.requestId]: -1 } });
+  assert.equal(ofType(events, "reconnecting").at(-1).attempt, 1, "attempts start over after a resume");
+  client.close();
+});
+
+test("the resume token is never shown to the page", async (t) => {
+  const { client, events, socket } = await resumable(t);
+  assert.deepEqual(client.session.resume, { window_s: 30 });
+  socket.serverClose(1006);
+  nextSocket(t, events).session();
+  FakeSocket.all.at(-1).resumed({ token: "tok-2" });
+  const seen = JSON.stringify(events.map(([type, detail]) => [type, detail]));
+  assert.ok(!seen.includes(OFFER.token) && !seen.includes("tok-2"), "a token in an event");
+  client.close();
+});
+
+test("an ACK lost with the connection is resolved from RESUMED.interrupts", async (t) => {
+  const { client, events, socket } = await resumable(t);
+  const r = client.request("hi");
+  socket.stream(r.requestId, 0, "one");
+  const ack = client.interrupt(r.requestId, "STOP");
+  const interrupt = socket.last("INTERRUPT");
+  socket.serverClose(1006); // the ACK never came
+  const second = nextSocket(t, events);
+  second.session();
+  second.resumed({
+    requests: { [r.requestId]: "done" },
+    interrupts: { [interrupt.msg_id]: [r.requestId] },
+  });
+  const result = await ack;
+  assert.deepEqual(result.interrupted, [r.requestId]);
+  assert.equal(result.msgId, interrupt.msg_id);
+  assert.equal(result.reason, "STOP");
+  assert.equal(result.resumed, true);
+  assert.equal(second.last("INTERRUPT"), undefined, "an INTERRUPT the server processed is not sent again");
+  // The replay may still hold a frame written before the cut: dropped, not stale.
+  second.stream(r.requestId, 1, "two");
+  second.done(r.requestId, { status: "interrupted", interrupted: true, frames: 2 });
+  assert.equal(r.text, "one");
+  assert.equal(r.serverDone.status, "interrupted");
+  assert.equal(client.stats.staleAfterAck, 0);
+  assert.equal(client.stats.violations, 0);
+  client.close();
+});
+
+test("an interrupt made while disconnected is queued and sent right after RESUMED", async (t) => {
+  const { client, events, socket } = await resumable(t, { ackTimeoutMs: 1000 });
+  const r = client.request("hi");
+  const other = client.request("other");
+  const lost = client.interrupt(other.requestId); // sent, but the server never read it
+  const lostFrame = socket.last("INTERRUPT");
+  socket.serverClose(1006);
+  const ack = client.interrupt(r.requestId);
+  assert.equal(r.status, "interrupted", "optimistic, even while disconnected");
+  assert.equal(socket.sent.filter((f) => f.msg_type === "INTERRUPT").length, 1);
+  const second = nextSocket(t, events);
+  second.session();
+  assert.deepEqual(
+    second.sent.map((f) => f.msg_type),
+    ["RESUME"],
+    "nothing before RESUMED",
+  );
+  t.mock.timers.tick(4000); // no ACK timeout runs while the session is being resumed
+  second.resumed({ requests: { [r.requestId]: "running", [other.requestId]: "running" } });
+  const [first, queued] = second.sent.slice(1);
+  assert.equal(first.msg_type, "INTERRUPT");
+  assert.equal(first.msg_id, lostFrame.msg_id, "lost with the connection: sent again, same msg_id");
+  assert.equal(queued.msg_type, "INTERRUPT");
+  assert.equal(queued.request_id, r.requestId);
+  second.ack(first, [other.requestId]);
+  second.ack(queued, [r.requestId]);
+  assert.deepEqual((await ack).interrupted, [r.requestId]);
+  assert.deepEqual((await lost).interrupted, [other.requestId]);
+  assert.equal(client.stats.interrupts, 2, "each INTERRUPT counted once");
+  client.close();
+});
+
+test("RESUME_UNKNOWN ends the session as a lost connection, then opens a new one", async (t) => {
+  const { client, events, socket } = await resumable(t);
+  const r = client.request("hi");
+  socket.stream(r.requestId, 0, "one");
+  socket.serverClose(1006);
+  const ack = client.interrupt(r.requestId);
+  const second = nextSocket(t, events);
+  second.session();
+  second.error("RESUME_UNKNOWN", second.last("RESUME").msg_id);
+  second.serverClose(1008);
+  const [failed] = ofType(events, "resume_failed");
+  assert.equal(failed.code, "RESUME_UNKNOWN");
+  assert.equal(failed.sessionId, "session-0");
+  assert.equal(failed.attempts, 1);
+  assert.equal(client.stats.resumeFailures, 1);
+  await assert.rejects(ack, NotConnectedError);
+  assert.equal(r.status, "interrupted");
+  assert.equal(client.state, "reconnecting");
+  const third = nextSocket(t, events);
+  third.session();
+  assert.equal(third.last("RESUME"), undefined, "a new session, not a resume");
+  assert.equal(client.sessionId, "session-2");
+  assert.equal(ofType(events, "session").at(-1).reconnected, true);
+  client.close();
+});
+
+test("RESUME_DENIED fails the resume and ends what streamed as disconnected", async (t) => {
+  const { client, events, socket } = await resumable(t, { reconnect: false });
+  const r = client.request("hi");
+  socket.serverClose(1006);
+  const second = nextSocket(t, events);
+  second.session();
+  second.error("RESUME_DENIED", second.last("RESUME").msg_id);
+  assert.equal(ofType(events, "resume_failed")[0].code, "RESUME_DENIED");
+  const done = await r.done;
+  assert.equal(done.status, "disconnected");
+  assert.equal(client.state, "closed", "reconnect: false: no new session");
+  assert.equal(second.closedWith.code, 4000);
+});
+
+test("the resume gives up after resumeAttempts, then behaves as a lost connection", async (t) => {
+  const { client, events, socket } = await resumable(t, { resumeAttempts: 3 });
+  const r = client.request("hi");
+  socket.serverClose(1006);
+  for (let attempt = 1; attempt <= 3; attempt++) {
+    assert.equal(ofType(events, "reconnecting").at(-1).attempt, attempt);
+    nextSocket(t, events).serverClose(1006); // still down
+  }
+  assert.equal(ofType(events, "reconnecting").length, 3);
+  const [failed] = ofType(events, "resume_failed");
+  assert.equal(failed.code, null);
+  assert.equal(failed.attempts, 3);
+  assert.match(failed.reason, /after 3 attempts/);
+  assert.equal((await r.done).status, "disconnected");
+  const fresh = nextSocket(t, events);
+  fresh.session();
+  assert.equal(fresh.last("RESUME"), undefined);
+  client.close();
+});
+
+test("the resume gives up when the next attempt would come after the window", async (t) => {
+  const { client, events, socket } = await resumable(t, { resumeAttempts: 100, reconnectMaxMs: 4000 });
+  client.request("hi");
+  socket.serverClose(1006);
+  while (ofType(events, "resume_failed").length === 0) nextSocket(t, events).serverClose(1006);
+  assert.match(ofType(events, "resume_failed")[0].reason, /window of 30 s ran out/);
+  assert.ok(Date.now() < 30_000, "no attempt after the window");
+  client.close();
+});
+
+test("a connection that gives SESSION but never RESUMED counts as a failed attempt", async (t) => {
+  const { client, events, socket } = await resumable(t, { heartbeatTimeoutMs: 5000 });
+  client.request("hi");
+  socket.serverClose(1006);
+  const second = nextSocket(t, events);
+  second.session();
+  t.mock.timers.tick(5000);
+  assert.equal(second.closedWith.code, 4000);
+  assert.equal(ofType(events, "reconnecting").at(-1).attempt, 2);
+  const third = nextSocket(t, events);
+  third.session();
+  third.resumed();
+  assert.equal(client.state, "open");
+  client.close();
+});
+
+test("without a resume offer a drop is today's connection loss", async (t) => {
+  t.mock.timers.enable({ apis: ["setTimeout", "setInterval", "Date"] });
+  const { client, events, socket } = await connected({ reconnectMinMs: 100 });
+  assert.equal(client.session.resume, undefined);
+  const r = client.request("hi");
+  socket.serverClose(1006);
+  assert.equal((await r.done).status, "disconnected");
+  assert.equal(ofType(events, "reconnecting").length, 0);
+  const second = nextSocket(t, events);
+  second.session();
+  assert.equal(second.last("RESUME"), undefined);
+  assert.equal(client.stats.reconnects, 1);
+  client.close();
+});
+
+test("resume: false ignores the offer", async (t) => {
+  const { client, events, socket } = await resumable(t, { resume: false });
+  const r = client.request("hi");
+  socket.serverClose(1006);
+  assert.equal((await r.done).status, "disconnected");
+  assert.equal(ofType(events, "reconnecting").length, 0);
+  const second = nextSocket(t, events);
+  second.session(undefined, { resume: OFFER });
+  assert.equal(second.last("RESUME"), undefined);
+  client.close();
+});
+
+for (const code of [1000, 1001, 1008, 4001]) {
+  test(`a close with ${code} from the server is never resumed`, async (t) => {
+    const { client, events, socket } = await resumable(t);
+    const r = client.request("hi");
+    socket.serverClose(code);
+    assert.equal((await r.done).status, "disconnected");
+    assert.equal(ofType(events, "reconnecting").length, 0);
+    client.close();
+  });
+}
+
+test("a spoken reply resumes its AUDIO sequence too, without a duplicate chunk", async (t) => {
+  const { client, events, socket } = await resumable(t, { playAudio: false });
+  const r = client.request("hi", { options: { voice: true } });
+  socket.stream(r.requestId, 0, "one");
+  socket.deliverBinary(chunk(r.requestId, 0, 20));
+  socket.deliverBinary(chunk(r.requestId, 1, 20));
+  socket.serverClose(1006);
+  const second = nextSocket(t, events);
+  second.session();
+  assert.deepEqual(second.last("RESUME").payload.last_audio_seq, { [r.requestId]: 1 });
+  assert.deepEqual(second.last("RESUME").payload.last_seq, { [r.requestId]: 0 });
+  second.resumed({ requests: { [r.requestId]: "running" } });
+  second.deliverBinary(chunk(r.requestId, 1, 20)); // already had it
+  second.deliverBinary(chunk(r.requestId, 2, 20));
+  assert.equal(r.audioFrames, 3);
+  assert.equal(client.stats.duplicatesDropped, 1);
+  assert.equal(client.stats.violations, 0);
+  client.close();
+});
+
+test("a request the resumed session no longer knows ends as disconnected", async (t) => {
+  const { client, events, socket } = await resumable(t);
+  const kept = client.request("kept");
+  const forgotten = client.request("forgotten");
+  socket.serverClose(1006);
+  const second = nextSocket(t, events);
+  second.session();
+  second.resumed({ requests: { [kept.requestId]: "running" } });
+  assert.equal((await forgotten.done).status, "disconnected");
+  assert.equal(kept.ended, false);
+  client.close();
+});
+
+test("close() while resuming stops the resume and ends what streamed", async (t) => {
+  const { client, events, socket } = await resumable(t);
+  const r = client.request("hi");
+  socket.serverClose(1006);
+  client.close();
+  assert.equal((await r.done).status, "disconnected");
+  t.mock.timers.tick(60_000);
+  assert.equal(FakeSocket.all.length, 1);
+  assert.equal(client.state, "closed");
+  assert.equal(ofType(events, "resume_failed").length, 0);
 });

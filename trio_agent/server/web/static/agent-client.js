@@ -26,6 +26,13 @@
 // AudioContext with a small jitter buffer (AudioPlayback). interrupt(id) stops every
 // scheduled buffer of the response at once and sends played_ms, the playback position,
 // so the server's DONE can say what was heard (heard_text).
+//
+// Resume (protocol v1.2): when the SESSION offers `resume` and the connection drops (not
+// a close the page asked for, nor 1000/1001/1008/4001 from the server), the client
+// reconnects, sends RESUME naming the last STREAM/AUDIO seq it holds of every response
+// still expecting frames, and the responses continue where they stopped: a frame whose
+// seq was already delivered is dropped, so a reply has no duplicate and no gap. See
+// docs/web.md ("Resume").
 
 // The wire constants, spelled again because this module has no build step: each one equals its
 // Python definition in trio_agent.protocol, and tests/test_client_constants.py checks that it does.
@@ -118,6 +125,10 @@ export function parseAudioFrame(data) {
  * @property {boolean} [reconnect=true] open a new session after an unexpected close
  * @property {number} [reconnectMinMs=250] first reconnect delay; doubles per failed try
  * @property {number} [reconnectMaxMs=10000] longest reconnect delay
+ * @property {boolean} [resume=true] after a dropped connection, resume the session when
+ *   the server offered it (SESSION.payload.resume), so streaming responses continue
+ * @property {number} [resumeAttempts=6] connections tried to resume, before the session
+ *   is given up as lost (each after the reconnect backoff; never past the offer's window)
  * @property {string} [token] shared secret, offered as a subprotocol (never in the URL)
  * @property {typeof WebSocket} [WebSocket] WebSocket implementation (tests, Node)
  * @property {AudioPlayback} [audio] playback queue (default: one of its own)
@@ -135,6 +146,8 @@ export function parseAudioFrame(data) {
  * @property {Record<string, AgentEntry>} agents
  * @property {string} [default_agent]
  * @property {Record<string, number>} limits
+ * @property {{window_s: number}} [resume]  the server keeps the session this long after a
+ *   drop (protocol v1.2); the offer's token is kept private to the client
  *
  * @typedef {object} DonePayload  the body of a DONE frame, or the local one
  * @property {string} status  completed | interrupted | timeout | failed | shutdown, or,
@@ -156,6 +169,18 @@ export function parseAudioFrame(data) {
  * @property {Record<string, string>} targets
  * @property {string} msgId  the INTERRUPT's msg_id
  * @property {number} ackMs  INTERRUPT sent to ACK received, in milliseconds
+ * @property {boolean} [resumed]  true when RESUMED.payload.interrupts told it, for an ACK
+ *   lost with the connection (then targets maps each cut request to "interrupted")
+ *
+ * @typedef {object} PendingInterrupt  an INTERRUPT awaiting its ACK
+ * @property {number} sentAt
+ * @property {any} timer  the ACK timeout (null while queued during a resume)
+ * @property {string[]} requestIds
+ * @property {(p: AckPayload) => void} resolve
+ * @property {(e: Error) => void} reject
+ * @property {Record<string, unknown>} frame  the INTERRUPT, kept to send after a resume
+ * @property {boolean} sent
+ * @property {string} reason
  *
  * @typedef {object} ClientStats
  * @property {number | null} rttMs  last HEARTBEAT round trip
@@ -173,6 +198,10 @@ export function parseAudioFrame(data) {
  * @property {number} violations  frames that broke the protocol (see the "error" event)
  * @property {number} audioFrames  AUDIO frames delivered
  * @property {number} audioDropped  AUDIO frames of cut responses dropped (in flight, or stale)
+ * @property {number} resumes  sessions resumed after a dropped connection
+ * @property {number} resumeFailures  resumes refused by the server or given up
+ * @property {number} duplicatesDropped  replayed STREAM/AUDIO frames already delivered (a
+ *   resume's replay may overlap what arrived: dropped, never delivered twice)
  */
 
 /** Base class of the errors this module raises. */
@@ -246,6 +275,10 @@ export class AgentResponse extends EventTarget {
     this.audioMs = 0;
     /** @type {Array<number | null>} the start_ms of each delta (null when not spoken) */
     this.startsMs = [];
+    /** Highest STREAM seq received (delivered or dropped), -1 for none: what RESUME names. */
+    this._lastSeq = -1;
+    /** Highest AUDIO seq received, -1 for none. */
+    this._lastAudioSeq = -1;
     /** @type {(payload: DonePayload) => void} */
     let resolve = () => {};
     /** @type {Promise<DonePayload>} resolves once, with the server's DONE or the local one */
@@ -572,6 +605,13 @@ export class AudioPlayback {
  * - "error" [{code, message, requestId, ref}]: an ERROR frame, or a protocol violation
  *   by the server (code "PROTOCOL_VIOLATION")
  * - "heartbeat" [{rttMs}]: a HEARTBEAT reply measured the round trip
+ * - "reconnecting" [{sessionId, attempt, attempts, delayMs, reason}]: the connection
+ *   dropped and the session will be resumed; fired before each attempt
+ * - "resumed" [{sessionId, attempt, requests, interrupts}]: RESUMED came; the responses
+ *   continue (requests: the server's "running"/"done" per request id)
+ * - "resume_failed" [{sessionId, code, reason, attempts}]: the session could not be
+ *   resumed (code RESUME_UNKNOWN or RESUME_DENIED, or null when the attempts or the
+ *   window ran out); it ends as a lost connection does without resume
  */
 export class AgentClient extends EventTarget {
   /** @param {string} url  ws:// or wss:// URL of the agent endpoint @param {AgentClientOptions} [options] */
@@ -585,6 +625,8 @@ export class AgentClient extends EventTarget {
     this.reconnect = options.reconnect ?? true;
     this.reconnectMinMs = options.reconnectMinMs ?? 250;
     this.reconnectMaxMs = options.reconnectMaxMs ?? 10000;
+    this.resume = options.resume ?? true;
+    this.resumeAttempts = options.resumeAttempts ?? 6;
     this._token = options.token ?? null;
     this._WebSocket = options.WebSocket ?? globalThis.WebSocket;
     /** The playback queue AUDIO frames play through, and interrupt() silences. */
@@ -606,6 +648,9 @@ export class AgentClient extends EventTarget {
       violations: 0,
       audioFrames: 0,
       audioDropped: 0,
+      resumes: 0,
+      resumeFailures: 0,
+      duplicatesDropped: 0,
     };
     /** @type {ConnectionState} */
     this.state = "idle";
@@ -617,7 +662,7 @@ export class AgentClient extends EventTarget {
     this._ws = null;
     /** @type {Map<string, AgentResponse>} responses whose server DONE has not come */
     this._responses = new Map();
-    /** @type {Map<string, {sentAt: number, timer: any, requestIds: string[], resolve: (p: AckPayload) => void, reject: (e: Error) => void}>} */
+    /** @type {Map<string, PendingInterrupt>} INTERRUPTs awaiting their ACK (or queued) */
     this._interrupts = new Map();
     /** @type {Map<string, number>} INTERRUPTs whose ACK timed out: msg_id -> sent at (bounded) */
     this._timedOut = new Map();
@@ -634,6 +679,14 @@ export class AgentClient extends EventTarget {
     this._idPrefix = Math.random().toString(36).slice(2, 8);
     /** @type {{resolve: (s: SessionPayload) => void, reject: (e: Error) => void} | null} */
     this._connecting = null;
+    /** @type {{token: string, windowS: number} | null} the live session's resume offer */
+    this._offer = null;
+    /**
+     * The session being resumed after a drop: its id and offer, the deadline of its window,
+     * the attempts made, and the RESUME's msg_id once sent. Null when not resuming.
+     * @type {{sessionId: string, offer: {token: string, windowS: number}, deadline: number, attempt: number, msgId: string | null} | null}
+     */
+    this._resuming = null;
   }
 
   /** Responses still streaming. */
@@ -659,6 +712,8 @@ export class AgentClient extends EventTarget {
   close() {
     this._closedByUser = true;
     clearTimeout(this._reconnectTimer);
+    this._resuming = null;
+    this._offer = null;
     const ws = this._ws;
     this._teardown("closed by the client");
     if (ws) ws.close(1000, "client closed");
@@ -736,8 +791,13 @@ export class AgentClient extends EventTarget {
     if (cut.length) {
       this._emit("interrupted", { responses: cut, msgId, reason });
     }
-    const ws = this._ws;
-    if (this.state !== "open" || ws === null) return Promise.reject(new NotConnectedError());
+    // While a session is being resumed the INTERRUPT waits, and goes out right after
+    // RESUMED (its ACK timeout starts then); if the resume fails it rejects with
+    // NotConnectedError.
+    const queued = this._resuming !== null;
+    if (!queued && (this.state !== "open" || this._ws === null)) {
+      return Promise.reject(new NotConnectedError());
+    }
     /** @type {Record<string, unknown>} */
     const payload = { reason };
     if (playedMs !== null) payload.played_ms = Math.max(0, Math.round(playedMs));
@@ -746,19 +806,37 @@ export class AgentClient extends EventTarget {
     if (requestId != null) frame.request_id = requestId;
     const requestIds = cut.map((r) => r.requestId);
     const ack = new Promise((resolve, reject) => {
-      const timer = setTimeout(() => this._ackTimedOut(msgId), this.ackTimeoutMs);
-      this._interrupts.set(msgId, { sentAt: now(), timer, requestIds, resolve, reject });
+      const pending = { sentAt: now(), timer: null, requestIds, resolve, reject, frame, sent: false, reason };
+      this._interrupts.set(msgId, pending);
+      if (!queued) this._sendInterrupt(msgId, pending);
     });
-    this.stats.interrupts += 1;
-    this._send(frame);
     return /** @type {Promise<AckPayload>} */ (ack);
+  }
+
+  /**
+   * Send an INTERRUPT (again, after a resume, if its first sending may have been lost)
+   * and start its ACK timeout unless it runs already.
+   * @param {string} msgId @param {PendingInterrupt} pending
+   */
+  _sendInterrupt(msgId, pending) {
+    if (!pending.sent) {
+      pending.sent = true;
+      pending.sentAt = now();
+      this.stats.interrupts += 1;
+    }
+    if (pending.timer === null) {
+      pending.timer = setTimeout(() => this._ackTimedOut(msgId), this.ackTimeoutMs);
+    }
+    this._send(pending.frame);
   }
 
   // ---------------------------------------------------------------- connection
 
   _open() {
     clearTimeout(this._reconnectTimer);
-    this._setState(this._everOpened ? "reconnecting" : "connecting", { attempt: this._attempt });
+    this._setState(this._everOpened ? "reconnecting" : "connecting", {
+      attempt: this._resuming?.attempt ?? this._attempt,
+    });
     const protocols = this._token ? [PROTOCOL_NAME, TOKEN_PREFIX + this._token] : undefined;
     let ws;
     try {
@@ -773,7 +851,7 @@ export class AgentClient extends EventTarget {
       if (this._ws === ws) this._onMessage(event.data);
     };
     ws.onclose = (event) => {
-      if (this._ws === ws) this._lost(`closed by the server (code ${event.code})`);
+      if (this._ws === ws) this._lost(`closed by the server (code ${event.code})`, event.code);
     };
     ws.onerror = () => {
       // Always followed by "close", which does the work.
@@ -783,6 +861,10 @@ export class AgentClient extends EventTarget {
   /** @param {Error} error */
   _connectFailed(error) {
     this._ws = null;
+    if (this._resuming !== null && !this._closedByUser) {
+      this._resumeLater(error.message);
+      return;
+    }
     if (this._everOpened && this.reconnect && !this._closedByUser) {
       this._scheduleReconnect(error.message);
       return;
@@ -793,23 +875,111 @@ export class AgentClient extends EventTarget {
     if (connecting) connecting.reject(new NotConnectedError(`could not connect: ${error.message}`));
   }
 
-  /** The connection is gone (closed by the server, network, or no heartbeat reply). @param {string} reason */
-  _lost(reason) {
+  /**
+   * The connection is gone (closed by the server, network, or no heartbeat reply).
+   * A drop of a session the server offered to resume keeps the responses and pending
+   * interrupts and resumes; anything else ends them, as protocol v1 does.
+   * @param {string} reason @param {number | null} [code]  the close code, when one came
+   */
+  _lost(reason, code = null) {
     const ws = this._ws;
-    this._teardown(`connection lost: ${reason}`);
-    if (ws) {
-      ws.onmessage = ws.onclose = ws.onerror = null;
-      try {
-        ws.close(4000, "connection lost");
-      } catch {
-        // already closing
-      }
-    }
+    const resumable =
+      this.resume &&
+      this._everOpened &&
+      !this._closedByUser &&
+      (this._resuming !== null || this._offer !== null) &&
+      (code === null || !FINAL_CLOSE_CODES.has(code));
+    if (resumable || this._resuming !== null) this._detach();
+    else this._teardown(`connection lost: ${reason}`);
+    dropSocket(ws);
     if (this._closedByUser) return;
+    if (resumable) {
+      this._resumeLater(reason);
+      return;
+    }
+    if (this._resuming !== null) {
+      this._resumeFailed(null, reason);
+      return;
+    }
     if (!this._everOpened) {
       this._connectFailed(new Error(reason));
       return;
     }
+    if (this.reconnect) this._scheduleReconnect(reason);
+    else this._setState("closed", { reason });
+  }
+
+  /**
+   * Try the next connection of a resume, after the reconnect backoff; give the session up
+   * when the attempts run out or the next one would come after the server's window.
+   * @param {string} reason
+   */
+  _resumeLater(reason) {
+    let resuming = this._resuming;
+    if (resuming === null) {
+      const offer = /** @type {{token: string, windowS: number}} */ (this._offer);
+      resuming = {
+        sessionId: /** @type {string} */ (this.sessionId),
+        offer,
+        deadline: Date.now() + offer.windowS * 1000,
+        attempt: 0,
+        msgId: null,
+      };
+      this._resuming = resuming;
+      this._offer = null;
+      // No ACK can come while disconnected: the resume's attempts and window bound the
+      // wait, and each ACK timeout starts again when RESUMED comes (_sendInterrupt).
+      for (const pending of this._interrupts.values()) {
+        clearTimeout(pending.timer);
+        pending.timer = null;
+      }
+    }
+    resuming.msgId = null;
+    if (resuming.attempt >= this.resumeAttempts) {
+      this._resumeFailed(null, `no resume after ${resuming.attempt} attempts (${reason})`);
+      return;
+    }
+    const base = Math.min(this.reconnectMaxMs, this.reconnectMinMs * 2 ** resuming.attempt);
+    const delayMs = Math.round(base / 2 + (Math.random() * base) / 2);
+    if (Date.now() + delayMs >= resuming.deadline) {
+      this._resumeFailed(null, `the resume window of ${resuming.offer.windowS} s ran out (${reason})`);
+      return;
+    }
+    resuming.attempt += 1;
+    const attempt = resuming.attempt;
+    this._setState("reconnecting", { attempt, delayMs, reason, resuming: true });
+    this._emit("reconnecting", {
+      sessionId: resuming.sessionId,
+      attempt,
+      attempts: this.resumeAttempts,
+      delayMs,
+      reason,
+    });
+    this._reconnectTimer = setTimeout(() => this._open(), delayMs);
+  }
+
+  /**
+   * The session could not be resumed: it ends as a lost connection does without resume
+   * (responses "disconnected", pending interrupts rejected, then a new session).
+   * @param {string | null} code  the server's ERROR code, or null
+   * @param {string} reason
+   */
+  _resumeFailed(code, reason) {
+    const resuming = this._resuming;
+    if (resuming === null) return;
+    this._resuming = null;
+    this._offer = null;
+    clearTimeout(this._reconnectTimer);
+    const ws = this._ws;
+    this._teardown(`connection lost: ${reason}`);
+    dropSocket(ws);
+    this.stats.resumeFailures += 1;
+    this._emit("resume_failed", {
+      sessionId: resuming.sessionId,
+      code,
+      reason,
+      attempts: resuming.attempt,
+    });
     if (this.reconnect) this._scheduleReconnect(reason);
     else this._setState("closed", { reason });
   }
@@ -823,13 +993,18 @@ export class AgentClient extends EventTarget {
     this._reconnectTimer = setTimeout(() => this._open(), delayMs);
   }
 
-  /** End everything that belonged to the session that is going away. @param {string} reason */
-  _teardown(reason) {
+  /** Forget the connection, keep the session (its responses, its pending interrupts). */
+  _detach() {
     this._ws = null;
     clearInterval(this._heartbeatTimer);
     clearTimeout(this._silenceTimer);
     this._heartbeatTimer = this._silenceTimer = null;
     this._heartbeats.clear();
+  }
+
+  /** End everything that belonged to the session that is going away. @param {string} reason */
+  _teardown(reason) {
+    this._detach();
     for (const response of this._responses.values()) {
       this._finish(response, {
         status: "disconnected",
@@ -858,8 +1033,10 @@ export class AgentClient extends EventTarget {
   /** @param {unknown} data */
   _onMessage(data) {
     this.stats.framesReceived += 1;
+    const handshake = this._resuming !== null;
     if (typeof data !== "string") {
-      this._onAudio(data);
+      if (handshake) this._violation("an AUDIO frame before RESUMED");
+      else this._onAudio(data);
       return;
     }
     /** @type {any} */
@@ -870,7 +1047,14 @@ export class AgentClient extends EventTarget {
       this._violation("a frame that is not JSON");
       return;
     }
+    if (handshake && !["SESSION", "RESUMED", "ERROR", "HEARTBEAT"].includes(frame?.msg_type)) {
+      // Nothing about a resumed request comes before RESUMED (docs/protocol.md).
+      this._violation(`a ${frame?.msg_type} frame before RESUMED`);
+      return;
+    }
     switch (frame?.msg_type) {
+      case "RESUMED":
+        return this._onResumed(frame);
       case "STREAM":
         return this._onStream(frame);
       case "DONE":
@@ -890,8 +1074,16 @@ export class AgentClient extends EventTarget {
 
   /** @param {any} frame */
   _onSession(frame) {
+    if (this._resuming !== null) {
+      this._sendResume();
+      return;
+    }
     const reconnected = this._everOpened;
-    this.session = frame.payload;
+    // The token stays private: the page sees only the window.
+    this._offer = this.resume ? readOffer(frame.payload) : null;
+    const { resume, ...session } = frame.payload ?? {};
+    if (resume != null) session.resume = { window_s: resume.window_s };
+    this.session = /** @type {SessionPayload} */ (session);
     this.sessionId = frame.session_id;
     this._everOpened = true;
     if (reconnected) this.stats.reconnects += 1;
@@ -907,6 +1099,115 @@ export class AgentClient extends EventTarget {
     }
   }
 
+  /**
+   * The first frame on a new connection of a session being resumed: RESUME, naming the
+   * last seq held of every response still expecting frames (a response cut locally too:
+   * its DONE is still to come).
+   */
+  _sendResume() {
+    const resuming = /** @type {NonNullable<AgentClient["_resuming"]>} */ (this._resuming);
+    const msgId = this._nextMsgId();
+    resuming.msgId = msgId;
+    /** @type {Record<string, number>} */
+    const lastSeq = {};
+    /** @type {Record<string, number>} */
+    const lastAudioSeq = {};
+    for (const [requestId, response] of this._responses) {
+      lastSeq[requestId] = response._lastSeq;
+      if (response.spoken || response._lastAudioSeq >= 0) lastAudioSeq[requestId] = response._lastAudioSeq;
+    }
+    /** @type {Record<string, unknown>} */
+    const payload = { token: resuming.offer.token, last_seq: lastSeq };
+    if (Object.keys(lastAudioSeq).length) payload.last_audio_seq = lastAudioSeq;
+    this._send({ msg_type: "RESUME", msg_id: msgId, session_id: resuming.sessionId, payload });
+    // A connection that gives SESSION but never RESUMED is as dead as a silent one.
+    this._silenceTimer = setTimeout(
+      () => this._lost(`no RESUMED within ${this.heartbeatTimeoutMs} ms`),
+      this.heartbeatTimeoutMs,
+    );
+  }
+
+  /** @param {any} frame */
+  _onResumed(frame) {
+    const resuming = this._resuming;
+    if (resuming === null || resuming.msgId === null || frame.ref !== resuming.msgId) {
+      this._violation(`a RESUMED for ${frame.ref}, which is no RESUME of this connection`);
+      return;
+    }
+    clearTimeout(this._silenceTimer);
+    this._silenceTimer = null;
+    this._resuming = null;
+    const payload = frame.payload ?? {};
+    this._offer = this.resume ? readOffer(payload) : null; // the token rotates on every resume
+    this.stats.resumes += 1;
+    this._attempt = 0;
+    /** @type {Record<string, string>} */
+    const requests = payload.requests ?? {};
+    for (const [requestId, response] of [...this._responses]) {
+      if (requestId in requests) continue;
+      // The server no longer knows it: nothing more will come of it.
+      this._responses.delete(requestId);
+      this._finish(response, {
+        status: "disconnected",
+        interrupted: false,
+        reason: "connection lost: the resumed session no longer knows this request",
+        frames: response.frames,
+        local: true,
+      });
+    }
+    /** @type {Record<string, string[]>} */
+    const interrupts = payload.interrupts ?? {};
+    for (const [msgId, cut] of Object.entries(interrupts)) {
+      const pending = this._interrupts.get(msgId);
+      const ids = Array.isArray(cut) ? cut : [];
+      // Not marked ackSeen: the replay may still bring frames written before the cut.
+      this._acknowledge(msgId, {
+        interrupted: ids,
+        interrupted_count: ids.length,
+        reason: pending?.reason ?? DEFAULT_REASON,
+        targets: Object.fromEntries(ids.map((id) => [id, "interrupted"])),
+        resumed: true,
+      });
+    }
+    // Queued while disconnected, or sent and lost with the connection (the server did not
+    // process it, or RESUMED would name it): out now, before anything else.
+    for (const [msgId, pending] of this._interrupts) this._sendInterrupt(msgId, pending);
+    this._setState("open", { resumed: true });
+    const connecting = this._connecting;
+    this._connecting = null;
+    if (connecting && this.session) connecting.resolve(this.session);
+    this._emit("resumed", {
+      sessionId: this.sessionId,
+      attempt: resuming.attempt,
+      requests: { ...requests },
+      interrupts: { ...interrupts },
+    });
+    if (this.heartbeatMs > 0) {
+      this._heartbeat();
+      this._heartbeatTimer = setInterval(() => this._heartbeat(), this.heartbeatMs);
+    }
+  }
+
+  /**
+   * A frame whose seq was received already (a resume's replay may overlap what arrived
+   * before the drop) is dropped: no delta twice. Without a resume it breaks the protocol.
+   * @param {AgentResponse} response @param {unknown} seq @param {"STREAM" | "AUDIO"} kind
+   * @returns {boolean} true when the frame is a duplicate
+   */
+  _duplicate(response, seq, kind) {
+    if (typeof seq !== "number") return false;
+    const audio = kind === "AUDIO";
+    const last = audio ? response._lastAudioSeq : response._lastSeq;
+    if (seq > last) {
+      if (audio) response._lastAudioSeq = seq;
+      else response._lastSeq = seq;
+      return false;
+    }
+    this.stats.duplicatesDropped += 1;
+    if (this.stats.resumes === 0) this._violation(`${kind} seq ${seq} of ${response.requestId} came twice`);
+    return true;
+  }
+
   /** @param {any} frame */
   _onStream(frame) {
     const response = this._responses.get(frame.request_id);
@@ -914,6 +1215,7 @@ export class AgentClient extends EventTarget {
       this._violation(`a STREAM frame for unknown request ${frame.request_id}`);
       return;
     }
+    if (this._duplicate(response, frame.payload?.seq, "STREAM")) return;
     if (response.ended) {
       const stale = response.ackSeen;
       if (stale) this.stats.staleAfterAck += 1;
@@ -951,6 +1253,7 @@ export class AgentClient extends EventTarget {
       this._violation(`an AUDIO frame for unknown request ${requestId}`);
       return;
     }
+    if (this._duplicate(response, seq, "AUDIO")) return;
     if (response.ended) {
       this.stats.audioDropped += 1;
       this._emit("dropped", { response, stale: response.ackSeen, audio: true });
@@ -992,27 +1295,37 @@ export class AgentClient extends EventTarget {
       const response = this._responses.get(requestId);
       if (response) response.ackSeen = true;
     }
-    const pending = this._interrupts.get(frame.ref);
+    this._acknowledge(frame.ref, payload);
+  }
+
+  /**
+   * Resolve the INTERRUPT `msgId` with its ACK: from an INTERRUPT_ACK, or from RESUMED
+   * when the ACK was lost with the connection.
+   * @param {string} msgId @param {any} payload
+   */
+  _acknowledge(msgId, payload) {
+    const pending = this._interrupts.get(msgId);
     if (pending === undefined) {
-      const sentAt = this._timedOut.get(frame.ref);
+      const sentAt = this._timedOut.get(msgId);
       if (sentAt !== undefined) {
-        this._timedOut.delete(frame.ref);
+        this._timedOut.delete(msgId);
         this.stats.lateAcks += 1;
         const ackMs = now() - sentAt;
         this.stats.lastAckMs = ackMs;
-        this._emit("ack", { msgId: frame.ref, payload: { ...payload, msgId: frame.ref, ackMs }, ackMs, late: true });
-      } else {
-        this._violation(`an INTERRUPT_ACK for unknown INTERRUPT ${frame.ref}`);
+        this._emit("ack", { msgId, payload: { ...payload, msgId, ackMs }, ackMs, late: true });
+      } else if (!payload.resumed) {
+        // RESUMED may name an INTERRUPT whose ACK did arrive: nothing to do then.
+        this._violation(`an INTERRUPT_ACK for unknown INTERRUPT ${msgId}`);
       }
       return;
     }
-    this._interrupts.delete(frame.ref);
+    this._interrupts.delete(msgId);
     clearTimeout(pending.timer);
     const ackMs = now() - pending.sentAt;
     this.stats.acks += 1;
     this.stats.lastAckMs = ackMs;
-    const result = { ...payload, msgId: frame.ref, ackMs };
-    this._emit("ack", { msgId: frame.ref, payload: result, ackMs, late: false });
+    const result = { ...payload, msgId, ackMs };
+    this._emit("ack", { msgId, payload: result, ackMs, late: false });
     pending.resolve(result);
   }
 
@@ -1041,6 +1354,10 @@ export class AgentClient extends EventTarget {
       interrupt.reject(new AgentClientError(`INTERRUPT refused: ${message}`, code));
     }
     this._emit("error", { code, message, requestId, ref });
+    const resuming = this._resuming;
+    if (resuming !== null && resuming.msgId !== null && (ref === resuming.msgId || RESUME_REFUSALS.has(code))) {
+      this._resumeFailed(code ?? null, `RESUME refused: ${message}`);
+    }
   }
 
   /** @param {any} frame */
@@ -1113,6 +1430,40 @@ export class AgentClient extends EventTarget {
   _emit(type, detail) {
     this.dispatchEvent(new CustomEvent(type, { detail }));
   }
+}
+
+/**
+ * Close codes after which a session is not resumed: the page's own close (1000), the
+ * server going away (1001, it sent DONE{shutdown} first), a policy refusal (1008: bad
+ * input, or RESUME_UNKNOWN/RESUME_DENIED), and 4001 "resumed elsewhere" (another
+ * connection holds the session now, with the only valid token). Not exported: these are
+ * plain WebSocket codes and the protocol's own, not new wire constants.
+ */
+const FINAL_CLOSE_CODES = new Set([1000, 1001, 1008, 4001]);
+
+/** ERROR codes that refuse a RESUME (each spelled as in trio_agent.protocol's ErrorCode). */
+const RESUME_REFUSALS = new Set(["RESUME_UNKNOWN", "RESUME_DENIED"]);
+
+/** Stop listening to a socket that no longer speaks for the session, and close it. @param {WebSocket | null} ws */
+function dropSocket(ws) {
+  if (ws === null) return;
+  ws.onmessage = ws.onclose = ws.onerror = null;
+  try {
+    ws.close(4000, "connection lost");
+  } catch {
+    // already closing
+  }
+}
+
+/**
+ * The resume offer of a SESSION or RESUMED payload, or null when there is none usable.
+ * @param {any} payload @returns {{token: string, windowS: number} | null}
+ */
+function readOffer(payload) {
+  const offer = payload?.resume;
+  if (offer == null || typeof offer.token !== "string" || offer.token === "") return null;
+  const windowS = Number(offer.window_s);
+  return Number.isFinite(windowS) && windowS > 0 ? { token: offer.token, windowS } : null;
 }
 
 /** Milliseconds from a monotonic clock. */

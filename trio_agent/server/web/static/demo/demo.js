@@ -14,6 +14,10 @@
 // URL parameters: ?speak=1 turns speech on; ?agent=NAME picks the agent; ?ack_timeout_ms=N, ?heartbeat_ms=N and
 // ?reconnect_max_ms=N tune the client; #token=SECRET passes a server token (a fragment never reaches the
 // server's logs). The client is window.agentClient, for the browser's console.
+//
+// A dropped connection of a session the server offers to resume (protocol v1.2) is resumed
+// by the client: the reply goes on where it stopped, and the header says "reconnecting…",
+// then "resumed" (or why it failed) in a reserved spot, so nothing on the page moves.
 
 import { AckTimeoutError, AgentClient, NotConnectedError } from "/static/agent-client.js";
 
@@ -228,7 +232,9 @@ function interruptOne(response, reason) {
   client.interrupt(response.requestId, reason).then(
     (ack) => {
       const confirmed = ack.interrupted.includes(response.requestId);
-      view.ack = ` · ACK in ${ack.ackMs.toFixed(1)} ms${confirmed ? "" : " (it had already finished)"}`;
+      view.ack = ack.resumed
+        ? " · ACK recovered on resume"
+        : ` · ACK in ${ack.ackMs.toFixed(1)} ms${confirmed ? "" : " (it had already finished)"}`;
       show();
       schedule(paintFigures);
     },
@@ -333,9 +339,10 @@ function fillAgents(session) {
 }
 
 client.addEventListener("status", (event) => {
-  const { state, reason } = /** @type {CustomEvent} */ (event).detail;
+  const { state, reason, resuming } = /** @type {CustomEvent} */ (event).detail;
   const status = $("status");
-  if (status.dataset.state === "open" && state === "reconnecting") {
+  // A resume is told quietly in the header (below), not in the conversation.
+  if (status.dataset.state === "open" && state === "reconnecting" && !resuming) {
     addNote("system", `Connection lost (${reason ?? "closed"}); reconnecting…`);
   }
   status.textContent = state;
@@ -349,6 +356,42 @@ client.addEventListener("session", (event) => {
   fillVoices(session);
   if (reconnected) addNote("system", `Reconnected: new session ${sessionId}.`);
   schedule(paintFigures);
+});
+
+let resumeFade = /** @type {any} */ (null);
+
+/** The quiet resume word of the header. @param {string} state @param {string} text */
+function showResume(state, text) {
+  clearTimeout(resumeFade);
+  const resume = $("resume");
+  resume.dataset.state = state;
+  resume.textContent = text;
+  if (state !== "reconnecting") {
+    // It fades in place (the log keeps a failure); its room stays reserved.
+    resumeFade = setTimeout(
+      () => {
+        resume.dataset.state = "";
+        resume.textContent = "";
+      },
+      state === "resumed" ? 4000 : 10000,
+    );
+  }
+}
+
+client.addEventListener("reconnecting", (event) => {
+  const { attempt } = /** @type {CustomEvent} */ (event).detail;
+  showResume("reconnecting", attempt > 1 ? `reconnecting… (${attempt})` : "reconnecting…");
+});
+
+client.addEventListener("resumed", () => {
+  showResume("resumed", "resumed");
+  schedule(paintFigures);
+});
+
+client.addEventListener("resume_failed", (event) => {
+  const { code, reason } = /** @type {CustomEvent} */ (event).detail;
+  showResume("failed", "resume failed");
+  addNote("system", `Could not resume the session (${code ?? reason}); replies in progress were lost.`);
 });
 
 client.addEventListener("ack", (event) => {
