@@ -182,7 +182,7 @@ class ConnectionKeeper:
         try:
             async with trio.open_nursery() as link:
                 self._link = link.cancel_scope
-                ws = await link.start(connect, await open_stream(), self._patience)
+                ws = await link.start(connect, await self._open(open_stream), self._patience)
                 self._go_live(link, ws, heartbeat)
                 task_status.started()
         except BaseExceptionGroup as group:
@@ -251,7 +251,7 @@ class ConnectionKeeper:
             try:
                 async with trio.open_nursery() as link:
                     self._link = link.cancel_scope
-                    ws = await link.start(connect, await open_stream(), self._patience)
+                    ws = await link.start(connect, await self._open(open_stream), self._patience)
                     await self._send_resume(ws)
                     self._dropped = None
                     self._reporter.report(ConnectionEvent("resumed", attempt))
@@ -299,6 +299,15 @@ class ConnectionKeeper:
             raise ConnectionLost(
                 f"no answer to RESUME within {self._patience:g} s", code=None
             ) from None
+
+    async def _open(
+        self, open_stream: Callable[[], Awaitable[trio.abc.Stream | None]]
+    ) -> trio.abc.Stream | None:
+        """The stream for the next connection (``None``: dial the URL)."""
+        try:
+            return await open_stream()
+        except OSError as exc:
+            raise ConnectionFailed(f"could not open a connection: {exc}") from exc
 
     async def _send_now(self, ws: WebSocketConnection, outgoing: Outgoing) -> None:
         """Send on a connection whose writer has not started yet (the resume handshake)."""
