@@ -13,10 +13,15 @@ from typing import Any
 
 import pytest
 import trio
+from fake_server import FAKE_URL, FakeServer, start_fake
 
-from tests.fake_server import FAKE_URL, FakeServer, start_fake
-from trio_agent.client import ClientClosed, ConnectionLost, ProtocolViolation, open_agent_client
-from trio_agent.client.resumption import ConnectionEvent
+from trio_agent.client import (
+    ClientClosed,
+    ConnectionEvent,
+    ConnectionLost,
+    ProtocolViolation,
+    open_agent_client,
+)
 
 
 def resumable(fake: FakeServer, **options: Any) -> Any:
