@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import trio
-from fake_server import FAKE_URL, FakeServer, start_fake
+from fake_server import FAKE_URL, FakeServer, start_fake, tone, voice_session_payload
 
 from trio_agent.client import (
     ClientClosed,
@@ -355,3 +355,37 @@ async def test_leaving_the_block_while_reconnecting_ends_everything(nursery, aut
                 if event.kind == "reconnecting":
                     break
     assert not scope.cancelled_caught
+
+
+async def test_a_spoken_reply_resumes_each_sequence_where_it_stopped(nursery, autojump_clock):
+    fake = start_fake(nursery, session=voice_session_payload(), resume=True)
+    async with resumable(fake) as client:
+        response = await client.request("q", request_id="r1", voice=True)
+        await fake.recv_type("REQUEST")
+        await fake.stream("r1", 0, "Hello", start_ms=0)
+        await fake.audio("r1", 0, 0, tone(20))
+        await fake.audio("r1", 1, 20, tone(20))
+        assert (await response.__anext__()).delta == "Hello"
+        await fake.drop()
+        resume = await fake.accept_resume()
+        assert resume["payload"]["last_seq"] == {"r1": 0}
+        assert resume["payload"]["last_audio_seq"] == {"r1": 1}
+        await fake.stream("r1", 1, " world", start_ms=40)
+        await fake.audio("r1", 2, 40, tone(20))
+        await fake.done("r1", 2, audio_ms=60.0)
+        assert [chunk.delta async for chunk in response] == [" world"]
+        assert [chunk.seq async for chunk in response.audio()] == [0, 1, 2]
+        assert client.violations == []
+
+
+async def test_a_request_cancelled_while_disconnected_is_never_sent(nursery, autojump_clock):
+    fake = start_fake(nursery, resume=True)
+    async with resumable(fake) as client:
+        await fake.drop()
+        with trio.move_on_after(0.01):
+            await client.request("never", request_id="r9")
+        await fake.accept_resume()
+        await client.request("after", request_id="r2")
+        after = await fake.recv_type("REQUEST")
+        assert after["request_id"] == "r2"
+        assert all(frame.get("request_id") != "r9" for frame in fake.received)
