@@ -389,3 +389,20 @@ async def test_a_request_cancelled_while_disconnected_is_never_sent(nursery, aut
         after = await fake.recv_type("REQUEST")
         assert after["request_id"] == "r2"
         assert all(frame.get("request_id") != "r9" for frame in fake.received)
+
+
+async def test_no_attempt_starts_after_the_window(nursery, autojump_clock):
+    """The offer's window is 30 s: a first wait of 35 s or more is pointless."""
+    fake = start_fake(nursery, resume=True)
+    clients: list[Any] = []
+
+    async def scenario() -> None:
+        async with resumable(fake, resume_backoff_s=70.0, resume_backoff_max_s=70.0) as client:
+            clients.append(client)
+            await fake.drop()
+            await trio.sleep_forever()
+
+    with pytest.raises(ConnectionLost, match="could not be resumed"):
+        await scenario()
+    assert kinds(drain_events(clients[0])) == ["resume_failed"]
+    assert fake.connections == 1

@@ -241,10 +241,12 @@ class ConnectionKeeper:
         why: AgentClientError = self._dropped
         offer = self._client_state.resume_offer
         deadline = trio.current_time() + (offer.window_s if offer is not None else 0.0)
+        tried = 0
         for attempt in range(1, policy.attempts + 1):
             delay = policy.delay_s(attempt, self._rng)
             if trio.current_time() + delay > deadline:
-                break
+                break  # the server has given the session up by then
+            tried = attempt
             self._reporter.report(ConnectionEvent("reconnecting", attempt, delay, why))
             await trio.sleep(delay)
             self._client_state.reconnected()
@@ -260,14 +262,16 @@ class ConnectionKeeper:
                 return
             except BaseExceptionGroup as group:
                 error = lone_exception(group)
-                if isinstance(error, ServerError):
+                if isinstance(error, ServerError) or (
+                    isinstance(error, ConnectionLost) and not is_resumable(error)
+                ):
                     self._give_up(attempt, error)
                     return
                 if not isinstance(error, ConnectionFailed | ConnectionLost):
                     raise
                 why = error
                 self._ws = None
-        self._give_up(policy.attempts, why)
+        self._give_up(tried, why)
 
     async def _send_resume(self, ws: WebSocketConnection) -> None:
         """Send the RESUME, read until its answer, and act on the RESUMED: ACKs the
@@ -286,7 +290,7 @@ class ConnectionKeeper:
                             case Resumed(resend=resend):
                                 for frame in resend:
                                     await self._send_now(ws, frame)
-                                for pending in self._heartbeats.values():
+                                for pending in list(self._heartbeats.values()):
                                     if pending.queued.taken_at is not None:
                                         pending.queued.taken_at = trio.current_time()
                                         await self._send_now(ws, pending.queued.outgoing)
