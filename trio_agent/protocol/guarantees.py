@@ -67,6 +67,10 @@ def _remember(memory: dict[str, Any], key: str, value: Any, limit: int) -> None:
 class GuaranteeChecker:
     """Checks a conversation against guarantees 1-7 of protocol v1 (see docs/protocol.md).
 
+    Across resumes (v1.2, after :meth:`reconnected`) the same guarantees hold over
+    all connections, plus :data:`RESUME_GUARANTEE`: the new connection's SESSION,
+    then the RESUMED answering the RESUME, then frames of the old session id only.
+
     :param memory: how many ended request ids and answered INTERRUPTs to remember
         (to recognise a frame that comes after the end). Older ones are forgotten, so
         a STREAM for a long-ended request is reported as one this client never sent.
