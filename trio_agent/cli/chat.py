@@ -13,6 +13,7 @@ import argparse
 import os
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from typing import TextIO
 
 import trio
@@ -266,6 +267,19 @@ def describe_ack(ack: AckInfo, handle: InterruptHandle) -> str:
     return f"{head}: {what}{dropped}"
 
 
+async def show_connection(client: AgentClient, screen: Screen) -> None:
+    """One discreet line when the connection drops (``[reconnecting...]``, once
+    per drop), when the session is back (``[resumed]``), or when it cannot be
+    (``[could not resume: ...]``). Runs until cancelled or the client ends."""
+    async for event in client.events:
+        if event.kind == "reconnecting" and event.attempt == 1:
+            screen.note("reconnecting...")
+        elif event.kind == "resumed":
+            screen.note("resumed")
+        elif event.kind == "resume_failed":
+            screen.note(f"could not resume: {event.error}")
+
+
 async def run_chat(
     url: str,
     *,
@@ -277,6 +291,7 @@ async def run_chat(
     heartbeat_s: float | None = 10.0,
     voice: VoiceSettings | None = None,
     stream: trio.abc.Stream | None = None,
+    open_stream: Callable[[], Awaitable[trio.abc.Stream]] | None = None,
 ) -> int:
     """Run the chat until ``/quit`` or the end of ``stdin``; return the exit status.
 
@@ -284,6 +299,11 @@ async def run_chat(
         is a pipe, so the transcript shows the questions.
     :param voice: speak the replies (see :class:`VoiceSettings`).
     :param stream: connect over this open stream (see :func:`open_agent_client`).
+    :param open_stream: open the stream of each later connection (a resume), see
+        :func:`open_agent_client`.
+
+    When the connection drops and the session is resumed, one line says so
+    (``[reconnecting...]``, then ``[resumed]``) and the reply goes on.
 
     Errors (cannot connect, connection lost) are printed as one line on stderr,
     with exit status 1; an unknown ``agent`` gives status 2.
@@ -297,7 +317,7 @@ async def run_chat(
     screen = Screen(out)
     try:
         async with open_agent_client(
-            url, token=token, heartbeat_s=heartbeat_s, stream=stream
+            url, token=token, heartbeat_s=heartbeat_s, stream=stream, open_stream=open_stream
         ) as client:
             names = ", ".join(client.agents)
             chosen = agent or client.default_agent or next(iter(client.agents), None)
@@ -324,13 +344,16 @@ async def run_chat(
                     voice = None  # asking would only get UNKNOWN_VOICE
             screen.note(HELP)
             lines = LineReader(stdin)
-            async with trio.open_nursery() as nursery:
-                chat = Chat(client, screen, chosen, nursery, echo_input=echo_input, voice=voice)
-                while (line := await lines.next_line()) is not None:
-                    if not await chat.handle(line):
-                        nursery.cancel_scope.cancel(reason="/quit")
-                        break
-            # At the end of the input the nursery has waited for the last reply.
+            async with trio.open_nursery() as watching:
+                watching.start_soon(show_connection, client, screen)
+                async with trio.open_nursery() as nursery:
+                    chat = Chat(client, screen, chosen, nursery, echo_input=echo_input, voice=voice)
+                    while (line := await lines.next_line()) is not None:
+                        if not await chat.handle(line):
+                            nursery.cancel_scope.cancel(reason="/quit")
+                            break
+                # At the end of the input the nursery has waited for the last reply.
+                watching.cancel_scope.cancel(reason="the chat is over")
     except AgentClientError as error:
         screen.end_reply()
         print(f"trio-agent chat: {error}", file=sys.stderr)

@@ -32,6 +32,7 @@ from trio_agent.client.response import (
     InterruptHandle,
     Response,
 )
+from trio_agent.client.resumption import ConnectionEvent
 from trio_agent.client.state import (
     AudioChunk,
     Chunk,
@@ -51,6 +52,7 @@ __all__ = [
     "Chunk",
     "ClientClosed",
     "ClientState",
+    "ConnectionEvent",
     "ConnectionFailed",
     "ConnectionLost",
     "DoneInfo",

@@ -8,29 +8,35 @@ how each call behaves when cancelled.
 
 from __future__ import annotations
 
+import random
 import ssl
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
+from functools import partial
 from types import MappingProxyType
 from typing import Any, Final
-from urllib.parse import urlsplit
 
 import trio
 from loguru import logger
-from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_client_stream
+from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from trio_agent.client._exception_groups import lone_exception, raise_unwrapped
 from trio_agent.client.errors import (
     AgentClientError,
     ClientClosed,
-    ConnectionFailed,
     ConnectionLost,
     HeartbeatTimeout,
     ProtocolViolation,
     ServerError,
 )
+from trio_agent.client.keeper import ConnectionKeeper, PendingHeartbeat
 from trio_agent.client.outbox import Outbox, QueuedFrame
 from trio_agent.client.response import AckInfo, InterruptHandle, Response
+from trio_agent.client.resumption import (
+    ConnectionEvent,
+    EventReporter,
+    ResumePolicy,
+)
 from trio_agent.client.state import (
     Acknowledged,
     ClientState,
@@ -39,14 +45,14 @@ from trio_agent.client.state import (
     InterruptRefused,
     Opened,
     ProtocolBreach,
+    Reopened,
     RequestUpdated,
+    Resumed,
+    ResumeRefused,
     UnclaimedError,
 )
 from trio_agent.client.websocket import (
     close_websocket,
-    connection_failure,
-    dial,
-    host_header,
     offered_subprotocols,
 )
 from trio_agent.protocol.messages import (
@@ -65,16 +71,7 @@ CLOSE_TIMEOUT_S: Final = 1.0
 WITHDRAWN_REASON: Final = "CLIENT_CANCELLED"
 
 
-class _PendingHeartbeat:
-    __slots__ = ("answered", "queued", "rtt_s")
-
-    def __init__(self, queued: QueuedFrame) -> None:
-        self.queued = queued
-        self.answered = trio.Event()
-        self.rtt_s: float | None = None
-
-
-class AgentClient:
+class AgentClient(ConnectionKeeper):
     """A connection to a trio-agent server. Get one from :func:`open_agent_client`.
 
     Attributes set from the SESSION frame: :attr:`session_id`, :attr:`agents` (agent
@@ -82,8 +79,14 @@ class AgentClient:
     :attr:`limits`, :attr:`server`, :attr:`protocol`.
     """
 
-    def __init__(self, *, strict: bool) -> None:
+    def __init__(self, *, strict: bool, resume: ResumePolicy | None = None) -> None:
         self.strict = strict
+        self._resume_policy = resume
+        self._reporter = EventReporter()
+        #: What happens to the connection (``reconnecting``, ``resumed``,
+        #: ``resume_failed``): a Trio receive channel of :class:`ConnectionEvent`,
+        #: closed when the client ends, so ``async for event in client.events`` ends too.
+        self.events: trio.MemoryReceiveChannel[ConnectionEvent] = self._reporter.receive
         #: Violations found (in ``strict`` mode the first one also ends the client).
         self.violations: list[ProtocolViolation] = []
         #: The round-trip time of the last answered HEARTBEAT, in seconds.
@@ -94,11 +97,21 @@ class AgentClient:
         self._nursery: trio.Nursery | None = None
         self._responses: dict[str, Response] = {}
         self._handles: dict[str, InterruptHandle] = {}
-        self._heartbeats: dict[str, _PendingHeartbeat] = {}
+        self._heartbeats: dict[str, PendingHeartbeat] = {}
         self._outbox = Outbox()
         self._failure: AgentClientError | None = None
         self._closing = False
         self._log = logger
+        self._link: trio.CancelScope | None = None
+        self._dropped: ConnectionLost | None = None
+        self._rng = random.Random()
+        self._patience = 10.0
+
+    @property
+    def connected(self) -> bool:
+        """False while the client is reconnecting after a drop (requests and
+        interrupts made meanwhile wait and are sent once the session is resumed)."""
+        return self._ws is not None and self._dropped is None
 
     # ------------------------------------------------------------------ what SESSION said
 
@@ -246,7 +259,7 @@ class AgentClient:
         """
         self._check_open()
         outgoing = self._client_state.heartbeat()
-        pending = _PendingHeartbeat(self._outbox.put(outgoing))
+        pending = PendingHeartbeat(self._outbox.put(outgoing))
         self._heartbeats[outgoing.msg_id] = pending
         try:
             await self._wait_written(pending.queued)
@@ -260,7 +273,7 @@ class AgentClient:
     # ------------------------------------------------------------------ sending
 
     def _check_open(self) -> None:
-        if self._failure is not None or self._closing or self._ws is None:
+        if self._failure is not None or self._closing or self._session is None:
             raise self._closed_error()
 
     def _closed_error(self) -> ClientClosed:
@@ -293,14 +306,18 @@ class AgentClient:
     async def _write_loop(self, ws: WebSocketConnection) -> None:
         """Send queued frames in order. The only task that sends on the socket, so a
         cancelled caller can never leave half a frame on the wire."""
-        try:
-            while True:
-                queued = await self._outbox.take()
-                self._client_state.sending(queued.outgoing)
+        while True:
+            queued = await self._outbox.take()
+            self._client_state.sending(queued.outgoing)
+            try:
                 await ws.send_message(queued.outgoing.text)
+            except ConnectionClosed as closed:
+                self._lost(ConnectionLost.from_close(closed.reason))
+                return
+            finally:
+                # Handed to the socket, whatever became of it: after a resume the
+                # RESUMED says whether the server saw it (ClientState.resume).
                 queued.written.set()
-        except ConnectionClosed as closed:
-            self._fail(ConnectionLost.from_close(closed.reason))
 
     # ------------------------------------------------------------------ receiving
 
@@ -312,7 +329,7 @@ class AgentClient:
             try:
                 raw = await ws.get_message()
             except ConnectionClosed as closed:
-                self._fail(ConnectionLost.from_close(closed.reason))
+                self._lost(ConnectionLost.from_close(closed.reason))
                 return
             for event in self._client_state.receive(raw):
                 self._act(event)
@@ -357,8 +374,8 @@ class AgentClient:
                     self._fail(violation)
                 else:
                     self._log.warning("protocol violation by the server: {}", violation)
-            case Opened():
-                pass  # only the first frame opens a session; _connect reads it
+            case Opened() | Reopened() | Resumed() | ResumeRefused():
+                pass  # only the first frame opens a connection; _connect and _resume read it
 
     # ------------------------------------------------------------------ heartbeats
 
@@ -373,7 +390,7 @@ class AgentClient:
                 except ClientClosed:
                     return  # the client is ending anyway
             if waiting.cancelled_caught:
-                self._fail(
+                self._lost(
                     HeartbeatTimeout(
                         f"the server did not answer a HEARTBEAT within {patience:g} s; "
                         "it is unreachable or stuck"
@@ -383,71 +400,6 @@ class AgentClient:
             await trio.sleep_until(started + interval)
 
     # ------------------------------------------------------------------ lifecycle
-
-    async def _connect(
-        self,
-        url: str,
-        subprotocols: list[str],
-        ssl_context: ssl.SSLContext | None,
-        stream: trio.abc.Stream | None,
-        patience: float,
-        *,
-        task_status: trio.TaskStatus[WebSocketConnection] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        """Open the WebSocket, read the SESSION frame, and hold the connection open.
-
-        trio-websocket's reader task runs in the nursery opened here, so its failures
-        during the handshake come back as :class:`ConnectionFailed` from
-        ``nursery.start()`` and never reach the client's nursery. The client opens
-        the TCP stream itself and this task closes it when it ends, whatever ends
-        it: trio-websocket leaves a stream open when the server closed first or the
-        handshake failed.
-        """
-        parts = urlsplit(url)
-        if parts.scheme not in ("ws", "wss") or not parts.hostname:
-            raise ConnectionFailed(f"{url!r} is not a ws:// or wss:// URL")
-        try:
-            async with trio.open_nursery() as nursery:
-                with trio.fail_after(patience):
-                    if stream is None:
-                        stream = await dial(parts, ssl_context)
-                    ws = await wrap_client_stream(
-                        nursery,
-                        stream,  # type: ignore[arg-type]  # typed for sockets; any Stream works
-                        host_header(parts),
-                        (parts.path or "/") + (f"?{parts.query}" if parts.query else ""),
-                        subprotocols=subprotocols,
-                    )
-                    first = await ws.get_message()
-                events = self._client_state.receive(first)
-                opened = [e for e in events if isinstance(e, Opened)]
-                if not opened:
-                    breach = next((e for e in events if isinstance(e, ProtocolBreach)), None)
-                    raise ConnectionFailed(
-                        "the server's first frame is not a valid SESSION"
-                        + (f": {breach.message}" if breach else "")
-                    )
-                self._session = opened[0].session
-                self._ws = ws
-                self._log = logger.bind(session_id=self._session.session_id)
-                task_status.started(ws)
-                await trio.sleep_forever()
-        except BaseExceptionGroup as group:
-            error = lone_exception(group)
-            if error is None:
-                raise
-            if self._ws is not None:
-                # After the handshake trio-websocket's reader does not raise; if it
-                # ever does, the connection is unusable, and we say so.
-                self._fail(ConnectionLost(f"the WebSocket failed: {error!r}"))
-                return
-            failed = connection_failure(error, url, patience)
-            if failed is error:
-                raise_unwrapped(error)
-            raise failed from error
-        finally:
-            if stream is not None:
-                await trio.aclose_forcefully(stream)
 
     async def _close(self, nursery: trio.Nursery) -> None:
         """End the client: fail what still waits, close the WebSocket (bounded and
@@ -459,6 +411,7 @@ class AgentClient:
             # After a failure the peer is gone or misbehaving: do not wait for its
             # close frame, just close our end.
             await close_websocket(self._ws, grace=CLOSE_TIMEOUT_S if self._failure is None else 0)
+        self._reporter.close()
         nursery.cancel_scope.cancel(reason="client closed")
 
     def _fail(self, failure: AgentClientError) -> None:
@@ -469,6 +422,7 @@ class AgentClient:
         self._failure = failure
         self._log.debug("client failed: {}", failure)
         self._abandon()
+        self._reporter.close()
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel(reason=str(failure))
 
@@ -496,6 +450,11 @@ async def open_agent_client(
     connect_timeout_s: float = 10.0,
     ssl_context: ssl.SSLContext | None = None,
     stream: trio.abc.Stream | None = None,
+    open_stream: Callable[[], Awaitable[trio.abc.Stream]] | None = None,
+    resume: bool = True,
+    resume_attempts: int = 5,
+    resume_backoff_s: float = 0.2,
+    resume_backoff_max_s: float = 5.0,
 ) -> AsyncIterator[AgentClient]:
     """Connect to a trio-agent server; the client lives for the ``async with`` block.
 
@@ -513,7 +472,24 @@ async def open_agent_client(
     :param stream: connect over this already-open Trio stream instead of dialling
         the URL's host (the URL still gives the Host header and the path): for
         unusual transports and for tests over memory streams. The client owns it
-        from then on, and closes it.
+        from then on, and closes it. A client given a ``stream`` cannot reconnect
+        unless ``open_stream`` is given too.
+    :param open_stream: called for each connection after the first (and for the
+        first when ``stream`` is not given) to open its stream instead of dialling
+        the URL's host; the client owns each stream it returns.
+    :param resume: when the server's SESSION offers resumption (protocol v1.2) and
+        the connection drops (no close frame, a heartbeat timeout, any close but
+        1000, 1001, 1008 and 4001), reconnect and resume the session: responses go
+        on where they stopped. ``False``: a drop ends the client, as in v1.1.
+    :param resume_attempts: how many connections to try before giving up.
+    :param resume_backoff_s: the first wait before reconnecting; each attempt
+        doubles it, up to ``resume_backoff_max_s``, and a random part (up to half)
+        is taken off so that clients do not all return at once. No attempt starts
+        after the offer's ``window_s``.
+    :param resume_backoff_max_s: the longest wait between two attempts.
+
+    :attr:`AgentClient.events` reports ``reconnecting``, ``resumed`` and
+    ``resume_failed`` (:class:`~trio_agent.client.resumption.ConnectionEvent`).
 
     The block exits with :class:`ConnectionFailed` if the connection cannot be
     made, and with :class:`ConnectionLost` (:class:`HeartbeatTimeout`) or
@@ -529,22 +505,37 @@ async def open_agent_client(
     if beat_timeout is not None and not beat_timeout > 0:
         raise ValueError(f"heartbeat_timeout_s must be positive, not {beat_timeout!r}")
 
-    client = AgentClient(strict=strict)
+    policy = (
+        ResumePolicy(resume_attempts, resume_backoff_s, resume_backoff_max_s)
+        if resume and (stream is None or open_stream is not None)
+        else None
+    )
+    client = AgentClient(strict=strict, resume=policy)
+    client._patience = connect_timeout_s
+    first: list[trio.abc.Stream | None] = [stream]
+
+    async def next_stream() -> trio.abc.Stream | None:
+        if first:
+            given = first.pop()
+            if given is not None or open_stream is None:
+                return given
+        return await open_stream() if open_stream is not None else None
+
+    heartbeat = (
+        (heartbeat_s, beat_timeout)
+        if heartbeat_s is not None and beat_timeout is not None
+        else None
+    )
     try:
         async with trio.open_nursery() as nursery:
             client._nursery = nursery
-            ws = await nursery.start(
-                client._connect, url, subprotocols, ssl_context, stream, connect_timeout_s
+            await nursery.start(
+                client._keep_connected,
+                next_stream,
+                partial(client._connect, url, subprotocols, ssl_context),
+                heartbeat,
+                name="trio-agent client connection",
             )
-            nursery.start_soon(client._read_loop, ws, name="trio-agent client reader")
-            nursery.start_soon(client._write_loop, ws, name="trio-agent client writer")
-            if heartbeat_s is not None and beat_timeout is not None:
-                nursery.start_soon(
-                    client._heartbeat_loop,
-                    heartbeat_s,
-                    beat_timeout,
-                    name="trio-agent client heartbeat",
-                )
             try:
                 yield client
             finally:

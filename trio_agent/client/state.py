@@ -12,21 +12,35 @@ from __future__ import annotations
 import itertools
 import math
 import re
-from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ValidationError
 
-from trio_agent.protocol.audio import AudioHeader, decode_audio_frame
+from trio_agent.client.reply import AudioChunk, Chunk, DoneInfo
+from trio_agent.client.tracking import (
+    Acknowledged,
+    Event,
+    HeartbeatAnswered,
+    InterruptRefused,
+    InterruptState,
+    Opened,
+    Outgoing,
+    ProtocolBreach,
+    Reopened,
+    RequestState,
+    RequestUpdated,
+    Resumed,
+    ResumeRefused,
+    UnclaimedError,
+)
+from trio_agent.protocol.audio import decode_audio_frame
 from trio_agent.protocol.bounds import MAX_REASON_CHARS, REQUEST_ID_PATTERN
 from trio_agent.protocol.guarantees import GuaranteeChecker
 from trio_agent.protocol.messages import (
     DEFAULT_INTERRUPT_REASON,
     SERVER_MODELS,
     DoneMessage,
-    DonePayload,
     DoneStatus,
     ErrorInfo,
     ErrorMessage,
@@ -38,6 +52,10 @@ from trio_agent.protocol.messages import (
     ProtocolError,
     RequestMessage,
     RequestPayload,
+    ResumedMessage,
+    ResumeMessage,
+    ResumeOffer,
+    ResumePayload,
     ServerHeartbeatMessage,
     SessionMessage,
     StreamMessage,
@@ -49,248 +67,27 @@ from trio_agent.protocol.messages import (
 _REQUEST_ID: Final = re.compile(REQUEST_ID_PATTERN)
 
 
-# --------------------------------------------------------------------------- what the user sees
-
-
-@dataclass(frozen=True, slots=True)
-class Chunk:
-    """One piece of a reply: a STREAM frame's ``seq`` and ``delta``, and, when the
-    reply is spoken, ``start_ms``: where its words start in the reply's audio."""
-
-    seq: int
-    delta: str
-    start_ms: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class AudioChunk:
-    """One AUDIO frame of a spoken reply: its samples and where they sit in it.
-
-    ``samples`` are raw ``format`` bytes (``pcm_s16le``: signed 16-bit
-    little-endian, ``channels`` interleaved) at ``sample_rate``; always use the
-    chunk's own rate, servers differ. ``start_ms`` is the chunk's offset in the
-    spoken reply and ``duration_ms`` its length, so ``end_ms`` is where the next
-    chunk starts.
-    """
-
-    seq: int
-    start_ms: float
-    duration_ms: float
-    sample_rate: int
-    channels: int
-    samples: bytes
-    format: str = "pcm_s16le"
-
-    @property
-    def end_ms(self) -> float:
-        return self.start_ms + self.duration_ms
-
-    @classmethod
-    def from_frame(cls, header: AudioHeader, samples: bytes) -> AudioChunk:
-        return cls(
-            seq=header.seq,
-            start_ms=header.start_ms,
-            duration_ms=header.duration_ms,
-            sample_rate=header.sample_rate,
-            channels=header.channels,
-            samples=samples,
-            format=header.format,
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class DoneInfo:
-    """How a request ended: the payload of its DONE frame, or the client's own cut.
-
-    ``local`` is true when the client decided the end itself (an optimistic
-    interrupt) and no DONE had been read yet; ``frames`` is then the number of
-    chunks that had arrived before the cut.
-
-    A spoken reply's DONE adds ``audio_ms`` (audio the server wrote to the
-    socket), ``heard_ms`` (the ``played_ms`` of the INTERRUPT that cut it, capped
-    by ``audio_ms``; else ``audio_ms``) and ``heard_text`` (the words whose audio
-    lies wholly within ``heard_ms``). A local end leaves them ``None``: only the
-    server knows what it wrote; see :attr:`RequestState.server_done`.
-    """
-
-    status: DoneStatus
-    interrupted: bool
-    frames: int
-    reason: str | None = None
-    error: ErrorInfo | None = None
-    local: bool = False
-    audio_ms: float | None = None
-    heard_ms: float | None = None
-    heard_text: str | None = None
-
-    @classmethod
-    def from_payload(cls, payload: DonePayload) -> DoneInfo:
-        return cls(
-            status=payload.status,
-            interrupted=payload.interrupted,
-            frames=payload.frames,
-            reason=payload.reason,
-            error=payload.error,
-            audio_ms=payload.audio_ms,
-            heard_ms=payload.heard_ms,
-            heard_text=payload.heard_text,
-        )
-
-
-# --------------------------------------------------------------------------- the client state
-
-
-@dataclass(eq=False)
-class RequestState:
-    """One request, from the moment the client queues its REQUEST until the server
-    has said its last word about it (its DONE, or an ERROR refusing it)."""
-
-    request_id: str
-    msg_id: str
-    #: True when the REQUEST asked for speech (``options.voice``).
-    voice: bool = False
-    #: Chunks that arrived and were not consumed yet. Unbounded on purpose: the
-    #: reader must never wait for a slow consumer (see docs/client.md).
-    chunks: deque[Chunk] = field(default_factory=deque)
-    #: The delta of every chunk that arrived before the request ended locally.
-    parts: list[str] = field(default_factory=list)
-    #: STREAM frames of this request dropped because they came after the local cut.
-    stale_dropped: int = 0
-    #: The ``msg_id`` of the INTERRUPT that ended it locally.
-    cut_by: str | None = None
-    #: The end the user sees: the local cut, or else the server's DONE.
-    done: DoneInfo | None = None
-    #: The DONE the server sent, once read (after a local cut too).
-    server_done: DoneInfo | None = None
-    #: The ERROR that refused the REQUEST (``code``/``message``).
-    error: ErrorInfo | None = None
-    #: Audio chunks that arrived and were not consumed yet (unbounded, like ``chunks``).
-    audio: deque[AudioChunk] = field(default_factory=deque)
-    #: AUDIO frames that arrived before the request ended locally.
-    audio_frames: int = 0
-    #: Milliseconds of audio that arrived before the request ended locally.
-    audio_received_ms: float = 0.0
-    #: Milliseconds of audio the application has taken from ``audio``: the default
-    #: playback clock (see :attr:`trio_agent.client.response.Response.played_ms`).
-    audio_consumed_ms: float = 0.0
-    #: AUDIO frames of this request dropped because they came after the local cut.
-    stale_audio_dropped: int = 0
-
-    def take_audio(self) -> AudioChunk:
-        """Pop the next audio chunk and advance the consumed-audio clock."""
-        chunk = self.audio.popleft()
-        self.audio_consumed_ms += chunk.duration_ms
-        return chunk
-
-    @property
-    def ended(self) -> bool:
-        """Over for the user: cut locally, done, or refused."""
-        return self.done is not None or self.error is not None
-
-    @property
-    def settled(self) -> bool:
-        """Over for the server too: its DONE or its ERROR has been read."""
-        return self.server_done is not None or self.error is not None
-
-    @property
-    def frames(self) -> int:
-        """Chunks that arrived before the request ended locally."""
-        return len(self.parts)
-
-
-@dataclass(eq=False)
-class InterruptState:
-    """One INTERRUPT waiting for its answer."""
-
-    msg_id: str
-    request_id: str | None
-    reason: str
-    #: The requests this INTERRUPT ended locally, in the order they were sent.
-    cut: tuple[RequestState, ...]
-
-    @property
-    def stale_dropped(self) -> int:
-        """Stale frames dropped so far for the requests this INTERRUPT cut locally."""
-        return sum(state.stale_dropped for state in self.cut)
-
-
-@dataclass(frozen=True, slots=True)
-class Outgoing:
-    """A frame to send: its text, and its wire form for the guarantee checker."""
-
-    msg_id: str
-    text: str
-    frame: Mapping[str, Any]
-
-
-# --------------------------------------------------------------------------- events
-
-
-@dataclass(frozen=True, slots=True)
-class Opened:
-    """The SESSION frame arrived."""
-
-    session: SessionMessage
-
-
-@dataclass(frozen=True, slots=True)
-class RequestUpdated:
-    """A chunk arrived for ``state``, or it ended, or the server's last word came."""
-
-    state: RequestState
-
-
-@dataclass(frozen=True, slots=True)
-class Acknowledged:
-    """The INTERRUPT_ACK of ``interrupt`` arrived."""
-
-    interrupt: InterruptState
-    payload: InterruptAckPayload
-
-
-@dataclass(frozen=True, slots=True)
-class InterruptRefused:
-    """The server answered ``interrupt`` with an ERROR instead of an ACK."""
-
-    interrupt: InterruptState
-    error: ErrorMessage
-
-
-@dataclass(frozen=True, slots=True)
-class HeartbeatAnswered:
-    """The server answered the HEARTBEAT whose ``msg_id`` is ``ref``."""
-
-    ref: str
-
-
-@dataclass(frozen=True, slots=True)
-class UnclaimedError:
-    """An ERROR that names no REQUEST or INTERRUPT this client is waiting on."""
-
-    error: ErrorMessage
-
-
-@dataclass(frozen=True, slots=True)
-class ProtocolBreach:
-    """The server broke protocol v1. ``guarantee`` is the number of the broken
-    guarantee in docs/protocol.md, or ``None`` when the frame itself is not a valid
-    protocol v1 server frame."""
-
-    guarantee: int | None
-    message: str
-    frame: str
-
-
-Event = (
-    Opened
-    | RequestUpdated
-    | Acknowledged
-    | InterruptRefused
-    | HeartbeatAnswered
-    | UnclaimedError
-    | ProtocolBreach
-)
-
+__all__ = [
+    "Acknowledged",
+    "AudioChunk",
+    "Chunk",
+    "ClientState",
+    "DoneInfo",
+    "Event",
+    "HeartbeatAnswered",
+    "InterruptRefused",
+    "InterruptState",
+    "Opened",
+    "Outgoing",
+    "ProtocolBreach",
+    "Reopened",
+    "RequestState",
+    "RequestUpdated",
+    "ResumeRefused",
+    "Resumed",
+    "UnclaimedError",
+    "check_request_id",
+]
 
 # --------------------------------------------------------------------------- the machine
 
@@ -328,6 +125,11 @@ class ClientState:
         self.interrupts: dict[str, InterruptState] = {}
         self._msg_ids = itertools.count()
         self._request_ids = itertools.count(1)
+        #: How to resume: the SESSION's offer, then each RESUMED's (the token rotates).
+        self.resume_offer: ResumeOffer | None = None
+        #: After :meth:`reconnected`: waiting for the new SESSION, then the RESUMED.
+        self._reopening: Literal["SESSION", "RESUMED"] | None = None
+        self._resume_msg_id: str | None = None
 
     # ------------------------------------------------------------------ sending
 
@@ -363,7 +165,8 @@ class ClientState:
             request_id=request_id, msg_id=msg_id, voice=voice is not None and voice is not False
         )
         self.requests[request_id] = state
-        return state, _outgoing(msg_id, message)
+        state.outgoing = _outgoing(msg_id, message)
+        return state, state.outgoing
 
     def forget(self, state: RequestState) -> None:
         """Drop a request whose REQUEST was never sent (the caller withdrew it)."""
@@ -422,15 +225,18 @@ class ClientState:
             )
         interrupt = InterruptState(msg_id, request_id, reason, tuple(targets))
         self.interrupts[msg_id] = interrupt
-        message = InterruptMessage(
-            msg_id=msg_id,
-            request_id=request_id,
-            ts=now_ms(),
-            payload=InterruptPayload(
-                reason=reason, played_ms=None if played_ms is None else float(played_ms)
+        interrupt.outgoing = _outgoing(
+            msg_id,
+            InterruptMessage(
+                msg_id=msg_id,
+                request_id=request_id,
+                ts=now_ms(),
+                payload=InterruptPayload(
+                    reason=reason, played_ms=None if played_ms is None else float(played_ms)
+                ),
             ),
         )
-        return interrupt, _outgoing(msg_id, message)
+        return interrupt, interrupt.outgoing
 
     def heartbeat(self) -> Outgoing:
         """Build a HEARTBEAT frame; its reply comes back as :class:`HeartbeatAnswered`."""
@@ -441,6 +247,80 @@ class ClientState:
         """Call right before ``outgoing`` goes on the wire (in wire order), so the
         guarantee checker knows what was sent before any answer can arrive."""
         self.checker.sent(outgoing.frame)
+        kind = outgoing.frame.get("msg_type")
+        if kind == "REQUEST":
+            state = self.requests.get(str(outgoing.frame.get("request_id")))
+            if state is not None and state.msg_id == outgoing.msg_id:
+                state.sent = True
+        elif kind == "INTERRUPT" and outgoing.msg_id in self.interrupts:
+            self.interrupts[outgoing.msg_id].sent = True
+
+    # ------------------------------------------------------------------ resuming (v1.2)
+
+    def reconnected(self) -> None:
+        """The connection dropped and the client opened a new one to resume: its
+        SESSION is expected (a :class:`Reopened` event), then :meth:`resume`'s answer."""
+        self._reopening = "SESSION"
+        self._resume_msg_id = None
+        self.checker.reconnected()
+
+    def resume(self) -> Outgoing:
+        """Build the RESUME frame: the session's id, its current token, and for each
+        request whose REQUEST was sent and whose DONE has not come the last ``seq``
+        received (and the last audio ``seq`` for a spoken one)."""
+        if self.session is None or self.resume_offer is None:
+            raise RuntimeError("the server offered no resume")
+        sent = [state for state in self.requests.values() if state.sent]
+        msg_id = self._next_msg_id()
+        self._resume_msg_id = msg_id
+        message = ResumeMessage(
+            msg_id=msg_id,
+            session_id=self.session.session_id,
+            ts=now_ms(),
+            payload=ResumePayload(
+                token=self.resume_offer.token,
+                last_seq={state.request_id: state.last_seq for state in sent},
+                last_audio_seq={s.request_id: s.last_audio_seq for s in sent if s.voice},
+            ),
+        )
+        return _outgoing(msg_id, message)
+
+    def _resumed(self, message: ResumedMessage, shown: str) -> list[Event]:
+        """RESUMED: the new token, the ACKs the client may have missed, and the frames
+        the dropped connection took with it that the server never saw."""
+        if self._reopening != "RESUMED" or message.ref != self._resume_msg_id:
+            return [ProtocolBreach(None, "a RESUMED that answers no RESUME", shown)]
+        self._reopening = None
+        self._resume_msg_id = None
+        self.resume_offer = message.payload.resume
+        events: list[Event] = []
+        for msg_id, cut in message.payload.interrupts.items():
+            interrupt = self.interrupts.pop(msg_id, None)
+            if interrupt is not None:
+                ack = InterruptAckPayload(
+                    interrupted=list(cut),
+                    interrupted_count=len(cut),
+                    reason=interrupt.reason,
+                    targets={},
+                )
+                events.append(Acknowledged(interrupt, ack))
+        known = message.payload.requests
+        resend: list[Outgoing] = [
+            state.outgoing
+            for state in self.requests.values()
+            if state.sent
+            and state.outgoing is not None
+            and state.request_id not in known
+            and state.last_seq < 0
+            and state.last_audio_seq < 0
+        ]
+        resend += [
+            interrupt.outgoing
+            for interrupt in self.interrupts.values()
+            if interrupt.sent and interrupt.outgoing is not None
+        ]
+        # The ACKs first: the caller acts on the events in order, and RESUMED ends the handshake.
+        return [*events, Resumed(message.payload, tuple(resend))]
 
     # ------------------------------------------------------------------ receiving
 
@@ -476,14 +356,20 @@ class ClientState:
         if isinstance(message, SessionMessage):
             if self.session is None:
                 self.session = message
+                self.resume_offer = message.payload.resume
                 events.append(Opened(message))
+            elif self._reopening == "SESSION":
+                self._reopening = "RESUMED"
+                events.append(Reopened(message))
             else:
                 events.append(ProtocolBreach(None, "a second SESSION frame", shown))
             return events
         if self.session is None:
             events.append(ProtocolBreach(None, "the first frame is not SESSION", shown))
             return events
-        if isinstance(message, StreamMessage):
+        if isinstance(message, ResumedMessage):
+            events.extend(self._resumed(message, shown))
+        elif isinstance(message, StreamMessage):
             events.extend(self._stream(message))
         elif isinstance(message, DoneMessage):
             events.extend(self._done(message))
@@ -502,6 +388,7 @@ class ClientState:
         state = self.requests.get(message.request_id)
         if state is None:
             return []  # not ours, or after its DONE: the checker has reported it
+        state.last_seq = max(state.last_seq, message.payload.seq)
         if state.ended:
             state.stale_dropped += 1
             return []
@@ -525,6 +412,7 @@ class ClientState:
         state = self.requests.get(header.request_id)
         if state is None:
             return events  # not ours, or after its DONE: the checker has reported it
+        state.last_audio_seq = max(state.last_audio_seq, header.seq)
         if state.ended:
             state.stale_audio_dropped += 1
             return events
@@ -546,6 +434,10 @@ class ClientState:
 
     def _error(self, message: ErrorMessage) -> Event:
         ref = message.ref
+        if ref is not None and ref == self._resume_msg_id:
+            self._reopening = None
+            self._resume_msg_id = None
+            return ResumeRefused(message)
         if ref is not None:
             interrupt = self.interrupts.pop(ref, None)
             if interrupt is not None:

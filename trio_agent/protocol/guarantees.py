@@ -2,6 +2,10 @@
 
 Feed :class:`GuaranteeChecker` every frame sent and received, in order; each broken
 guarantee becomes a :class:`Violation` numbered as in docs/protocol.md.
+
+A conversation may span several connections (protocol v1.2 RESUME): call
+:meth:`GuaranteeChecker.reconnected` when the client opens a new connection to
+resume, and the guarantees are checked across them, as one conversation.
 """
 
 from __future__ import annotations
@@ -14,6 +18,9 @@ from trio_agent.protocol.bounds import id_echo
 
 #: How many ended request ids and answered INTERRUPTs a checker remembers by default.
 DEFAULT_MEMORY = 1024
+#: The number of the v1.2 guarantee "after a reconnect: a SESSION, then the RESUMED
+#: answering the RESUME, then frames of the resumed session only".
+RESUME_GUARANTEE = 11
 
 
 @dataclass(frozen=True)
@@ -36,6 +43,9 @@ class _Request:
     audio_frames: int = 0  # AUDIO frames (protocol v1.1), their own seq
     done: Mapping[str, Any] | None = None
     acked_by: str | None = None  # msg_id of the INTERRUPT whose ACK named it
+    # msg_id of an INTERRUPT a RESUMED listed as having cut it: its replayed frames may
+    # still come (they were written before that ACK), but its DONE is interrupted.
+    cut_by_resumed: str | None = None
 
 
 @dataclass
@@ -57,6 +67,10 @@ def _remember(memory: dict[str, Any], key: str, value: Any, limit: int) -> None:
 class GuaranteeChecker:
     """Checks a conversation against guarantees 1-7 of protocol v1 (see docs/protocol.md).
 
+    Across resumes (v1.2, after :meth:`reconnected`) the same guarantees hold over
+    all connections, plus :data:`RESUME_GUARANTEE`: the new connection's SESSION,
+    then the RESUMED answering the RESUME, then frames of the old session id only.
+
     :param memory: how many ended request ids and answered INTERRUPTs to remember
         (to recognise a frame that comes after the end). Older ones are forgotten, so
         a STREAM for a long-ended request is reported as one this client never sent.
@@ -72,6 +86,14 @@ class GuaranteeChecker:
     #: Ids whose DONE arrived (an id may be reused after its DONE; bounded).
     _ended: dict[str, None] = field(default_factory=dict)
     _clock: int = 0
+    #: The id of the session the conversation speaks for (its first SESSION's).
+    _session_id: str | None = None
+    #: After :meth:`reconnected`: ``"SESSION"``, then ``"RESUMED"``; ``None`` when live.
+    _awaiting: Literal["SESSION", "RESUMED"] | None = None
+    #: The ``msg_id`` of the last RESUME sent.
+    _resume_msg_id: str | None = None
+    #: How many times the conversation moved to a new connection.
+    resumes: int = 0
 
     @property
     def ok(self) -> bool:
@@ -81,6 +103,13 @@ class GuaranteeChecker:
         violation = Violation(guarantee, message)
         self.violations.append(violation)
         return violation
+
+    def reconnected(self) -> None:
+        """The client opened a new connection to resume the session: a SESSION, then
+        a RESUMED answering the RESUME (or an ERROR refusing it) must come first."""
+        self._awaiting = "SESSION"
+        self._resume_msg_id = None
+        self.resumes += 1
 
     def sent(self, frame: Mapping[str, Any]) -> None:
         """Record a frame the client sent (a dict in wire form)."""
@@ -98,6 +127,8 @@ class GuaranteeChecker:
         elif kind == "INTERRUPT":
             msg_id = str(id_echo(frame.get("msg_id")))
             self._interrupts[msg_id] = _Interrupt(msg_id, frame.get("request_id"), self._clock)
+        elif kind == "RESUME":
+            self._resume_msg_id = str(id_echo(frame.get("msg_id")))
 
     def received(self, frame: Mapping[str, Any]) -> list[Violation]:
         """Record a frame the client received; return the violations it revealed.
@@ -110,6 +141,8 @@ class GuaranteeChecker:
         kind = frame.get("msg_type")
         payload = frame.get("payload") or {}
         rid = frame.get("request_id")
+        if not self._connection_frame(str(kind), frame, payload):
+            return self.violations[before:]
         if kind == "STREAM":
             self._stream(str(rid), payload)
         elif kind == "AUDIO":
@@ -121,6 +154,72 @@ class GuaranteeChecker:
         elif kind == "ERROR":
             self._error(frame, payload)
         return self.violations[before:]
+
+    def _connection_frame(
+        self, kind: str, frame: Mapping[str, Any], payload: Mapping[str, Any]
+    ) -> bool:
+        """Check the frames that open a connection (SESSION, RESUMED) and the session
+        id of every frame after a resume. Return whether the frame is about requests
+        and must be checked further."""
+        if kind == "SESSION":
+            if self._session_id is None:
+                self._session_id = str(frame.get("session_id"))
+            elif self._awaiting == "SESSION":
+                self._awaiting = "RESUMED"
+            return False
+        if self._awaiting is not None:
+            if kind == "ERROR":  # a refused RESUME (RESUME_UNKNOWN, RESUME_DENIED)
+                return True
+            if kind != "RESUMED" or self._awaiting == "SESSION":
+                self._fail(
+                    RESUME_GUARANTEE,
+                    f"{kind} on a resuming connection before its {self._awaiting}",
+                )
+                return kind != "RESUMED"
+            self._awaiting = None
+            self._resumed(frame, payload)
+            return False
+        if kind == "RESUMED":
+            self._fail(RESUME_GUARANTEE, "a RESUMED the client did not ask for")
+            return False
+        session_id = frame.get("session_id")
+        if self.resumes and session_id is not None and session_id != self._session_id:
+            self._fail(
+                RESUME_GUARANTEE,
+                f"{kind} for session {session_id!r} after resuming {self._session_id!r}",
+            )
+        return True
+
+    def _resumed(self, frame: Mapping[str, Any], payload: Mapping[str, Any]) -> None:
+        """RESUMED: it answers the RESUME, speaks for the old session, and its
+        ``interrupts`` answer the INTERRUPTs whose ACK the client may have missed."""
+        if frame.get("ref") != self._resume_msg_id:
+            self._fail(
+                RESUME_GUARANTEE,
+                f"RESUMED ref={frame.get('ref')!r}, the RESUME was {self._resume_msg_id!r}",
+            )
+        if frame.get("session_id") != self._session_id:
+            self._fail(
+                RESUME_GUARANTEE,
+                f"RESUMED for session {frame.get('session_id')!r}, not {self._session_id!r}",
+            )
+        interrupts = payload.get("interrupts") or {}
+        for msg_id, named in interrupts.items():
+            interrupt = self._interrupts.pop(str(msg_id), None)
+            if interrupt is None:
+                if str(msg_id) not in self._answered:
+                    self._fail(
+                        3, f"RESUMED lists INTERRUPT {msg_id!r}, which this client never sent"
+                    )
+                continue  # its ACK had arrived: the server could not know
+            _remember(self._answered, interrupt.msg_id, "ack", self.memory)
+            for rid in named or []:
+                request = self._requests.get(rid)
+                if request is None:
+                    continue  # its DONE arrived before the drop
+                if request.acked_by not in (None, msg_id) or request.cut_by_resumed is not None:
+                    self._fail(6, f"{rid!r} is named by more than one INTERRUPT's answer")
+                request.cut_by_resumed = str(msg_id)
 
     def _error(self, frame: Mapping[str, Any], payload: Mapping[str, Any]) -> None:
         interrupt = self._interrupts.pop(str(frame.get("ref")), None)
@@ -176,12 +275,24 @@ class GuaranteeChecker:
                 self._fail(8, f"DONE for request {rid!r}, which this client never sent")
             return
         request.done = payload
-        if payload.get("frames") != request.frames:
+        error = payload.get("error")
+        gap = isinstance(error, Mapping) and error.get("code") == "RESUME_GAP"
+        if gap:
+            # The frames lost in the gap were written, so they count: the client got fewer.
+            frames = payload.get("frames")
+            if not isinstance(frames, int) or frames < request.frames:
+                self._fail(
+                    2,
+                    f"RESUME_GAP DONE of {rid!r} says frames={frames}, "
+                    f"the client got {request.frames}",
+                )
+        elif payload.get("frames") != request.frames:
             self._fail(
                 2,
                 f"DONE of {rid!r} says frames={payload.get('frames')}, the client got {request.frames}",
             )
-        if request.acked_by is not None and payload.get("interrupted") is not True:
+        cut = request.acked_by or request.cut_by_resumed
+        if cut is not None and payload.get("interrupted") is not True:
             self._fail(5, f"DONE of {rid!r} after an ACK that named it is not interrupted: true")
         # The id may be reused from now on.
         del self._requests[rid]
