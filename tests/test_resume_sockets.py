@@ -273,7 +273,7 @@ async def test_a_spoken_reply_resumes_with_its_audio_sequence_intact(start_serve
     server = await start_server({"echo": builtin.echo}, speech="builtin", audio_queue_ms=400)
     text = " ".join(f"word{i}" for i in range(30))
     async with connect(server, "socket") as a:
-        await a.request("r1", text, agent="echo", voice=True)
+        await a.request("r1", text, agent="echo", voice=True, audio_pace=0)
         first = await read_until(a, lambda f: f["msg_type"] == "AUDIO" and f["seq"] == 2)
         await trio.aclose_forcefully(a.stream)
     last_text = max(seqs(first, "r1"), default=-1)
@@ -304,5 +304,20 @@ async def test_a_close_with_1000_ends_the_session_at_once(start_server):
         await a.request("r1", agent="endless")
         await read_until(a, lambda f: f["msg_type"] == "STREAM")
     with trio.fail_after(5):
+        await server.wait_idle()
+    assert probe.cancelled == ["r1"]
+
+
+async def test_shutdown_ends_a_detached_session_at_once(start_server):
+    probe = Probe()
+    server = await start_server({"endless": endless(probe)})
+    async with connect(server) as a:
+        await a.request("r1", agent="endless")
+        await read_until(a, lambda f: f["msg_type"] == "STREAM")
+        await trio.aclose_forcefully(a.stream)
+    await trio.testing.wait_all_tasks_blocked()
+    assert server.stats()["sessions"] == 1
+    server.shutdown("test")
+    with trio.fail_after(2):
         await server.wait_idle()
     assert probe.cancelled == ["r1"]

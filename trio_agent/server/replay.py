@@ -109,7 +109,11 @@ class ReplayBuffer:
             track.stream_written = max(track.stream_written, seq + 1)
         elif sort is FrameSort.DONE:
             track.done_written = True
-        size = len(data.encode("utf-8", "surrogatepass")) if isinstance(data, str) else len(data)
+        size = (
+            len(data)
+            if not isinstance(data, str) or data.isascii()
+            else len(data.encode("utf-8", "surrogatepass"))
+        )
         kept = _Kept(track, sort, seq, data, size)
         if size > self.capacity_bytes:
             self._evicted(kept)

@@ -314,8 +314,8 @@ class Session(FrameHandling):
                 # 1 s) and stops its writer; its task is then done with the lanes.
                 with trio.move_on_after(2 * CLOSE_HANDSHAKE_TIMEOUT_S + 1.0):
                     await previous.gone.wait()
-            if self._end is not None or self.connection is not None:
-                return None  # ended meanwhile, or a racing connection got there first
+            if self.connection is not None or (resuming is not None and self._end is not None):
+                return None  # a racing connection got there first, or it ended meanwhile
             self.connection = connection
             self._notify()
             try:
@@ -349,7 +349,8 @@ class Session(FrameHandling):
             self.lanes.writer_back()
             nursery.start_soon(writer.run, name=f"writer {self.session_id}")
             with connection.reader_scope:
-                await self._read_loop(connection)
+                if self._end is None:  # (a session shut down as it opened reads nothing)
+                    await self._read_loop(connection)
             await self._close_connection(connection, nursery)
 
     async def _resume(self, connection: Connection, resuming: HandOver) -> bool:
