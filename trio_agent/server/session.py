@@ -38,6 +38,8 @@ from trio_agent.protocol.messages import (
     CloseCode,
     DoneStatus,
     ErrorCode,
+    ErrorMessage,
+    ErrorPayload,
     HeartbeatMessage,
     InterruptMessage,
     ProtocolError,
@@ -46,6 +48,7 @@ from trio_agent.protocol.messages import (
     ResumeOffer,
     ServerHeartbeatMessage,
     SessionPayload,
+    encode,
     now_ms,
     parse_client_message,
 )
@@ -315,7 +318,10 @@ class Session(FrameHandling):
                 with trio.move_on_after(2 * CLOSE_HANDSHAKE_TIMEOUT_S + 1.0):
                     await previous.gone.wait()
             if self.connection is not None or (resuming is not None and self._end is not None):
-                return None  # a racing connection got there first, or it ended meanwhile
+                # It ended while the connection was being handed over (or the
+                # displaced one would not go): the client must start over.
+                await self._refuse_late(connection, resuming)
+                return None
             self.connection = connection
             self._notify()
             try:
@@ -379,6 +385,24 @@ class Session(FrameHandling):
             )
             return False
         return True
+
+    async def _refuse_late(self, connection: Connection, resuming: HandOver | None) -> None:
+        """RESUME_UNKNOWN and a close with 1008, bounded and shielded like any close."""
+        error = ErrorMessage(
+            msg_id=self._msg_ids.next_id(),
+            session_id=self.session_id,
+            ref=resuming.message.msg_id if resuming is not None else None,
+            ts=now_ms(),
+            payload=ErrorPayload(
+                code=ErrorCode.RESUME_UNKNOWN, message="this session has ended: start over"
+            ),
+        )
+        with trio.move_on_after(CLOSE_HANDSHAKE_TIMEOUT_S, shield=True):
+            try:
+                await connection.ws.send_message(encode(error))
+                await connection.ws.aclose(code=CloseCode.POLICY_VIOLATION, reason="session ended")
+            except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
 
     def _detach(self, connection: Connection) -> None:
         """``connection`` has stopped serving: when the session goes on, it waits for a RESUME."""
