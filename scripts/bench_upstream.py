@@ -72,7 +72,7 @@ def interrupt_read_times() -> Iterator[dict[str, float]]:
         reads[message.msg_id] = time.monotonic()
         original(self, message, read_at=read_at)
 
-    Session._interrupt = recording  # type: ignore[method-assign]
+    Session._interrupt = recording  # type: ignore[method-assign,assignment]
     try:
         yield reads
     finally:

@@ -542,7 +542,7 @@ async def test_session_frame_is_exposed(start_server):
         assert client.default_agent == "lorem"
         assert client.limits.max_concurrent_requests == 3
         assert client.server.startswith("trio-agent/")
-        assert client.protocol == "1.1"
+        assert client.protocol == "1.2"
 
 
 async def test_cannot_connect_gives_connection_failed(start_server, nursery, autojump_clock):

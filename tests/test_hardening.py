@@ -349,7 +349,8 @@ async def test_a_client_that_stops_reading_is_aborted_after_send_timeout_and_oth
 async def test_a_stalled_socket_is_reset_not_closed(start_server):
     """Over real TCP: the client stops reading; the server gives up after
     send_timeout_s and resets the connection, so the kernel frees the unsent bytes."""
-    server = await start_server(agent_set(), send_timeout_s=0.3)
+    # Resumption off: the reset connection's session ends with it.
+    server = await start_server(agent_set(), send_timeout_s=0.3, resume_window_s=0)
     sock = trio.socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     await sock.connect(("127.0.0.1", server.port))
@@ -594,7 +595,10 @@ async def test_a_client_that_vanishes_at_any_point_leaves_no_task(
     """serve_stream owns every task of its connection, so its return proves none is
     left; and it returns at once (no virtual time passes), not when a handshake
     timeout or a close timeout fires."""
-    server = await start_server(agent_set(), idle_timeout_s=30, handshake_timeout_s=10)
+    # Resumption off: a vanished client's session ends with its connection.
+    server = await start_server(
+        agent_set(), idle_timeout_s=30, handshake_timeout_s=10, resume_window_s=0
+    )
     client_stream, server_stream = trio.testing.memory_stream_pair()
     client = RawClient(client_stream)
     async with trio.open_nursery() as nursery:

@@ -61,6 +61,8 @@ IO_LIBRARIES = {
 #: name a Trio type in an annotation (under ``TYPE_CHECKING``), nothing more.
 PURE_MODULES = {
     "trio_agent.server.registry",
+    "trio_agent.server.replay",
+    "trio_agent.server.resume_book",
     "trio_agent.server.admission",
     "trio_agent.server.origins",
     "trio_agent.server.ratelimit",

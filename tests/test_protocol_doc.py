@@ -15,7 +15,7 @@ from trio_agent.server.config import ServerConfig
 
 DOC = (Path(__file__).parent.parent / "docs" / "protocol.md").read_text()
 EXAMPLES = re.findall(r"```json\n(.*?)```", DOC, flags=re.S)
-CLIENT_TYPES = {"REQUEST", "INTERRUPT"}
+CLIENT_TYPES = {"REQUEST", "INTERRUPT", "RESUME"}
 
 
 def test_there_are_examples_of_every_message():
@@ -30,6 +30,8 @@ def test_there_are_examples_of_every_message():
         "INTERRUPT_ACK",
         "ERROR",
         "AUDIO",
+        "RESUME",
+        "RESUMED",
     }
 
 

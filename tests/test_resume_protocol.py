@@ -90,7 +90,7 @@ def test_resumed_says_what_became_of_each_request_and_the_next_token():
 
 
 async def test_a_server_that_keeps_no_session_refuses_a_resume_and_closes(start_server):
-    server = await start_server({"lorem": builtin.lorem})
+    server = await start_server({"lorem": builtin.lorem}, resume_window_s=0)
     async with connect(server) as c:
         assert "resume" not in c.session["payload"]
         await c.send_raw(resume(token="t" * 22, last_seq={"r1": 3}))

@@ -288,7 +288,11 @@ async def test_g8_sessions_are_isolated(start_server, transport):
 )
 async def test_g9_disconnect_in_any_state_cancels_everything(start_server, transport, when):
     probe = Probe()
-    server = await start_server(agent_set(probe))
+    # A connection lost without a close frame may be resumed (v1.2) for the
+    # resume window; with resumption off its session ends at once, as tested here
+    # (tests/test_resume_sockets.py tests the window's end).
+    window = {} if when == "clean-close" else {"resume_window_s": 0}
+    server = await start_server(agent_set(probe), **window)
     idle_tasks = server.stats()["tasks"]
     lockstep = when == "writer-blocked" and transport == "memory"
     async with connect(server, transport, lockstep=lockstep) as c:
@@ -439,7 +443,7 @@ async def test_session_frame_describes_the_server(start_server):
     server = await start_server(agent_set(), max_concurrent_requests=3, max_input_bytes=1000)
     async with connect(server) as c:
         payload = c.session["payload"]
-        assert payload["protocol"] == "1.1"
+        assert payload["protocol"] == "1.2"
         assert payload["server"].startswith("trio-agent/")
         assert set(payload["agents"]) == {"lorem", "echo", "endless"}
         assert payload["agents"]["lorem"]["available"] is True

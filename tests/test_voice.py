@@ -76,7 +76,7 @@ async def test_session_lists_voices_formats_and_the_synthesizer(start_server):
     server = await speaking_server(start_server)
     async with connect(server) as c:
         payload = c.session["payload"]
-        assert payload["protocol"] == "1.1"
+        assert payload["protocol"] == "1.2"
         assert payload["voices"] == ["tone", "tone-low"]
         assert payload["default_voice"] == "tone"
         assert payload["audio_formats"] == [

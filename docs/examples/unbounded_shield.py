@@ -69,7 +69,11 @@ async def disconnect_mid_reply(server: AgentServer, agent: str, nursery: trio.Nu
 
 
 async def main() -> None:
-    server = AgentServer(ServerConfig(port=0), {"broken": broken, "fixed": fixed})
+    # Resumption off: the session ends when its client vanishes (with it on, when
+    # the resume window passes; the lesson is the same).
+    server = AgentServer(
+        ServerConfig(port=0, resume_window_s=0), {"broken": broken, "fixed": fixed}
+    )
     async with trio.open_nursery() as nursery:  # the server's side of each connection
         lasted = await disconnect_mid_reply(server, "fixed", nursery)
         print(f"fixed:  the session closed {lasted:g} s after the client left")

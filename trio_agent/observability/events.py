@@ -109,6 +109,23 @@ class SessionEvents:
         _log.info("session closed", reason=clip(reason), code=code)
         self._trace.session_closed(reason)
 
+    def connection_lost(self, reason: str, window_s: float) -> None:
+        """The session's connection is gone; it waits ``window_s`` for a RESUME (v1.2)."""
+        _log.info(
+            "connection lost; the session waits for a resume",
+            reason=clip(reason),
+            window_s=window_s,
+        )
+
+    def session_resumed(self, replayed: int, gaps: Sequence[str]) -> None:
+        """A connection resumed the session: ``replayed`` frames sent again, ``gaps`` ended."""
+        _log.info("session resumed", replayed=replayed, gaps=[clip(g) for g in gaps[:8]])
+
+    def resume_refused(self, verdict: str) -> None:
+        """A RESUME read on this (new) session was refused."""
+        if self._may_log("resume refused"):
+            _log.info("RESUME refused", verdict=verdict)
+
     # -- the reader -----------------------------------------------------------------
 
     def frame_read(self, message: ClientMessage) -> None:

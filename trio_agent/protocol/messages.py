@@ -34,7 +34,7 @@ from trio_agent.protocol.bounds import (
     id_echo,
 )
 
-PROTOCOL_VERSION: Final = "1.1"
+PROTOCOL_VERSION: Final = "1.2"
 
 #: The default reason of an INTERRUPT that gives none.
 DEFAULT_INTERRUPT_REASON: Final = "USER_NEW_INPUT"

@@ -26,13 +26,14 @@ from trio_agent.agents import Agent, agent_entry, builtin_agents, open_agents
 from trio_agent.observability.blocking import report_blocking_tasks
 from trio_agent.observability.metrics import ServerMetrics
 from trio_agent.observability.trace import Tracer, tracer_for
-from trio_agent.protocol.messages import AudioFormat, Limits, SessionPayload
+from trio_agent.protocol.messages import AudioFormat, Limits, ResumeMessage, SessionPayload
 from trio_agent.server.accept import serve_listeners
 from trio_agent.server.admission import AdmissionPolicy, HandshakeFacts, Refuse, admit
 from trio_agent.server.config import ServerConfig
 from trio_agent.server.cork import CorkableStream
 from trio_agent.server.frame_budget import FrameBudgetStream
 from trio_agent.server.redaction import redact_subprotocols, redact_target
+from trio_agent.server.resume_book import Redeemed, ResumeBook
 from trio_agent.server.session import Session
 from trio_agent.server.transport import (
     Listener,
@@ -92,6 +93,11 @@ class AgentServer:
         self._connections = 0
         self._no_connections = trio.Event()
         self._no_connections.set()
+        #: Set while the server holds no session (connected or waiting for a RESUME).
+        self._no_sessions = trio.Event()
+        self._no_sessions.set()
+        #: The sessions that may be resumed, their tokens and windows (v1.2).
+        self.resume_book = ResumeBook()
         self._nursery: trio.Nursery | None = None
         self._admission = AdmissionPolicy.from_config(self.config)
         #: Values hidden wherever a log line shows what a client sent.
@@ -194,6 +200,7 @@ class AgentServer:
                 session.begin_shutdown(self._shutdown_reason)
             with trio.move_on_after(self.config.shutdown_grace_s + 1.0) as grace:
                 await self._no_connections.wait()
+                await self._no_sessions.wait()
             if grace.cancelled_caught:
                 logger.warning(
                     "sessions still open after the grace period; cancelling them",
@@ -288,31 +295,77 @@ class AgentServer:
     async def serve_connection(
         self, ws: WebSocketConnection, cork: CorkableStream | None = None
     ) -> None:
-        """Run one session on an accepted WebSocket; never raises for a session's failure.
+        """Serve a session on an accepted WebSocket; never raises for a session's failure.
 
+        A new session is opened (its task in the server's nursery: it may outlive
+        this connection) and served on ``ws``; when the first frame is an accepted
+        RESUME, the connection goes on to serve the resumed session instead.
         ``cork`` is the stream under ``ws`` when it is a :class:`CorkableStream`.
         """
+        if self._nursery is None:
+            # Served without run() (a test over memory streams): the sessions'
+            # nursery is this connection's, so the session ends before this returns.
+            async with trio.open_nursery() as sessions:
+                await self._serve_connection(ws, cork, sessions)
+        else:
+            await self._serve_connection(ws, cork, self._nursery)
+
+    async def _serve_connection(
+        self, ws: WebSocketConnection, cork: CorkableStream | None, sessions: trio.Nursery
+    ) -> None:
+        session = await self._open_session(sessions)
+        try:
+            handover = await session.serve(ws, cork)
+            while handover is not None:
+                handover = await handover.target.serve(ws, cork, resuming=handover)
+        except Exception as exc:
+            logger.opt(exception=exc).error("session failed", session_id=session.session_id)
+
+    async def _open_session(self, sessions: trio.Nursery) -> Session:
+        """Start a new session's task in the server's nursery (the nursery of sessions)."""
         session = Session(
-            ws,
             session_id=secrets.token_hex(8),
             config=self.config,
             agents=self.agents,
             session_payload=self._session_payload,
             metrics=self.metrics,
             trace=self.tracer,
-            cork=cork,
             synthesizer=self.synthesizer,
+            book=self.resume_book,
+            take_over=self._take_over,
         )
         self.sessions[session.session_id] = session
         self.sessions_total += 1
+        self._no_sessions = trio.Event()
+        await sessions.start(self._run_session, session, name=f"session {session.session_id}")
         if self.shutting_down:
             session.begin_shutdown(self._shutdown_reason)
+        return session
+
+    async def _run_session(
+        self, session: Session, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         try:
-            await session.run()
+            await session.run(task_status=task_status)
         except Exception as exc:
             logger.opt(exception=exc).error("session failed", session_id=session.session_id)
         finally:
             del self.sessions[session.session_id]
+            if not self.sessions:
+                self._no_sessions.set()
+
+    def _take_over(
+        self, resumer: Session, message: ResumeMessage
+    ) -> tuple[Redeemed, Session | None, str | None]:
+        """Check a RESUME read on ``resumer`` (synchronous: the token is spent before
+        any other RESUME can be read, so of two racing ones exactly one wins)."""
+        target = self.sessions.get(message.session_id)
+        if target is None or target is resumer or target.ended or not target.resumable:
+            return Redeemed.UNKNOWN, None, None
+        verdict, token = self.resume_book.redeem(
+            message.session_id, message.payload.token, now=trio.current_time()
+        )
+        return verdict, (target if verdict is Redeemed.OK else None), token
 
     async def serve_stream(self, stream: trio.abc.Stream) -> None:
         """Serve one connection over any Trio stream: TCP from the listener, or memory
@@ -394,9 +447,12 @@ class AgentServer:
             self._no_connections.set()
 
     async def wait_idle(self) -> None:
-        """Wait until no connection is open, down to its last task (returns at once
-        if none is). Handy in tests: ``await server.wait_idle()`` after a client left."""
+        """Wait until no connection is open and no session is held, down to their last
+        task (returns at once if none is). Handy in tests: ``await server.wait_idle()``
+        after a client left. A session whose connection dropped is held until it is
+        resumed or its ``resume_window_s`` passes."""
         await self._no_connections.wait()
+        await self._no_sessions.wait()
 
     async def _log_stats(self) -> None:
         """Log :meth:`stats` at DEBUG every ``stats_interval_s`` (the soak reads it)."""

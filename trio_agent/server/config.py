@@ -63,6 +63,14 @@ class ServerConfig:
         120.0,
         "seconds without a frame from the client before the session closes with 1001 (0: never)",
     )
+    resume_window_s: float = setting(
+        30.0,
+        "seconds a session whose connection dropped waits for a RESUME before its requests are "
+        "cancelled (0: no resumption, a session ends with its connection)",
+    )
+    resume_buffer_kib: int = setting(
+        256, "KiB of written frames a session keeps to replay on a RESUME (oldest evicted first)"
+    )
     handshake_timeout_s: float = setting(
         10.0, "seconds a new connection may take to complete the WebSocket handshake"
     )
@@ -202,6 +210,8 @@ class ServerConfig:
         for name in (
             "tcp_notsent_lowat",
             "idle_timeout_s",
+            "resume_window_s",
+            "resume_buffer_kib",
             "handshake_timeout_s",
             "cleanup_grace_s",
             "shutdown_grace_s",

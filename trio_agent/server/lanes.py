@@ -45,6 +45,10 @@ class Outbound:
     read_at: float | None = None
     #: What this frame counts against its lane's byte bound (set as it is queued).
     lane_bytes: int = 0
+    #: For a STREAM frame or an AUDIO chunk: its ``seq`` (the replay buffer keys on it).
+    seq: int = -1
+    #: For an INTERRUPT_ACK: its INTERRUPT's ``msg_id`` (a dropped ACK is reported on resume).
+    ack_of: str | None = None
 
 
 #: What a queued DONE counts in bytes besides its reason: it is rendered only when
@@ -380,6 +384,23 @@ class OutboundLanes:
         """The writer stopped (the connection broke): nothing queued will be written."""
         self._writer_gone = True
         self._idle.unpark_all()
+
+    def writer_back(self) -> None:
+        """A new writer took over (a connection resumed the session): frames flow again."""
+        self._writer_gone = False
+        self._writer_busy = False
+
+    def drop_control(self) -> list[Outbound]:
+        """Remove the control frames waiting in the priority lane (a DONE stays); return them.
+
+        For a connection that dropped: its HEARTBEAT replies, ERRORs and ACKs answered
+        a connection that is gone (a resume reports the ACKs in RESUMED instead).
+        """
+        dropped = [frame for frame in self._priority if frame.kind is FrameKind.CONTROL]
+        if dropped:
+            self._priority = deque(f for f in self._priority if f.kind is not FrameKind.CONTROL)
+            self._priority_bytes -= sum(frame.lane_bytes for frame in dropped)
+        return dropped
 
     async def wait_written(self) -> None:
         """Wait until every queued frame has been written (used to flush on close),

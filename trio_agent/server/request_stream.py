@@ -95,15 +95,23 @@ class RequestStream:
             await self._lanes.wait_for_audio_room(duration_ms)
         await self._check_sendable()
         assert self._encode_audio is not None
+        audio_seq = speech.chunks_queued
         data = self._encode_audio(
-            seq=speech.chunks_queued,
+            seq=audio_seq,
             start_ms=speech.ms(start_sample),
             duration_ms=duration_ms,
             samples=samples,
         )
         speech.chunks_queued += 1
         self._lanes.push_stream(
-            Outbound(FrameKind.AUDIO, data, record, samples=n_samples, audio_ms=duration_ms)
+            Outbound(
+                FrameKind.AUDIO,
+                data,
+                record,
+                samples=n_samples,
+                audio_ms=duration_ms,
+                seq=audio_seq,
+            )
         )
 
     async def _check_sendable(self) -> None:
@@ -145,7 +153,7 @@ class RequestStream:
             start_ms=start_ms,
         )
         record.frames_queued += 1
-        self._lanes.push_stream(Outbound(FrameKind.STREAM, text, record))
+        self._lanes.push_stream(Outbound(FrameKind.STREAM, text, record, seq=seq))
         self._events.stream_queued(record, seq)
         if record.deltas is not None:
             record.deltas.append(delta)

@@ -1,30 +1,38 @@
-"""One WebSocket connection: a nursery, a reader, a writer, and a cancel scope per request.
+"""One session: its requests, its lanes, and the connections that serve it.
 
 :class:`Session` is the session's lifecycle and its reader: it reads the client's
 frames and acts on each one synchronously (an INTERRUPT cancels request scopes
 right here), while the :class:`~trio_agent.server.writer.Writer` sends and the
-:class:`~trio_agent.server.request_runner.RequestRunner` runs the requests. The
-cancel-scope tree and the rules this code keeps are in ``docs/architecture.md``;
-how an interrupt travels, in ``docs/cancellation.md``; the guarantees a client
-gets, in ``docs/protocol.md``.
+:class:`~trio_agent.server.request_runner.RequestRunner` runs the requests.
+
+Since protocol v1.2 a session outlives its connection. :meth:`Session.run` is the
+session's task, in the server's nursery of sessions: its nursery holds the
+request tasks. :meth:`Session.serve` is called by the task of each connection that
+attaches to it (the first one, then each one that resumes it): the connection's
+reader and writer live in a nursery of that task, and end with the socket. While
+no connection is attached, requests run until their stream lane is full, then
+wait for room (backpressure); a session nobody resumes within
+``resume_window_s`` is ended ("client gone"), which cancels its requests.
+The cancel-scope tree and the rules this code keeps are in
+``docs/architecture.md``; how an interrupt travels, in ``docs/cancellation.md``;
+the guarantees a client gets, in ``docs/protocol.md``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import trio
 from loguru import logger
-from pydantic import BaseModel
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
-from trio_agent.agents import Agent, AgentRequest
+from trio_agent.agents import Agent
 from trio_agent.observability.events import session_events
 from trio_agent.observability.metrics import NO_METRICS, SessionMetrics
 from trio_agent.observability.trace import NO_TRACE, Tracer
-from trio_agent.protocol.audio import decode_audio_frame
 from trio_agent.protocol.constants import FrameKind
 from trio_agent.protocol.messages import (
     CloseCode,
@@ -33,58 +41,68 @@ from trio_agent.protocol.messages import (
     ErrorMessage,
     ErrorPayload,
     HeartbeatMessage,
-    InterruptAckMessage,
-    InterruptAckPayload,
     InterruptMessage,
     ProtocolError,
     RequestMessage,
     ResumeMessage,
+    ResumeOffer,
     ServerHeartbeatMessage,
-    SessionMessage,
     SessionPayload,
     encode,
     now_ms,
     parse_client_message,
 )
+from trio_agent.server.connection import Connection, HandOver
 from trio_agent.server.cork import CorkableStream
-from trio_agent.server.lanes import LaneOverflow, Outbound, OutboundLanes
+from trio_agent.server.frame_budget import FrameBudgetStream
+from trio_agent.server.frame_handling import FrameHandling
+from trio_agent.server.lanes import Outbound, OutboundLanes
 from trio_agent.server.message_ids import MessageIds
-from trio_agent.server.ratelimit import FrameRateLimit, Verdict
-from trio_agent.server.registry import AdmissionRefused, RequestRegistry
+from trio_agent.server.ratelimit import FrameRateLimit
+from trio_agent.server.registry import RequestRegistry
+from trio_agent.server.replay import FrameSort, ReplayBuffer
 from trio_agent.server.request_runner import RequestRunner
-from trio_agent.server.session_end import SessionEnd
+from trio_agent.server.resume_book import AckLedger, Redeemed, ResumeBook
+from trio_agent.server.resumption import resume_answer
+from trio_agent.server.session_end import SessionEnd, close_is_resumable
 from trio_agent.server.writer import Writer
-from trio_agent.speech.timeline import SpeechOptionError, SpeechTimeline, speech_options
 
 if TYPE_CHECKING:
     from trio_agent.server.config import ServerConfig
     from trio_agent.speech.synthesizers import Synthesizer
 
-__all__ = ["CLOSE_HANDSHAKE_TIMEOUT_S", "Session", "SessionEnd"]
+__all__ = ["CLOSE_HANDSHAKE_TIMEOUT_S", "Session", "SessionEnd", "TakeOver"]
 
 #: How long closing the WebSocket (sending the close frame, waiting for the peer's)
 #: may take before the session gives up on the handshake and drops the connection.
 CLOSE_HANDSHAKE_TIMEOUT_S = 1.0
 
+#: How the server checks a RESUME's session and token (synchronously: of two
+#: racing RESUMEs, exactly one wins). Returns the verdict, the session, the next token.
+TakeOver = Callable[["Session", ResumeMessage], tuple[Redeemed, "Session | None", str | None]]
 
-class Session:
-    """One client connection. Create it with an accepted WebSocket, then ``await run()``.
+_SORTS = {FrameKind.STREAM: FrameSort.STREAM, FrameKind.AUDIO: FrameSort.AUDIO}
 
-    :param ws: the accepted connection; the session owns it from here on.
+
+class Session(FrameHandling):
+    """One session. Start :meth:`run` in the server's nursery of sessions, then
+    ``await serve(ws)`` in the connection's task.
+
+    :param session_id: the session's id (every frame carries it).
     :param config: the server's settings.
     :param agents: agents by name.
     :param session_payload: the body of the SESSION frame (built once per server).
     :param metrics: where the session counts what it does (nowhere by default).
     :param trace: where the session's events go (:mod:`trio_agent.observability.trace`); off by default.
-    :param cork: the stream under ``ws``, if it is a :class:`CorkableStream`: the
-        writer then sends frames in batches.
     :param synthesizer: what speaks a REQUEST with ``options.voice``; ``None``:
         speech is off (such a REQUEST gets ``ERROR UNKNOWN_VOICE``).
+    :param book: the server's resume book; ``None`` (or ``resume_window_s == 0``):
+        no resumption, the session ends with its connection.
+    :param take_over: how a RESUME read here is checked (see :data:`TakeOver`).
     """
 
     def __init__(
         self,
-        ws: WebSocketConnection,
         *,
         session_id: str,
         config: ServerConfig,
@@ -92,15 +110,25 @@ class Session:
         session_payload: SessionPayload,
         metrics: SessionMetrics = NO_METRICS,
         trace: Tracer = NO_TRACE,
-        cork: CorkableStream | None = None,
         synthesizer: Synthesizer | None = None,
+        book: ResumeBook | None = None,
+        take_over: TakeOver | None = None,
     ) -> None:
-        self.ws = ws
         self._synthesizer = synthesizer
         self.session_id = session_id
         self.config = config
         self._agents = agents
+        self._book = book if config.resume_window_s > 0 else None
+        self._take_over = take_over
+        if self._book is not None:
+            offer = ResumeOffer(token=self._book.open(session_id), window_s=config.resume_window_s)
+            session_payload = session_payload.model_copy(update={"resume": offer})
         self._session_payload = session_payload
+        #: The frames written, for a resume to send again (``None``: no resumption).
+        self.replay = (
+            ReplayBuffer(config.resume_buffer_kib * 1024) if self._book is not None else None
+        )
+        self._acks = AckLedger()
         #: What the session tells: each event once, to the log, trace and metrics.
         self.events = session_events(trace.session(session_id), metrics)
         self.registry = RequestRegistry(max_running=config.max_concurrent_requests)
@@ -124,19 +152,12 @@ class Session:
             else None
         )
         self._end: SessionEnd | None = None
-        self._reader_scope = trio.CancelScope()
         self._nursery: trio.Nursery | None = None
-        self._writer = Writer(
-            ws,
-            session_id=session_id,
-            lanes=self.lanes,
-            registry=self.registry,
-            msg_ids=self._msg_ids,
-            events=self.events,
-            batch_frames=config.write_batch_frames,
-            cork=cork,
-            end_session=self._end_session,
-        )
+        #: The connection attached now, if any.
+        self.connection: Connection | None = None
+        self._connections_served = 0
+        #: Set (and replaced) whenever the session ends or a connection comes or goes.
+        self._changed = trio.Event()
         self._requests = RequestRunner(
             session_id=session_id,
             config=config,
@@ -152,21 +173,58 @@ class Session:
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def run(self) -> None:
-        """Serve the connection until the client leaves, the session times out or
-        :meth:`begin_shutdown` is called. Returns only when every task it started has
-        finished; never raises for anything the client does."""
+    @property
+    def ended(self) -> bool:
+        return self._end is not None
+
+    @property
+    def resumable(self) -> bool:
+        return self._book is not None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The session's task: hold the request tasks until the session ends.
+
+        It ends when the client closes with 1000, the idle timeout, a flood, a
+        shutdown, or, once its connection is gone, when no RESUME comes within
+        ``resume_window_s`` (at once when resumption is off). Returns only when
+        every task the session started has finished (the wait for agents that
+        ignore cancellation is bounded and shielded); never raises for anything
+        the client does.
+        """
         with logger.contextualize(session_id=self.session_id):
-            self.events.session_opened(str(self.ws.remote))
-            self._push_control(self._session_frame())
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                nursery.start_soon(self._writer.run, name=f"writer {self.session_id}")
-                with self._reader_scope:
-                    await self._read_loop()
+                task_status.started()
+                await self._wait_for_end()
                 await self._close(nursery)
-            end = self._end or SessionEnd("reader stopped")
+            if self._book is not None:
+                self._book.close(self.session_id)
+            end = self._end or SessionEnd("session over")
             self.events.session_closed(end.reason, end.code)
+
+    async def _wait_for_end(self) -> None:
+        """Wait until the session ends; end it when a detached session's window passes."""
+        while self._end is None:
+            changed = self._changed
+            deadline = (
+                self._book.deadline(self.session_id)
+                if self._book is not None and self.connection is None
+                else None
+            )
+            if deadline is None:
+                await changed.wait()
+                continue
+            with trio.move_on_at(deadline):
+                await changed.wait()
+            if self.connection is None and self._book is not None:
+                current = self._book.deadline(self.session_id)
+                if current is not None and trio.current_time() >= current:
+                    self._book.close(self.session_id)
+                    self._end_session(SessionEnd("client gone"))
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
 
     def begin_shutdown(self, reason: str = "server shutting down") -> None:
         """End every running request with ``DONE{status: shutdown}``, then close with 1001.
@@ -191,22 +249,31 @@ class Session:
         """Record why the session ends (the first reason wins) and stop the reader."""
         if self._end is None:
             self._end = end
-            self._reader_scope.cancel(reason=end.reason)
+            if self.connection is not None:
+                self.connection.reader_scope.cancel(reason=end.reason)
+            self._notify()
+
+    def _connection_ends(self, connection: Connection, end: SessionEnd) -> None:
+        """``connection`` ends; a lost one ends only itself when the session may be resumed."""
+        cork = connection.cork
+        if end.resumable and cork is not None and isinstance(cork.inner, FrameBudgetStream):
+            # The server closed it for a flood or a bad frame: its decision, not a drop.
+            end = replace(end, resumable=not cork.inner.exceeded)
+        connection.ends(end)
+        if not (end.resumable and self._book is not None):
+            self._end_session(end)
 
     async def _close(self, nursery: trio.Nursery) -> None:
-        end = self._end or SessionEnd("reader stopped", CloseCode.NORMAL)
-        if end.flush:
-            # Let the writer send what is queued (the shutdown DONEs among it), but
-            # no longer than the grace period: a client that does not read cannot
-            # hold the session open.
-            with trio.move_on_after(self.config.shutdown_grace_s):
-                await self.lanes.wait_written()
+        """The session has ended: let its connection close, then cancel its requests."""
+        connection = self.connection
+        if connection is not None:
+            # The connection flushes (bounded) and sends its close frame (bounded).
+            with trio.move_on_after(
+                self.config.shutdown_grace_s + 2 * CLOSE_HANDSHAKE_TIMEOUT_S, shield=True
+            ):
+                await connection.gone.wait()
         self._requests.stop_queueing_dones()
-        if end.code is not None:
-            # Bounded and shielded: the close frame is polite, not essential, and
-            # must not be skipped because the server is being cancelled around us.
-            with trio.move_on_after(CLOSE_HANDSHAKE_TIMEOUT_S, shield=True):
-                await self.ws.aclose(code=end.code, reason=end.reason[:120])
+        end = self._end or SessionEnd("session over")
         nursery.cancel_scope.cancel(reason=f"session closing: {end.reason}")
         self.events.nursery_cancelled(end.reason)
         if self._requests.running:
@@ -220,21 +287,195 @@ class Session:
                 grace_s=grace_s,
             )
 
+    # ------------------------------------------------------------------ connections
+
+    async def serve(
+        self,
+        ws: WebSocketConnection,
+        cork: CorkableStream | None = None,
+        *,
+        resuming: HandOver | None = None,
+    ) -> HandOver | None:
+        """Serve the session on ``ws`` until the connection ends; called by its task.
+
+        The connection's reader and writer run in a nursery of the calling task:
+        when this returns, nothing of the connection is left running (the
+        session's requests may be). With ``resuming``, the connection takes over
+        (a displaced connection is closed with 4001 first), and RESUMED and the
+        replay are written before the reader reads anything. Returns a
+        :class:`HandOver` when the first frame read was an accepted RESUME of
+        another session: the caller then serves that one on the same socket.
+        """
+        connection = Connection(ws, cork)
+        with logger.contextualize(session_id=self.session_id):
+            previous = self.connection
+            if previous is not None:
+                previous.ends(
+                    SessionEnd("resumed elsewhere", CloseCode.RESUMED_ELSEWHERE, resumable=True)
+                )
+                # Bounded: the displaced connection sends its close frame (at most
+                # 1 s) and stops its writer; its task is then done with the lanes.
+                with trio.move_on_after(2 * CLOSE_HANDSHAKE_TIMEOUT_S + 1.0):
+                    await previous.gone.wait()
+            if self.connection is not None or (resuming is not None and self._end is not None):
+                # It ended while the connection was being handed over (or the
+                # displaced one would not go): the client must start over.
+                await self._refuse_late(connection, resuming)
+                return None
+            self.connection = connection
+            self._notify()
+            try:
+                await self._serve(connection, resuming)
+            finally:
+                connection.gone.set()
+                self._detach(connection)
+        return connection.handover
+
+    async def _serve(self, connection: Connection, resuming: HandOver | None) -> None:
+        if self._connections_served == 0:
+            self.events.session_opened(str(connection.ws.remote))
+            self._push_control(self._session_frame())
+        self._connections_served += 1
+        writer = Writer(
+            connection.ws,
+            session_id=self.session_id,
+            lanes=self.lanes,
+            registry=self.registry,
+            msg_ids=self._msg_ids,
+            events=self.events,
+            batch_frames=self.config.write_batch_frames,
+            cork=connection.cork,
+            end_session=lambda end: self._connection_ends(connection, end),
+            on_written=self._frame_written if self.replay is not None else None,
+        )
+        async with trio.open_nursery() as nursery:
+            if resuming is not None and not await self._resume(connection, resuming):
+                nursery.cancel_scope.cancel(reason="connection lost while resuming")
+                return
+            self.lanes.writer_back()
+            nursery.start_soon(writer.run, name=f"writer {self.session_id}")
+            with connection.reader_scope:
+                if self._end is None:  # (a session shut down as it opened reads nothing)
+                    await self._read_loop(connection)
+            await self._close_connection(connection, nursery)
+
+    async def _resume(self, connection: Connection, resuming: HandOver) -> bool:
+        """Write RESUMED and the replay, before the reader reads anything: an INTERRUPT
+        read right after RESUMED is then acknowledged after the replayed frames."""
+        assert self.replay is not None
+        answer = resume_answer(
+            resuming.message,
+            session_id=self.session_id,
+            token=resuming.token,
+            window_s=self.config.resume_window_s,
+            interrupts=self._acks.take_unconfirmed(),
+            registry=self.registry,
+            replay=self.replay,
+            lanes=self.lanes,
+            msg_ids=self._msg_ids,
+            push_control=self._push_control,
+        )
+        self.events.session_resumed(len(answer.frames) - 1, answer.gaps)
+        try:
+            for frame in answer.frames:
+                await connection.ws.send_message(frame)
+        except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
+            self._connection_ends(
+                connection, SessionEnd("connection lost while resuming", resumable=True)
+            )
+            return False
+        return True
+
+    async def _refuse_late(self, connection: Connection, resuming: HandOver | None) -> None:
+        """RESUME_UNKNOWN and a close with 1008, bounded and shielded like any close."""
+        error = ErrorMessage(
+            msg_id=self._msg_ids.next_id(),
+            session_id=self.session_id,
+            ref=resuming.message.msg_id if resuming is not None else None,
+            ts=now_ms(),
+            payload=ErrorPayload(
+                code=ErrorCode.RESUME_UNKNOWN, message="this session has ended: start over"
+            ),
+        )
+        with trio.move_on_after(CLOSE_HANDSHAKE_TIMEOUT_S, shield=True):
+            try:
+                await connection.ws.send_message(encode(error))
+                await connection.ws.aclose(code=CloseCode.POLICY_VIOLATION, reason="session ended")
+            except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
+    def _detach(self, connection: Connection) -> None:
+        """``connection`` has stopped serving: when the session goes on, it waits for a RESUME."""
+        if self.connection is not connection:
+            return
+        self.connection = None
+        # Its ACKs may not have arrived (RESUMED lists them); the control frames
+        # still queued answered a connection that is gone.
+        self._acks.connection_dropped()
+        self.lanes.drop_control()
+        if self._end is None and self._book is not None:
+            end = connection.end or SessionEnd("connection lost")
+            if end.code is not CloseCode.RESUMED_ELSEWHERE:
+                self._book.detached(
+                    self.session_id, deadline=trio.current_time() + self.config.resume_window_s
+                )
+                self.events.connection_lost(end.reason, self.config.resume_window_s)
+        self._notify()
+
+    async def _close_connection(self, connection: Connection, nursery: trio.Nursery) -> None:
+        """Close this connection: a session's end flushes and sends its close code;
+        a displaced connection gets 4001; a lost one nothing (it is gone)."""
+        end = self._end if self._end is not None else connection.end
+        if end is None:
+            end = SessionEnd("reader stopped", CloseCode.NORMAL)
+        if self._end is not None and end.flush:
+            # Let the writer send what is queued (the shutdown DONEs among it), but
+            # no longer than the grace period: a client that does not read cannot
+            # hold the session open.
+            with trio.move_on_after(self.config.shutdown_grace_s):
+                await self.lanes.wait_written()
+        if self._end is not None:
+            self._requests.stop_queueing_dones()
+        if end.code is not None:
+            # Bounded and shielded: the close frame is polite, not essential, and
+            # must not be skipped because the server is being cancelled around us.
+            with trio.move_on_after(CLOSE_HANDSHAKE_TIMEOUT_S, shield=True):
+                await connection.ws.aclose(code=end.code, reason=end.reason[:120])
+        nursery.cancel_scope.cancel(reason=f"connection closing: {end.reason}")
+
+    def _frame_written(self, frame: Outbound, text: str | bytes) -> None:
+        """Keep a written frame of a request for a resume to send again."""
+        record = frame.record
+        if self.replay is None or record is None:
+            return
+        if frame.kind is FrameKind.DONE:
+            self.replay.written(record.request_id, FrameSort.DONE, -1, text)
+        elif (sort := _SORTS.get(frame.kind)) is not None:
+            self.replay.written(record.request_id, sort, frame.seq, text)
+
     # ------------------------------------------------------------------ reader
 
-    async def _read_loop(self) -> None:
+    async def _read_loop(self, connection: Connection) -> None:
         idle_timeout = self.config.idle_timeout_s or math.inf
         while True:
             with trio.move_on_after(idle_timeout) as idle:
                 try:
-                    raw = await self.ws.get_message()
+                    raw = await connection.ws.get_message()
                 except ConnectionClosed as closed:
                     # Handled here, where it is raised: it must never escape into
-                    # the session nursery, where it would arrive wrapped in an
+                    # the connection's nursery, where it would arrive wrapped in an
                     # ExceptionGroup that a plain `except ConnectionClosed` misses.
+                    # A close with 1000 is the client's decision to end; a broken
+                    # connection (no close frame: 1006) may be resumed.
                     why = closed.reason
                     code = why.code if why is not None else None
-                    self._end_session(SessionEnd(f"client closed the connection (code {code})"))
+                    self._connection_ends(
+                        connection,
+                        SessionEnd(
+                            f"client closed the connection (code {code})",
+                            resumable=close_is_resumable(code),
+                        ),
+                    )
                     return
             if idle.cancelled_caught:
                 self._end_session(
@@ -245,18 +486,20 @@ class Session:
                     )
                 )
                 return
+            connection.frames_read += 1
             try:
-                self._handle_frame(raw)
+                self._handle_frame(raw, connection)
             except Exception as exc:
                 # A bug of ours must not end the session silently, nor the server.
                 self.events.frame_handling_failed(exc)
                 self._send_error(ErrorCode.INTERNAL_ERROR, "the server failed to handle this frame")
-            if self._end is not None:
+            if self._end is not None or connection.end is not None:
                 return
 
-    def _handle_frame(self, raw: str | bytes) -> None:
+    def _handle_frame(self, raw: str | bytes, connection: Connection | None = None) -> None:
         """Act on one client frame. Synchronous on purpose: a busy stream can never
-        delay the handling of an INTERRUPT (``docs/architecture.md``)."""
+        delay the handling of an INTERRUPT (``docs/architecture.md``), and of two
+        racing RESUMEs exactly one wins."""
         if self._frame_rate is not None and not self._within_rate(raw):
             return
         if isinstance(raw, bytes):
@@ -271,7 +514,7 @@ class Session:
             return
         self.events.frame_read(message)
         if isinstance(message, ResumeMessage):
-            self._refuse_resume(message)
+            self._take_resume(message, connection)
             return
         if message.session_id is not None and message.session_id != self.session_id:
             self._send_error(
@@ -295,223 +538,35 @@ class Session:
                 )
             )
 
-    def _refuse_resume(self, message: ResumeMessage) -> None:
-        """A RESUME (v1.2): this server keeps no session beyond its connection (its
-        SESSION offers no ``resume``), so the client must start over."""
-        self._send_error(
-            ErrorCode.RESUME_UNKNOWN,
-            "no session to resume here: this server does not keep sessions past their connection",
-            ref=message.msg_id,
-        )
-        self._end_session(
-            SessionEnd("RESUME of an unknown session", CloseCode.POLICY_VIOLATION, flush=True)
-        )
-
-    def _refuse_binary(self, raw: bytes) -> None:
-        """A binary message: only the server sends them (AUDIO), so it is refused."""
-        try:
-            header, _ = decode_audio_frame(raw)
-        except ProtocolError as exc:
-            detail, request_id = exc.message, exc.request_id
+    def _take_resume(self, message: ResumeMessage, connection: Connection | None) -> None:
+        """A RESUME (v1.2). Only as the first frame of a new connection; then the
+        server checks session and token (synchronously), and on success this
+        session, which has run nothing, ends quietly and hands the connection over."""
+        if connection is None or connection.frames_read != 1 or self._connections_served != 1:
+            self._send_error(
+                ErrorCode.INVALID_MESSAGE,
+                "RESUME must be the first frame of a new connection",
+                ref=message.msg_id,
+            )
+            return
+        if self._take_over is None or self._book is None:
+            verdict, target, token = Redeemed.UNKNOWN, None, None
         else:
-            detail, request_id = "a client may not send AUDIO", header.request_id
-        self._send_error(
-            ErrorCode.INVALID_MESSAGE,
-            f"binary messages are server-to-client AUDIO only; send JSON text ({detail})",
-            request_id=request_id,
-        )
-
-    def _within_rate(self, raw: str | bytes) -> bool:
-        """Apply the frame rate limit (:mod:`trio_agent.server.ratelimit`); False: skip ``raw``.
-
-        An INTERRUPT over the rate is still acted on (True), never answered with
-        RATE_LIMITED; it counts toward the flood all the same, and a flood past
-        ``rate_limit_close_after`` closes the session, which cancels every request.
-        """
-        assert self._frame_rate is not None
-        verdict = self._frame_rate.check(trio.current_time())
-        if verdict is Verdict.ACCEPT:
-            return True
-        if verdict is Verdict.CLOSE:
-            self.events.flood_closed(self._frame_rate.refused_total)
-            self._end_session(
-                SessionEnd("client exceeded the frame rate limit", CloseCode.POLICY_VIOLATION)
-            )
-            return False
-        if self._frame_rate.refused_in_flood == 1:
-            self.events.rate_limiting(self.config.rate_limit_per_s)
-        ref, request_id, is_interrupt = _references(raw)
-        if is_interrupt:
-            # A stop is always acted on: it only removes work, so obeying it can
-            # never feed a flood. It has counted toward flood detection above.
-            return True
-        self._send_error(
-            ErrorCode.RATE_LIMITED,
-            f"more than {self.config.rate_limit_per_s:g} frames/s; this frame was not acted on",
-            ref=ref,
-            request_id=request_id,
-        )
-        return False
-
-    def _start_request(self, message: RequestMessage) -> None:
-        payload = message.payload
-        ref, request_id = message.msg_id, message.request_id
-        size = len(payload.input.encode("utf-8"))
-        if size > self.config.max_input_bytes:
-            self._send_error(
-                ErrorCode.MESSAGE_TOO_LARGE,
-                f"input is {size} bytes; the limit is {self.config.max_input_bytes}",
-                ref=ref,
-                request_id=request_id,
-            )
+            verdict, target, token = self._take_over(self, message)
+        if verdict is Redeemed.OK and target is not None and token is not None:
+            connection.handover = HandOver(target, message, token)
+            # No close frame: the socket goes on, serving the resumed session.
+            self._end_session(SessionEnd(f"resumed session {target.session_id}", flush=True))
             return
-        name = payload.agent or self.config.default_agent
-        agent = self._agents.get(name)
-        entry = self._session_payload.agents.get(name)
-        if agent is None or (entry is not None and not entry.available):
-            why = (
-                entry.unavailable_reason if entry is not None and entry.unavailable_reason else None
+        self.events.resume_refused(verdict.value)
+        if verdict is Redeemed.DENIED:
+            code, text = ErrorCode.RESUME_DENIED, "wrong or already used resume token"
+        else:
+            code, text = (
+                ErrorCode.RESUME_UNKNOWN,
+                "no session to resume here (unknown, or its window has passed): start over",
             )
-            self._send_error(
-                ErrorCode.UNKNOWN_AGENT,
-                f"agent {name[:64]!r} is not available here"
-                + (f": {why}" if why else f" (agents: {', '.join(sorted(self._agents))})"),
-                ref=ref,
-                request_id=request_id,
-            )
-            return
-        synthesizer = self._synthesizer
-        try:
-            speech = speech_options(
-                payload.options,
-                voices=synthesizer.voices if synthesizer is not None else (),
-                default_voice=synthesizer.default_voice if synthesizer is not None else None,
-            )
-        except SpeechOptionError as exc:
-            self._send_error(exc.code, exc.message, ref=ref, request_id=request_id)
-            return
-        cap = self.config.request_timeout_cap_s
-        timeout = min(payload.timeout_s, cap) if payload.timeout_s is not None else cap
-        # The request's own cancel scope. Its deadline is relative, so the clock
-        # starts when the request task enters it. An INTERRUPT may cancel it even
-        # before that: the agent then never runs.
-        scope = trio.CancelScope(relative_deadline=timeout)
-        try:
-            record = self.registry.admit(request_id, agent=name, scope=scope, ref=ref)
-        except AdmissionRefused as refused:
-            self._send_error(refused.code, refused.message, ref=ref, request_id=request_id)
-            return
-        if speech is not None:
-            assert synthesizer is not None
-            record.speech = SpeechTimeline(sample_rate=synthesizer.sample_rate)
-        request = AgentRequest(
-            request_id=request_id,
-            input=payload.input,
-            options=payload.options,
-            session_id=self.session_id,
-            session_state=self.agent_state,
+        self._send_error(code, text, ref=message.msg_id)
+        self._end_session(
+            SessionEnd(f"RESUME refused ({code})", CloseCode.POLICY_VIOLATION, flush=True)
         )
-        assert self._nursery is not None
-        self._requests.start(self._nursery, record, agent, request, timeout, speech)
-
-    def _interrupt(self, message: InterruptMessage, *, read_at: float) -> None:
-        """Cut what ``message`` targets: cancel each scope *directly* (no flag for the
-        agent to poll), drop its queued frames, then queue the ACK and the DONEs on
-        the priority lane, in that order. Synchronous: all done before the reader
-        reads another frame (``docs/cancellation.md``)."""
-        reason = message.payload.reason
-        decision = self.registry.interrupt(message.request_id, reason=reason, msg_id=message.msg_id)
-        played_ms = message.payload.played_ms
-        discarded = 0
-        for record in decision.cut:
-            if record.speech is not None and played_ms is not None and message.request_id:
-                record.speech.played_ms = played_ms
-            # Cancel first: an agent parked waiting for stream room then wakes with
-            # Cancelled, rather than being woken for the room discard() makes.
-            record.scope.cancel(reason=f"INTERRUPT {message.msg_id} ({reason})")
-            dropped = self.lanes.discard(record)
-            discarded += dropped
-            self.events.scope_cancelled(record, dropped)
-        self.events.interrupt_processed(message, decision.interrupted_ids, discarded)
-        ack = InterruptAckMessage(
-            msg_id=self._msg_ids.next_id(),
-            session_id=self.session_id,
-            request_id=message.request_id,
-            ref=message.msg_id,
-            ts=now_ms(),
-            payload=InterruptAckPayload(
-                interrupted=decision.interrupted_ids,
-                interrupted_count=len(decision.cut),
-                reason=reason,
-                targets=decision.targets,
-            ),
-        )
-        # The ACK first, then the DONE of each cut request: a client that sees the
-        # ACK knows the DONEs are next, and nothing else about those requests.
-        if not self._push_control(Outbound(FrameKind.CONTROL, encode(ack), read_at=read_at)):
-            return
-        for record in decision.cut:
-            if record.defer_done:
-                self._requests.defer_done(record)  # queued once the agent returns
-            elif not self._push_control(Outbound(FrameKind.DONE, record=record)):
-                return
-
-    # ------------------------------------------------------------------ frames
-
-    def _session_frame(self) -> SessionMessage:
-        return SessionMessage(
-            msg_id=self._msg_ids.next_id(),
-            session_id=self.session_id,
-            ts=now_ms(),
-            payload=self._session_payload,
-        )
-
-    def _push_control(self, frame: Outbound | BaseModel) -> bool:
-        """Queue a control frame on the priority lane; on overflow, end the session.
-
-        Returns ``False`` when the session is ending because of it.
-        """
-        if isinstance(frame, BaseModel):
-            frame = Outbound(FrameKind.CONTROL, encode(frame))
-        try:
-            self.lanes.push_priority(frame)
-            self.events.priority_queued(frame)
-        except LaneOverflow as exc:
-            self.events.control_lane_overflowed(str(exc))
-            self._end_session(
-                SessionEnd("client does not read its control frames", CloseCode.POLICY_VIOLATION)
-            )
-            return False
-        return True
-
-    def _send_error(
-        self,
-        code: ErrorCode,
-        message: str,
-        *,
-        ref: str | None = None,
-        request_id: str | None = None,
-    ) -> None:
-        self.events.error_sent(code)
-        self._push_control(
-            ErrorMessage(
-                msg_id=self._msg_ids.next_id(),
-                session_id=self.session_id,
-                request_id=request_id,
-                ref=ref,
-                ts=now_ms(),
-                payload=ErrorPayload(code=code, message=message),
-            )
-        )
-
-
-def _references(raw: str | bytes) -> tuple[str | None, str | None, bool]:
-    """The ``msg_id`` and ``request_id`` of a client frame, where they can be read,
-    and whether it is a valid INTERRUPT."""
-    if isinstance(raw, bytes):
-        return None, None, False
-    try:
-        message = parse_client_message(raw)
-    except ProtocolError as exc:
-        return exc.ref, exc.request_id, False
-    return message.msg_id, message.request_id, isinstance(message, InterruptMessage)

@@ -22,7 +22,7 @@ from trio_agent.server.cork import CorkableStream
 from trio_agent.server.lanes import Outbound, OutboundLanes
 from trio_agent.server.message_ids import MessageIds
 from trio_agent.server.registry import RequestRegistry
-from trio_agent.server.session_end import SessionEnd
+from trio_agent.server.session_end import SessionEnd, close_is_resumable
 
 
 class Writer:
@@ -36,7 +36,10 @@ class Writer:
     :param events: what the session tells.
     :param batch_frames: the most frames in one batch (``1``: no batches).
     :param cork: the stream under ``ws``, if it is a :class:`CorkableStream`.
-    :param end_session: how the writer ends its session when it cannot write.
+    :param end_session: how the writer ends its session (or only its connection,
+        when the session may be resumed) when it cannot write.
+    :param on_written: told each frame as it counts as written, with its text (the
+        session's replay buffer keeps it).
     """
 
     def __init__(
@@ -51,6 +54,7 @@ class Writer:
         batch_frames: int,
         cork: CorkableStream | None,
         end_session: Callable[[SessionEnd], None],
+        on_written: Callable[[Outbound, str | bytes], None] | None = None,
     ) -> None:
         self._ws = ws
         self._session_id = session_id
@@ -61,6 +65,7 @@ class Writer:
         self._batch_frames = batch_frames
         self._cork = cork if batch_frames > 1 else None
         self._end_session = end_session
+        self._on_written = on_written
 
     async def run(self) -> None:
         """Take frames from the lanes, priority first, and send them. The only sender.
@@ -89,10 +94,16 @@ class Writer:
         most = self._batch_frames
         cork = self._cork
         batch: list[tuple[Outbound, str | bytes]] = []
+        #: A frame taken from the lanes whose write has not finished. If the write
+        #: fails or is cancelled, it may or may not have reached the client: it is
+        #: counted as written (``finally``), so the replay buffer holds it and a
+        #: resume sends it again rather than leave a hole in its request's ``seq``.
+        in_hand: tuple[Outbound, str | bytes] | None = None
         try:
             while True:
                 frame = await lanes.next_frame()
                 text = frame.data if frame.data is not None else self._render_done(frame)
+                in_hand = (frame, text)
                 if frame.kind is FrameKind.DONE:
                     # Before the write: a client that has the DONE can count on it.
                     self._report_done(frame)
@@ -104,16 +115,8 @@ class Writer:
                 else:
                     cork.keep(websocket_frame(text))
                 # In a batch, a frame counts as written from here on (see above).
-                events.frame_written(frame)
-                first = False
-                if frame.kind is FrameKind.STREAM:
-                    assert frame.record is not None
-                    frame.record.frames_written += 1
-                    first = frame.record.frames_written == 1
-                elif frame.kind is FrameKind.AUDIO:
-                    assert frame.record is not None
-                    assert frame.record.speech is not None
-                    frame.record.speech.samples_written += frame.samples
+                in_hand = None
+                first = self._count_written(frame, text)
                 batch.append((frame, text))
                 ends_batch = (
                     cork is None
@@ -139,14 +142,45 @@ class Writer:
                     lanes.frame_written()
                     self._batch_written(batch)
                     batch = []
-        except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
+        except ConnectionClosed as closed:
+            # A client that closed with 1000 ended its session on purpose; a broken
+            # connection may be resumed (v1.2, close_is_resumable).
+            code = closed.reason.code if closed.reason is not None else None
+            self._end_session(
+                SessionEnd(
+                    f"connection closed while writing (code {code})",
+                    resumable=close_is_resumable(code),
+                )
+            )
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
             # (A flush raises the stream's own errors: trio-websocket only sees the cork.)
-            self._end_session(SessionEnd("connection closed while writing"))
+            self._end_session(SessionEnd("connection closed while writing", resumable=True))
         except Exception as exc:
             events.writer_failed(exc)
             self._end_session(SessionEnd("internal error in the writer", CloseCode.INTERNAL_ERROR))
         finally:
+            if in_hand is not None and self._on_written is not None:
+                # Only when the session may be resumed does it matter (a replay).
+                self._count_written(*in_hand)
+                batch.append(in_hand)
+            if batch:
+                self._batch_written(batch)
             lanes.writer_gone()
+
+    def _count_written(self, frame: Outbound, text: str | bytes) -> bool:
+        """Count ``frame`` as written; return whether it is its request's first STREAM frame."""
+        self._events.frame_written(frame)
+        if self._on_written is not None:
+            self._on_written(frame, text)
+        if frame.kind is FrameKind.STREAM:
+            assert frame.record is not None
+            frame.record.frames_written += 1
+            return frame.record.frames_written == 1
+        if frame.kind is FrameKind.AUDIO:
+            assert frame.record is not None
+            assert frame.record.speech is not None
+            frame.record.speech.samples_written += frame.samples
+        return False
 
     def _report_done(self, frame: Outbound) -> None:
         """Run the agent's ``on_done`` callbacks: the DONE is rendered, its count final."""

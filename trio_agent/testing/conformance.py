@@ -77,6 +77,9 @@ async def check_agent(
         config=replace(
             config or ServerConfig(stream_lane_capacity=4),
             port=0,
+            # The scenarios drop connections and expect the session to end with
+            # them: what an agent must survive. Resumption is not the agent's job.
+            resume_window_s=0,
             cleanup_grace_s=cleanup_grace_s,
             default_agent=AGENT,
         ),

@@ -1,0 +1,290 @@
+"""How a session acts on the frames its reader reads, and queues what it answers.
+
+Part of :class:`~trio_agent.server.session.Session` (this class is its base): a
+REQUEST starts a task, an INTERRUPT cancels scopes and queues the ACK and the
+DONEs, every answer goes on the priority lane. All synchronous: the reader never
+awaits while handling a frame (``docs/architecture.md``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import trio
+from pydantic import BaseModel
+
+from trio_agent.agents import Agent, AgentRequest
+from trio_agent.observability.events import SessionEvents
+from trio_agent.protocol.audio import decode_audio_frame
+from trio_agent.protocol.constants import FrameKind
+from trio_agent.protocol.messages import (
+    CloseCode,
+    ErrorCode,
+    ErrorMessage,
+    ErrorPayload,
+    InterruptAckMessage,
+    InterruptAckPayload,
+    InterruptMessage,
+    ProtocolError,
+    RequestMessage,
+    SessionMessage,
+    SessionPayload,
+    encode,
+    now_ms,
+    parse_client_message,
+)
+from trio_agent.server.lanes import LaneOverflow, Outbound, OutboundLanes
+from trio_agent.server.message_ids import MessageIds
+from trio_agent.server.ratelimit import FrameRateLimit, Verdict
+from trio_agent.server.registry import AdmissionRefused, RequestRegistry
+from trio_agent.server.replay import ReplayBuffer
+from trio_agent.server.request_runner import RequestRunner
+from trio_agent.server.resume_book import AckLedger, ResumeBook
+from trio_agent.server.session_end import SessionEnd
+from trio_agent.speech.timeline import SpeechOptionError, SpeechTimeline, speech_options
+
+if TYPE_CHECKING:
+    from trio_agent.server.config import ServerConfig
+    from trio_agent.speech.synthesizers import Synthesizer
+
+__all__ = ["FrameHandling"]
+
+
+class FrameHandling:
+    """The frame handlers of a session; :class:`~trio_agent.server.session.Session` sets
+    every attribute named here."""
+
+    session_id: str
+    config: ServerConfig
+    events: SessionEvents
+    registry: RequestRegistry
+    lanes: OutboundLanes
+    replay: ReplayBuffer | None
+    agent_state: dict[object, Any]
+    _agents: Mapping[str, Agent]
+    _session_payload: SessionPayload
+    _synthesizer: Synthesizer | None
+    _frame_rate: FrameRateLimit | None
+    _nursery: trio.Nursery | None
+    _requests: RequestRunner
+    _msg_ids: MessageIds
+    _book: ResumeBook | None
+    _acks: AckLedger
+    _end_session: Callable[[SessionEnd], None]
+
+    def _refuse_binary(self, raw: bytes) -> None:
+        """A binary message: only the server sends them (AUDIO), so it is refused."""
+        try:
+            header, _ = decode_audio_frame(raw)
+        except ProtocolError as exc:
+            detail, request_id = exc.message, exc.request_id
+        else:
+            detail, request_id = "a client may not send AUDIO", header.request_id
+        self._send_error(
+            ErrorCode.INVALID_MESSAGE,
+            f"binary messages are server-to-client AUDIO only; send JSON text ({detail})",
+            request_id=request_id,
+        )
+
+    def _within_rate(self, raw: str | bytes) -> bool:
+        """Apply the frame rate limit (:mod:`trio_agent.server.ratelimit`); False: skip ``raw``.
+
+        An INTERRUPT over the rate is still acted on (True), never answered with
+        RATE_LIMITED; it counts toward the flood all the same, and a flood past
+        ``rate_limit_close_after`` closes the session, which cancels every request.
+        """
+        assert self._frame_rate is not None
+        verdict = self._frame_rate.check(trio.current_time())
+        if verdict is Verdict.ACCEPT:
+            return True
+        if verdict is Verdict.CLOSE:
+            self.events.flood_closed(self._frame_rate.refused_total)
+            self._end_session(
+                SessionEnd("client exceeded the frame rate limit", CloseCode.POLICY_VIOLATION)
+            )
+            return False
+        if self._frame_rate.refused_in_flood == 1:
+            self.events.rate_limiting(self.config.rate_limit_per_s)
+        ref, request_id, is_interrupt = _references(raw)
+        if is_interrupt:
+            # A stop is always acted on: it only removes work, so obeying it can
+            # never feed a flood. It has counted toward flood detection above.
+            return True
+        self._send_error(
+            ErrorCode.RATE_LIMITED,
+            f"more than {self.config.rate_limit_per_s:g} frames/s; this frame was not acted on",
+            ref=ref,
+            request_id=request_id,
+        )
+        return False
+
+    def _start_request(self, message: RequestMessage) -> None:
+        payload = message.payload
+        ref, request_id = message.msg_id, message.request_id
+        size = len(payload.input.encode("utf-8"))
+        if size > self.config.max_input_bytes:
+            self._send_error(
+                ErrorCode.MESSAGE_TOO_LARGE,
+                f"input is {size} bytes; the limit is {self.config.max_input_bytes}",
+                ref=ref,
+                request_id=request_id,
+            )
+            return
+        name = payload.agent or self.config.default_agent
+        agent = self._agents.get(name)
+        entry = self._session_payload.agents.get(name)
+        if agent is None or (entry is not None and not entry.available):
+            why = (
+                entry.unavailable_reason if entry is not None and entry.unavailable_reason else None
+            )
+            self._send_error(
+                ErrorCode.UNKNOWN_AGENT,
+                f"agent {name[:64]!r} is not available here"
+                + (f": {why}" if why else f" (agents: {', '.join(sorted(self._agents))})"),
+                ref=ref,
+                request_id=request_id,
+            )
+            return
+        synthesizer = self._synthesizer
+        try:
+            speech = speech_options(
+                payload.options,
+                voices=synthesizer.voices if synthesizer is not None else (),
+                default_voice=synthesizer.default_voice if synthesizer is not None else None,
+            )
+        except SpeechOptionError as exc:
+            self._send_error(exc.code, exc.message, ref=ref, request_id=request_id)
+            return
+        cap = self.config.request_timeout_cap_s
+        timeout = min(payload.timeout_s, cap) if payload.timeout_s is not None else cap
+        # The request's own cancel scope. Its deadline is relative, so the clock
+        # starts when the request task enters it. An INTERRUPT may cancel it even
+        # before that: the agent then never runs.
+        scope = trio.CancelScope(relative_deadline=timeout)
+        try:
+            record = self.registry.admit(request_id, agent=name, scope=scope, ref=ref)
+        except AdmissionRefused as refused:
+            self._send_error(refused.code, refused.message, ref=ref, request_id=request_id)
+            return
+        if speech is not None:
+            assert synthesizer is not None
+            record.speech = SpeechTimeline(sample_rate=synthesizer.sample_rate)
+        request = AgentRequest(
+            request_id=request_id,
+            input=payload.input,
+            options=payload.options,
+            session_id=self.session_id,
+            session_state=self.agent_state,
+        )
+        assert self._nursery is not None
+        if self.replay is not None:
+            self.replay.request_started(request_id)
+        self._requests.start(self._nursery, record, agent, request, timeout, speech)
+
+    def _interrupt(self, message: InterruptMessage, *, read_at: float) -> None:
+        """Cut what ``message`` targets: cancel each scope *directly* (no flag for the
+        agent to poll), drop its queued frames, then queue the ACK and the DONEs on
+        the priority lane, in that order. Synchronous: all done before the reader
+        reads another frame (``docs/cancellation.md``)."""
+        reason = message.payload.reason
+        decision = self.registry.interrupt(message.request_id, reason=reason, msg_id=message.msg_id)
+        played_ms = message.payload.played_ms
+        discarded = 0
+        for record in decision.cut:
+            if record.speech is not None and played_ms is not None and message.request_id:
+                record.speech.played_ms = played_ms
+            # Cancel first: an agent parked waiting for stream room then wakes with
+            # Cancelled, rather than being woken for the room discard() makes.
+            record.scope.cancel(reason=f"INTERRUPT {message.msg_id} ({reason})")
+            dropped = self.lanes.discard(record)
+            discarded += dropped
+            self.events.scope_cancelled(record, dropped)
+        self.events.interrupt_processed(message, decision.interrupted_ids, discarded)
+        ack = InterruptAckMessage(
+            msg_id=self._msg_ids.next_id(),
+            session_id=self.session_id,
+            request_id=message.request_id,
+            ref=message.msg_id,
+            ts=now_ms(),
+            payload=InterruptAckPayload(
+                interrupted=decision.interrupted_ids,
+                interrupted_count=len(decision.cut),
+                reason=reason,
+                targets=decision.targets,
+            ),
+        )
+        # The ACK first, then the DONE of each cut request: a client that sees the
+        # ACK knows the DONEs are next, and nothing else about those requests.
+        if not self._push_control(
+            Outbound(FrameKind.CONTROL, encode(ack), read_at=read_at, ack_of=message.msg_id)
+        ):
+            return
+        if self._book is not None:
+            # Until a connection is known to have it, a resume reports it (RESUMED).
+            self._acks.acknowledged(message.msg_id, decision.interrupted_ids)
+        for record in decision.cut:
+            if record.defer_done:
+                self._requests.defer_done(record)  # queued once the agent returns
+            elif not self._push_control(Outbound(FrameKind.DONE, record=record)):
+                return
+
+    # ------------------------------------------------------------------ frames
+
+    def _session_frame(self) -> SessionMessage:
+        return SessionMessage(
+            msg_id=self._msg_ids.next_id(),
+            session_id=self.session_id,
+            ts=now_ms(),
+            payload=self._session_payload,
+        )
+
+    def _push_control(self, frame: Outbound | BaseModel) -> bool:
+        """Queue a control frame on the priority lane; on overflow, end the session.
+
+        Returns ``False`` when the session is ending because of it.
+        """
+        if isinstance(frame, BaseModel):
+            frame = Outbound(FrameKind.CONTROL, encode(frame))
+        try:
+            self.lanes.push_priority(frame)
+            self.events.priority_queued(frame)
+        except LaneOverflow as exc:
+            self.events.control_lane_overflowed(str(exc))
+            self._end_session(
+                SessionEnd("client does not read its control frames", CloseCode.POLICY_VIOLATION)
+            )
+            return False
+        return True
+
+    def _send_error(
+        self,
+        code: ErrorCode,
+        message: str,
+        *,
+        ref: str | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        self.events.error_sent(code)
+        self._push_control(
+            ErrorMessage(
+                msg_id=self._msg_ids.next_id(),
+                session_id=self.session_id,
+                request_id=request_id,
+                ref=ref,
+                ts=now_ms(),
+                payload=ErrorPayload(code=code, message=message),
+            )
+        )
+
+
+def _references(raw: str | bytes) -> tuple[str | None, str | None, bool]:
+    """The ``msg_id`` and ``request_id`` of a client frame, where they can be read,
+    and whether it is a valid INTERRUPT."""
+    if isinstance(raw, bytes):
+        return None, None, False
+    try:
+        message = parse_client_message(raw)
+    except ProtocolError as exc:
+        return exc.ref, exc.request_id, False
+    return message.msg_id, message.request_id, isinstance(message, InterruptMessage)
