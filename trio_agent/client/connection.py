@@ -52,6 +52,7 @@ from trio_agent.client.state import (
     UnclaimedError,
 )
 from trio_agent.client.websocket import (
+    CLOSE_TIMEOUT_S,
     close_websocket,
     offered_subprotocols,
 )
@@ -65,8 +66,6 @@ from trio_agent.protocol.messages import (
 
 __all__ = ["AgentClient", "open_agent_client"]
 
-#: How long closing the WebSocket may take before the client drops the connection.
-CLOSE_TIMEOUT_S: Final = 1.0
 #: The reason of the INTERRUPT sent for a request whose ``request()`` call was cancelled.
 WITHDRAWN_REASON: Final = "CLIENT_CANCELLED"
 

@@ -43,7 +43,13 @@ from trio_agent.client.state import (
     Resumed,
     ResumeRefused,
 )
-from trio_agent.client.websocket import connection_failure, dial, host_header
+from trio_agent.client.websocket import (
+    CLOSE_TIMEOUT_S,
+    close_websocket,
+    connection_failure,
+    dial,
+    host_header,
+)
 from trio_agent.protocol.messages import SessionMessage
 
 __all__ = ["ConnectionKeeper", "PendingHeartbeat"]
@@ -122,6 +128,7 @@ class ConnectionKeeper:
         parts = urlsplit(url)
         if parts.scheme not in ("ws", "wss") or not parts.hostname:
             raise ConnectionFailed(f"{url!r} is not a ws:// or wss:// URL")
+        ws: WebSocketConnection | None = None
         try:
             async with trio.open_nursery() as nursery:
                 with trio.fail_after(patience):
@@ -163,6 +170,12 @@ class ConnectionKeeper:
                 raise_unwrapped(error)
             raise failed from error
         finally:
+            if ws is not None and ws.closed is None and self._failure is None:
+                # The client is ending on purpose, and a cancellation from outside
+                # reaches this task as soon as the client's own close: send the close
+                # frame (1000) before the stream goes, so that the server ends the
+                # session rather than keeping it for a resume. Bounded and shielded.
+                await close_websocket(ws, grace=CLOSE_TIMEOUT_S)
             if stream is not None:
                 await trio.aclose_forcefully(stream)
 

@@ -8,6 +8,7 @@ closes, and what to call a failure to connect.
 from __future__ import annotations
 
 import ssl
+from typing import Final
 from urllib.parse import SplitResult
 
 import trio
@@ -22,6 +23,7 @@ from trio_agent.client.errors import ConnectionFailed
 from trio_agent.protocol.constants import SUBPROTOCOL, TOKEN_CHARACTERS, TOKEN_SUBPROTOCOL_PREFIX
 
 __all__ = [
+    "CLOSE_TIMEOUT_S",
     "check_token",
     "close_websocket",
     "connection_failure",
@@ -29,6 +31,9 @@ __all__ = [
     "host_header",
     "offered_subprotocols",
 ]
+
+#: How long closing the WebSocket may take before the client drops the connection.
+CLOSE_TIMEOUT_S: Final = 1.0
 
 
 def check_token(token: str) -> str:

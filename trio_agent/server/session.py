@@ -259,6 +259,14 @@ class Session(FrameHandling):
         if end.resumable and cork is not None and isinstance(cork.inner, FrameBudgetStream):
             # The server closed it for a flood or a bad frame: its decision, not a drop.
             end = replace(end, resumable=not cork.inner.exceeded)
+        closed = connection.ws.closed
+        if end.resumable and closed is not None and not close_is_resumable(closed.code):
+            # The client's close frame was read (trio-websocket records its code
+            # before it answers), even if the writer hit the closed socket first:
+            # the client's decision to end wins over a lost connection.
+            end = replace(
+                end, reason=f"client closed the connection (code {closed.code})", resumable=False
+            )
         connection.ends(end)
         if not (end.resumable and self._book is not None):
             self._end_session(end)
