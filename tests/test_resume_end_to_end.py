@@ -1,0 +1,302 @@
+"""The Python client resumes against the real server, over real sockets.
+
+Each test puts a small TCP relay between the client and the server, so that it can
+drop the connection mid-reply the way a network does (a TCP reset on both sides, no
+close frame), hold back what the server writes, or keep the client from reconnecting
+for a while. The client runs in strict mode: a broken guarantee would end it with
+ProtocolViolation, so every test also checks that the two sides agree on the v1.2
+resume protocol (docs/protocol.md, "v1.2: resuming a session").
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from trio_agent import AgentRequest, ResponseStream
+from trio_agent import agents as builtin
+from trio_agent.client import (
+    Chunk,
+    ConnectionEvent,
+    ConnectionLost,
+    InterruptHandle,
+    open_agent_client,
+)
+
+#: SO_LINGER on, 0 s: closing the socket sends a RST instead of a FIN.
+RESET_ON_CLOSE = struct.pack("ii", 1, 0)
+
+
+class Relay:
+    """A TCP relay between the client and the server that a test can break.
+
+    ``open_stream`` (given to ``open_agent_client``) connects through it. ``drop()``
+    resets both sockets of the current connection; ``hold_replies()`` stops passing
+    the server's bytes to the client (``held`` is set when some arrive);
+    ``block_reconnects()`` makes the next ``open_stream`` wait for
+    ``allow_reconnects()``.
+    """
+
+    def __init__(self, nursery: trio.Nursery, listener: trio.SocketListener, server_port: int):
+        self._nursery = nursery
+        self._listener = listener
+        self._server_port = server_port
+        self._sockets: list[trio.SocketStream] = []
+        self._holding = False
+        self.held = trio.Event()
+        self._may_connect = trio.Event()
+        self._may_connect.set()
+        self.connections = 0
+
+    async def open_stream(self) -> trio.SocketStream:
+        await self._may_connect.wait()
+        port = self._listener.socket.getsockname()[1]
+        client = await trio.open_tcp_stream("127.0.0.1", port)
+        accepted = await self._listener.accept()
+        upstream = await trio.open_tcp_stream("127.0.0.1", self._server_port)
+        assert isinstance(accepted, trio.SocketStream)
+        self._sockets = [accepted, upstream]
+        self._holding = False
+        self.held = trio.Event()
+        self.connections += 1
+        self._nursery.start_soon(self._pump, accepted, upstream, False)
+        self._nursery.start_soon(self._pump, upstream, accepted, True)
+        return client
+
+    async def _pump(
+        self, source: trio.SocketStream, sink: trio.SocketStream, replies: bool
+    ) -> None:
+        try:
+            while data := await source.receive_some():
+                if replies and self._holding:
+                    self.held.set()
+                    continue  # written by the server, never delivered
+                await sink.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        with trio.CancelScope(shield=True):
+            await sink.aclose()
+
+    def hold_replies(self) -> None:
+        self._holding = True
+
+    def block_reconnects(self) -> None:
+        self._may_connect = trio.Event()
+
+    def allow_reconnects(self) -> None:
+        self._may_connect.set()
+
+    async def drop(self) -> None:
+        """Reset the current connection on both sides: no close frame, no FIN."""
+        for sock in self._sockets:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET_ON_CLOSE)
+        for sock in self._sockets:
+            await trio.aclose_forcefully(sock)
+
+
+@pytest.fixture
+async def relay_to(nursery: trio.Nursery) -> AsyncIterator[Any]:
+    listeners: list[trio.SocketListener] = []
+
+    async def make(server: Any) -> Relay:
+        (listener,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        listeners.append(listener)
+        return Relay(nursery, listener, server.port)
+
+    yield make
+    for listener in listeners:
+        await listener.aclose()
+
+
+def client_of(server: Any, relay: Relay, **options: Any) -> Any:
+    options.setdefault("heartbeat_s", None)
+    options.setdefault("strict", True)
+    return open_agent_client(
+        server.url,
+        open_stream=relay.open_stream,
+        resume_backoff_s=0.01,
+        resume_backoff_max_s=0.05,
+        **options,
+    )
+
+
+async def two_words_then_wait(request: AgentRequest, stream: ResponseStream) -> None:
+    await stream.send(" one")
+    await stream.send(" two")
+    await trio.sleep_forever()
+
+
+async def next_event(client: Any) -> ConnectionEvent:
+    with trio.fail_after(10):
+        event: ConnectionEvent = await client.events.receive()
+    return event
+
+
+async def take(response: Any, count: int) -> list[Chunk]:
+    with trio.fail_after(10):
+        return [await response.__anext__() for _ in range(count)]
+
+
+def check_seqs(chunks: list[Chunk]) -> None:
+    assert [c.seq for c in chunks] == list(range(len(chunks)))
+
+
+async def test_a_reply_dropped_mid_stream_goes_on_with_every_chunk_once(start_server, relay_to):
+    server = await start_server({"lorem": builtin.lorem})
+    relay = await relay_to(server)
+    words = 60
+    async with client_of(server, relay) as client:
+        response = await client.request(
+            "q", agent="lorem", options={"words": words, "words_per_s": 200}
+        )
+        got = await take(response, 5)
+        await relay.drop()
+        with trio.fail_after(10):
+            got += [chunk async for chunk in response]
+            done = await response.done()
+        assert [e.kind for e in [await next_event(client), await next_event(client)]] == [
+            "reconnecting",
+            "resumed",
+        ]
+        check_seqs(got)
+        assert len(got) == words
+        assert response.text == "".join(c.delta for c in got)
+        assert (done.status, done.frames) == ("completed", words)
+        assert relay.connections == 2
+        assert client.violations == []
+
+
+async def test_the_session_id_stays_the_old_one_after_a_resume(start_server, relay_to):
+    server = await start_server({"lorem": builtin.lorem})
+    relay = await relay_to(server)
+    async with client_of(server, relay) as client:
+        before = client.session_id
+        response = await client.request(
+            "q", agent="lorem", options={"words": 30, "words_per_s": 200}
+        )
+        await take(response, 2)
+        await relay.drop()
+        assert (await next_event(client)).kind == "reconnecting"
+        assert (await next_event(client)).kind == "resumed"
+        assert client.session_id == before
+        with trio.fail_after(10):
+            assert (await response.done()).frames == 30
+        # A request made after the resume runs in the same session.
+        again = await client.request("q", agent="lorem", options={"words": 3})
+        with trio.fail_after(10):
+            assert (await again.done()).status == "completed"
+        assert client.violations == []
+
+
+async def test_an_interrupt_right_after_the_resume_cuts_the_reply(start_server, relay_to):
+    server = await start_server({"lorem": builtin.lorem})
+    relay = await relay_to(server)
+    async with client_of(server, relay) as client:
+        response = await client.request(
+            "q", agent="lorem", options={"words": 10_000, "words_per_s": 100}
+        )
+        got = await take(response, 2)
+        await relay.drop()
+        assert (await next_event(client)).kind == "reconnecting"
+        assert (await next_event(client)).kind == "resumed"
+        handle = await client.interrupt(response.request_id)
+        with trio.fail_after(10):
+            ack = await handle.acknowledged()
+            got += [chunk async for chunk in response]
+            done = await response.wait_server_done()
+        assert ack.interrupted == (response.request_id,)
+        check_seqs(got)
+        assert (done.status, done.interrupted) == ("interrupted", True)
+        # Every frame the server wrote reached the client once: consumed or dropped as stale.
+        assert done.frames == len(got) + response.stale_dropped
+        assert client.violations == []
+
+
+async def test_an_interrupt_made_while_disconnected_is_sent_on_resume(start_server, relay_to):
+    server = await start_server({"lorem": builtin.lorem})
+    relay = await relay_to(server)
+    async with client_of(server, relay) as client:
+        response = await client.request(
+            "q", agent="lorem", options={"words": 10_000, "words_per_s": 100}
+        )
+        got = await take(response, 2)
+        relay.block_reconnects()
+        await relay.drop()
+        assert (await next_event(client)).kind == "reconnecting"
+        assert not client.connected
+        handles: list[InterruptHandle] = []
+
+        async def interrupt() -> None:
+            handles.append(await client.interrupt(response.request_id))
+
+        async with trio.open_nursery() as inner:
+            inner.start_soon(interrupt)
+            await trio.testing.wait_all_tasks_blocked()
+            assert response.ended  # optimistic: cut before anything is sent
+            assert handles == []  # not on a socket yet
+            relay.allow_reconnects()
+        assert (await next_event(client)).kind == "resumed"
+        (handle,) = handles
+        with trio.fail_after(10):
+            ack = await handle.acknowledged()
+            done = await response.wait_server_done()
+        assert ack.interrupted == (response.request_id,)
+        assert (done.status, done.interrupted, done.local) == ("interrupted", True, False)
+        check_seqs(got)
+        assert done.frames == len(got) + response.stale_dropped
+        assert client.violations == []
+
+
+async def test_an_ack_lost_with_the_connection_is_resolved_by_resumed(start_server, relay_to):
+    server = await start_server({"two": two_words_then_wait})
+    relay = await relay_to(server)
+    async with client_of(server, relay) as client:
+        response = await client.request("q", agent="two")
+        got = await take(response, 2)
+        relay.hold_replies()
+        handle = await client.interrupt(response.request_id)
+        with trio.fail_after(10):
+            await relay.held.wait()  # the server wrote its ACK; the client never reads it
+        await relay.drop()
+        assert (await next_event(client)).kind == "reconnecting"
+        assert (await next_event(client)).kind == "resumed"
+        with trio.fail_after(10):
+            ack = await handle.acknowledged()
+            done = await response.wait_server_done()
+        assert ack.interrupted == (response.request_id,)
+        check_seqs(got)
+        assert (done.status, done.frames) == ("interrupted", 2)
+        assert client.violations == []
+
+
+async def test_a_resume_after_the_window_fails_with_connection_lost(start_server, relay_to):
+    server = await start_server({"lorem": builtin.lorem}, resume_window_s=1)
+    relay = await relay_to(server)
+    events: list[ConnectionEvent] = []
+
+    async def use_the_client() -> None:
+        async with client_of(server, relay) as client:
+            response = await client.request(
+                "q", agent="lorem", options={"words": 10_000, "words_per_s": 100}
+            )
+            await take(response, 1)
+            relay.block_reconnects()
+            await relay.drop()
+            events.append(await next_event(client))
+            with trio.fail_after(10):
+                await server.wait_idle()  # the window passed: the session is over
+            relay.allow_reconnects()
+            events.append(await next_event(client))
+            with trio.fail_after(10):
+                await trio.sleep_forever()  # the client ends the block
+
+    with pytest.raises(ConnectionLost):
+        await use_the_client()
+    assert [e.kind for e in events] == ["reconnecting", "resume_failed"]
+    assert events[1].error is not None
