@@ -26,8 +26,11 @@ from trio_agent.client import (
     ConnectionEvent,
     ConnectionLost,
     InterruptHandle,
+    ServerError,
     open_agent_client,
 )
+from trio_agent.server.replay import ReplayBuffer
+from trio_agent.testing import AgentCheckFailed, check_agent
 
 #: SO_LINGER on, 0 s: closing the socket sends a RST instead of a FIN.
 RESET_ON_CLOSE = struct.pack("ii", 1, 0)
@@ -92,9 +95,10 @@ class Relay:
     def allow_reconnects(self) -> None:
         self._may_connect.set()
 
-    async def drop(self) -> None:
-        """Reset the current connection on both sides: no close frame, no FIN."""
-        for sock in self._sockets:
+    async def drop(self, how: str = "reset") -> None:
+        """End the current connection on both sides without a close frame: with a TCP
+        reset (``"reset"``), or a plain FIN (``"fin"``)."""
+        for sock in self._sockets if how == "reset" else ():
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET_ON_CLOSE)
         for sock in self._sockets:
             await trio.aclose_forcefully(sock)
@@ -147,7 +151,10 @@ def check_seqs(chunks: list[Chunk]) -> None:
     assert [c.seq for c in chunks] == list(range(len(chunks)))
 
 
-async def test_a_reply_dropped_mid_stream_goes_on_with_every_chunk_once(start_server, relay_to):
+@pytest.mark.parametrize("how", ["reset", "fin"])
+async def test_a_reply_dropped_mid_stream_goes_on_with_every_chunk_once(
+    start_server, relay_to, how
+):
     server = await start_server({"lorem": builtin.lorem})
     relay = await relay_to(server)
     words = 60
@@ -156,7 +163,7 @@ async def test_a_reply_dropped_mid_stream_goes_on_with_every_chunk_once(start_se
             "q", agent="lorem", options={"words": words, "words_per_s": 200}
         )
         got = await take(response, 5)
-        await relay.drop()
+        await relay.drop(how)
         with trio.fail_after(10):
             got += [chunk async for chunk in response]
             done = await response.done()
@@ -299,4 +306,103 @@ async def test_a_resume_after_the_window_fails_with_connection_lost(start_server
     with pytest.raises(ConnectionLost):
         await use_the_client()
     assert [e.kind for e in events] == ["reconnecting", "resume_failed"]
-    assert events[1].error is not None
+    assert isinstance(events[1].error, ServerError)
+    assert events[1].error.code == "RESUME_UNKNOWN"
+
+
+async def test_two_replies_survive_two_drops(start_server, relay_to):
+    """Two requests at once, and a second drop resumed with the rotated token."""
+    server = await start_server({"lorem": builtin.lorem})
+    relay = await relay_to(server)
+    options = {"words": 80, "words_per_s": 200}
+    async with client_of(server, relay) as client:
+        first = await client.request("q", agent="lorem", options=options)
+        second = await client.request("q", agent="lorem", options=options)
+        got = {first.request_id: await take(first, 3), second.request_id: await take(second, 1)}
+        await relay.drop()
+        got[first.request_id] += await take(first, 10)
+        await relay.drop()
+        with trio.fail_after(10):
+            for response in (first, second):
+                got[response.request_id] += [chunk async for chunk in response]
+                assert (await response.done()).frames == 80
+        for chunks in got.values():
+            check_seqs(chunks)
+            assert len(chunks) == 80
+        kinds = [(await next_event(client)).kind for _ in range(4)]
+        assert kinds == ["reconnecting", "resumed", "reconnecting", "resumed"]
+        assert relay.connections == 3
+        assert client.violations == []
+
+
+async def test_a_spoken_reply_resumes_with_its_audio_intact(start_server, relay_to):
+    server = await start_server({"echo": builtin.echo}, speech="builtin", audio_queue_ms=400)
+    relay = await relay_to(server)
+    text = " ".join(f"word{i}" for i in range(30))
+    async with client_of(server, relay) as client:
+        response = await client.request(text, agent="echo", voice=True, audio_pace=0)
+        audio = response.audio()
+        with trio.fail_after(10):
+            heard = [await audio.__anext__() for _ in range(3)]
+        await relay.drop()
+        with trio.fail_after(10):
+            heard += [chunk async for chunk in audio]
+            words = [chunk async for chunk in response]
+            done = await response.done()
+        assert [c.seq for c in heard] == list(range(len(heard)))
+        assert response.text.split() == text.split()
+        check_seqs(words)
+        assert (done.status, done.frames) == ("completed", 30)
+        assert done.audio_ms == pytest.approx(sum(c.duration_ms for c in heard))
+        assert client.violations == []
+
+
+# --------------------------------------------------------------------------- check_agent
+
+
+async def test_check_agent_resumes_mid_stream(autojump_clock):
+    report = await check_agent(
+        builtin.lorem, options={"words": 12, "words_per_s": 20}, scenarios=["resume mid-stream"]
+    )
+    assert report.scenarios["resume mid-stream"] == (
+        "resumed after 1 frames; DONE completed after 12"
+    )
+
+
+async def test_check_agent_resumes_an_endless_agent(autojump_clock):
+    async def endless(request: AgentRequest, stream: ResponseStream) -> None:
+        while True:
+            await stream.send(" more")
+            await trio.sleep(0.01)
+
+    report = await check_agent(endless, completes=False, scenarios=["resume mid-stream"])
+    assert report.scenarios["resume mid-stream"].startswith(
+        "resumed after 1 frames; DONE interrupted"
+    )
+
+
+async def test_check_agent_catches_a_replay_that_repeats_a_frame(autojump_clock, monkeypatch):
+    """A server whose replay starts one frame early sends a frame twice."""
+    replay = ReplayBuffer.replay
+
+    def one_early(self: ReplayBuffer, request_id: str, last_seq: int, last_audio_seq: int = -1):
+        return replay(self, request_id, last_seq - 1, last_audio_seq)
+
+    monkeypatch.setattr(ReplayBuffer, "replay", one_early)
+    with pytest.raises(AgentCheckFailed) as caught:
+        await check_agent(
+            builtin.lorem,
+            options={"words": 12, "words_per_s": 20},
+            scenarios=["resume mid-stream"],
+        )
+    failure = caught.value
+    assert failure.scenario == "resume mid-stream"
+    assert "the connection drops after the first STREAM frame and the client resumes" in str(
+        failure
+    )
+    rules = [finding.rule for finding in failure.findings]
+    assert any(rule.startswith("guarantee 2") for rule in rules), rules
+    assert (
+        "guarantee 11: across a resume, every frame arrives once, in order, with exactly one DONE"
+        in rules
+    )
