@@ -51,7 +51,7 @@ class Relay:
         self._listener = listener
         self._server_port = server_port
         self._sockets: list[trio.SocketStream] = []
-        self._holding = False
+        self._holding = self._losing_requests = False
         self.held = trio.Event()
         self._may_connect = trio.Event()
         self._may_connect.set()
@@ -65,7 +65,7 @@ class Relay:
         upstream = await trio.open_tcp_stream("127.0.0.1", self._server_port)
         assert isinstance(accepted, trio.SocketStream)
         self._sockets = [accepted, upstream]
-        self._holding = False
+        self._holding = self._losing_requests = False
         self.held = trio.Event()
         self.connections += 1
         self._nursery.start_soon(self._pump, accepted, upstream, False)
@@ -80,11 +80,17 @@ class Relay:
                 if replies and self._holding:
                     self.held.set()
                     continue  # written by the server, never delivered
+                if not replies and self._losing_requests:
+                    continue  # written by the client, never delivered
                 await sink.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         with trio.CancelScope(shield=True):
             await sink.aclose()
+
+    def lose_requests(self) -> None:
+        """Stop passing the client's bytes to the server (until the next connection)."""
+        self._losing_requests = True
 
     def hold_replies(self) -> None:
         self._holding = True
@@ -355,6 +361,93 @@ async def test_a_spoken_reply_resumes_with_its_audio_intact(start_server, relay_
         assert (done.status, done.frames) == ("completed", 30)
         assert done.audio_ms == pytest.approx(sum(c.duration_ms for c in heard))
         assert client.violations == []
+
+
+async def test_a_request_made_while_disconnected_is_sent_on_resume(start_server, relay_to):
+    """It is not in the RESUME's last_seq (the server never read it): it runs as new."""
+    server = await start_server({"lorem": builtin.lorem})
+    relay = await relay_to(server)
+    async with client_of(server, relay) as client:
+        running = await client.request(
+            "q", agent="lorem", options={"words": 10_000, "words_per_s": 100}
+        )
+        await take(running, 1)
+        relay.block_reconnects()
+        await relay.drop()
+        assert (await next_event(client)).kind == "reconnecting"
+        responses = []
+
+        async def request() -> None:
+            responses.append(await client.request("q", agent="lorem", options={"words": 5}))
+
+        async with trio.open_nursery() as inner:
+            inner.start_soon(request)
+            await trio.testing.wait_all_tasks_blocked()
+            relay.allow_reconnects()
+        assert (await next_event(client)).kind == "resumed"
+        (late,) = responses
+        with trio.fail_after(10):
+            chunks = [chunk async for chunk in late]
+            done = await late.done()
+        check_seqs(chunks)
+        assert (done.status, done.frames, len(chunks)) == ("completed", 5, 5)
+        await client.interrupt(running.request_id)
+        with trio.fail_after(10):
+            assert (await running.wait_server_done()).status == "interrupted"
+        assert client.violations == []
+
+
+async def test_an_interrupt_all_made_while_disconnected_cuts_every_reply(start_server, relay_to):
+    server = await start_server({"lorem": builtin.lorem})
+    relay = await relay_to(server)
+    options = {"words": 10_000, "words_per_s": 100}
+    async with client_of(server, relay) as client:
+        replies = [await client.request("q", agent="lorem", options=options) for _ in range(2)]
+        for reply in replies:
+            await take(reply, 1)
+        relay.block_reconnects()
+        await relay.drop()
+        assert (await next_event(client)).kind == "reconnecting"
+        handles: list[InterruptHandle] = []
+
+        async def interrupt_all() -> None:
+            handles.append(await client.interrupt())
+
+        async with trio.open_nursery() as inner:
+            inner.start_soon(interrupt_all)
+            await trio.testing.wait_all_tasks_blocked()
+            assert all(reply.ended for reply in replies)
+            relay.allow_reconnects()
+        (handle,) = handles
+        with trio.fail_after(10):
+            ack = await handle.acknowledged()
+            dones = [await reply.wait_server_done() for reply in replies]
+        assert sorted(ack.interrupted) == sorted(reply.request_id for reply in replies)
+        assert [done.status for done in dones] == ["interrupted", "interrupted"]
+        assert client.violations == []
+
+
+async def test_a_request_lost_with_the_connection_ends_with_resume_gap(start_server, relay_to):
+    """A REQUEST on the socket that the server never read: the RESUME names it, and
+    the server answers that it knows nothing of it (a RESUME_GAP DONE, 0 frames)."""
+    server = await start_server({"lorem": builtin.lorem})
+    relay = await relay_to(server)
+    async with client_of(server, relay) as client:
+        relay.lose_requests()
+        lost = await client.request("q", agent="lorem", options={"words": 5})
+        await relay.drop()
+        assert (await next_event(client)).kind == "reconnecting"
+        assert (await next_event(client)).kind == "resumed"
+        with trio.fail_after(10):
+            done = await lost.wait_server_done()
+        assert (done.status, done.frames) == ("failed", 0)
+        assert done.error is not None
+        assert done.error.code == "RESUME_GAP"
+        assert client.violations == []
+        # The session goes on: the next request runs.
+        again = await client.request("q", agent="lorem", options={"words": 3})
+        with trio.fail_after(10):
+            assert (await again.done()).frames == 3
 
 
 # --------------------------------------------------------------------------- check_agent
