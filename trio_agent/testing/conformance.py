@@ -78,7 +78,8 @@ async def check_agent(
             config or ServerConfig(stream_lane_capacity=4),
             port=0,
             # The scenarios drop connections and expect the session to end with
-            # them: what an agent must survive. Resumption is not the agent's job.
+            # them: what an agent must survive. "resume mid-stream" turns
+            # resumption on for itself (scenarios.RESUME_WINDOW_S).
             resume_window_s=0,
             cleanup_grace_s=cleanup_grace_s,
             default_agent=AGENT,

@@ -19,6 +19,7 @@ SCENARIOS = (
     "concurrent interrupts",
     "timeout",
     "disconnect mid-stream",
+    "resume mid-stream",
 )
 
 #: The protocol guarantees by number, as docs/protocol.md states them (0: the wire format).
@@ -33,6 +34,7 @@ GUARANTEES = {
     7: "interrupt-all cuts exactly the requests running when it was read",
     9: "when a client disconnects, all its requests are cancelled and no task survives",
     10: "an agent that ignores cancellation cannot wedge the session: cleanup is bounded",
+    11: "across a resume, every frame arrives once, in order, with exactly one DONE",
 }
 
 #: What an agent must do, beyond what the wire shows (docs/testing.md explains each).
@@ -103,4 +105,5 @@ _SCENARIO_TEXT = {
     "concurrent interrupts": "two INTERRUPTs for the same request, back to back",
     "timeout": "a REQUEST whose timeout_s runs out mid-stream",
     "disconnect mid-stream": "the client vanishes after the first STREAM frame",
+    "resume mid-stream": "the connection drops after the first STREAM frame and the client resumes",
 }

@@ -8,7 +8,7 @@ alone (:mod:`trio_agent.testing.conduct`). docs/testing.md describes each one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import trio
@@ -20,9 +20,12 @@ from trio_agent.testing.conduct import check_conduct
 from trio_agent.testing.rules import AGENT_RULES, GUARANTEES, AgentCheckReport, Finding
 from trio_agent.testing.scene import Impatient, Scene, impatient_leaves
 from trio_agent.testing.step_timer import StepTimer, WatchingTracer
+from trio_agent.testing.wire import WireConnection
 
 #: The agent's name behind the check's server.
 AGENT = "agent-under-test"
+#: The resume window of the "resume mid-stream" scenario (the others run without resumption).
+RESUME_WINDOW_S = 30.0
 
 
 @dataclass
@@ -52,7 +55,10 @@ class Check:
         if scenario == "conduct":
             return await self._conduct()
         tracer = WatchingTracer(self.steps)
-        server = AgentServer(self.config, {AGENT: self.agent}, trace=tracer)
+        config = self.config
+        if scenario == "resume mid-stream":
+            config = replace(config, resume_window_s=RESUME_WINDOW_S)
+        server = AgentServer(config, {AGENT: self.agent}, trace=tracer)
         play = {
             "complete": self._complete,
             "interrupt early": self._interrupt_early,
@@ -61,6 +67,7 @@ class Check:
             "concurrent interrupts": self._concurrent_interrupts,
             "timeout": self._timeout,
             "disconnect mid-stream": self._disconnect,
+            "resume mid-stream": self._resume,
         }[scenario]
         scene = Scene(scenario, server, tracer, self.patience_s)
         try:
@@ -219,3 +226,80 @@ class Check:
                 )
             else:
                 scene.note("the session ended with its client")
+
+    async def _resume(self, scene: Scene) -> None:
+        rid = "resumed"
+        async with trio.open_nursery() as server_side:
+            # Unbuffered, so the server is mid-response when the connection goes.
+            async with scene.connect("lockstep", serve_in=server_side, whole=False) as first:
+                await first.send(scene.request_frame(first, rid, self._request(rid)))
+                if await scene.until_streams(first, rid, 1) < 1:
+                    scene.note("the agent finished without a frame; nothing to resume")
+                    return
+                await trio.aclose_forcefully(first.stream)  # no close frame: resumable
+            async with scene.connect("memory", serve_in=server_side) as second:
+                await self._resume_on(scene, first, second, rid)
+
+    async def _resume_on(
+        self, scene: Scene, first: WireConnection, second: WireConnection, rid: str
+    ) -> None:
+        # One checker for the whole conversation, told of the new connection, so the
+        # guarantees are checked across the resume (no gap, no duplicate, one DONE).
+        checker = first.checker
+        checker.reconnected()
+        checker.received(second.session)
+        second.checker = checker
+        before = stream_seqs(first, rid)
+        await second.send(
+            {
+                "msg_type": "RESUME",
+                "msg_id": second.next_msg_id(),
+                "session_id": first.session["session_id"],
+                "payload": {
+                    "token": first.session["payload"]["resume"]["token"],
+                    "last_seq": {rid: before[-1]},
+                },
+            }
+        )
+        resumed = await scene.until_type(second, "RESUMED")
+        # From RESUMED on, the connection speaks for the old session.
+        second.session = {**second.session, "session_id": resumed["session_id"]}
+        if self.completes:
+            done = await scene.until_done(second, rid)
+        else:
+            await scene.until_streams(second, rid, 2)
+            done = (await scene.until_ack_and_done(second, await second.interrupt(rid), rid))[1]
+        await scene.settle(second)
+        received = before + stream_seqs(second, rid)
+        dones = [
+            line.frame
+            for line in second.transcript
+            if not line.sent
+            and line.frame.get("msg_type") == "DONE"
+            and line.frame.get("request_id") == rid
+        ]
+        rule = f"guarantee 11: {GUARANTEES[11]}"
+        if received != list(range(len(received))):
+            scene.found(rule, f"the STREAM seq received over both connections: {received}", second)
+        elif len(dones) != 1 or done["payload"]["frames"] != len(received):
+            scene.found(
+                rule,
+                f"{len(dones)} DONE(s), the first counting {done['payload']['frames']} frames "
+                f"for {len(received)} received",
+                second,
+            )
+        scene.note(
+            f"resumed after {len(before)} frames; DONE {done['payload']['status']} "
+            f"after {done['payload']['frames']}"
+        )
+
+
+def stream_seqs(wire: WireConnection, rid: str) -> list[int]:
+    """The ``seq`` of every STREAM frame of ``rid`` received on ``wire``, in order."""
+    return [
+        line.frame["payload"]["seq"]
+        for line in wire.transcript
+        if not line.sent
+        and line.frame.get("msg_type") == "STREAM"
+        and line.frame.get("request_id") == rid
+    ]

@@ -106,6 +106,9 @@ class Scene:
             lambda f: f.get("msg_type") == "DONE" and f.get("request_id") == rid,
         )
 
+    async def until_type(self, wire: WireConnection, msg_type: str) -> Frame:
+        return await self._until(wire, f"a {msg_type}", lambda f: f.get("msg_type") == msg_type)
+
     async def until_ack(self, wire: WireConnection, msg_id: str) -> Frame:
         return await self._until(
             wire,
