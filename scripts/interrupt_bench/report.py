@@ -16,6 +16,11 @@ def table(scenario: Scenario, results: dict[str, dict[str, Any]]) -> str:
         [SERVERS[key].label, *(c.cell(figures) for c in scenario.columns)]
         for key, figures in results.items()
     ]
+    return text_table(headers, rows)
+
+
+def text_table(headers: list[str], rows: list[list[str]]) -> str:
+    """Cells in columns: the first left-aligned, the others right-aligned."""
     widths = [max(len(row[i]) for row in [headers, *rows]) for i in range(len(headers))]
 
     def line(cells: list[str]) -> str:
@@ -30,10 +35,17 @@ def table(scenario: Scenario, results: dict[str, dict[str, Any]]) -> str:
 def markdown_table(scenario: Scenario, results: dict[str, dict[str, Any]]) -> str:
     """The same table in Markdown (what docs/performance.md quotes)."""
     headers = ["server", *(c.header for c in scenario.columns)]
+    rows = [
+        [SERVERS[key].label, *(c.cell(figures) for c in scenario.columns)]
+        for key, figures in results.items()
+    ]
+    return markdown_rows(headers, rows)
+
+
+def markdown_rows(headers: list[str], rows: list[list[str]]) -> str:
+    """Cells as a Markdown table."""
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    for key, figures in results.items():
-        cells = [SERVERS[key].label, *(c.cell(figures) for c in scenario.columns)]
-        lines.append("| " + " | ".join(cells) + " |")
+    lines.extend("| " + " | ".join(cells) + " |" for cells in rows)
     return "\n".join(lines)
 
 
