@@ -31,10 +31,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def main() -> None:
-    source = sys.argv[1] if len(sys.argv) > 1 else str(ROOT)
-    connections = int(sys.argv[2]) if len(sys.argv) > 2 else 100
-    seconds = float(sys.argv[3]) if len(sys.argv) > 3 else 10.0
+def start_server(source: str) -> tuple[subprocess.Popen[bytes], int]:
+    """``trio-agent serve`` from the checkout at ``source`` on a free loopback port,
+    once it accepts connections (waiting at most 10 s)."""
     port = free_port()
     server = subprocess.Popen(
         [
@@ -58,6 +57,14 @@ def main() -> None:
             break
         except OSError:
             time.sleep(0.1)
+    return server, port
+
+
+def main() -> None:
+    source = sys.argv[1] if len(sys.argv) > 1 else str(ROOT)
+    connections = int(sys.argv[2]) if len(sys.argv) > 2 else 100
+    seconds = float(sys.argv[3]) if len(sys.argv) > 3 else 10.0
+    server, port = start_server(source)
 
     def cpu_s() -> float:
         fields = Path(f"/proc/{server.pid}/stat").read_text().rsplit(")", 1)[1].split()

@@ -10,13 +10,12 @@ its defaults on a free port, and sends HANDSHAKES (default 150) handshakes from
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
+
+from metrics_flood import start_server
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -24,31 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def main() -> None:
     source = sys.argv[1] if len(sys.argv) > 1 else str(ROOT)
     handshakes = int(sys.argv[2]) if len(sys.argv) > 2 else 150
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = int(probe.getsockname()[1])
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "trio_agent",
-            "serve",
-            "--port",
-            str(port),
-            "--log-level",
-            "WARNING",
-        ],
-        env=dict(os.environ, PYTHONPATH=source),
-        cwd=source,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port)).close()
-            break
-        except OSError:
-            time.sleep(0.1)
+    server, port = start_server(source)
     request = (
         f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
         "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
