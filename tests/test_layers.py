@@ -34,6 +34,8 @@ MAY_IMPORT: dict[str, set[str]] = {
     "speech": {"protocol", "observability", "agents"},
     "server.web": {"protocol", "observability", "server"},
     "server": {"protocol", "observability", "agents", "speech", "server.web"},
+    # Cluster mode sits on the server: the server never imports it (the CLI wires it in).
+    "cluster": {"protocol", "observability", "agents", "speech", "server", "server.web"},
     "foundation": set(),
 }
 TOP_LAYERS = {"cli", "testing", "package"}
@@ -73,6 +75,7 @@ PURE_MODULES = {
     "trio_agent.observability.timeline",
     "trio_agent.observability.facts",
     "trio_agent.settings",
+    "trio_agent.cluster.store",
 }
 
 

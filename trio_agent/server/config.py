@@ -71,6 +71,32 @@ class ServerConfig:
     resume_buffer_kib: int = setting(
         256, "KiB of written frames a session keeps to replay on a RESUME (oldest evicted first)"
     )
+    # -- cluster: see docs/cluster.md
+    redis_url: str = setting(
+        "",
+        "Redis or Valkey URL (redis://host:port/db); set, the server is a node of a cluster "
+        "whose sessions resume on any node ('': a single process, nothing shared)",
+        secret=True,
+    )
+    node_id: str = setting(
+        "", "this node's name in the cluster ('': host, pid and a random suffix)"
+    )
+    node_lease_s: float = setting(
+        3.0,
+        "seconds a node's liveness lease lasts in Redis (refreshed every third of it); a node "
+        "silent that long is dead and its requests end with DONE NODE_LOST",
+    )
+    drain_s: float = setting(
+        30.0,
+        "seconds a draining node (SIGTERM, in a cluster) lets running requests finish before it "
+        "ends them with DONE shutdown; each connection is closed with 1012 so the client resumes "
+        "on another node",
+    )
+    workers: int = setting(
+        1,
+        "processes serving the one port (SO_REUSEPORT), each a node; a resume may land on any "
+        "of them, so resumption across them needs --redis-url",
+    )
     handshake_timeout_s: float = setting(
         10.0, "seconds a new connection may take to complete the WebSocket handshake"
     )
@@ -203,6 +229,8 @@ class ServerConfig:
             "priority_lane_bytes",
             "stream_lane_bytes",
             "ws_frame_burst",
+            "node_lease_s",
+            "workers",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -223,6 +251,7 @@ class ServerConfig:
             "stats_interval_s",
             "max_sessions_per_address",
             "metrics_cache_s",
+            "drain_s",
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
@@ -248,8 +277,17 @@ class ServerConfig:
         parse_trusted_proxies(self.trust_forwarded_for)
         if not set(self.metrics_token) <= TOKEN_CHARACTERS:
             raise ValueError("metrics_token may only use the characters of a token (see token)")
+        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("redis_url must start with redis://, rediss:// or unix://")
+        if len(self.node_id) > 64 or not set(self.node_id) <= TOKEN_CHARACTERS:
+            raise ValueError("node_id: at most 64 characters of a token (letters, digits, -._~)")
         if self.keyfile and not self.certfile:
             raise ValueError("keyfile needs certfile")
+
+    @property
+    def clustered(self) -> bool:
+        """Whether this server is a node of a cluster (``redis_url`` is set)."""
+        return bool(self.redis_url)
 
     @property
     def tls(self) -> bool:
