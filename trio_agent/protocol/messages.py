@@ -61,6 +61,8 @@ class ErrorCode(StrEnum):
     # Codes that only appear inside DONE.error, never as an ERROR frame:
     #: The frames a resuming client missed are no longer all in the replay buffer.
     RESUME_GAP = "RESUME_GAP"
+    #: v1.2, cluster: the node running the request died; its DONE says how many frames it wrote.
+    NODE_LOST = "NODE_LOST"
     AGENT_ERROR = "AGENT_ERROR"
     UPSTREAM_UNAVAILABLE = "UPSTREAM_UNAVAILABLE"
     UPSTREAM_ERROR = "UPSTREAM_ERROR"
@@ -75,6 +77,8 @@ class CloseCode(IntEnum):
     POLICY_VIOLATION = 1008  # a client that breaks the rules (floods, stops reading)
     MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011
+    #: v1.2, cluster: the node is draining (a deploy); resume on another node.
+    SERVICE_RESTART = 1012
     #: v1.2: another connection resumed this session (the old one is often a
     #: half-open zombie).
     RESUMED_ELSEWHERE = 4001
