@@ -28,6 +28,7 @@ from trio_agent.agents.builtin import (
 from trio_agent.agents.cleanup import (
     shielded_cleanup,
 )
+from trio_agent.agents.portable import export_session_states, restore_session_states
 
 __all__ = [
     "Agent",
@@ -40,11 +41,13 @@ __all__ = [
     "builtin_agents",
     "describe",
     "echo",
+    "export_session_states",
     "json_fields",
     "lorem",
     "lorem_deltas",
     "lorem_words",
     "open_agents",
     "option_number",
+    "restore_session_states",
     "shielded_cleanup",
 ]

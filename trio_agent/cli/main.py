@@ -70,6 +70,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValueError as exc:
             parser.error(str(exc))
         configure_logging(config.log_level, config.log_format)
+        if config.clustered:
+            from trio_agent.cluster.serve import serve_node
+
+            trio.run(serve_node, config, agents)
+            return 0
         from trio_agent.server.agent_server import serve
 
         trio.run(serve, config, agents)

@@ -132,12 +132,14 @@ class ControlMessage:
     """A message on a node's control channel.
 
     ``kind``: ``"interrupt"`` (cut ``request_ids`` of ``session_id``: INTERRUPT
-    ``msg_id`` was read on the node that serves the session's connection now) or
+    ``msg_id`` was read on the node that serves the session's connection now),
     ``"moved"`` (``session_id`` was resumed on ``from_node``, epoch ``epoch``: stop
-    serving its connection here).
+    serving its connection here, and answer ``"flushed"``), or ``"flushed"``
+    (everything ``from_node`` wrote of ``session_id`` before it read ``"moved"`` is
+    in the store now).
     """
 
-    kind: Literal["interrupt", "moved"]
+    kind: Literal["interrupt", "moved", "flushed"]
     session_id: str
     from_node: str
     msg_id: str = ""

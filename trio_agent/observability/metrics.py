@@ -184,6 +184,11 @@ class ServerMetrics:
 
     # -- HTTP ----------------------------------------------------------------------------
 
+    def add_cluster(self, stats: Callable[[], Mapping[str, float]]) -> None:
+        """Export a cluster node's counts (read at scrape time) as ``trio_agent_cluster_*``."""
+        self.registry.register(_ClusterCollector(stats))
+        self._rendered.clear()
+
     def http_response(self, status: int) -> None:
         self.http_responses.labels(code=str(status)).inc()
 
@@ -210,6 +215,24 @@ class ServerMetrics:
         if now is not None:
             self._rendered[content_type] = (now, body)
         return body, content_type
+
+
+class _ClusterCollector(Collector):
+    """Reads a cluster node's counts at scrape time (``docs/cluster.md``): each key of
+    the mapping is a metric ``trio_agent_cluster_<key>``; keys ending in ``_total``
+    are counters, the others gauges."""
+
+    def __init__(self, stats: Callable[[], Mapping[str, float]]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        for key, value in sorted(self._stats().items()):
+            name = f"{NAMESPACE}_cluster_{key}"
+            doc = f"cluster: {key.replace('_', ' ')}"
+            if key.endswith("_total"):
+                yield CounterMetricFamily(name.removesuffix("_total"), doc, value=value)
+            else:
+                yield GaugeMetricFamily(name, doc, value=value)
 
 
 class _LevelsCollector(Collector):

@@ -29,6 +29,7 @@ from trio_agent.observability.trace import Tracer, tracer_for
 from trio_agent.protocol.messages import AudioFormat, Limits, ResumeMessage, SessionPayload
 from trio_agent.server.accept import serve_listeners
 from trio_agent.server.admission import AdmissionPolicy, HandshakeFacts, Refuse, admit
+from trio_agent.server.cluster_link import ClusterLink, ClusterResume
 from trio_agent.server.config import ServerConfig
 from trio_agent.server.cork import CorkableStream
 from trio_agent.server.frame_budget import FrameBudgetStream
@@ -98,6 +99,8 @@ class AgentServer:
         self._no_sessions.set()
         #: The sessions that may be resumed, their tokens and windows (v1.2).
         self.resume_book = ResumeBook()
+        #: The node of a cluster this server is (set before :meth:`run`), or ``None``.
+        self.cluster: ClusterLink | None = None
         self._nursery: trio.Nursery | None = None
         self._admission = AdmissionPolicy.from_config(self.config)
         #: Values hidden wherever a log line shows what a client sent.
@@ -137,6 +140,7 @@ class AgentServer:
             page=self.config.web,
             assets=load_assets(demo=self.config.web),
             ready=lambda: not self.shutting_down,
+            degraded=lambda: self.cluster.problem if self.cluster is not None else None,
             metrics=self.metrics,
             host_refusal=self._admission.host_refusal,
             metrics_token=self.config.metrics_token or None,
@@ -317,14 +321,30 @@ class AgentServer:
         try:
             handover = await session.serve(ws, cork)
             while handover is not None:
+                if isinstance(handover, ClusterResume):
+                    assert self.cluster is not None
+                    decided = await self.cluster.resume(ws, handover.message)
+                    if decided is None:
+                        return
+                    handover = decided
                 handover = await handover.target.serve(ws, cork, resuming=handover)
         except Exception as exc:
             logger.opt(exception=exc).error("session failed", session_id=session.session_id)
 
-    async def _open_session(self, sessions: trio.Nursery) -> Session:
+    async def _open_session(
+        self,
+        sessions: trio.Nursery,
+        *,
+        session_id: str | None = None,
+        msg_id_prefix: str = "",
+        resume_token: str | None = None,
+    ) -> Session:
         """Start a new session's task in the server's nursery (the nursery of sessions)."""
         session = Session(
-            session_id=secrets.token_hex(8),
+            session_id=session_id or secrets.token_hex(8),
+            cluster=self.cluster,
+            msg_id_prefix=msg_id_prefix,
+            resume_token=resume_token,
             config=self.config,
             agents=self.agents,
             session_payload=self._session_payload,
@@ -342,6 +362,24 @@ class AgentServer:
             session.begin_shutdown(self._shutdown_reason)
         return session
 
+    async def adopt_session(self, session_id: str, *, epoch: int, token: str) -> Session:
+        """Cluster: open a session taken over from another node, under its old id.
+
+        Its frames are numbered under the new ``epoch`` (``msg_id`` ``<epoch>-s<n>``),
+        its resume token is the one the store issued; the caller fills its replay
+        buffer and relays what still runs elsewhere (:mod:`trio_agent.cluster`).
+        """
+        assert self._nursery is not None
+        old = self.sessions.get(session_id)
+        if old is not None:
+            # An earlier life of the session here, handed away since: it goes on
+            # only to finish its requests, under another key.
+            del self.sessions[session_id]
+            self.sessions[f"{session_id}#{secrets.token_hex(4)}"] = old
+        return await self._open_session(
+            self._nursery, session_id=session_id, msg_id_prefix=f"{epoch}-", resume_token=token
+        )
+
     async def _run_session(
         self, session: Session, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
@@ -350,7 +388,11 @@ class AgentServer:
         except Exception as exc:
             logger.opt(exception=exc).error("session failed", session_id=session.session_id)
         finally:
-            del self.sessions[session.session_id]
+            if self.sessions.get(session.session_id) is session:
+                del self.sessions[session.session_id]
+            else:  # (kept under another key: see adopt_session)
+                for key in [k for k, held in self.sessions.items() if held is session]:
+                    del self.sessions[key]
             if not self.sessions:
                 self._no_sessions.set()
 
@@ -513,7 +555,13 @@ async def serve(
 
     A second signal during the drain cancels what is left at once.
     """
-    server = AgentServer(config, agents)
+    await serve_server(AgentServer(config, agents))
+
+
+async def serve_server(server: AgentServer) -> None:
+    """Run ``server`` until SIGINT or SIGTERM, then shut it down gracefully and return
+    (a second signal cancels what is left at once). :func:`serve` with a server built
+    beforehand, e.g. one that a cluster node wraps."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
 

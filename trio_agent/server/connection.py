@@ -9,7 +9,7 @@ socket; the session's request tasks live elsewhere, in the session's nursery.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import trio
 from trio_websocket import WebSocketConnection
@@ -17,6 +17,9 @@ from trio_websocket import WebSocketConnection
 from trio_agent.protocol.messages import ResumeMessage
 from trio_agent.server.cork import CorkableStream
 from trio_agent.server.session_end import SessionEnd
+
+if TYPE_CHECKING:
+    from trio_agent.server.cluster_link import ClusterResume
 
 __all__ = ["Connection", "HandOver", "Resumable"]
 
@@ -33,7 +36,7 @@ class Resumable(Protocol):
         cork: CorkableStream | None = None,
         *,
         resuming: HandOver | None = None,
-    ) -> HandOver | None: ...
+    ) -> HandOver | ClusterResume | None: ...
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,9 @@ class Connection:
     gone: trio.Event = field(default_factory=trio.Event)
     #: Client frames read on it (a RESUME must be the first).
     frames_read: int = 0
-    handover: HandOver | None = None
+    #: What the socket goes on to serve after this session: an accepted RESUME of
+    #: another session, or (in a cluster) one the node has yet to decide.
+    handover: HandOver | ClusterResume | None = None
 
     def ends(self, end: SessionEnd) -> None:
         """Record why this connection ends (the first reason wins) and stop its reader."""

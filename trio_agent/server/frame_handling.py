@@ -23,24 +23,34 @@ from trio_agent.protocol.messages import (
     ErrorCode,
     ErrorMessage,
     ErrorPayload,
+    HeartbeatMessage,
     InterruptAckMessage,
     InterruptAckPayload,
     InterruptMessage,
     ProtocolError,
     RequestMessage,
+    ResumeMessage,
+    ServerHeartbeatMessage,
     SessionMessage,
     SessionPayload,
     encode,
     now_ms,
     parse_client_message,
 )
+from trio_agent.server.cluster_link import ClusterLink, ClusterResume
+from trio_agent.server.connection import Connection, HandOver, Resumable
 from trio_agent.server.lanes import LaneOverflow, Outbound, OutboundLanes
 from trio_agent.server.message_ids import MessageIds
 from trio_agent.server.ratelimit import FrameRateLimit, Verdict
-from trio_agent.server.registry import AdmissionRefused, RequestRegistry
+from trio_agent.server.registry import (
+    AdmissionRefused,
+    InterruptDecision,
+    RequestRecord,
+    RequestRegistry,
+)
 from trio_agent.server.replay import ReplayBuffer
 from trio_agent.server.request_runner import RequestRunner
-from trio_agent.server.resume_book import AckLedger, ResumeBook
+from trio_agent.server.resume_book import AckLedger, Redeemed, ResumeBook
 from trio_agent.server.session_end import SessionEnd
 from trio_agent.speech.timeline import SpeechOptionError, SpeechTimeline, speech_options
 
@@ -72,6 +82,9 @@ class FrameHandling:
     _book: ResumeBook | None
     _acks: AckLedger
     _end_session: Callable[[SessionEnd], None]
+    _take_over: Callable[[Any, ResumeMessage], tuple[Redeemed, Resumable | None, str | None]] | None
+    _connections_served: int
+    cluster: ClusterLink | None
 
     def _refuse_binary(self, raw: bytes) -> None:
         """A binary message: only the server sends them (AUDIO), so it is refused."""
@@ -180,6 +193,8 @@ class FrameHandling:
         assert self._nursery is not None
         if self.replay is not None:
             self.replay.request_started(request_id)
+        if self.cluster is not None:
+            self.cluster.request_started(self.session_id, request_id)
         self._requests.start(self._nursery, record, agent, request, timeout, speech)
 
     def _interrupt(self, message: InterruptMessage, *, read_at: float) -> None:
@@ -190,16 +205,11 @@ class FrameHandling:
         reason = message.payload.reason
         decision = self.registry.interrupt(message.request_id, reason=reason, msg_id=message.msg_id)
         played_ms = message.payload.played_ms
-        discarded = 0
         for record in decision.cut:
             if record.speech is not None and played_ms is not None and message.request_id:
                 record.speech.played_ms = played_ms
-            # Cancel first: an agent parked waiting for stream room then wakes with
-            # Cancelled, rather than being woken for the room discard() makes.
-            record.scope.cancel(reason=f"INTERRUPT {message.msg_id} ({reason})")
-            dropped = self.lanes.discard(record)
-            discarded += dropped
-            self.events.scope_cancelled(record, dropped)
+        discarded = self._cut(decision, f"INTERRUPT {message.msg_id} ({reason})")
+        self._tell_nodes_that_run(decision.cut, message.msg_id, reason)
         self.events.interrupt_processed(message, decision.interrupted_ids, discarded)
         ack = InterruptAckMessage(
             msg_id=self._msg_ids.next_id(),
@@ -228,6 +238,127 @@ class FrameHandling:
                 self._requests.defer_done(record)  # queued once the agent returns
             elif not self._push_control(Outbound(FrameKind.DONE, record=record)):
                 return
+
+    def _handle_frame(self, raw: str | bytes, connection: Connection | None = None) -> None:
+        """Act on one client frame. Synchronous on purpose: a busy stream can never
+        delay the handling of an INTERRUPT (``docs/architecture.md``), and of two
+        racing RESUMEs exactly one wins."""
+        if self._frame_rate is not None and not self._within_rate(raw):
+            return
+        if isinstance(raw, bytes):
+            self._refuse_binary(raw)
+            return
+        self.events.frame_received(raw)
+        try:
+            message = parse_client_message(raw)
+        except ProtocolError as exc:
+            self.events.protocol_error(exc)
+            self._send_error(exc.code, exc.message, ref=exc.ref, request_id=exc.request_id)
+            return
+        self.events.frame_read(message)
+        if isinstance(message, ResumeMessage):
+            self._take_resume(message, connection)
+            return
+        if message.session_id is not None and message.session_id != self.session_id:
+            self._send_error(
+                ErrorCode.INVALID_MESSAGE,
+                "session_id does not name this session",
+                ref=message.msg_id,
+                request_id=message.request_id,
+            )
+            return
+        if isinstance(message, RequestMessage):
+            self._start_request(message)
+        elif isinstance(message, InterruptMessage):
+            self._interrupt(message, read_at=trio.current_time())
+        elif isinstance(message, HeartbeatMessage):
+            self._push_control(
+                ServerHeartbeatMessage(
+                    msg_id=self._msg_ids.next_id(),
+                    session_id=self.session_id,
+                    ref=message.msg_id,
+                    ts=now_ms(),
+                )
+            )
+
+    def _take_resume(self, message: ResumeMessage, connection: Connection | None) -> None:
+        """A RESUME (v1.2). Only as the first frame of a new connection; then the
+        server checks session and token (synchronously), and on success this
+        session, which has run nothing, ends quietly and hands the connection over."""
+        if connection is None or connection.frames_read != 1 or self._connections_served != 1:
+            self._send_error(
+                ErrorCode.INVALID_MESSAGE,
+                "RESUME must be the first frame of a new connection",
+                ref=message.msg_id,
+            )
+            return
+        if self.cluster is not None:
+            # The node decides, through the store (atomic across nodes), once this
+            # reader has handed the socket back: the RESUME may name a session of
+            # another node.
+            connection.handover = ClusterResume(message)
+            self._end_session(SessionEnd("resuming in the cluster", flush=True))
+            return
+        if self._take_over is None or self._book is None:
+            verdict, target, token = Redeemed.UNKNOWN, None, None
+        else:
+            verdict, target, token = self._take_over(self, message)
+        if verdict is Redeemed.OK and target is not None and token is not None:
+            connection.handover = HandOver(target, message, token)
+            # No close frame: the socket goes on, serving the resumed session.
+            self._end_session(SessionEnd(f"resumed session {target.session_id}", flush=True))
+            return
+        self.events.resume_refused(verdict.value)
+        if verdict is Redeemed.DENIED:
+            code, text = ErrorCode.RESUME_DENIED, "wrong or already used resume token"
+        else:
+            code, text = (
+                ErrorCode.RESUME_UNKNOWN,
+                "no session to resume here (unknown, or its window has passed): start over",
+            )
+        self._send_error(code, text, ref=message.msg_id)
+        self._end_session(
+            SessionEnd(f"RESUME refused ({code})", CloseCode.POLICY_VIOLATION, flush=True)
+        )
+
+    def _cut(self, decision: InterruptDecision, why: str) -> int:
+        """Cancel each cut request's scope *directly* and drop its queued frames;
+        return how many frames were dropped."""
+        discarded = 0
+        for record in decision.cut:
+            # Cancel first: an agent parked waiting for stream room then wakes with
+            # Cancelled, rather than being woken for the room discard() makes.
+            record.scope.cancel(reason=why)
+            dropped = self.lanes.discard(record)
+            discarded += dropped
+            self.events.scope_cancelled(record, dropped)
+        return discarded
+
+    def _tell_nodes_that_run(self, cut: list[RequestRecord], msg_id: str, reason: str) -> None:
+        """Cluster: a cut request that runs on another node (its frames relayed here)
+        is cut here at once (its relay's scope); its node is told to stop it too."""
+        if self.cluster is None:
+            return
+        by_node: dict[str, list[str]] = {}
+        for record in cut:
+            if record.runs_on is not None:
+                by_node.setdefault(record.runs_on, []).append(record.request_id)
+        for node_id, request_ids in by_node.items():
+            self.cluster.interrupt_elsewhere(node_id, self.session_id, msg_id, request_ids, reason)
+
+    def cut_from_elsewhere(self, msg_id: str, request_ids: list[str], reason: str) -> None:
+        """Cluster: INTERRUPT ``msg_id``, read on the node that serves the client now,
+        cut these requests, which run here. Exactly as a local INTERRUPT, but the
+        ACK was that node's to write: here each cut request's DONE goes to the store
+        (after the other node's, which counts what its client got)."""
+        for request_id in request_ids:
+            decision = self.registry.interrupt(request_id, reason=reason, msg_id=msg_id)
+            self._cut(decision, f"INTERRUPT {msg_id} ({reason}), read on another node")
+            for record in decision.cut:
+                if record.defer_done:
+                    self._requests.defer_done(record)
+                elif not self._push_control(Outbound(FrameKind.DONE, record=record)):
+                    return
 
     # ------------------------------------------------------------------ frames
 

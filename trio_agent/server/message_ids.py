@@ -13,11 +13,15 @@ import itertools
 class MessageIds:
     """Hands out a session's message ids. Synchronous: never a checkpoint."""
 
-    __slots__ = ("_count",)
+    __slots__ = ("_count", "_prefix")
 
-    def __init__(self) -> None:
+    def __init__(self, prefix: str = "") -> None:
         self._count = itertools.count()
+        #: Before the ``s``: in a cluster, a session taken over by another node
+        #: numbers its frames anew under its new epoch (``2-s0``, ...), so no id
+        #: repeats one the earlier node sent.
+        self._prefix = f"{prefix}s"
 
     def next_id(self) -> str:
         """A ``msg_id`` no other frame of this session has."""
-        return f"s{next(self._count)}"
+        return f"{self._prefix}{next(self._count)}"

@@ -60,6 +60,9 @@ class RequestRecord:
     done_callbacks: list[Callable[[], None]] = field(default_factory=list)
     #: A spoken reply's audio: queued, written, heard (``None``: a text reply).
     speech: SpeechTimeline | None = None
+    #: In a cluster: the node that runs this request when it is not this one (its
+    #: frames are relayed from the store; ``docs/cluster.md``).
+    runs_on: str | None = None
 
     @property
     def interrupted(self) -> bool:

@@ -147,6 +147,15 @@ class ReplayBuffer:
         )
         return Replay(frames, track.done_written)
 
+    def evicted_before(self, request_id: str, *, stream_seq: int, audio_seq: int) -> None:
+        """Frames of ``request_id`` before ``stream_seq`` (STREAM) and ``audio_seq`` (AUDIO)
+        were written but are not held: a buffer rebuilt from a trimmed copy says so,
+        and a replay that needs them is a :class:`Gap`."""
+        track = self._track(request_id)
+        track.stream_evicted_to = max(track.stream_evicted_to, stream_seq - 1)
+        track.audio_evicted_to = max(track.audio_evicted_to, audio_seq - 1)
+        track.stream_written = max(track.stream_written, stream_seq)
+
     def frames_written(self, request_id: str) -> int:
         track = self._tracks.get(request_id)
         return track.stream_written if track is not None else 0

@@ -108,6 +108,37 @@ class RequestRunner:
             name=request_task_label(record.request_id),
         )
 
+    def start_relay(
+        self,
+        nursery: trio.Nursery,
+        record: RequestRecord,
+        relay: Callable[[RequestRecord], Awaitable[None]],
+    ) -> None:
+        """Cluster: start the task of a request that runs on another node, in ``nursery``
+        (the session's), like any request task: inside the request's scope, so an
+        INTERRUPT read here cuts it the same way. ``relay`` queues the frames the
+        other node writes, and ends the request when its DONE comes."""
+        if not self._running:
+            self._all_ended = trio.Event()
+        self._running += 1
+        nursery.start_soon(self._relay, record, relay, name=request_task_label(record.request_id))
+
+    async def _relay(
+        self, record: RequestRecord, relay: Callable[[RequestRecord], Awaitable[None]]
+    ) -> None:
+        try:
+            with logger.contextualize(request_id=record.request_id), record.scope:
+                await relay(record)
+        except Exception as exc:
+            self._events.agent_raised(exc)
+            error = ErrorInfo(code=ErrorCode.AGENT_ERROR, message=_describe(exc))
+            if self._registry.end(record, DoneStatus.FAILED, reason="relay failed", error=error):
+                self._lanes.push_stream_terminal(Outbound(FrameKind.DONE, record=record))
+        finally:
+            self._running -= 1
+            if not self._running:
+                self._all_ended.set()
+
     def defer_done(self, record: RequestRecord) -> None:
         """Queue the interrupted ``record``'s DONE when its agent returns, not now."""
         self._deferred_dones.add(record)

@@ -29,6 +29,7 @@ __all__ = [
     "Redeemed",
     "ResumeBook",
     "new_token",
+    "token_digest",
 ]
 
 #: Random bytes in a token: 192 bits, 32 URL-safe characters.
@@ -40,6 +41,11 @@ MAX_DENIED_PER_SESSION: Final = 8
 def new_token() -> str:
     """A fresh resume token: URL-safe base64 of :data:`TOKEN_BYTES` random bytes."""
     return secrets.token_urlsafe(TOKEN_BYTES)
+
+
+def token_digest(token: str) -> str:
+    """The hex SHA-256 of a token: what the cluster's store keeps instead of it."""
+    return _digest(token).hex()
 
 
 def _digest(token: str) -> bytes:
@@ -78,11 +84,20 @@ class ResumeBook:
     def __contains__(self, session_id: object) -> bool:
         return session_id in self._entries
 
-    def open(self, session_id: str) -> str:
-        """Hold ``session_id`` (attached) and return its first token."""
-        token = new_token()
+    def open(self, session_id: str, token: str | None = None) -> str:
+        """Hold ``session_id`` (attached) and return its token: ``token`` (a session
+        taken over from another node keeps the one the store issued), or a new one."""
+        token = token if token is not None else new_token()
         self._entries[session_id] = _Entry(_digest(token))
         return token
+
+    def reissued(self, session_id: str, token: str) -> None:
+        """The store redeemed a RESUME of this session (cluster mode): ``token`` is its
+        current token now, and the session is attached again."""
+        entry = self._entries.get(session_id)
+        if entry is not None:
+            entry.digest = _digest(token)
+            entry.deadline = None
 
     def detached(self, session_id: str, *, deadline: float) -> None:
         """Its connection dropped: it may be resumed until ``deadline``."""

@@ -18,13 +18,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection
+
 from trio_agent.protocol.constants import FrameKind
 from trio_agent.protocol.messages import (
+    CloseCode,
     DoneMessage,
     DonePayload,
     DoneStatus,
     ErrorCode,
     ErrorInfo,
+    ErrorMessage,
+    ErrorPayload,
     ResumedMessage,
     ResumedPayload,
     ResumeMessage,
@@ -37,7 +43,10 @@ from trio_agent.server.message_ids import MessageIds
 from trio_agent.server.registry import RequestPhase, RequestRecord, RequestRegistry
 from trio_agent.server.replay import Gap, Replay, ReplayBuffer
 
-__all__ = ["ResumeAnswer", "resume_answer"]
+__all__ = ["ResumeAnswer", "refuse_resume", "resume_answer"]
+
+#: How long a refusal (the ERROR and the close frame) may take.
+_REFUSAL_TIMEOUT_S = 1.0
 
 _GAP_MESSAGE = "frames of this reply were no longer held when the session was resumed"
 
@@ -148,3 +157,29 @@ def _gap_done(request_id: str, frames: int, session_id: str, msg_ids: MessageIds
             ),
         )
     )
+
+
+async def refuse_resume(
+    ws: WebSocketConnection,
+    *,
+    session_id: str | None,
+    msg_id: str,
+    ref: str | None,
+    code: ErrorCode,
+    text: str,
+) -> None:
+    """Answer a RESUME with ERROR ``code`` and close with 1008; bounded (1 s) and
+    shielded like any close: a refusal is owed even to a connection being cancelled."""
+    error = ErrorMessage(
+        msg_id=msg_id,
+        session_id=session_id,
+        ref=ref,
+        ts=now_ms(),
+        payload=ErrorPayload(code=code, message=text),
+    )
+    with trio.move_on_after(_REFUSAL_TIMEOUT_S, shield=True):
+        try:
+            await ws.send_message(encode(error))
+            await ws.aclose(code=CloseCode.POLICY_VIOLATION, reason="resume refused")
+        except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass

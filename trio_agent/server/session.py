@@ -21,7 +21,7 @@ the guarantees a client gets, in ``docs/protocol.md``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +29,7 @@ import trio
 from loguru import logger
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
-from trio_agent.agents import Agent
+from trio_agent.agents import Agent, export_session_states
 from trio_agent.observability.events import session_events
 from trio_agent.observability.metrics import NO_METRICS, SessionMetrics
 from trio_agent.observability.trace import NO_TRACE, Tracer
@@ -38,20 +38,11 @@ from trio_agent.protocol.messages import (
     CloseCode,
     DoneStatus,
     ErrorCode,
-    ErrorMessage,
-    ErrorPayload,
-    HeartbeatMessage,
-    InterruptMessage,
-    ProtocolError,
-    RequestMessage,
     ResumeMessage,
     ResumeOffer,
-    ServerHeartbeatMessage,
     SessionPayload,
-    encode,
-    now_ms,
-    parse_client_message,
 )
+from trio_agent.server.cluster_link import ClusterLink, ClusterResume
 from trio_agent.server.connection import Connection, HandOver
 from trio_agent.server.cork import CorkableStream
 from trio_agent.server.frame_budget import FrameBudgetStream
@@ -59,13 +50,13 @@ from trio_agent.server.frame_handling import FrameHandling
 from trio_agent.server.lanes import Outbound, OutboundLanes
 from trio_agent.server.message_ids import MessageIds
 from trio_agent.server.ratelimit import FrameRateLimit
-from trio_agent.server.registry import RequestRegistry
+from trio_agent.server.registry import RequestRecord, RequestRegistry
 from trio_agent.server.replay import FrameSort, ReplayBuffer
 from trio_agent.server.request_runner import RequestRunner
 from trio_agent.server.resume_book import AckLedger, Redeemed, ResumeBook
-from trio_agent.server.resumption import resume_answer
+from trio_agent.server.resumption import refuse_resume, resume_answer
 from trio_agent.server.session_end import SessionEnd, close_is_resumable
-from trio_agent.server.writer import Writer
+from trio_agent.server.writer import NOWHERE, Writer
 
 if TYPE_CHECKING:
     from trio_agent.server.config import ServerConfig
@@ -99,6 +90,11 @@ class Session(FrameHandling):
     :param book: the server's resume book; ``None`` (or ``resume_window_s == 0``):
         no resumption, the session ends with its connection.
     :param take_over: how a RESUME read here is checked (see :data:`TakeOver`).
+    :param cluster: the node of a cluster this server is (``None``: a single
+        process); the session tells it what it writes, and a RESUME is the node's
+        to decide (``docs/cluster.md``).
+    :param msg_id_prefix: before every ``msg_id`` (a session taken over from
+        another node numbers its frames under its new epoch).
     """
 
     def __init__(
@@ -113,6 +109,9 @@ class Session(FrameHandling):
         synthesizer: Synthesizer | None = None,
         book: ResumeBook | None = None,
         take_over: TakeOver | None = None,
+        cluster: ClusterLink | None = None,
+        msg_id_prefix: str = "",
+        resume_token: str | None = None,
     ) -> None:
         self._synthesizer = synthesizer
         self.session_id = session_id
@@ -120,9 +119,15 @@ class Session(FrameHandling):
         self._agents = agents
         self._book = book if config.resume_window_s > 0 else None
         self._take_over = take_over
+        self.cluster = cluster if self._book is not None else None
+        #: The node this session was handed to (cluster mode), once it has been.
+        self.moved_to: str | None = None
         if self._book is not None:
-            offer = ResumeOffer(token=self._book.open(session_id), window_s=config.resume_window_s)
+            token = self._book.open(session_id, token=resume_token)
+            offer = ResumeOffer(token=token, window_s=config.resume_window_s)
             session_payload = session_payload.model_copy(update={"resume": offer})
+            if self.cluster is not None and resume_token is None:
+                self.cluster.session_opened(session_id, token)
         self._session_payload = session_payload
         #: The frames written, for a resume to send again (``None``: no resumption).
         self.replay = (
@@ -140,7 +145,7 @@ class Session(FrameHandling):
             audio_budget_ms=config.audio_queue_ms,
             fifo=config.lanes == "fifo",
         )
-        self._msg_ids = MessageIds()
+        self._msg_ids = MessageIds(msg_id_prefix)
         self._frame_rate = (
             FrameRateLimit(
                 rate_per_s=config.rate_limit_per_s,
@@ -199,6 +204,8 @@ class Session(FrameHandling):
                 await self._close(nursery)
             if self._book is not None:
                 self._book.close(self.session_id)
+            if self.cluster is not None and self.moved_to is None:
+                self.cluster.session_closed(self.session_id)
             end = self._end or SessionEnd("session over")
             self.events.session_closed(end.reason, end.code)
 
@@ -206,6 +213,11 @@ class Session(FrameHandling):
         """Wait until the session ends; end it when a detached session's window passes."""
         while self._end is None:
             changed = self._changed
+            if self.moved_to is not None and not self.registry.live_count:
+                # Handed to another node, and every request that ran here has its
+                # DONE in the store: nothing of the session is left here.
+                self._end_session(SessionEnd(f"moved to node {self.moved_to}"))
+                return
             deadline = (
                 self._book.deadline(self.session_id)
                 if self._book is not None and self.connection is None
@@ -303,7 +315,7 @@ class Session(FrameHandling):
         cork: CorkableStream | None = None,
         *,
         resuming: HandOver | None = None,
-    ) -> HandOver | None:
+    ) -> HandOver | ClusterResume | None:
         """Serve the session on ``ws`` until the connection ends; called by its task.
 
         The connection's reader and writer run in a nursery of the calling task:
@@ -328,7 +340,14 @@ class Session(FrameHandling):
             if self.connection is not None or (resuming is not None and self._end is not None):
                 # It ended while the connection was being handed over (or the
                 # displaced one would not go): the client must start over.
-                await self._refuse_late(connection, resuming)
+                await refuse_resume(
+                    connection.ws,
+                    session_id=self.session_id,
+                    msg_id=self._msg_ids.next_id(),
+                    ref=resuming.message.msg_id if resuming is not None else None,
+                    code=ErrorCode.RESUME_UNKNOWN,
+                    text="this session has ended: start over",
+                )
                 return None
             self.connection = connection
             self._notify()
@@ -342,7 +361,8 @@ class Session(FrameHandling):
     async def _serve(self, connection: Connection, resuming: HandOver | None) -> None:
         if self._connections_served == 0:
             self.events.session_opened(str(connection.ws.remote))
-            self._push_control(self._session_frame())
+            if resuming is None:  # (one taken over from another node had its SESSION there)
+                self._push_control(self._session_frame())
         self._connections_served += 1
         writer = Writer(
             connection.ws,
@@ -394,24 +414,6 @@ class Session(FrameHandling):
             return False
         return True
 
-    async def _refuse_late(self, connection: Connection, resuming: HandOver | None) -> None:
-        """RESUME_UNKNOWN and a close with 1008, bounded and shielded like any close."""
-        error = ErrorMessage(
-            msg_id=self._msg_ids.next_id(),
-            session_id=self.session_id,
-            ref=resuming.message.msg_id if resuming is not None else None,
-            ts=now_ms(),
-            payload=ErrorPayload(
-                code=ErrorCode.RESUME_UNKNOWN, message="this session has ended: start over"
-            ),
-        )
-        with trio.move_on_after(CLOSE_HANDSHAKE_TIMEOUT_S, shield=True):
-            try:
-                await connection.ws.send_message(encode(error))
-                await connection.ws.aclose(code=CloseCode.POLICY_VIOLATION, reason="session ended")
-            except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
-
     def _detach(self, connection: Connection) -> None:
         """``connection`` has stopped serving: when the session goes on, it waits for a RESUME."""
         if self.connection is not connection:
@@ -428,6 +430,10 @@ class Session(FrameHandling):
                     self.session_id, deadline=trio.current_time() + self.config.resume_window_s
                 )
                 self.events.connection_lost(end.reason, self.config.resume_window_s)
+                if self.cluster is not None:
+                    self.cluster.session_detached(self.session_id, self.config.resume_window_s)
+        if self.moved_to is not None and self._end is None:
+            self._start_headless_writer()
         self._notify()
 
     async def _close_connection(self, connection: Connection, nursery: trio.Nursery) -> None:
@@ -452,14 +458,94 @@ class Session(FrameHandling):
         nursery.cancel_scope.cancel(reason=f"connection closing: {end.reason}")
 
     def _frame_written(self, frame: Outbound, text: str | bytes) -> None:
-        """Keep a written frame of a request for a resume to send again."""
+        """Keep a written frame of a request for a resume to send again (and, in a
+        cluster, mirror it to the store, unless it came from there: a relayed frame)."""
         record = frame.record
         if self.replay is None or record is None:
             return
         if frame.kind is FrameKind.DONE:
-            self.replay.written(record.request_id, FrameSort.DONE, -1, text)
-        elif (sort := _SORTS.get(frame.kind)) is not None:
-            self.replay.written(record.request_id, sort, frame.seq, text)
+            sort, seq = FrameSort.DONE, -1
+        elif (kind := _SORTS.get(frame.kind)) is not None:
+            sort, seq = kind, frame.seq
+        else:
+            return
+        self.replay.written(record.request_id, sort, seq, text)
+        if self.cluster is not None and (record.runs_on is None or frame.data is None):
+            # (A relayed frame came from the store: it is there already.)
+            frames = record.frames_written if sort is FrameSort.DONE else -1
+            self.cluster.frame_written(
+                self.session_id, record.request_id, sort, seq, text, frames=frames
+            )
+            if sort is FrameSort.DONE and record.runs_on is None:
+                self._share_agent_state(self.cluster)
+        if sort is FrameSort.DONE and self.moved_to is not None:
+            self._notify()  # (the session may be over here: _wait_for_end)
+
+    # ------------------------------------------------------------------ cluster
+
+    def _share_agent_state(self, cluster: ClusterLink) -> None:
+        """A request ended here: what the agents keep goes to the store, for a node
+        that takes the session over (``trio_agent.agents.portable``)."""
+        if (state := export_session_states(self._agents, self.agent_state)) is not None:
+            cluster.agent_state_changed(self.session_id, state)
+
+    def move_to(self, node_id: str) -> None:
+        """The session was resumed on ``node_id``: stop serving it here.
+
+        Synchronous. A connection still attached (a zombie the client gave up on)
+        is closed with 4001; the requests still running here go on, their frames
+        written to the store only (the other node relays them), and the session
+        ends here once each has its DONE there.
+        """
+        if self.moved_to is not None or self._end is not None:
+            return
+        self.moved_to = node_id
+        if self._book is not None:
+            self._book.close(self.session_id)
+        self.lanes.drop_control()
+        if self.connection is not None:
+            self.connection.ends(
+                SessionEnd(
+                    f"resumed on node {node_id}", CloseCode.RESUMED_ELSEWHERE, resumable=True
+                )
+            )
+        else:
+            self._start_headless_writer()
+        self._notify()
+
+    def relay_request(
+        self,
+        request_id: str,
+        *,
+        node_id: str,
+        next_seq: int,
+        relay: Callable[[RequestRecord], Awaitable[None]],
+    ) -> None:
+        """Cluster: ``request_id`` runs on ``node_id``; the client already has (or gets
+        in the replay) its frames before ``next_seq``. Its task here is ``relay``."""
+        assert self._nursery is not None
+        record = self.registry.admit(request_id, agent="", scope=trio.CancelScope())
+        record.runs_on = node_id
+        record.frames_queued = record.frames_written = next_seq
+        self._requests.start_relay(self._nursery, record, relay)
+
+    def _start_headless_writer(self) -> None:
+        """Write the requests' frames to the store only (see :meth:`move_to`)."""
+        assert self._nursery is not None
+        writer = Writer(
+            NOWHERE,
+            session_id=self.session_id,
+            lanes=self.lanes,
+            registry=self.registry,
+            msg_ids=self._msg_ids,
+            events=self.events,
+            batch_frames=1,
+            cork=None,
+            end_session=self._end_session,
+            on_written=self._frame_written,
+        )
+        self.lanes.writer_back()
+        self._nursery.start_soon(writer.run, name=f"writer {self.session_id} (to the store)")
 
     # ------------------------------------------------------------------ reader
 
@@ -503,78 +589,3 @@ class Session(FrameHandling):
                 self._send_error(ErrorCode.INTERNAL_ERROR, "the server failed to handle this frame")
             if self._end is not None or connection.end is not None:
                 return
-
-    def _handle_frame(self, raw: str | bytes, connection: Connection | None = None) -> None:
-        """Act on one client frame. Synchronous on purpose: a busy stream can never
-        delay the handling of an INTERRUPT (``docs/architecture.md``), and of two
-        racing RESUMEs exactly one wins."""
-        if self._frame_rate is not None and not self._within_rate(raw):
-            return
-        if isinstance(raw, bytes):
-            self._refuse_binary(raw)
-            return
-        self.events.frame_received(raw)
-        try:
-            message = parse_client_message(raw)
-        except ProtocolError as exc:
-            self.events.protocol_error(exc)
-            self._send_error(exc.code, exc.message, ref=exc.ref, request_id=exc.request_id)
-            return
-        self.events.frame_read(message)
-        if isinstance(message, ResumeMessage):
-            self._take_resume(message, connection)
-            return
-        if message.session_id is not None and message.session_id != self.session_id:
-            self._send_error(
-                ErrorCode.INVALID_MESSAGE,
-                "session_id does not name this session",
-                ref=message.msg_id,
-                request_id=message.request_id,
-            )
-            return
-        if isinstance(message, RequestMessage):
-            self._start_request(message)
-        elif isinstance(message, InterruptMessage):
-            self._interrupt(message, read_at=trio.current_time())
-        elif isinstance(message, HeartbeatMessage):
-            self._push_control(
-                ServerHeartbeatMessage(
-                    msg_id=self._msg_ids.next_id(),
-                    session_id=self.session_id,
-                    ref=message.msg_id,
-                    ts=now_ms(),
-                )
-            )
-
-    def _take_resume(self, message: ResumeMessage, connection: Connection | None) -> None:
-        """A RESUME (v1.2). Only as the first frame of a new connection; then the
-        server checks session and token (synchronously), and on success this
-        session, which has run nothing, ends quietly and hands the connection over."""
-        if connection is None or connection.frames_read != 1 or self._connections_served != 1:
-            self._send_error(
-                ErrorCode.INVALID_MESSAGE,
-                "RESUME must be the first frame of a new connection",
-                ref=message.msg_id,
-            )
-            return
-        if self._take_over is None or self._book is None:
-            verdict, target, token = Redeemed.UNKNOWN, None, None
-        else:
-            verdict, target, token = self._take_over(self, message)
-        if verdict is Redeemed.OK and target is not None and token is not None:
-            connection.handover = HandOver(target, message, token)
-            # No close frame: the socket goes on, serving the resumed session.
-            self._end_session(SessionEnd(f"resumed session {target.session_id}", flush=True))
-            return
-        self.events.resume_refused(verdict.value)
-        if verdict is Redeemed.DENIED:
-            code, text = ErrorCode.RESUME_DENIED, "wrong or already used resume token"
-        else:
-            code, text = (
-                ErrorCode.RESUME_UNKNOWN,
-                "no session to resume here (unknown, or its window has passed): start over",
-            )
-        self._send_error(code, text, ref=message.msg_id)
-        self._end_session(
-            SessionEnd(f"RESUME refused ({code})", CloseCode.POLICY_VIOLATION, flush=True)
-        )

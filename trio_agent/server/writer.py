@@ -10,9 +10,10 @@ batch is and why it ends where it does: :meth:`Writer.run`, and
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection
+from trio_websocket import CloseReason, ConnectionClosed
 
 from trio_agent.observability.events import SessionEvents
 from trio_agent.protocol.constants import FrameKind
@@ -23,6 +24,30 @@ from trio_agent.server.lanes import Outbound, OutboundLanes
 from trio_agent.server.message_ids import MessageIds
 from trio_agent.server.registry import RequestRegistry
 from trio_agent.server.session_end import SessionEnd, close_is_resumable
+
+
+class MessageSink(Protocol):
+    """Where a writer sends: a :class:`trio_websocket.WebSocketConnection`, or, for a
+    session handed to another node, nothing but the store (``server/handoff.py``)."""
+
+    @property
+    def closed(self) -> CloseReason | None: ...
+
+    async def send_message(self, message: str | bytes) -> None: ...
+
+
+class _Nowhere:
+    """The socket of a session handed to another node: its frames go to the store
+    only (the writer's ``on_written`` mirrors each one), so sending is nothing."""
+
+    closed = None
+
+    async def send_message(self, message: str | bytes) -> None:
+        return None
+
+
+#: Where a session handed to another node writes (``Session.move_to``).
+NOWHERE: MessageSink = _Nowhere()
 
 
 class Writer:
@@ -44,7 +69,7 @@ class Writer:
 
     def __init__(
         self,
-        ws: WebSocketConnection,
+        ws: MessageSink,
         *,
         session_id: str,
         lanes: OutboundLanes,

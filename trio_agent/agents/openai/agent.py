@@ -219,6 +219,17 @@ class OpenAIAgent:
             conversation = session_state[self] = ChatHistory(self.config.openai_system_prompt)
         return conversation
 
+    def export_session_state(self, session_state: MutableMapping[object, Any]) -> object:
+        """The conversation, for a node of a cluster that takes the session over."""
+        conversation = session_state.get(self)
+        return conversation.to_json() if isinstance(conversation, ChatHistory) else None
+
+    def restore_session_state(
+        self, session_state: MutableMapping[object, Any], data: object
+    ) -> None:
+        """Continue the conversation another node had (:meth:`export_session_state`)."""
+        session_state[self] = ChatHistory.from_json(data, self.config.openai_system_prompt)
+
     async def __call__(self, request: AgentRequest, stream: ResponseStream) -> None:
         """Stream the model's reply to ``request.input``, continuing the session's dialogue.
 

@@ -43,6 +43,26 @@ class ChatHistory:
         self.system_prompt = system_prompt
         self.turns: list[Turn] = []
 
+    def to_json(self) -> list[dict[str, str]]:
+        """The turns as JSON (what a cluster carries to another node)."""
+        return [
+            {"role": t.role, "content": t.content, **({"status": t.status} if t.status else {})}
+            for t in self.turns
+        ]
+
+    @classmethod
+    def from_json(cls, data: object, system_prompt: str | None = None) -> ChatHistory:
+        """The conversation :meth:`to_json` wrote; entries that are not turns are left out."""
+        history = cls(system_prompt)
+        for item in data if isinstance(data, list) else []:
+            if not isinstance(item, dict):
+                continue
+            role, content, status = item.get("role"), item.get("content"), item.get("status")
+            if role in ("user", "assistant") and isinstance(content, str):
+                done = DoneStatus(status) if status in set(DoneStatus) else None
+                history.turns.append(Turn(role, content, done))
+        return history
+
     def messages_for(self, user_input: str) -> list[dict[str, str]]:
         """The ``messages`` of a request that says ``user_input`` now: the system
         prompt, every recorded turn, and the new user message. A new list each time,

@@ -101,6 +101,7 @@ class WebApp:
     :param assets: the files under ``/static/`` by name (see
         :func:`~trio_agent.server.web.assets.load_assets`).
     :param ready: whether the server accepts sessions now (``/readyz``).
+    :param degraded: why the server is degraded though ready (``/readyz`` says it), or ``None``.
     :param metrics: the server's metrics (``/metrics``).
     :param host_refusal: why a request addressed to a ``Host`` is refused (403), or
         ``None``: the admission policy's DNS rebinding rule
@@ -121,6 +122,7 @@ class WebApp:
         page: bool,
         assets: Mapping[str, Asset],
         ready: Callable[[], bool],
+        degraded: Callable[[], str | None] = lambda: None,
         metrics: ServerMetrics,
         host_refusal: Callable[[str], str | None] | None = None,
         metrics_token: str | None = None,
@@ -134,6 +136,7 @@ class WebApp:
         self._clock = clock
         self.page = page
         self._ready = ready
+        self._degraded = degraded
         self.metrics = metrics
         self._assets = dict(assets)
         if page and PAGE_ASSET in assets:
@@ -203,6 +206,11 @@ class WebApp:
             return text_response(200, "ok\n")
         if routed.route is Route.READY:
             if self._ready():
+                problem = self._degraded()
+                if problem:
+                    # Still ready: sessions are served; only what needs the problem's
+                    # part (resume across nodes) is not (docs/cluster.md).
+                    return text_response(200, f"ready, degraded: {problem}\n")
                 return text_response(200, "ready\n")
             return text_response(503, "draining: not accepting sessions\n", (("Retry-After", "5"),))
         if routed.route is Route.METRICS:

@@ -1,0 +1,166 @@
+"""The mirror: a node's frames and session facts, on their way to the store.
+
+A session's writer calls :meth:`Mirror.add` synchronously as it writes each frame;
+the mirror's own task sends what has queued to the store in one round trip (a
+pipeline per batch), in order. The socket write never waits for the store: the
+queue is bounded, and when it is full a session's frames are not queued but the
+session is marked *lost* to the cluster (its stream in the store would have a
+hole, so it is deleted as soon as the store can be reached: a resume on another
+node then gets ``RESUME_UNKNOWN`` rather than a reply with a gap; a resume on
+this node still works from its own replay buffer). ``docs/cluster.md``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import trio
+from loguru import logger
+
+from trio_agent.cluster.store import (
+    ClusterStore,
+    FrameWrite,
+    RequestEnded,
+    RequestStarted,
+    SessionSeen,
+    StoreUnavailable,
+    Write,
+)
+
+__all__ = ["Job", "Mirror"]
+
+#: A call on the store that cannot be batched (e.g. open a session's record).
+Job = Callable[[], Awaitable[None]]
+
+#: The most writes sent in one round trip.
+_BATCH = 512
+#: How long to wait before trying a store that failed again: doubled up to the max.
+_BACKOFF_S = 0.1
+_BACKOFF_MAX_S = 2.0
+
+
+@dataclass(slots=True)
+class _Queued:
+    item: Write | Job
+    queued_at: float
+
+
+_WRITES = (FrameWrite, RequestStarted, RequestEnded, SessionSeen)
+
+
+def _session_of(item: Write | Job) -> str | None:
+    return item.session_id if isinstance(item, _WRITES) else None
+
+
+class Mirror:
+    """A bounded queue to the store, and the task that empties it.
+
+    :param store: where the writes go.
+    :param max_queued: the most writes and jobs waiting; past it, sessions are lost
+        to the cluster rather than slowing their replies.
+    :param max_frames: each session stream's bound (``XADD MAXLEN ~``).
+    :param ttl_s: the time to live of every key a write touches.
+    :param on_trouble: told the store's error (or ``None`` once it answers again).
+    """
+
+    def __init__(
+        self,
+        store: ClusterStore,
+        *,
+        max_queued: int,
+        max_frames: int,
+        ttl_s: float,
+        on_trouble: Callable[[str | None], None],
+    ) -> None:
+        self._store = store
+        self._max_queued = max_queued
+        self._max_frames = max_frames
+        self._ttl_s = ttl_s
+        self._on_trouble = on_trouble
+        self._queue: deque[_Queued] = deque()
+        self._waiting = trio.Event()
+        self._empty = trio.Event()
+        self._empty.set()
+        #: Sessions whose frames could not all be queued: deleted from the store.
+        self.lost: set[str] = set()
+        self._lost_to_delete: list[str] = []
+        self.written_total = 0
+        self.dropped_total = 0
+        self.lag_s = 0.0
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def add(self, item: Write | Job, session_id: str | None = None) -> bool:
+        """Queue ``item``; synchronous, never blocks. Returns ``False`` (and marks the
+        session lost) when the queue is full or the session is lost already."""
+        session_id = session_id if session_id is not None else _session_of(item)
+        if session_id is not None and session_id in self.lost:
+            return False
+        if len(self._queue) >= self._max_queued:
+            self.dropped_total += 1
+            if session_id is not None:
+                self.lost.add(session_id)
+                self._lost_to_delete.append(session_id)
+                logger.warning(
+                    "mirror queue full: session lost to the cluster (resume only on this node)",
+                    session_id=session_id,
+                    queued=len(self._queue),
+                )
+            return False
+        self._queue.append(_Queued(item, trio.current_time()))
+        if self._empty.is_set():
+            self._empty = trio.Event()
+        self._waiting.set()
+        return True
+
+    async def wait_empty(self) -> None:
+        """Return once everything queued has been written to the store."""
+        await self._empty.wait()
+
+    async def run(self) -> None:
+        """Send what is queued, in order, until cancelled; retry with backoff while the
+        store is unreachable (nothing queued is dropped then: the bound does that)."""
+        backoff = _BACKOFF_S
+        while True:
+            if not self._queue and not self._lost_to_delete:
+                self._waiting = trio.Event()
+                self.lag_s = 0.0
+                self._empty.set()
+                await self._waiting.wait()
+            try:
+                await self._send_some()
+            except StoreUnavailable as exc:
+                self._on_trouble(str(exc) or type(exc).__name__)
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, _BACKOFF_MAX_S)
+                continue
+            backoff = _BACKOFF_S
+            self._on_trouble(None)
+
+    async def _send_some(self) -> None:
+        """One round trip: the lost sessions' deletions, a job, or a batch of writes."""
+        while self._lost_to_delete:
+            await self._store.close_session(self._lost_to_delete[0])
+            self._lost_to_delete.pop(0)
+        if not self._queue:
+            return
+        head = self._queue[0]
+        self.lag_s = trio.current_time() - head.queued_at
+        if not isinstance(head.item, _WRITES):
+            await head.item()
+            self._queue.popleft()
+            self.written_total += 1
+            return
+        batch: list[Write] = []
+        for queued in self._queue:
+            if len(batch) >= _BATCH or not isinstance(queued.item, _WRITES):
+                break
+            batch.append(queued.item)
+        await self._store.write(batch, max_frames=self._max_frames, ttl_s=self._ttl_s)
+        for _ in batch:
+            self._queue.popleft()
+        self.written_total += len(batch)

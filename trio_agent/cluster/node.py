@@ -1,0 +1,506 @@
+"""A node of a cluster: one server process, its lease, its control channel, its mirror.
+
+:class:`ClusterNode` is what a server becomes with ``--redis-url``. It is the
+server's :class:`~trio_agent.server.cluster_link.ClusterLink`: sessions tell it
+what they write (queued for the store, never awaited by a reader or a writer),
+and it decides every RESUME through the store, so that a session can be resumed
+on any node and of two racing RESUMEs exactly one wins. Its tasks, in its own
+nursery beside the server's:
+
+- the lease: ``node_lease_s``, refreshed every third of it; a node whose lease is
+  gone is dead, and its requests end with ``DONE{NODE_LOST}``;
+- the control channel: INTERRUPTs read on another node for requests running
+  here, and the news that a session was resumed elsewhere;
+- the mirror (:mod:`trio_agent.cluster.mirror`).
+
+What lives where and what each failure loses: ``docs/cluster.md``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import socket
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+import trio
+from loguru import logger
+from trio_websocket import WebSocketConnection
+
+from trio_agent.agents import restore_session_states
+from trio_agent.cluster.mirror import Mirror
+from trio_agent.cluster.relay import Relay
+from trio_agent.cluster.store import (
+    ClusterStore,
+    ControlMessage,
+    FrameWrite,
+    RequestEnded,
+    RequestStarted,
+    SessionSeen,
+    StoredSort,
+    StoreUnavailable,
+    TakeOverVerdict,
+)
+from trio_agent.cluster.stream_replay import restore_stream
+from trio_agent.protocol.messages import ErrorCode, ResumeMessage
+from trio_agent.server.connection import HandOver
+from trio_agent.server.replay import FrameSort
+from trio_agent.server.resume_book import (
+    MAX_DENIED_PER_SESSION,
+    Redeemed,
+    new_token,
+    token_digest,
+)
+from trio_agent.server.resumption import refuse_resume
+
+if TYPE_CHECKING:
+    from trio_agent.server.agent_server import AgentServer
+    from trio_agent.server.session import Session
+
+__all__ = ["ClusterNode", "default_node_id"]
+
+_STORED = {FrameSort.STREAM: StoredSort.STREAM, FrameSort.AUDIO: StoredSort.AUDIO}
+_STORED[FrameSort.DONE] = StoredSort.DONE
+#: Writes waiting for the store before sessions are lost to the cluster.
+MAX_QUEUED = 50_000
+#: Bytes a frame is assumed to take, to turn ``resume_buffer_kib`` into a stream length.
+_FRAME_BYTES_ESTIMATE = 64
+_RETRY_S = 0.5
+
+
+def default_node_id() -> str:
+    """``<host>-<pid>-<random>``: unique across restarts of one host."""
+    host = socket.gethostname().split(".")[0][:32] or "node"
+    return f"{host}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+class ClusterNode:
+    """This server as a node of a cluster on ``store``.
+
+    :param server: the server; ``server.cluster`` is set to this node.
+    :param store: the shared store (:class:`~trio_agent.cluster.redis_store.RedisStore`).
+    :param node_id: this node's name (``config.node_id``, or :func:`default_node_id`).
+
+    ``await nursery.start(node.run)`` before the server runs; cancel it after.
+    """
+
+    def __init__(self, server: AgentServer, store: ClusterStore, node_id: str = "") -> None:
+        config = server.config
+        self.node_id = node_id or config.node_id or default_node_id()
+        self._server = server
+        self._store = store
+        self._config = config
+        self._lease_s = config.node_lease_s
+        #: The time to live of a session's keys; refreshed while it is attached.
+        self._ttl_s = max(60.0, 4 * config.resume_window_s)
+        self._problem: str | None = None
+        self.mirror = Mirror(
+            store,
+            max_queued=MAX_QUEUED,
+            max_frames=max(1000, config.resume_buffer_kib * 1024 // _FRAME_BYTES_ESTIMATE),
+            ttl_s=self._ttl_s,
+            on_trouble=self._trouble,
+        )
+        self._control_out: list[Callable[[], Awaitable[None]]] = []
+        self._control_waiting = trio.Event()
+        #: Each held session's epoch (1 when opened here).
+        self._epochs: dict[str, int] = {}
+        #: Takeovers waiting for the previous owner's "flushed", by (session, epoch).
+        self._flushes: dict[tuple[str, int], trio.Event] = {}
+        self.counts = dict.fromkeys(
+            (
+                "resumes_local_total",
+                "resumes_remote_total",
+                "resumes_refused_total",
+                "interrupts_sent_total",
+                "interrupts_received_total",
+                "node_lost_claims_total",
+                "store_errors_total",
+            ),
+            0,
+        )
+        server.cluster = self
+        server.metrics.add_cluster(self.stats)
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def problem(self) -> str | None:
+        return self._problem
+
+    def _trouble(self, problem: str | None) -> None:
+        if problem is not None and self._problem is None:
+            logger.warning("store unreachable: resume across nodes is unavailable", error=problem)
+        elif problem is None and self._problem is not None:
+            logger.info("store reachable again")
+        if problem is not None:
+            self.counts["store_errors_total"] += 1
+            problem = f"store unreachable ({problem[:200]})"
+        self._problem = problem
+
+    def stats(self) -> dict[str, float]:
+        """What ``/metrics`` shows as ``trio_agent_cluster_*``."""
+        return {
+            **self.counts,
+            "store_up": 0.0 if self._problem else 1.0,
+            "mirror_queued": float(self.mirror.queued),
+            "mirror_lag_seconds": self.mirror.lag_s,
+            "mirror_written_total": float(self.mirror.written_total),
+            "mirror_dropped_total": float(self.mirror.dropped_total),
+            "sessions_lost": float(len(self.mirror.lost)),
+        }
+
+    # ------------------------------------------------------------------ tasks
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Hold the lease, listen on the control channel, run the mirror; until cancelled.
+
+        Starts once the first lease is held (or the store found unreachable: the
+        node serves anyway, degraded). On the way out the lease is released
+        (bounded, shielded), so the other nodes know at once that this one is gone.
+        """
+        logger.info("cluster node", node_id=self.node_id, lease_s=self._lease_s)
+        try:
+            async with trio.open_nursery() as nursery:
+                await self._hold_lease_once()
+                nursery.start_soon(self._keep_lease, name="cluster lease")
+                nursery.start_soon(self._listen, name="cluster control")
+                nursery.start_soon(self.mirror.run, name="cluster mirror")
+                nursery.start_soon(self._send_control, name="cluster control out")
+                task_status.started()
+        finally:
+            with trio.move_on_after(1.0, shield=True), contextlib.suppress(StoreUnavailable):
+                await self._store.release_lease(self.node_id)
+
+    async def flush(self, timeout_s: float) -> None:
+        """Wait (up to ``timeout_s``) until everything queued for the store is written:
+        a draining node calls it before it exits, so no frame is lost with it."""
+        with trio.move_on_after(timeout_s):
+            await self.mirror.wait_empty()
+
+    async def _hold_lease_once(self) -> None:
+        try:
+            await self._store.hold_lease(self.node_id, self._lease_s)
+            self._trouble(None)
+        except StoreUnavailable as exc:
+            self._trouble(str(exc) or type(exc).__name__)
+
+    async def _keep_lease(self) -> None:
+        """Refresh the lease every third of it; also refresh the held sessions' keys,
+        and pick up cuts recorded for requests running here (a control message
+        published while this node was not subscribed is lost; the record is not)."""
+        seen_at = trio.current_time()
+        while True:
+            await trio.sleep(self._lease_s / 3)
+            await self._hold_lease_once()
+            if self._problem is not None:
+                continue
+            if trio.current_time() - seen_at >= self._ttl_s / 3:
+                seen_at = trio.current_time()
+                for session in self._held():
+                    if session.connection is not None:
+                        self.mirror.add(SessionSeen(session.session_id))
+            await self._apply_recorded_cuts()
+
+    async def _apply_recorded_cuts(self) -> None:
+        for session in self._held():
+            if session.moved_to is None or not session.registry.running_count:
+                continue
+            try:
+                cuts = await self._store.cuts(session.session_id)
+            except StoreUnavailable:
+                return
+            for request_id, msg_id in cuts.items():
+                record = session.registry.get(request_id)
+                if record is not None and record.runs_on is None:
+                    session.cut_from_elsewhere(msg_id, [request_id], "interrupted on another node")
+
+    async def _listen(self) -> None:
+        """Act on this node's control messages; resubscribe (with backoff) after trouble."""
+        while True:
+            try:
+                async with self._store.control_messages(self.node_id) as messages:
+                    await self._apply_recorded_cuts()
+                    async for message in messages:
+                        self._on_control(message)
+            except StoreUnavailable as exc:
+                self._trouble(str(exc) or type(exc).__name__)
+            await trio.sleep(_RETRY_S)
+
+    def _on_control(self, message: ControlMessage) -> None:
+        sessions = [s for s in self._held() if s.session_id == message.session_id]
+        if message.kind == "interrupt":
+            self.counts["interrupts_received_total"] += 1
+            for session in sessions:
+                running_here = [
+                    rid
+                    for rid in message.request_ids
+                    if (record := session.registry.get(rid)) is not None and record.runs_on is None
+                ]
+                if running_here:
+                    session.cut_from_elsewhere(message.msg_id, running_here, message.reason)
+        elif message.kind == "moved":
+            for session in sessions:
+                if self._epochs.get(session.session_id, 1) < message.epoch:
+                    session.move_to(message.from_node)
+            flushed = ControlMessage(
+                "flushed", message.session_id, from_node=self.node_id, epoch=message.epoch
+            )
+            to_node = message.from_node
+
+            async def answer() -> None:
+                # Behind every write queued before it: once it is sent, they are stored.
+                await self._store.send_control(to_node, flushed)
+
+            self.mirror.add(answer)
+        elif message.kind == "flushed":
+            waiter = self._flushes.get((message.session_id, message.epoch))
+            if waiter is not None:
+                waiter.set()
+
+    async def _send_control(self) -> None:
+        """Send queued control work (cuts to other nodes) in order; retry while the
+        store is unreachable."""
+        while True:
+            if not self._control_out:
+                self._control_waiting = trio.Event()
+                await self._control_waiting.wait()
+            try:
+                await self._control_out[0]()
+            except StoreUnavailable as exc:
+                self._trouble(str(exc) or type(exc).__name__)
+                await trio.sleep(_RETRY_S)
+                continue
+            self._control_out.pop(0)
+
+    def _held(self) -> list[Session]:
+        return list(self._server.sessions.values())
+
+    # ------------------------------------------------------------------ ClusterLink
+
+    def session_opened(self, session_id: str, token: str) -> None:
+        self._epochs[session_id] = 1
+        digest = token_digest(token)
+
+        async def open_session() -> None:
+            await self._store.open_session(
+                session_id, owner=self.node_id, token_digest=digest, ttl_s=self._ttl_s
+            )
+
+        self.mirror.add(open_session, session_id)
+
+    def session_detached(self, session_id: str, window_s: float) -> None:
+        async def detach() -> None:
+            await self._store.detach(session_id, window_s=window_s)
+
+        self.mirror.add(detach, session_id)
+
+    def session_closed(self, session_id: str) -> None:
+        self._epochs.pop(session_id, None)
+
+        async def close() -> None:
+            await self._store.close_session(session_id)
+
+        # Queued even for a lost session: its keys must go.
+        self.mirror.lost.discard(session_id)
+        self.mirror.add(close, session_id)
+
+    def request_started(self, session_id: str, request_id: str) -> None:
+        self.mirror.add(RequestStarted(session_id, request_id, self.node_id))
+
+    def frame_written(
+        self,
+        session_id: str,
+        request_id: str,
+        sort: FrameSort,
+        seq: int,
+        data: str | bytes,
+        *,
+        frames: int = -1,
+    ) -> None:
+        self.mirror.add(
+            FrameWrite(
+                session_id, request_id, _STORED[sort], seq, data, self.node_id, frames=frames
+            )
+        )
+        if sort is FrameSort.DONE:
+            self.mirror.add(RequestEnded(session_id, request_id))
+
+    def agent_state_changed(self, session_id: str, state: str) -> None:
+        async def save() -> None:
+            await self._store.save_agent_state(session_id, state)
+
+        self.mirror.add(save, session_id)
+
+    def interrupt_elsewhere(
+        self, node_id: str, session_id: str, msg_id: str, request_ids: list[str], reason: str
+    ) -> None:
+        self.counts["interrupts_sent_total"] += 1
+        message = ControlMessage(
+            "interrupt",
+            session_id,
+            from_node=self.node_id,
+            msg_id=msg_id,
+            request_ids=tuple(request_ids),
+            reason=reason,
+        )
+
+        async def send() -> None:
+            # Durably first: the node checks these if the publish is lost.
+            for request_id in request_ids:
+                await self._store.record_cut(session_id, request_id, msg_id, ttl_s=self._ttl_s)
+            await self._store.send_control(node_id, message)
+
+        self._control_out.append(send)
+        self._control_waiting.set()
+
+    # ------------------------------------------------------------------ resume
+
+    async def resume(self, ws: WebSocketConnection, message: ResumeMessage) -> HandOver | None:
+        """Decide a RESUME through the store (atomically across nodes), then serve the
+        session held here, or take it over from the node that held it."""
+        session_id = message.session_id
+        token = new_token()
+        try:
+            taken = await self._store.take_over(
+                session_id,
+                token_digest=token_digest(message.payload.token),
+                new_token_digest=token_digest(token),
+                node_id=self.node_id,
+                max_denied=MAX_DENIED_PER_SESSION,
+            )
+        except StoreUnavailable as exc:
+            self._trouble(str(exc) or type(exc).__name__)
+            return await self._resume_here_only(ws, message)
+        local = self._server.sessions.get(session_id)
+        verdict = taken.verdict
+        if verdict is TakeOverVerdict.UNKNOWN and session_id in self.mirror.lost:
+            return await self._resume_here_only(ws, message)
+        if verdict is not TakeOverVerdict.OK:
+            self.counts["resumes_refused_total"] += 1
+            await self._refuse(ws, message, Redeemed(verdict.value))
+            return None
+        self._epochs[session_id] = taken.epoch
+        if (
+            taken.previous_owner == self.node_id
+            and local is not None
+            and local.moved_to is None
+            and not local.ended
+        ):
+            self.counts["resumes_local_total"] += 1
+            self._server.resume_book.reissued(session_id, token)
+            return HandOver(local, message, token)
+        self.counts["resumes_remote_total"] += 1
+        if local is not None and local.moved_to is None:
+            local.move_to(self.node_id)  # an earlier life here, handed on since
+        try:
+            if taken.previous_owner and taken.previous_owner != self.node_id:
+                await self._ask_to_flush(taken.previous_owner, session_id, taken.epoch)
+            session = await self._take_over(message, taken.epoch, token, taken.agent_state)
+        except StoreUnavailable as exc:
+            self._trouble(str(exc) or type(exc).__name__)
+            await self._refuse(ws, message, Redeemed.UNKNOWN)
+            return None
+        return HandOver(session, message, token)
+
+    async def _ask_to_flush(self, owner: str, session_id: str, epoch: int) -> None:
+        """Tell the previous owner the session is here now, and wait (bounded by the
+        lease) until it says that everything it wrote of it is in the store: its
+        mirror is asynchronous, and a frame the client received from it may not be
+        stored yet. A dead owner is not waited for (what it did not store is lost)."""
+        flushed = self._flushes[(session_id, epoch)] = trio.Event()
+        try:
+            moved = ControlMessage("moved", session_id, from_node=self.node_id, epoch=epoch)
+            await self._store.send_control(owner, moved)
+            if not await self._store.node_alive(owner):
+                return
+            with trio.move_on_after(self._lease_s) as waited:
+                await flushed.wait()
+            if waited.cancelled_caught:
+                logger.warning(
+                    "previous owner did not confirm its frames are stored",
+                    session_id=session_id,
+                    owner=owner,
+                )
+        finally:
+            del self._flushes[(session_id, epoch)]
+
+    async def _take_over(
+        self, message: ResumeMessage, epoch: int, token: str, agent_state: str | None
+    ) -> Session:
+        """Open the session here from what the store holds: its frames (the replay),
+        the requests still running elsewhere (relayed), what its agents kept."""
+        session_id = message.session_id
+        frames = await self._store.read_frames(session_id)
+        running = await self._store.running_requests(session_id)
+        restored = restore_stream(
+            frames, capacity_bytes=self._config.resume_buffer_kib * 1024, running=running
+        )
+        session = await self._server.adopt_session(session_id, epoch=epoch, token=token)
+        session.replay = restored.replay
+        if agent_state:
+            restore_session_states(self._server.agents, session.agent_state, agent_state)
+        relay = Relay(
+            self._store,
+            session_id=session_id,
+            after=restored.last_entry_id,
+            registry=session.registry,
+            lanes=session.lanes,
+            poll_s=self._lease_s / 3,
+            on_claim=self._claimed,
+        )
+        for request_id, elsewhere in restored.running.items():
+            # The client may hold frames the store does not have yet (a dead owner's
+            # last ones): the relay goes on after the last it has.
+            received = message.payload.last_seq.get(request_id, -1) + 1
+            session.relay_request(
+                request_id,
+                node_id=elsewhere.node_id,
+                next_seq=max(elsewhere.next_seq, received),
+                relay=relay,
+            )
+        return session
+
+    def _claimed(self) -> None:
+        self.counts["node_lost_claims_total"] += 1
+
+    async def _resume_here_only(
+        self, ws: WebSocketConnection, message: ResumeMessage
+    ) -> HandOver | None:
+        """The store cannot decide (unreachable, or the session lost to it): resume
+        only a session held here, on the local book, as a single server does."""
+        local = self._server.sessions.get(message.session_id)
+        if local is None or local.ended or local.moved_to is not None or not local.resumable:
+            await self._refuse(ws, message, Redeemed.UNKNOWN)
+            return None
+        verdict, token = self._server.resume_book.redeem(
+            message.session_id, message.payload.token, now=trio.current_time()
+        )
+        if verdict is not Redeemed.OK or token is None:
+            await self._refuse(ws, message, verdict)
+            return None
+        self.counts["resumes_local_total"] += 1
+        return HandOver(local, message, token)
+
+    async def _refuse(
+        self, ws: WebSocketConnection, message: ResumeMessage, verdict: Redeemed
+    ) -> None:
+        if verdict is Redeemed.DENIED:
+            code, text = ErrorCode.RESUME_DENIED, "wrong or already used resume token"
+        else:
+            code, text = (
+                ErrorCode.RESUME_UNKNOWN,
+                "no session to resume in this cluster (unknown, or its window has passed)"
+                + (f"; {self._problem}" if self._problem else "")
+                + ": start over",
+            )
+        await refuse_resume(
+            ws,
+            session_id=None,
+            msg_id=f"{self.node_id[:16]}-r{secrets.token_hex(3)}",
+            ref=message.msg_id,
+            code=code,
+            text=text,
+        )

@@ -1,0 +1,146 @@
+"""The relay: a request that runs on another node, as its task on this one.
+
+A client resumed its session here while one of its requests still runs on node A.
+The request's task here is :func:`relay_request`: it tails the session's stream in
+the store and queues A's frames of that request on this session's lanes, so the
+writer sends them as it would this node's own, in ``seq`` order, each once.
+
+It runs inside the request's own cancel scope (``RequestRunner.start_relay``), so
+an INTERRUPT read here cuts it exactly as a local request: the scope is
+cancelled, the frames queued are dropped, the ACK and the DONE are written here
+(counting what this client received), and node A is told to stop the request.
+
+When A's DONE comes through the stream, the relay ends the request with A's
+status and this node renders the DONE (its ``frames``: what this client
+received). When A's lease is gone, the relay claims the request (one claim wins
+in the store) and ends it with ``DONE{failed, NODE_LOST}``; a relay that loses the
+claim goes on tailing and relays the winner's DONE. ``docs/cluster.md``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import trio
+from loguru import logger
+
+from trio_agent.cluster.store import ClusterStore, StoredSort, StoreUnavailable
+from trio_agent.protocol.constants import FrameKind
+from trio_agent.protocol.messages import DoneStatus, ErrorCode, ErrorInfo
+from trio_agent.server.lanes import Outbound, OutboundLanes
+from trio_agent.server.registry import RequestRecord, RequestRegistry
+
+__all__ = ["NODE_LOST_MESSAGE", "Relay"]
+
+NODE_LOST_MESSAGE = "the node running this request stopped before it ended"
+
+#: The DONE payload's fields the relay sets itself; the rest are kept as they are.
+_OWN_FIELDS = frozenset({"status", "interrupted", "reason", "frames", "error", "cancelled_by"})
+_RETRY_S = 0.2
+
+
+class Relay:
+    """The relays of one session taken over by this node.
+
+    :param store: where the session's stream is.
+    :param session_id: the session.
+    :param after: the stream id of the last entry already read (the replay holds it).
+    :param registry: the session's requests.
+    :param lanes: the session's lanes.
+    :param poll_s: how long one wait on the stream lasts before the relay looks at
+        the running node's lease again (a third of the lease).
+    :param on_claim: told each NODE_LOST claim this node won.
+    """
+
+    def __init__(
+        self,
+        store: ClusterStore,
+        *,
+        session_id: str,
+        after: str,
+        registry: RequestRegistry,
+        lanes: OutboundLanes,
+        poll_s: float,
+        on_claim: Callable[[], None],
+    ) -> None:
+        self._store = store
+        self._session_id = session_id
+        self._after = after
+        self._registry = registry
+        self._lanes = lanes
+        self._poll_s = poll_s
+        self._on_claim = on_claim
+
+    async def __call__(self, record: RequestRecord) -> None:
+        """Relay ``record``'s frames until its DONE; cancelled by an INTERRUPT or the session."""
+        node = record.runs_on
+        assert node is not None
+        after = self._after
+        look_at_lease = True
+        while True:
+            try:
+                if look_at_lease and await self._claimed(record, node):
+                    return
+                frames = await self._store.wait_frames(
+                    self._session_id, after, timeout_s=self._poll_s
+                )
+            except StoreUnavailable as exc:
+                logger.debug("relay waits for the store", error=str(exc))
+                await trio.sleep(_RETRY_S)
+                continue
+            look_at_lease = not frames
+            for frame in frames:
+                after = frame.entry_id
+                if frame.request_id != record.request_id:
+                    continue
+                if frame.sort is StoredSort.DONE:
+                    self._end_as_told(record, frame.data)
+                    return
+                if frame.sort is StoredSort.AUDIO:
+                    # Spoken replies are not relayed (docs/cluster.md, limits).
+                    continue
+                if frame.seq < record.frames_queued:
+                    continue  # the replay had it
+                await self._lanes.wait_for_stream_room(record)
+                self._lanes.push_stream(
+                    Outbound(FrameKind.STREAM, frame.data, record=record, seq=frame.seq)
+                )
+                record.frames_queued = frame.seq + 1
+
+    async def _claimed(self, record: RequestRecord, node: str) -> bool:
+        """When ``node`` is dead, claim ``record`` and end it with NODE_LOST; return
+        whether this relay ended it (it did not when the node lives, or another
+        node won the claim: that one's DONE comes through the stream)."""
+        if await self._store.node_alive(node):
+            return False
+        if not await self._store.claim_request(self._session_id, record.request_id, dead_node=node):
+            return False
+        self._on_claim()
+        self._end(record, DoneStatus.FAILED, "node lost", _node_lost(node))
+        return True
+
+    def _end_as_told(self, record: RequestRecord, data: str | bytes) -> None:
+        """The running node's DONE: end the request with its status; this node renders
+        the DONE, so ``frames`` counts what this client received."""
+        try:
+            payload: dict[str, Any] = json.loads(data)["payload"]
+            status = DoneStatus(payload["status"])
+            error = ErrorInfo.model_validate(payload["error"]) if payload.get("error") else None
+        except (ValueError, KeyError, TypeError) as exc:
+            logger.warning("relayed DONE unreadable", error=str(exc))
+            payload, status, error = {}, DoneStatus.FAILED, _node_lost(record.runs_on or "?")
+        record.cancelled_by = payload.get("cancelled_by")
+        record.done_fields = {k: v for k, v in payload.items() if k not in _OWN_FIELDS}
+        self._end(record, status, payload.get("reason"), error)
+
+    def _end(
+        self, record: RequestRecord, status: DoneStatus, reason: str | None, error: ErrorInfo | None
+    ) -> None:
+        if self._registry.end(record, status, reason=reason, error=error):
+            self._lanes.push_stream_terminal(Outbound(FrameKind.DONE, record=record))
+
+
+def _node_lost(node: str) -> ErrorInfo:
+    return ErrorInfo(code=ErrorCode.NODE_LOST, message=f"{NODE_LOST_MESSAGE} (node {node})")
