@@ -1,0 +1,538 @@
+"""The cluster's store on a real redis-server (or valkey-server), on loopback.
+
+Each test gets a store with a key prefix of its own on the module's server; the
+tests that kill the server run one of their own. They check what the node relies
+on: atomic take-overs and claims with exactly one winner, frames that come back in
+order and of the type they went in, bounded streams and TTLs, a blocked read that
+wakes, times out and can be cancelled without harm, and a store that fails fast
+with StoreUnavailable when Redis is gone and works again when it is back.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from collections.abc import AsyncIterator, Iterator
+from functools import partial
+from typing import Any
+
+import coredis
+import pytest
+import trio
+import trio.testing
+
+from trio_agent.cluster.redis_store import RedisStore, open_redis_store
+from trio_agent.cluster.store import (
+    ControlMessage,
+    FrameWrite,
+    RequestEnded,
+    RequestStarted,
+    SessionSeen,
+    StoredSort,
+    StoreUnavailable,
+    TakeOverVerdict,
+)
+from trio_agent.testing.processes import RedisServer, redis_executable, redis_server
+
+pytestmark = [
+    pytest.mark.redis,
+    pytest.mark.skipif(
+        redis_executable() is None,
+        reason="redis tests skipped: neither redis-server nor valkey-server is installed "
+        "(Debian: apt-get install redis-server)",
+    ),
+]
+
+_prefixes = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def redis() -> Iterator[RedisServer]:
+    with redis_server() as server:
+        yield server
+
+
+@pytest.fixture
+async def store(redis: RedisServer) -> AsyncIterator[RedisStore]:
+    async with open_redis_store(redis.url, prefix=f"t{next(_prefixes)}") as opened:
+        yield opened
+
+
+@pytest.fixture
+async def raw(redis: RedisServer) -> AsyncIterator[Any]:
+    """A plain client, to look at the keys the store wrote."""
+    client = coredis.Redis.from_url(redis.url, decode_responses=True)
+    async with client:
+        yield client
+
+
+def stream(session: str, request: str, seq: int, data: str | bytes = "x") -> FrameWrite:
+    sort = StoredSort.AUDIO if isinstance(data, bytes) else StoredSort.STREAM
+    return FrameWrite(session, request, sort, seq, data, "node-a")
+
+
+def done(session: str, request: str, frames: int) -> FrameWrite:
+    return FrameWrite(
+        session, request, StoredSort.DONE, -1, '{"msg_type":"DONE"}', "node-a", frames
+    )
+
+
+async def redis_now_ms(raw: Any) -> int:
+    """Redis's clock (``TIME``), which the store's deadlines are reckoned in."""
+    return int((await raw.time()).timestamp() * 1000)
+
+
+async def open_one(store: RedisStore, session: str = "s1", token: str = "d1") -> None:
+    await store.open_session(session, owner="node-a", token_digest=token, ttl_s=60)
+
+
+# -- liveness ----------------------------------------------------------------------
+
+
+async def test_a_lease_lives_for_its_ttl_and_goes_when_released(
+    store: RedisStore, raw: Any
+) -> None:
+    await store.hold_lease("node-a", 3.0)
+    key = store.lease_key("node-a")
+    assert await store.node_alive("node-a")
+    assert not await store.node_alive("node-b")
+    assert 2000 < await raw.pttl(key) <= 3000
+    started = await raw.get(key)
+    await store.hold_lease("node-a", 9.0)
+    assert 8000 < await raw.pttl(key) <= 9000
+    assert await raw.get(key) == started  # the value is when the node first held it
+    assert abs(int(started) - time.time() * 1000) < 60_000
+    await store.release_lease("node-a")
+    assert not await store.node_alive("node-a")
+
+
+async def test_a_lease_that_is_not_refreshed_expires(store: RedisStore) -> None:
+    await store.hold_lease("node-a", 0.2)
+    assert await store.node_alive("node-a")
+    await trio.sleep(0.3)  # the expiry itself is what is tested
+    assert not await store.node_alive("node-a")
+
+
+# -- sessions and take-overs -------------------------------------------------------
+
+
+async def test_take_over_with_the_current_token(store: RedisStore, raw: Any) -> None:
+    await open_one(store)
+    record = store.keys("s1")[0]
+    assert (await raw.hgetall(record))["epoch"] == "1"
+    await store.save_agent_state("s1", '{"history": []}')
+    taken = await store.take_over(
+        "s1", token_digest="d1", new_token_digest="d2", node_id="node-b", max_denied=5
+    )
+    assert taken.verdict is TakeOverVerdict.OK
+    assert (taken.epoch, taken.previous_owner, taken.agent_state) == (
+        2,
+        "node-a",
+        '{"history": []}',
+    )
+    fields = await raw.hgetall(record)
+    assert (fields["owner"], fields["digest"], fields["epoch"]) == ("node-b", "d2", "2")
+    # The old token is spent; the new one works, and says who held the session.
+    spent = await store.take_over(
+        "s1", token_digest="d1", new_token_digest="d3", node_id="node-c", max_denied=5
+    )
+    assert spent.verdict is TakeOverVerdict.DENIED
+    again = await store.take_over(
+        "s1", token_digest="d2", new_token_digest="d3", node_id="node-c", max_denied=5
+    )
+    assert (again.verdict, again.epoch, again.previous_owner) == (TakeOverVerdict.OK, 3, "node-b")
+
+
+async def test_set_token_replaces_the_digest(store: RedisStore) -> None:
+    await open_one(store)
+    await store.set_token("s1", "d9")
+    taken = await store.take_over(
+        "s1", token_digest="d9", new_token_digest="d10", node_id="node-b", max_denied=5
+    )
+    assert taken.verdict is TakeOverVerdict.OK
+    assert taken.agent_state is None
+
+
+async def test_an_unknown_session_is_unknown_and_updates_create_nothing(
+    store: RedisStore, raw: Any
+) -> None:
+    taken = await store.take_over(
+        "nope", token_digest="d1", new_token_digest="d2", node_id="node-b", max_denied=5
+    )
+    assert taken.verdict is TakeOverVerdict.UNKNOWN
+    await store.set_token("nope", "d3")
+    await store.save_agent_state("nope", "{}")
+    await store.detach("nope", window_s=30)
+    assert await raw.exists(store.keys("nope")) == 0
+
+
+async def test_a_session_past_its_deadline_is_unknown(store: RedisStore, raw: Any) -> None:
+    await open_one(store)
+    past = await redis_now_ms(raw) - 1
+    await raw.hset(store.keys("s1")[0], {"deadline_ms": str(past)})
+    taken = await store.take_over(
+        "s1", token_digest="d1", new_token_digest="d2", node_id="node-b", max_denied=5
+    )
+    assert taken.verdict is TakeOverVerdict.UNKNOWN
+
+
+async def test_detach_sets_the_deadline_and_the_ttls_and_a_take_over_restores_them(
+    store: RedisStore, raw: Any
+) -> None:
+    await open_one(store)
+    await store.write(
+        [stream("s1", "r1", 0), RequestStarted("s1", "r1", "node-a")], max_frames=100, ttl_s=60
+    )
+    await store.record_cut("s1", "r1", "m1", ttl_s=60)
+    await store.detach("s1", window_s=30)
+    record = store.keys("s1")[0]
+    deadline = int((await raw.hgetall(record))["deadline_ms"])
+    assert 29_000 < deadline - await redis_now_ms(raw) <= 31_000  # TIME in whole seconds
+    for key in store.keys("s1")[:4]:
+        assert 30_000 < await raw.pttl(key) <= 35_000, key
+    taken = await store.take_over(
+        "s1", token_digest="d1", new_token_digest="d2", node_id="node-b", max_denied=5
+    )
+    assert taken.verdict is TakeOverVerdict.OK
+    assert (await raw.hgetall(record))["deadline_ms"] == ""
+    for key in store.keys("s1")[:4]:
+        assert 55_000 < await raw.pttl(key) <= 60_000, key
+
+
+async def test_wrong_tokens_are_denied_and_too_many_deny_the_right_one(
+    store: RedisStore, raw: Any
+) -> None:
+    await open_one(store)
+    for _ in range(3):
+        wrong = await store.take_over(
+            "s1", token_digest="bad", new_token_digest="d2", node_id="node-b", max_denied=3
+        )
+        assert wrong.verdict is TakeOverVerdict.DENIED
+    assert (await raw.hgetall(store.keys("s1")[0]))["denied"] == "3"
+    right = await store.take_over(
+        "s1", token_digest="d1", new_token_digest="d2", node_id="node-b", max_denied=3
+    )
+    assert right.verdict is TakeOverVerdict.DENIED
+
+
+async def test_two_take_overs_with_the_same_token_have_one_winner(store: RedisStore) -> None:
+    async def resume(session: str, node: str, verdicts: dict[str, TakeOverVerdict]) -> None:
+        taken = await store.take_over(
+            session, token_digest="d1", new_token_digest=node, node_id=node, max_denied=5
+        )
+        verdicts[node] = taken.verdict
+
+    for round_ in range(5):
+        session = f"race{round_}"
+        await open_one(store, session)
+        verdicts: dict[str, TakeOverVerdict] = {}
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(resume, session, "node-b", verdicts)
+            nursery.start_soon(resume, session, "node-c", verdicts)
+        assert sorted(v.value for v in verdicts.values()) == ["denied", "ok"]
+
+
+async def test_close_session_deletes_every_key(store: RedisStore, raw: Any) -> None:
+    await open_one(store)
+    await store.write(
+        [stream("s1", "r1", 0), RequestStarted("s1", "r1", "node-a"), SessionSeen("s1")],
+        max_frames=100,
+        ttl_s=60,
+    )
+    await store.record_cut("s1", "r1", "m1", ttl_s=60)
+    assert await store.claim_request("s1", "r1", dead_node="node-a")
+    assert await raw.exists(store.keys("s1")) == 5
+    await store.close_session("s1")
+    assert await raw.exists(store.keys("s1")) == 0
+    taken = await store.take_over(
+        "s1", token_digest="d1", new_token_digest="d2", node_id="node-b", max_denied=5
+    )
+    assert taken.verdict is TakeOverVerdict.UNKNOWN
+
+
+async def test_a_late_refresh_after_close_does_not_bring_the_session_back(
+    store: RedisStore, raw: Any
+) -> None:
+    await open_one(store)
+    await store.close_session("s1")
+    await store.write([SessionSeen("s1")], max_frames=100, ttl_s=60)
+    for key in store.keys("s1"):
+        assert await raw.pttl(key) != -1, key  # nothing without a TTL
+    taken = await store.take_over(
+        "s1", token_digest="d1", new_token_digest="d2", node_id="node-b", max_denied=5
+    )
+    assert taken.verdict is TakeOverVerdict.UNKNOWN
+
+
+# -- frames ------------------------------------------------------------------------
+
+
+async def test_frames_come_back_in_order_with_their_type(store: RedisStore, raw: Any) -> None:
+    await open_one(store)
+    audio = bytes(range(256))
+    await store.write(
+        [
+            RequestStarted("s1", "r1", "node-a"),
+            stream("s1", "r1", 0, '{"msg_type":"STREAM","text":"é"}'),
+            stream("s1", "r1", 1, audio),
+            done("s1", "r1", 2),
+            RequestEnded("s1", "r1"),
+        ],
+        max_frames=100,
+        ttl_s=60,
+    )
+    frames = await store.read_frames("s1")
+    assert [(f.request_id, f.sort, f.seq, f.frames) for f in frames] == [
+        ("r1", StoredSort.STREAM, 0, -1),
+        ("r1", StoredSort.AUDIO, 1, -1),
+        ("r1", StoredSort.DONE, -1, 2),
+    ]
+    assert frames[0].data == '{"msg_type":"STREAM","text":"é"}'
+    assert frames[1].data == audio
+    assert isinstance(frames[2].data, str)
+    assert {f.node_id for f in frames} == {"node-a"}
+    assert await store.read_frames("s1", after=frames[0].entry_id) == frames[1:]
+    assert await store.read_frames("s1", after=frames[-1].entry_id) == []
+    assert await store.read_frames("other") == []
+    for key in store.keys("s1")[:2]:
+        assert 55_000 < await raw.pttl(key) <= 60_000
+    last_seen = int((await raw.hgetall(store.keys("s1")[0]))["last_seen_ms"])
+    assert abs(last_seen - time.time() * 1000) < 60_000
+
+
+async def test_the_stream_is_trimmed_to_about_max_frames(store: RedisStore) -> None:
+    await open_one(store)
+    for batch in range(20):
+        await store.write(
+            [stream("s1", "r1", batch * 50 + i) for i in range(50)], max_frames=100, ttl_s=60
+        )
+    frames = await store.read_frames("s1")
+    # MAXLEN ~ trims whole stream nodes (100 entries each by default): a bounded excess.
+    assert 100 <= len(frames) <= 200
+    assert [f.seq for f in frames] == list(range(1000 - len(frames), 1000))
+
+
+async def test_wait_frames_wakes_on_a_write_from_another_task(store: RedisStore) -> None:
+    await open_one(store)
+    await store.write([stream("s1", "r1", 0)], max_frames=100, ttl_s=60)
+    (first,) = await store.read_frames("s1")
+    got: list[Any] = []
+
+    async def wait() -> None:
+        started = time.monotonic()
+        got.extend(await store.wait_frames("s1", first.entry_id, timeout_s=20))
+        got.append(time.monotonic() - started)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(wait)
+        await trio.testing.wait_all_tasks_blocked()
+        # While it blocks, the other calls go on.
+        with trio.fail_after(2):
+            for _ in range(20):
+                await store.running_requests("s1")
+        await store.write([stream("s1", "r1", 1), stream("s1", "r1", 2)], max_frames=100, ttl_s=60)
+    *frames, elapsed = got
+    # Redis wakes the read after the first XADD of the pipeline, or after both.
+    assert [f.seq for f in frames] in ([1], [1, 2])
+    assert elapsed < 10
+
+
+async def test_wait_frames_times_out_with_nothing(store: RedisStore) -> None:
+    await open_one(store)
+    started = time.monotonic()
+    assert await store.wait_frames("s1", "0", timeout_s=0.2) == []
+    assert 0.15 < time.monotonic() - started < 2
+    assert await store.wait_frames("s1", "0", timeout_s=0) == []
+
+
+async def test_a_cancelled_wait_leaves_the_store_usable(redis: RedisServer) -> None:
+    # Two connections for blocked reads: cancelling more waits than that would use
+    # up the pool if a cancelled read kept its slot.
+    async with open_redis_store(redis.url, prefix="cancel", max_waiters=2) as store:
+        await open_one(store)
+        for _ in range(5):
+            with trio.CancelScope() as scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(partial(store.wait_frames, "s1", "0", timeout_s=20))
+                    await trio.testing.wait_all_tasks_blocked()
+                    scope.cancel()
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                got: list[Any] = []
+
+                async def wait() -> None:
+                    got.extend(await store.wait_frames("s1", "0", timeout_s=20))
+
+                nursery.start_soon(wait)
+                nursery.start_soon(wait)
+                await trio.testing.wait_all_tasks_blocked()
+                await store.write([stream("s1", "r1", 0)], max_frames=100, ttl_s=60)
+        assert [f.seq for f in got] == [0, 0]
+
+
+# -- requests, claims and cuts -----------------------------------------------------
+
+
+async def test_running_requests_follow_started_and_ended(store: RedisStore) -> None:
+    await open_one(store)
+    assert await store.running_requests("s1") == {}
+    await store.write(
+        [RequestStarted("s1", "r1", "node-a"), RequestStarted("s1", "r2", "node-b")],
+        max_frames=100,
+        ttl_s=60,
+    )
+    assert await store.running_requests("s1") == {"r1": "node-a", "r2": "node-b"}
+    await store.write([RequestEnded("s1", "r1")], max_frames=100, ttl_s=60)
+    assert await store.running_requests("s1") == {"r2": "node-b"}
+
+
+async def test_one_claimer_wins_and_only_for_the_node_named(store: RedisStore) -> None:
+    await open_one(store)
+    await store.write([RequestStarted("s1", "r1", "node-a")], max_frames=100, ttl_s=60)
+    assert not await store.claim_request("s1", "r1", dead_node="node-b")
+    assert not await store.claim_request("s1", "r9", dead_node="node-a")
+    wins: list[bool] = []
+
+    async def claim() -> None:
+        wins.append(await store.claim_request("s1", "r1", dead_node="node-a"))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(10):
+            nursery.start_soon(claim)
+    assert sorted(wins) == [False] * 9 + [True]
+    # The request still has no DONE: it stays in the book until the winner ends it.
+    assert await store.running_requests("s1") == {"r1": "node-a"}
+    await store.write([done("s1", "r1", 0), RequestEnded("s1", "r1")], max_frames=100, ttl_s=60)
+    assert not await store.claim_request("s1", "r1", dead_node="node-a")
+    # The id, reused by a new request on a node that dies too, can be claimed again.
+    await store.write([RequestStarted("s1", "r1", "node-a")], max_frames=100, ttl_s=60)
+    assert await store.claim_request("s1", "r1", dead_node="node-a")
+
+
+async def test_cuts_are_recorded_with_a_ttl(store: RedisStore, raw: Any) -> None:
+    await open_one(store)
+    assert await store.cuts("s1") == {}
+    await store.record_cut("s1", "r1", "m1", ttl_s=30)
+    await store.record_cut("s1", "r2", "m1", ttl_s=30)
+    assert await store.cuts("s1") == {"r1": "m1", "r2": "m1"}
+    assert 25_000 < await raw.pttl(store.keys("s1")[3]) <= 30_000
+
+
+# -- control channels --------------------------------------------------------------
+
+
+async def test_control_messages_round_trip(store: RedisStore, raw: Any) -> None:
+    sent = [
+        ControlMessage(
+            "interrupt", "s1", "node-b", msg_id="m1", request_ids=("r1", "r2"), reason="user"
+        ),
+        ControlMessage("moved", "s1", "node-c", epoch=3, extra={"why": "resumed"}),
+    ]
+    async with store.control_messages("node-a") as messages:
+        await raw.publish(store.control_channel("node-a"), "not json")
+        await raw.publish(store.control_channel("node-a"), json.dumps({"kind": "nope"}))
+        for message in sent:
+            await store.send_control("node-a", message)
+        await store.send_control("node-z", sent[0])  # another node's channel
+        received = []
+        with trio.fail_after(5):
+            async for message in messages:
+                received.append(message)
+                if len(received) == len(sent):
+                    break
+    assert received == sent
+    assert received[0].request_ids == ("r1", "r2")
+
+
+async def test_an_error_in_the_body_comes_out_as_it_is(redis: RedisServer) -> None:
+    async def fail() -> None:
+        async with open_redis_store(redis.url, prefix="body") as store:  # noqa: SIM117
+            async with store.control_messages("node-a"):
+                raise KeyError("the body's own")
+
+    with pytest.raises(KeyError):
+        await fail()
+
+
+# -- a Redis that goes away --------------------------------------------------------
+
+
+async def test_a_dead_redis_fails_every_call_fast_and_a_restarted_one_works_again() -> None:
+    with redis_server() as server:
+        async with open_redis_store(server.url, prefix="dead") as store:
+            await open_one(store)
+            await store.hold_lease("node-a", 3)
+            broken: list[BaseException] = []
+
+            async def subscribed(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+                try:
+                    async with store.control_messages("node-a") as messages:
+                        task_status.started()
+                        async for _ in messages:
+                            pass
+                except StoreUnavailable as error:
+                    broken.append(error)
+
+            async def waiting(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+                task_status.started()
+                try:
+                    await store.wait_frames("s1", "0", timeout_s=30)
+                except StoreUnavailable as error:
+                    broken.append(error)
+
+            # A subscription and a blocked read, when Redis dies, both end on their own.
+            with trio.fail_after(5):
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(subscribed)
+                    await nursery.start(waiting)
+                    await trio.testing.wait_all_tasks_blocked()
+                    server.kill()
+            assert len(broken) == 2
+
+            calls = {
+                "hold_lease": lambda: store.hold_lease("node-a", 3),
+                "release_lease": lambda: store.release_lease("node-a"),
+                "node_alive": lambda: store.node_alive("node-a"),
+                "send_control": lambda: store.send_control(
+                    "node-b", ControlMessage("moved", "s1", "node-a")
+                ),
+                "open_session": lambda: open_one(store, "s2"),
+                "take_over": lambda: store.take_over(
+                    "s1", token_digest="d1", new_token_digest="d2", node_id="b", max_denied=5
+                ),
+                "set_token": lambda: store.set_token("s1", "d3"),
+                "detach": lambda: store.detach("s1", window_s=30),
+                "close_session": lambda: store.close_session("s1"),
+                "save_agent_state": lambda: store.save_agent_state("s1", "{}"),
+                "write": lambda: store.write([stream("s1", "r1", 0)], max_frames=10, ttl_s=60),
+                "read_frames": lambda: store.read_frames("s1"),
+                "wait_frames": lambda: store.wait_frames("s1", "0", timeout_s=10),
+                "running_requests": lambda: store.running_requests("s1"),
+                "claim_request": lambda: store.claim_request("s1", "r1", dead_node="a"),
+                "record_cut": lambda: store.record_cut("s1", "r1", "m1", ttl_s=60),
+                "cuts": lambda: store.cuts("s1"),
+            }
+            for name, call in calls.items():
+                started = time.monotonic()
+                with pytest.raises(StoreUnavailable):
+                    await call()
+                assert time.monotonic() - started < 2, name
+            with pytest.raises(StoreUnavailable):
+                async with store.control_messages("node-a"):
+                    pass
+
+            server.restart()  # an empty Redis on the same port; the same store object
+            await open_one(store)
+            await store.hold_lease("node-a", 3)
+            assert await store.node_alive("node-a")
+            taken = await store.take_over(  # the script is loaded again (NOSCRIPT)
+                "s1", token_digest="d1", new_token_digest="d2", node_id="node-b", max_denied=5
+            )
+            assert taken.verdict is TakeOverVerdict.OK
+            await store.write([stream("s1", "r1", 0)], max_frames=10, ttl_s=60)
+            assert [f.seq for f in await store.wait_frames("s1", "0", timeout_s=5)] == [0]
+            async with store.control_messages("node-a") as messages:
+                await store.send_control("node-a", ControlMessage("moved", "s1", "node-b"))
+                with trio.fail_after(5):
+                    assert (await messages.__anext__()).from_node == "node-b"

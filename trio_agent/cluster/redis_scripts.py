@@ -1,0 +1,84 @@
+"""The Lua scripts of :class:`~trio_agent.cluster.redis_store.RedisStore`.
+
+A script runs atomically in Redis (no other command runs between its lines), so a
+check and the write that depends on it cannot be split by another node: that is
+how two RESUMEs with the same token, or two nodes claiming the same dead request,
+get exactly one winner. Every script touches only keys of one session, which share
+the hash tag ``{session_id}`` (one slot of a Redis Cluster); "now" is Redis's own
+clock (``TIME``), so the nodes' clocks never have to agree.
+
+The session record is a hash: ``owner``, ``epoch``, ``digest``, ``created_ms``,
+``last_seen_ms``, ``deadline_ms`` (empty while a connection is attached),
+``denied``, ``agent_state``, ``ttl_ms`` (the TTL its keys get back on a take-over).
+"""
+
+from __future__ import annotations
+
+__all__ = ["CLAIM_REQUEST", "DETACH", "TAKE_OVER", "UPDATE_RECORD"]
+
+#: Redis's clock in milliseconds, as a Lua number.
+_NOW_MS = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+"""
+
+#: KEYS: record, frames, requests, cuts, claims (the session's keys).
+#: ARGV: token digest, new token digest, node id, max denied.
+#: Returns ``{'unknown'}``, ``{'denied'}`` or ``{'ok', epoch, previous owner, agent state}``.
+TAKE_OVER = (
+    _NOW_MS
+    + """
+local record = KEYS[1]
+local f = redis.call('HMGET', record, 'owner', 'digest', 'denied', 'deadline_ms',
+                     'agent_state', 'ttl_ms')
+-- No record, or one written back by a late refresh after the session closed.
+if not f[1] then return {'unknown'} end
+if f[4] and f[4] ~= '' and now_ms() >= tonumber(f[4]) then return {'unknown'} end
+local denied = tonumber(f[3]) or 0
+if denied >= tonumber(ARGV[4]) or f[2] ~= ARGV[1] then
+  redis.call('HINCRBY', record, 'denied', 1)
+  return {'denied'}
+end
+local epoch = redis.call('HINCRBY', record, 'epoch', 1)
+redis.call('HSET', record, 'owner', ARGV[3], 'digest', ARGV[2], 'deadline_ms', '')
+local ttl = tonumber(f[6])
+if ttl and ttl > 0 then
+  for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], ttl) end
+end
+return {'ok', epoch, f[1], f[5] or ''}
+"""
+)
+
+#: KEYS: record, frames, requests, cuts, claims. ARGV: window ms, margin ms.
+#: Returns 1, or 0 when there is no such session.
+DETACH = (
+    _NOW_MS
+    + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local window = tonumber(ARGV[1])
+redis.call('HSET', KEYS[1], 'deadline_ms', string.format('%.0f', now_ms() + window))
+for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], window + tonumber(ARGV[2])) end
+return 1
+"""
+)
+
+#: KEYS: requests, claims. ARGV: request id, dead node, fallback TTL ms.
+#: Returns 1 for the one caller that claims the request, 0 for every other.
+CLAIM_REQUEST = """
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 0 then return 0 end
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl <= 0 then ttl = tonumber(ARGV[3]) end
+redis.call('PEXPIRE', KEYS[2], ttl)
+return 1
+"""
+
+#: KEYS: record. ARGV: field, value. Sets the field only on an existing record, so
+#: no record is ever created without its TTL. Returns 1, or 0 when there is none.
+UPDATE_RECORD = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
