@@ -498,7 +498,7 @@ class ClusterNode:
             )
         await refuse_resume(
             ws,
-            session_id=None,
+            session_id=message.session_id,
             msg_id=f"{self.node_id[:16]}-r{secrets.token_hex(3)}",
             ref=message.msg_id,
             code=code,

@@ -28,6 +28,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager, suppress
 from typing import Any, NoReturn, cast
 
+import anyio
 import coredis
 import trio
 from coredis.exceptions import RedisError
@@ -61,7 +62,17 @@ DETACH_MARGIN_S = 5.0
 #: The TTL of a claim when its request book has none (it always has one).
 CLAIM_FALLBACK_TTL_S = 3600.0
 #: What a store error is, whichever layer raised it.
-STORE_ERRORS = (RedisError, TimeoutError, OSError, trio.TooSlowError)
+#: What coredis raises when the server or a connection is gone (anyio's stream errors
+#: escape it when a connection is torn down under a call).
+STORE_ERRORS = (
+    RedisError,
+    TimeoutError,
+    OSError,
+    trio.TooSlowError,
+    anyio.ClosedResourceError,
+    anyio.BrokenResourceError,
+    anyio.EndOfStream,
+)
 
 
 class _SlotKeepingPool(ConnectionPool[Any]):
@@ -200,7 +211,7 @@ def _decode_control(data: bytes | str) -> ControlMessage:
     """A control message from its JSON; raises ``ValueError``/``TypeError``/``KeyError`` on junk."""
     body = json.loads(data)
     kind = body["kind"]
-    if kind not in ("interrupt", "moved"):
+    if kind not in ("interrupt", "moved", "flushed"):
         raise ValueError(f"unknown control message kind {kind!r}")
     return ControlMessage(
         kind=kind,
@@ -332,7 +343,7 @@ class RedisStore:
         )
         # What the subscription itself raises: coredis's errors, and the keepalive PING's
         # timeout (the body's own exceptions come out as they are).
-        broken = (RedisError, TimeoutError)
+        broken = STORE_ERRORS
         try:
             async with pubsub:
                 yield _ControlMessages(pubsub, channel)

@@ -162,7 +162,7 @@ def _gap_done(request_id: str, frames: int, session_id: str, msg_ids: MessageIds
 async def refuse_resume(
     ws: WebSocketConnection,
     *,
-    session_id: str | None,
+    session_id: str,
     msg_id: str,
     ref: str | None,
     code: ErrorCode,

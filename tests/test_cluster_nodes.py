@@ -1,0 +1,171 @@
+"""Two or three nodes of a cluster in one process, on a real redis-server.
+
+A session opened on node A is resumed on node B: B replays what the client missed
+from the store and relays what A still writes; an INTERRUPT read on B cuts a
+request running on A; a request whose node died ends with DONE NODE_LOST; two
+RESUMEs racing on two nodes: exactly one wins. The same over real processes and
+HAProxy: tests/test_cluster_processes.py.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+import trio
+
+from tests.cluster_nodes import Nodes
+from tests.test_resume_sockets import drop, is_done, read, read_until, resume_frame, seqs
+from trio_agent import agents as builtin
+from trio_agent.testing.processes import redis_executable, redis_server
+from trio_agent.testing.wire import connect
+
+pytestmark = [
+    pytest.mark.redis,
+    pytest.mark.skipif(
+        redis_executable() is None,
+        reason="no redis-server or valkey-server on PATH (Debian: apt-get install redis-server)",
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    with redis_server() as server:
+        yield server.url
+
+
+@pytest.fixture
+async def nodes(nursery: trio.Nursery, redis_url: str) -> AsyncIterator[Nodes]:
+    yield Nodes(nursery, redis_url)
+
+
+def lorem_agents() -> dict[str, Any]:
+    return {"lorem": builtin.lorem}
+
+
+async def test_a_session_resumed_on_another_node_gets_every_frame_once(nodes: Nodes) -> None:
+    a = await nodes.start("a", lorem_agents())
+    b = await nodes.start("b", lorem_agents())
+    words = 80
+    async with connect(a.server, "socket") as c1:
+        await c1.request("r1", agent="lorem", words=words, words_per_s=200)
+        first = await read_until(c1, lambda f: f["msg_type"] == "STREAM" and f["seq"] == 9)
+        await drop(c1, "reset")
+    async with connect(b.server, "socket") as c2:
+        await c2.send_raw(resume_frame(c1, last_seq={"r1": 9}))
+        frames = await read_until(c2, is_done("r1"))
+    resumed = frames[0]
+    assert resumed["msg_type"] == "RESUMED"
+    assert resumed["session_id"] == c1.session_id
+    assert resumed["payload"]["requests"] == {"r1": "running"}
+    assert all(f["session_id"] == c1.session_id for f in frames)
+    assert seqs(first, "r1") + seqs(frames, "r1") == list(range(words))
+    dones = [f for f in frames if f["msg_type"] == "DONE"]
+    assert len(dones) == 1
+    assert dones[0]["payload"]["status"] == "completed"
+    assert dones[0]["payload"]["frames"] == words
+    assert b.node.counts["resumes_remote_total"] == 1
+    # A handed the session on: once its request ended, nothing of it is left there.
+    with trio.fail_after(5):
+        await a.server.wait_idle()
+
+
+async def test_a_new_request_after_a_resume_elsewhere_runs_on_the_new_node(nodes: Nodes) -> None:
+    a = await nodes.start("a", lorem_agents())
+    b = await nodes.start("b", lorem_agents())
+    async with connect(a.server, "socket") as c1:
+        await c1.request("r1", agent="lorem", words=3, words_per_s=1000)
+        await read_until(c1, is_done("r1"))
+        await drop(c1, "fin")
+    async with connect(b.server, "socket") as c2:
+        await c2.send_raw(resume_frame(c1))
+        resumed = await read(c2)
+        assert resumed["msg_type"] == "RESUMED"
+        await c2.request("r2", agent="lorem", words=5, words_per_s=1000)
+        frames = await read_until(c2, is_done("r2"))
+        assert seqs(frames, "r2") == list(range(5))
+        session = b.server.sessions[c1.session_id]
+        assert session.registry.has_finished("r2")
+        # Its frames are numbered under the new epoch: no msg_id repeats one of A's.
+        assert all(f["msg_id"].startswith("2-s") for f in [resumed, *frames])
+
+
+async def test_an_interrupt_read_on_b_cuts_a_request_running_on_a(nodes: Nodes) -> None:
+    a = await nodes.start("a", lorem_agents())
+    b = await nodes.start("b", lorem_agents())
+    async with connect(a.server, "socket") as c1:
+        await c1.request("r1", agent="lorem", words=100_000, words_per_s=200)
+        await read_until(c1, lambda f: f["msg_type"] == "STREAM" and f["seq"] == 2)
+        await drop(c1, "reset")
+    async with connect(b.server, "socket") as c2:
+        await c2.send_raw(resume_frame(c1, last_seq={"r1": 2}))
+        before = await read_until(c2, lambda f: f["msg_type"] == "STREAM" and f["seq"] >= 8)
+        await c2.send_raw(
+            json.dumps(
+                {
+                    "msg_type": "INTERRUPT",
+                    "msg_id": "c-int",
+                    "session_id": c1.session_id,
+                    "request_id": "r1",
+                    "payload": {"reason": "barge-in"},
+                }
+            )
+        )
+        after = await read_until(c2, is_done("r1"))
+    ack = next(f for f in after if f["msg_type"] == "INTERRUPT_ACK")
+    assert ack["payload"]["interrupted"] == ["r1"]
+    assert not [f for f in after[after.index(ack) :] if f["msg_type"] == "STREAM"]
+    done = after[-1]
+    assert done["payload"]["status"] == "interrupted"
+    assert done["payload"]["interrupted"] is True
+    received = seqs(before, "r1") + seqs(after, "r1")
+    assert done["payload"]["frames"] == len(received) + 3
+    assert received == list(range(3, 3 + len(received)))
+    # A was told, and cut the request's scope: its session ends there.
+    with trio.fail_after(5):
+        await a.server.wait_idle()
+    assert b.node.counts["interrupts_sent_total"] == 1
+    assert a.node.counts["interrupts_received_total"] == 1
+
+
+async def test_a_request_whose_node_died_ends_with_node_lost(nodes: Nodes) -> None:
+    a = await nodes.start("a", lorem_agents())
+    b = await nodes.start("b", lorem_agents())
+    async with connect(a.server, "socket") as c1:
+        await c1.request("r1", agent="lorem", words=100_000, words_per_s=200)
+        first = await read_until(c1, lambda f: f["msg_type"] == "STREAM" and f["seq"] == 5)
+        # The client has seq 5; node A dies: what A stored is all the cluster has.
+        await a.node.flush(2.0)
+        a.stop()
+    async with connect(b.server, "socket") as c2:
+        await c2.send_raw(resume_frame(c1, last_seq={"r1": 5}))
+        frames = await read_until(c2, is_done("r1"))
+    done = frames[-1]
+    assert done["payload"]["status"] == "failed"
+    assert done["payload"]["error"]["code"] == "NODE_LOST"
+    received = seqs(first, "r1") + seqs(frames, "r1")
+    assert received == list(range(len(received)))
+    assert done["payload"]["frames"] == len(received)
+    assert b.node.counts["node_lost_claims_total"] == 1
+
+
+async def test_two_resumes_racing_on_two_nodes_exactly_one_wins(nodes: Nodes) -> None:
+    a = await nodes.start("a", lorem_agents())
+    b = await nodes.start("b", lorem_agents())
+    async with connect(a.server, "socket") as c1:
+        await drop(c1, "reset")
+    results: dict[str, str] = {}
+
+    async def resume_on(name: str, server: Any) -> None:
+        async with connect(server, "socket") as c:
+            await c.send_raw(resume_frame(c1))
+            frame = await read(c)
+            results[name] = frame["msg_type"] + ":" + frame.get("payload", {}).get("code", "")
+
+    async with trio.open_nursery() as race:
+        race.start_soon(resume_on, "a", a.server)
+        race.start_soon(resume_on, "b", b.server)
+    assert sorted(results.values()) == ["ERROR:RESUME_DENIED", "RESUMED:"]
