@@ -10,7 +10,7 @@ HAProxy: tests/test_cluster_processes.py.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -38,8 +38,8 @@ def redis_url() -> Iterator[str]:
 
 
 @pytest.fixture
-async def nodes(nursery: trio.Nursery, redis_url: str) -> AsyncIterator[Nodes]:
-    yield Nodes(nursery, redis_url)
+async def nodes(nursery: trio.Nursery, redis_url: str) -> Nodes:
+    return Nodes(nursery, redis_url)
 
 
 def lorem_agents() -> dict[str, Any]:
