@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import trio
 
+from http_client import fetch
 from tests.cluster_nodes import Nodes
 from tests.test_resume_sockets import drop, is_done, read, read_until, resume_frame, seqs
 from trio_agent import agents as builtin
@@ -169,3 +170,41 @@ async def test_two_resumes_racing_on_two_nodes_exactly_one_wins(nodes: Nodes) ->
         race.start_soon(resume_on, "a", a.server)
         race.start_soon(resume_on, "b", b.server)
     assert sorted(results.values()) == ["ERROR:RESUME_DENIED", "RESUMED:"]
+
+
+async def wait_for_problem(node: Any, present: bool) -> None:
+    with trio.fail_after(10):
+        while (node.problem is not None) != present:
+            await node.problem_changed.wait()
+
+
+async def test_redis_restarted_under_load_replies_go_on_and_resume_elsewhere_works_again(
+    nursery: trio.Nursery,
+) -> None:
+    with redis_server() as redis:
+        nodes = Nodes(nursery, redis.url)
+        a = await nodes.start("a", lorem_agents())
+        b = await nodes.start("b", lorem_agents())
+        words = 400
+        async with connect(a.server, "socket") as c1:
+            await c1.request("r1", agent="lorem", words=words, words_per_s=400)
+            first = await read_until(c1, lambda f: f["msg_type"] == "STREAM" and f["seq"] == 5)
+            await trio.to_thread.run_sync(redis.kill)
+            # The reply goes on while the store is gone; the node says it is degraded.
+            first += await read_until(c1, lambda f: f["msg_type"] == "STREAM" and f["seq"] == 60)
+            await wait_for_problem(a.node, True)
+            ready = await fetch(a.server, "/readyz")
+            assert ready.status == 200
+            assert b"degraded: store unreachable" in ready.body
+            await trio.to_thread.run_sync(redis.restart)
+            await wait_for_problem(a.node, False)
+            await a.node.flush(5.0)  # (what the node wrote anew is stored)
+            last = seqs(first, "r1")[-1]
+            await drop(c1, "reset")
+        async with connect(b.server, "socket") as c2:
+            await c2.send_raw(resume_frame(c1, last_seq={"r1": last}))
+            frames = await read_until(c2, is_done("r1"))
+    assert frames[0]["msg_type"] == "RESUMED"
+    assert seqs(first, "r1") + seqs(frames, "r1") == list(range(words))
+    assert frames[-1]["payload"]["frames"] == words
+    assert a.node.counts["store_errors_total"] >= 1

@@ -76,7 +76,7 @@ class Mirror:
     ) -> None:
         self._store = store
         self._max_queued = max_queued
-        self._max_frames = max_frames
+        self.max_frames = max_frames
         self._ttl_s = ttl_s
         self._on_trouble = on_trouble
         self._queue: deque[_Queued] = deque()
@@ -160,7 +160,7 @@ class Mirror:
             if len(batch) >= _BATCH or not isinstance(queued.item, _WRITES):
                 break
             batch.append(queued.item)
-        await self._store.write(batch, max_frames=self._max_frames, ttl_s=self._ttl_s)
+        await self._store.write(batch, max_frames=self.max_frames, ttl_s=self._ttl_s)
         for _ in batch:
             self._queue.popleft()
         self.written_total += len(batch)

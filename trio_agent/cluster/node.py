@@ -19,6 +19,7 @@ What lives where and what each failure loses: ``docs/cluster.md``.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import socket
@@ -42,6 +43,7 @@ from trio_agent.cluster.store import (
     StoredSort,
     StoreUnavailable,
     TakeOverVerdict,
+    Write,
 )
 from trio_agent.cluster.stream_replay import restore_stream
 from trio_agent.protocol.messages import ErrorCode, ResumeMessage
@@ -70,6 +72,15 @@ _FRAME_BYTES_ESTIMATE = 64
 _RETRY_S = 0.5
 
 
+def _done_frames(data: str | bytes) -> int:
+    """A rendered DONE's ``payload.frames`` (-1 when it cannot be read)."""
+    try:
+        frames = json.loads(data)["payload"]["frames"]
+    except (ValueError, KeyError, TypeError):
+        return -1
+    return frames if isinstance(frames, int) else -1
+
+
 def default_node_id() -> str:
     """``<host>-<pid>-<random>``: unique across restarts of one host."""
     host = socket.gethostname().split(".")[0][:32] or "node"
@@ -96,6 +107,8 @@ class ClusterNode:
         #: The time to live of a session's keys; refreshed while it is attached.
         self._ttl_s = max(60.0, 4 * config.resume_window_s)
         self._problem: str | None = None
+        #: Set (and replaced) whenever :attr:`problem` comes or goes.
+        self.problem_changed = trio.Event()
         self.mirror = Mirror(
             store,
             max_queued=MAX_QUEUED,
@@ -134,10 +147,14 @@ class ClusterNode:
         if problem is not None and self._problem is None:
             logger.warning("store unreachable: resume across nodes is unavailable", error=problem)
         elif problem is None and self._problem is not None:
-            logger.info("store reachable again")
+            logger.info("store reachable again: writing the held sessions anew")
+            self._resync_all()
         if problem is not None:
             self.counts["store_errors_total"] += 1
             problem = f"store unreachable ({problem[:200]})"
+        if (problem is None) != (self._problem is None):
+            self.problem_changed.set()
+            self.problem_changed = trio.Event()
         self._problem = problem
 
     def stats(self) -> dict[str, float]:
@@ -277,6 +294,51 @@ class ClusterNode:
 
     def _held(self) -> list[Session]:
         return list(self._server.sessions.values())
+
+    def _resync_all(self) -> None:
+        """The store is back: it may have lost what it held (a restart), and writes
+        failed meanwhile. Write each session held here anew, from its replay buffer,
+        so it can be resumed on any node again (and a session lost to the cluster
+        comes back). Queued behind the writes already waiting, which it replaces."""
+        for session in self._held():
+            if session.moved_to is None and not session.ended and session.replay is not None:
+                self.mirror.lost.discard(session.session_id)
+                self.mirror.add(self._resync_job(session), session.session_id)
+
+    def _resync_job(self, session: Session) -> Callable[[], Awaitable[None]]:
+        session_id = session.session_id
+
+        async def resync() -> None:
+            digest = self._server.resume_book.digest(session_id)
+            if digest is None or session.replay is None or session.moved_to is not None:
+                return
+            await self._store.open_session(
+                session_id,
+                owner=self.node_id,
+                token_digest=digest,
+                ttl_s=self._ttl_s,
+                epoch=self._epochs.get(session_id, 1),
+            )
+            batch: list[Write] = [
+                RequestStarted(session_id, record.request_id, record.runs_on or self.node_id)
+                for record in session.registry.running()
+            ]
+            for request_id, sort, seq, data in session.replay.held():
+                frames = _done_frames(data) if sort is FrameSort.DONE else -1
+                batch.append(
+                    FrameWrite(
+                        session_id, request_id, _STORED[sort], seq, data, self.node_id, frames
+                    )
+                )
+                if sort is FrameSort.DONE:
+                    batch.append(RequestEnded(session_id, request_id))
+            await self._store.write(batch, max_frames=self.mirror.max_frames, ttl_s=self._ttl_s)
+            deadline = self._server.resume_book.deadline(session_id)
+            if deadline is not None:
+                window_s = max(0.0, deadline - trio.current_time())
+                await self._store.detach(session_id, window_s=window_s)
+
+        return resync
 
     # ------------------------------------------------------------------ ClusterLink
 

@@ -355,10 +355,10 @@ class RedisStore:
     # -- sessions ----------------------------------------------------------------
 
     async def open_session(
-        self, session_id: str, *, owner: str, token_digest: str, ttl_s: float
+        self, session_id: str, *, owner: str, token_digest: str, ttl_s: float, epoch: int = 1
     ) -> None:
         """One pipeline: ``DEL`` whatever an earlier session of that id left, ``HSET``
-        the record (epoch 1), ``PEXPIRE`` it."""
+        the record (at ``epoch``), ``PEXPIRE`` it."""
         keys = _SessionKeys(self._prefix, session_id)
         now = str(int(time.time() * 1000))
         with self._call("open_session"):
@@ -368,7 +368,7 @@ class RedisStore:
                     keys.record,
                     {
                         "owner": owner,
-                        "epoch": "1",
+                        "epoch": str(epoch),
                         "digest": token_digest,
                         "created_ms": now,
                         "last_seen_ms": now,

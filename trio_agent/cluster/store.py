@@ -186,9 +186,11 @@ class ClusterStore(Protocol):
     # -- sessions ----------------------------------------------------------------
 
     async def open_session(
-        self, session_id: str, *, owner: str, token_digest: str, ttl_s: float
+        self, session_id: str, *, owner: str, token_digest: str, ttl_s: float, epoch: int = 1
     ) -> None:
-        """Create the session's record (owner, epoch 1, token digest, created, last seen)."""
+        """Create the session's record (owner, epoch, token digest, created, last seen),
+        replacing whatever the store held of that id (a node that writes a session
+        anew after the store lost it keeps its epoch)."""
         ...
 
     async def take_over(

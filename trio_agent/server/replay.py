@@ -147,6 +147,14 @@ class ReplayBuffer:
         )
         return Replay(frames, track.done_written)
 
+    def held(self) -> list[tuple[str, FrameSort, int, str | bytes]]:
+        """Every frame held, oldest first: (request id, sort, seq, data)."""
+        return [
+            (request_id, kept.sort, kept.seq, kept.data)
+            for request_id, track in self._tracks.items()
+            for kept in track.kept
+        ]
+
     def evicted_before(self, request_id: str, *, stream_seq: int, audio_seq: int) -> None:
         """Frames of ``request_id`` before ``stream_seq`` (STREAM) and ``audio_seq`` (AUDIO)
         were written but are not held: a buffer rebuilt from a trimmed copy says so,

@@ -105,6 +105,11 @@ class ResumeBook:
         if entry is not None:
             entry.deadline = deadline
 
+    def digest(self, session_id: str) -> str | None:
+        """The hex SHA-256 of the session's current token (what a cluster's store keeps)."""
+        entry = self._entries.get(session_id)
+        return entry.digest.hex() if entry is not None else None
+
     def deadline(self, session_id: str) -> float | None:
         entry = self._entries.get(session_id)
         return entry.deadline if entry is not None else None
