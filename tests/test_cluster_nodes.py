@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 import trio
-
 from http_client import fetch
+
 from tests.cluster_nodes import Nodes
 from tests.test_resume_sockets import drop, is_done, read, read_until, resume_frame, seqs
 from trio_agent import agents as builtin
