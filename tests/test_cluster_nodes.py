@@ -18,7 +18,15 @@ import trio
 from http_client import fetch
 
 from tests.cluster_nodes import Nodes
-from tests.test_resume_sockets import drop, is_done, read, read_until, resume_frame, seqs
+from tests.test_resume_sockets import (
+    close_code,
+    drop,
+    is_done,
+    read,
+    read_until,
+    resume_frame,
+    seqs,
+)
 from trio_agent import agents as builtin
 from trio_agent.testing.processes import redis_executable, redis_server
 from trio_agent.testing.wire import connect
@@ -208,3 +216,82 @@ async def test_redis_restarted_under_load_replies_go_on_and_resume_elsewhere_wor
     assert seqs(first, "r1") + seqs(frames, "r1") == list(range(words))
     assert frames[-1]["payload"]["frames"] == words
     assert a.node.counts["store_errors_total"] >= 1
+
+
+async def test_a_resume_on_the_same_node_is_local(nodes: Nodes) -> None:
+    a = await nodes.start("a", lorem_agents())
+    await nodes.start("b", lorem_agents())
+    async with connect(a.server, "socket") as c1:
+        await c1.request("r1", agent="lorem", words=30, words_per_s=300)
+        first = await read_until(c1, lambda f: f["msg_type"] == "STREAM" and f["seq"] == 3)
+        await drop(c1, "reset")
+    async with connect(a.server, "socket") as c2:
+        await c2.send_raw(resume_frame(c1, last_seq={"r1": 3}))
+        frames = await read_until(c2, is_done("r1"))
+    assert frames[0]["msg_type"] == "RESUMED"
+    assert seqs(first, "r1") + seqs(frames, "r1") == list(range(30))
+    assert a.node.counts["resumes_local_total"] == 1
+    assert a.node.counts["resumes_remote_total"] == 0
+
+
+async def test_a_zombie_connection_on_the_old_node_is_closed_with_4001(nodes: Nodes) -> None:
+    a = await nodes.start("a", lorem_agents())
+    b = await nodes.start("b", lorem_agents())
+    # The client thinks its connection to A is dead (it is not) and resumes on B.
+    async with connect(a.server, "socket") as zombie, connect(b.server, "socket") as c2:
+        await c2.send_raw(resume_frame(zombie))
+        assert (await read(c2))["msg_type"] == "RESUMED"
+        with trio.fail_after(5):
+            assert await close_code(zombie) == 4001
+
+
+class Remembering:
+    """An agent that remembers, per session, every input it was given, and carries
+    that memory to another node (``export_session_state``/``restore_session_state``)."""
+
+    async def __call__(self, request: Any, stream: Any) -> None:
+        said = request.session_state.setdefault(self, [])
+        said.append(request.input)
+        await stream.send(" | ".join(said))
+
+    def export_session_state(self, session_state: dict[object, Any]) -> object:
+        return session_state.get(self)
+
+    def restore_session_state(self, session_state: dict[object, Any], data: object) -> None:
+        session_state[self] = list(data) if isinstance(data, list) else []
+
+
+async def test_what_an_agent_keeps_follows_the_session_to_another_node(nodes: Nodes) -> None:
+    agent = Remembering()
+    a = await nodes.start("a", {"memo": agent}, default_agent="memo")
+    b = await nodes.start("b", {"memo": agent}, default_agent="memo")
+    async with connect(a.server, "socket") as c1:
+        await c1.send_raw(
+            json.dumps(
+                {
+                    "msg_type": "REQUEST",
+                    "msg_id": "m1",
+                    "request_id": "r1",
+                    "payload": {"input": "first"},
+                }
+            )
+        )
+        await read_until(c1, is_done("r1"))
+        await a.node.flush(5.0)
+        await drop(c1, "fin")
+    async with connect(b.server, "socket") as c2:
+        await c2.send_raw(resume_frame(c1))
+        assert (await read(c2))["msg_type"] == "RESUMED"
+        await c2.send_raw(
+            json.dumps(
+                {
+                    "msg_type": "REQUEST",
+                    "msg_id": "m2",
+                    "request_id": "r2",
+                    "payload": {"input": "second"},
+                }
+            )
+        )
+        frames = await read_until(c2, is_done("r2"))
+    stream = next(f for f in frames if f["msg_type"] == "STREAM")
+    assert stream["payload"]["delta"] == "first | second"

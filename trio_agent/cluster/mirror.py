@@ -99,6 +99,7 @@ class Mirror:
         session lost) when the queue is full or the session is lost already."""
         session_id = session_id if session_id is not None else _session_of(item)
         if session_id is not None and session_id in self.lost:
+            self.dropped_total += 1
             return False
         if len(self._queue) >= self._max_queued:
             self.dropped_total += 1

@@ -213,9 +213,14 @@ class Session(FrameHandling):
         """Wait until the session ends; end it when a detached session's window passes."""
         while self._end is None:
             changed = self._changed
-            if self.moved_to is not None and not self.registry.live_count:
-                # Handed to another node, and every request that ran here has its
-                # DONE in the store: nothing of the session is left here.
+            if (
+                self.moved_to is not None
+                and self.connection is None
+                and not self.registry.live_count
+            ):
+                # Handed to another node, its connection here closed (4001), and
+                # every request that ran here has its DONE in the store: nothing
+                # of the session is left here.
                 self._end_session(SessionEnd(f"moved to node {self.moved_to}"))
                 return
             deadline = (

@@ -1,0 +1,79 @@
+"""The mirror never makes a reply wait for the store: bounded, and a session whose
+frames cannot all be queued is lost to the cluster (deleted from the store), not stalled."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import trio
+import trio.testing
+
+from trio_agent.cluster.mirror import Mirror
+from trio_agent.cluster.store import FrameWrite, StoredSort, StoreUnavailable, Write
+
+
+class SlowStore:
+    """A store whose writes wait until ``open`` is set (or fail while ``down``)."""
+
+    def __init__(self) -> None:
+        self.open = trio.Event()
+        self.down = False
+        self.written: list[Write] = []
+        self.closed: list[str] = []
+
+    async def write(self, batch: Sequence[Write], *, max_frames: int, ttl_s: float) -> None:
+        if self.down:
+            raise StoreUnavailable("down")
+        await self.open.wait()
+        self.written.extend(batch)
+
+    async def close_session(self, session_id: str) -> None:
+        self.closed.append(session_id)
+
+
+def frame(session: str, seq: int) -> FrameWrite:
+    return FrameWrite(session, "r1", StoredSort.STREAM, seq, f"{seq}", "node")
+
+
+async def test_a_full_queue_loses_the_session_instead_of_blocking() -> None:
+    store = SlowStore()
+    troubles: list[str | None] = []
+    mirror = Mirror(store, max_queued=3, max_frames=100, ttl_s=60, on_trouble=troubles.append)  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(mirror.run)
+        await trio.testing.wait_all_tasks_blocked()
+        # Synchronous, never blocking, whatever the store does:
+        results = [mirror.add(frame("s1", seq)) for seq in range(5)]
+        assert results == [True, True, True, False, False]
+        assert mirror.lost == {"s1"}
+        assert not mirror.add(frame("s1", 5))  # lost: nothing more of it is queued
+        assert mirror.add(frame("s2", 0)) is False  # (the queue is still full)
+        store.open.set()
+        with trio.fail_after(5):
+            await mirror.wait_empty()
+        nursery.cancel_scope.cancel()
+    assert [w.seq for w in store.written if isinstance(w, FrameWrite)][:3] == [0, 1, 2]
+    assert "s1" in store.closed  # its hole-y stream is deleted: no resume elsewhere
+    assert mirror.dropped_total == 4
+
+
+async def test_writes_wait_in_order_while_the_store_is_down(autojump_clock: trio.abc.Clock) -> None:
+    store = SlowStore()
+    store.open.set()
+    store.down = True
+    troubles: list[str | None] = []
+    mirror = Mirror(store, max_queued=100, max_frames=100, ttl_s=60, on_trouble=troubles.append)  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(mirror.run)
+        for seq in range(3):
+            mirror.add(frame("s1", seq))
+        await trio.sleep(1.0)
+        assert troubles
+        assert troubles[-1] == "down"
+        assert store.written == []
+        store.down = False
+        with trio.fail_after(5):
+            await mirror.wait_empty()
+        nursery.cancel_scope.cancel()
+    assert [w.seq for w in store.written if isinstance(w, FrameWrite)] == [0, 1, 2]
+    assert troubles[-1] is None
