@@ -59,6 +59,7 @@ from trio_agent.server.resumption import refuse_resume
 
 if TYPE_CHECKING:
     from trio_agent.server.agent_server import AgentServer
+    from trio_agent.server.registry import RequestRecord
     from trio_agent.server.session import Session
 
 __all__ = ["ClusterNode", "default_node_id"]
@@ -452,6 +453,7 @@ class ClusterNode:
             and not local.ended
         ):
             self.counts["resumes_local_total"] += 1
+            local.events.cluster("resumed_here", epoch=taken.epoch)
             self._server.resume_book.reissued(session_id, token)
             return HandOver(local, message, token)
         self.counts["resumes_remote_total"] += 1
@@ -502,6 +504,12 @@ class ClusterNode:
         )
         session = await self._server.adopt_session(session_id, epoch=epoch, token=token)
         session.replay = restored.replay
+        session.events.cluster(
+            "taken_over",
+            epoch=epoch,
+            frames_in_store=len(frames),
+            relayed={rid: r.node_id for rid, r in restored.running.items()},
+        )
         if agent_state:
             restore_session_states(self._server.agents, session.agent_state, agent_state)
         relay = Relay(
@@ -511,7 +519,7 @@ class ClusterNode:
             registry=session.registry,
             lanes=session.lanes,
             poll_s=self._lease_s / 3,
-            on_claim=self._claimed,
+            on_claim=lambda record: self._claimed(session, record),
         )
         for request_id, elsewhere in restored.running.items():
             # The client may hold frames the store does not have yet (a dead owner's
@@ -525,8 +533,9 @@ class ClusterNode:
             )
         return session
 
-    def _claimed(self) -> None:
+    def _claimed(self, session: Session, record: RequestRecord) -> None:
         self.counts["node_lost_claims_total"] += 1
+        session.events.cluster("node_lost_claimed", record.request_id, node=record.runs_on)
 
     async def _resume_here_only(
         self, ws: WebSocketConnection, message: ResumeMessage

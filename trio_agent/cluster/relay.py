@@ -63,7 +63,7 @@ class Relay:
         registry: RequestRegistry,
         lanes: OutboundLanes,
         poll_s: float,
-        on_claim: Callable[[], None],
+        on_claim: Callable[[RequestRecord], None],
     ) -> None:
         self._store = store
         self._session_id = session_id
@@ -117,7 +117,7 @@ class Relay:
             return False
         if not await self._store.claim_request(self._session_id, record.request_id, dead_node=node):
             return False
-        self._on_claim()
+        self._on_claim(record)
         self._end(record, DoneStatus.FAILED, "node lost", _node_lost(node))
         return True
 

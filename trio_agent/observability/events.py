@@ -11,7 +11,7 @@ trace and the metrics see every event.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 from loguru import logger
@@ -120,6 +120,12 @@ class SessionEvents:
     def session_resumed(self, replayed: int, gaps: Sequence[str]) -> None:
         """A connection resumed the session: ``replayed`` frames sent again, ``gaps`` ended."""
         _log.info("session resumed", replayed=replayed, gaps=[clip(g) for g in gaps[:8]])
+
+    def cluster(self, event: str, request_id: str | None = None, **fields: Any) -> None:
+        """A fact of cluster mode (a resume taken over from another node, an INTERRUPT
+        sent to or received from one, a NODE_LOST claim), logged and traced once."""
+        _log.info(f"cluster: {event.replace('_', ' ')}", request_id=request_id, **fields)
+        self._trace.cluster(event, request_id, fields)
 
     def resume_refused(self, verdict: str) -> None:
         """A RESUME read on this (new) session was refused."""

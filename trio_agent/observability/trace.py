@@ -62,6 +62,10 @@ class SessionTrace:
     #: Whether the hooks record anything (a session never needs to ask).
     enabled = False
 
+    # -- cluster mode ---------------------------------------------------------------
+    def cluster(self, event: str, request: str | None, fields: dict[str, Any]) -> None:
+        """A fact of cluster mode (``docs/cluster.md``), recorded as ``cluster_<event>``."""
+
     # -- any task of the session --------------------------------------------------
     def task_started(self, label: str) -> None:
         """The calling task is the session's ``label`` task (:data:`READER`,
@@ -231,6 +235,9 @@ class RecordingSessionTrace(SessionTrace):
                 **{key: clip_value(value) for key, value in fields.items()},
             }
         )
+
+    def cluster(self, event: str, request: str | None, fields: dict[str, Any]) -> None:
+        self._emit(f"cluster_{event}", request, **fields)
 
     def _label(self, task: trio.lowlevel.Task) -> str:
         label = self._tasks.get(task)

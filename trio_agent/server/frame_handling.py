@@ -344,6 +344,7 @@ class FrameHandling:
             if record.runs_on is not None:
                 by_node.setdefault(record.runs_on, []).append(record.request_id)
         for node_id, request_ids in by_node.items():
+            self.events.cluster("interrupt_sent", to_node=node_id, msg_id=msg_id, cut=request_ids)
             self.cluster.interrupt_elsewhere(node_id, self.session_id, msg_id, request_ids, reason)
 
     def cut_from_elsewhere(self, msg_id: str, request_ids: list[str], reason: str) -> None:
@@ -353,6 +354,9 @@ class FrameHandling:
         (after the other node's, which counts what its client got)."""
         for request_id in request_ids:
             decision = self.registry.interrupt(request_id, reason=reason, msg_id=msg_id)
+            self.events.cluster(
+                "interrupt_received", request_id, msg_id=msg_id, cut=bool(decision.cut)
+            )
             self._cut(decision, f"INTERRUPT {msg_id} ({reason}), read on another node")
             for record in decision.cut:
                 if record.defer_done:
