@@ -257,6 +257,8 @@ async def test_a_late_refresh_after_close_does_not_bring_the_session_back(
     await open_one(store)
     await store.close_session("s1")
     await store.write([SessionSeen("s1")], max_frames=100, ttl_s=60)
+    assert await raw.exists(store.keys("s1")) == 0
+    await store.write([stream("s1", "r1", 0)], max_frames=100, ttl_s=60)
     for key in store.keys("s1"):
         assert await raw.pttl(key) != -1, key  # nothing without a TTL
     taken = await store.take_over(

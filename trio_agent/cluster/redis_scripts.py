@@ -14,7 +14,7 @@ The session record is a hash: ``owner``, ``epoch``, ``digest``, ``created_ms``,
 
 from __future__ import annotations
 
-__all__ = ["CLAIM_REQUEST", "DETACH", "TAKE_OVER", "UPDATE_RECORD"]
+__all__ = ["CLAIM_REQUEST", "DETACH", "TAKE_OVER", "TOUCH_SESSION", "UPDATE_RECORD"]
 
 #: Redis's clock in milliseconds, as a Lua number.
 _NOW_MS = """
@@ -80,5 +80,17 @@ return 1
 UPDATE_RECORD = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
+#: KEYS: record, frames, requests, cuts, claims. ARGV: now ms, TTL ms. The session
+#: was seen: ``last_seen_ms`` (on an existing record only) and every key's TTL, in
+#: one command (sent with ``EVAL`` inside the write pipeline: ``EVALSHA`` there would
+#: cost coredis a ``SCRIPT EXISTS`` round trip first).
+TOUCH_SESSION = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HSET', KEYS[1], 'last_seen_ms', ARGV[1])
+end
+for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], ARGV[2]) end
 return 1
 """

@@ -431,7 +431,9 @@ class RedisStore:
     async def write(self, batch: Sequence[Write], *, max_frames: int, ttl_s: float) -> None:
         """One pipeline (one round trip, not a transaction): per write, in order, ``XADD
         MAXLEN ~``, ``HSET``/``HDEL`` on the request book and its claims; then, for every
-        session the batch names, ``HSET last_seen_ms`` and ``PEXPIRE`` of all its keys."""
+        session the batch names, the ``TOUCH_SESSION`` script: ``last_seen_ms`` and the
+        TTL of all its keys (they live and die together: a request book that expired
+        before its stream would say nothing runs while frames still come)."""
         if not batch:
             return
         sessions: dict[str, _SessionKeys] = {}
@@ -461,9 +463,7 @@ class RedisStore:
                     else:
                         assert isinstance(item, SessionSeen)
                 for keys in sessions.values():
-                    pipe.hset(keys.record, {"last_seen_ms": now})
-                    for key in keys.all:
-                        pipe.pexpire(key, _ms(ttl_s))
+                    pipe.eval(redis_scripts.TOUCH_SESSION, keys.all, [now, str(_ms(ttl_s))])
 
     async def read_frames(self, session_id: str, after: str = "0") -> list[StoredFrame]:
         """``XRANGE frames (<after> +``: oldest first."""
