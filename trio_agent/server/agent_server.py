@@ -71,6 +71,8 @@ class AgentServer:
         ``config.trace``, if any, which the server closes when :meth:`run` returns.
     :param synthesizer: what speaks replies (:mod:`trio_agent.speech.synthesizers`); by
         default the one ``config.speech`` selects.
+    :param reuse_port: listen with ``SO_REUSEPORT``, sharing the port with other
+        processes (the workers of ``serve --workers N``).
 
     Use ``server = await nursery.start(AgentServer(config).run)`` to get the server
     back once it listens (its :attr:`port` is then the real one, even for port 0).
@@ -83,8 +85,10 @@ class AgentServer:
         *,
         trace: Tracer | None = None,
         synthesizer: Synthesizer | None = None,
+        reuse_port: bool = False,
     ) -> None:
         self.config = config or ServerConfig()
+        self._reuse_port = reuse_port
         self.synthesizer = (
             synthesizer if synthesizer is not None else select_synthesizer(self.config.speech)
         )
@@ -155,6 +159,7 @@ class AgentServer:
             metrics_token=self.config.metrics_token or None,
             metrics_cache_s=self.config.metrics_cache_s,
             clock=trio.current_time,
+            node=self.config.node_id or None,
         )
 
     @property
@@ -275,7 +280,9 @@ class AgentServer:
         in the server nursery (not under this scope: stopping the listener keeps them)."""
         assert self._nursery is not None
         with scope:
-            listeners = await open_listeners(self.config, self._ssl_context)
+            listeners = await open_listeners(
+                self.config, self._ssl_context, reuse_port=self._reuse_port
+            )
             # Not trio.serve_listeners: at the fd limit it logs a traceback every
             # 100 ms; this one backs off and logs once a second (accept.py).
             await serve_listeners(
@@ -555,7 +562,10 @@ def _count_tasks(nursery: trio.Nursery) -> int:
 
 
 async def serve(
-    config: ServerConfig | None = None, agents: Mapping[str, Agent] | None = None
+    config: ServerConfig | None = None,
+    agents: Mapping[str, Agent] | None = None,
+    *,
+    reuse_port: bool = False,
 ) -> None:
     """Run a server until SIGINT or SIGTERM, then shut down gracefully and return.
 
@@ -563,7 +573,7 @@ async def serve(
     (:meth:`AgentServer.drain`): what a deploy or a scale-down sends. A second
     signal during the shutdown or the drain cancels what is left at once.
     """
-    server = AgentServer(config, agents)
+    server = AgentServer(config, agents, reuse_port=reuse_port)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
 
