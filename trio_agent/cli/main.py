@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import functools
+import os
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -17,7 +19,8 @@ from trio_agent.cli.chat import add_chat_arguments, chat_main
 from trio_agent.cli.demo import add_arguments as add_demo_arguments
 from trio_agent.cli.demo import run_from_args as run_demo
 from trio_agent.observability.logs import configure_logging
-from trio_agent.server.config import add_config_arguments, config_from
+from trio_agent.server.config import ServerConfig, add_config_arguments, config_from
+from trio_agent.server.transport import REUSE_PORT_VARIABLE
 from trio_agent.settings import add_arguments
 
 
@@ -70,14 +73,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValueError as exc:
             parser.error(str(exc))
         configure_logging(config.log_level, config.log_format)
+        if config.workers > 1:
+            return _serve_workers(parser, list(sys.argv[1:] if argv is None else argv), config)
+        reuse_port = os.environ.get(REUSE_PORT_VARIABLE) == "1"
         if config.clustered:
             from trio_agent.cluster.serve import serve_node
 
-            trio.run(serve_node, config, agents)
+            trio.run(functools.partial(serve_node, config, agents, reuse_port=reuse_port))
             return 0
         from trio_agent.server.agent_server import serve
 
-        trio.run(serve, config, agents)
+        trio.run(functools.partial(serve, config, agents, reuse_port=reuse_port))
         return 0
     if args.command == "chat":
         configure_logging("WARNING")
@@ -87,6 +93,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_demo(args)
     parser.error(f"unknown command {args.command}")  # pragma: no cover
     return 2
+
+
+def _serve_workers(parser: argparse.ArgumentParser, argv: list[str], config: ServerConfig) -> int:
+    """``serve --workers N``: the workers get the same flags (``argv`` without the
+    ``serve`` in front), each its own ``--node-id`` (trio_agent/cli/workers.py)."""
+    from trio_agent.cli.workers import run_workers
+
+    flags = argv[argv.index("serve") + 1 :] if "serve" in argv else argv
+    try:
+        return run_workers(flags, config)
+    except ValueError as exc:
+        parser.error(str(exc))
+        return 2  # pragma: no cover
 
 
 def _bench(argv: list[str]) -> int:

@@ -17,16 +17,18 @@ __all__ = ["serve_node"]
 FLUSH_TIMEOUT_S = 2.0
 
 
-async def serve_node(config: ServerConfig, agents: Mapping[str, Agent] | None = None) -> None:
+async def serve_node(
+    config: ServerConfig, agents: Mapping[str, Agent] | None = None, *, reuse_port: bool = False
+) -> None:
     """Serve as a node of the cluster on ``config.redis_url`` until SIGINT or SIGTERM.
 
-    The node's tasks (lease, control channel, mirror) start before the server
+    ``reuse_port``: listen with ``SO_REUSEPORT`` (one of ``--workers``). The node's tasks (lease, control channel, mirror) start before the server
     listens and stop after it has drained, once what it wrote has reached the
     store (bounded by :data:`FLUSH_TIMEOUT_S`) and its lease is released.
     """
     from trio_agent.cluster.redis_store import open_redis_store
 
-    server = AgentServer(config, agents)
+    server = AgentServer(config, agents, reuse_port=reuse_port)
     async with open_redis_store(config.redis_url) as store:
         node = ClusterNode(server, store)
         async with trio.open_nursery() as nursery:

@@ -26,12 +26,19 @@ from trio_agent.agents import Agent, agent_entry, builtin_agents, open_agents
 from trio_agent.observability.blocking import report_blocking_tasks
 from trio_agent.observability.metrics import ServerMetrics
 from trio_agent.observability.trace import Tracer, tracer_for
-from trio_agent.protocol.messages import AudioFormat, Limits, ResumeMessage, SessionPayload
+from trio_agent.protocol.messages import (
+    AudioFormat,
+    CloseCode,
+    Limits,
+    ResumeMessage,
+    SessionPayload,
+)
 from trio_agent.server.accept import serve_listeners
 from trio_agent.server.admission import AdmissionPolicy, HandshakeFacts, Refuse, admit
 from trio_agent.server.cluster_link import ClusterLink, ClusterResume
 from trio_agent.server.config import ServerConfig
 from trio_agent.server.cork import CorkableStream
+from trio_agent.server.drain import drain_sessions
 from trio_agent.server.frame_budget import FrameBudgetStream
 from trio_agent.server.redaction import redact_subprotocols, redact_target
 from trio_agent.server.resume_book import Redeemed, ResumeBook
@@ -65,6 +72,8 @@ class AgentServer:
         ``config.trace``, if any, which the server closes when :meth:`run` returns.
     :param synthesizer: what speaks replies (:mod:`trio_agent.speech.synthesizers`); by
         default the one ``config.speech`` selects.
+    :param reuse_port: listen with ``SO_REUSEPORT``, sharing the port with other
+        processes (the workers of ``serve --workers N``).
 
     Use ``server = await nursery.start(AgentServer(config).run)`` to get the server
     back once it listens (its :attr:`port` is then the real one, even for port 0).
@@ -77,8 +86,10 @@ class AgentServer:
         *,
         trace: Tracer | None = None,
         synthesizer: Synthesizer | None = None,
+        reuse_port: bool = False,
     ) -> None:
         self.config = config or ServerConfig()
+        self._reuse_port = reuse_port
         self.synthesizer = (
             synthesizer if synthesizer is not None else select_synthesizer(self.config.speech)
         )
@@ -91,6 +102,12 @@ class AgentServer:
         self.sessions_total = 0
         self._shutdown_requested = trio.Event()
         self._shutdown_reason = "server shutting down"
+        #: Whether the shutdown asked for is a drain (:meth:`drain`), and so the close code.
+        self._draining = False
+        self._close_code = CloseCode.GOING_AWAY
+        #: Set when idle HTTP connections should close: at once on a shutdown, after
+        #: the drain (a draining node still answers /readyz, with 503).
+        self._http_closing = trio.Event()
         self._connections = 0
         self._no_connections = trio.Event()
         self._no_connections.set()
@@ -146,6 +163,7 @@ class AgentServer:
             metrics_token=self.config.metrics_token or None,
             metrics_cache_s=self.config.metrics_cache_s,
             clock=trio.current_time,
+            node=self.config.node_id or None,
         )
 
     @property
@@ -166,6 +184,12 @@ class AgentServer:
     @property
     def shutting_down(self) -> bool:
         return self._shutdown_requested.is_set()
+
+    @property
+    def draining(self) -> bool:
+        """Whether this node drains (:meth:`drain`): a resume of a session it does not
+        hold must then be refused, so that the client resumes on another node."""
+        return self._draining
 
     async def run(
         self, *, task_status: trio.TaskStatus[AgentServer] = trio.TASK_STATUS_IGNORED
@@ -198,11 +222,21 @@ class AgentServer:
             task_status.started(self)
             await self._shutdown_requested.wait()
 
-            logger.info("shutting down", reason=self._shutdown_reason, sessions=len(self.sessions))
-            listener_scope.cancel(reason="shutdown")
-            for session in list(self.sessions.values()):
-                session.begin_shutdown(self._shutdown_reason)
-            with trio.move_on_after(self.config.shutdown_grace_s + 1.0) as grace:
+            logger.info(
+                "draining" if self._draining else "shutting down",
+                reason=self._shutdown_reason,
+                sessions=len(self.sessions),
+            )
+            if self._draining:
+                give_up_at = await drain_sessions(list(self.sessions.values()), self.config.drain_s)
+                listener_scope.cancel(reason="drained")
+                self._http_closing.set()
+            else:
+                listener_scope.cancel(reason="shutdown")
+                for session in list(self.sessions.values()):
+                    session.begin_shutdown(self._shutdown_reason)
+                give_up_at = trio.current_time() + self.config.shutdown_grace_s + 1.0
+            with trio.move_on_at(give_up_at) as grace:
                 await self._no_connections.wait()
                 await self._no_sessions.wait()
             if grace.cancelled_caught:
@@ -220,6 +254,25 @@ class AgentServer:
         if not self._shutdown_requested.is_set():
             self._shutdown_reason = reason
             self._shutdown_requested.set()
+            if not self._draining:
+                self._http_closing.set()
+
+    def drain(self, reason: str = "node draining") -> None:
+        """Ask :meth:`run` to drain this node of a cluster, then return (what SIGTERM
+        does in cluster mode; ``docs/cluster.md``, "Drain"). Never blocks.
+
+        At once ``/readyz`` answers 503 and handshakes are refused with 503. Each
+        session is closed with 1012 as soon as it has no request running
+        (:meth:`Session.drain <trio_agent.server.drain.SessionDrain.drain>`); after
+        ``drain_s`` the requests still running end with ``DONE{status: shutdown}``
+        and their connections close with 1012 too. The listener answers until then
+        (sessions opened meanwhile end at once), and :meth:`run` returns within
+        ``drain_s`` + 2 s. Ignored once a shutdown or a drain has begun.
+        """
+        if not self._shutdown_requested.is_set():
+            self._draining = True
+            self._close_code = CloseCode.SERVICE_RESTART
+            self.shutdown(reason)
 
     async def _listen(
         self,
@@ -231,7 +284,9 @@ class AgentServer:
         in the server nursery (not under this scope: stopping the listener keeps them)."""
         assert self._nursery is not None
         with scope:
-            listeners = await open_listeners(self.config, self._ssl_context)
+            listeners = await open_listeners(
+                self.config, self._ssl_context, reuse_port=self._reuse_port
+            )
             # Not trio.serve_listeners: at the fd limit it logs a traceback every
             # 100 ms; this one backs off and logs once a second (accept.py).
             await serve_listeners(
@@ -359,7 +414,7 @@ class AgentServer:
         self._no_sessions = trio.Event()
         await sessions.start(self._run_session, session, name=f"session {session.session_id}")
         if self.shutting_down:
-            session.begin_shutdown(self._shutdown_reason)
+            session.begin_shutdown(self._shutdown_reason, self._close_code)
         return session
 
     async def adopt_session(self, session_id: str, *, epoch: int, token: str) -> Session:
@@ -425,7 +480,7 @@ class AgentServer:
                 guarded,
                 self.web,
                 head_timeout_s=self.config.handshake_timeout_s,
-                draining=self._shutdown_requested,
+                draining=self._http_closing,
             )
             if upgraded is None:
                 return
@@ -549,19 +604,24 @@ def _count_tasks(nursery: trio.Nursery) -> int:
 
 
 async def serve(
-    config: ServerConfig | None = None, agents: Mapping[str, Agent] | None = None
+    config: ServerConfig | None = None,
+    agents: Mapping[str, Agent] | None = None,
+    *,
+    reuse_port: bool = False,
 ) -> None:
     """Run a server until SIGINT or SIGTERM, then shut down gracefully and return.
 
-    A second signal during the drain cancels what is left at once.
+    In cluster mode (``config.clustered``) SIGTERM drains the node instead
+    (:meth:`AgentServer.drain`): what a deploy or a scale-down sends. A second
+    signal during the shutdown or the drain cancels what is left at once.
     """
-    await serve_server(AgentServer(config, agents))
+    await serve_server(AgentServer(config, agents, reuse_port=reuse_port))
 
 
 async def serve_server(server: AgentServer) -> None:
-    """Run ``server`` until SIGINT or SIGTERM, then shut it down gracefully and return
-    (a second signal cancels what is left at once). :func:`serve` with a server built
-    beforehand, e.g. one that a cluster node wraps."""
+    """Run ``server`` until SIGINT or SIGTERM, then shut it down gracefully (or, in
+    cluster mode, drain it) and return; a second signal cancels what is left at once.
+    :func:`serve` with a server built beforehand, e.g. one that a cluster node wraps."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
 
@@ -569,7 +629,10 @@ async def serve_server(server: AgentServer) -> None:
                 async for signum in signals:
                     name = signal.Signals(signum).name
                     if not server.shutting_down:
-                        server.shutdown(f"{name} received")
+                        if signum == signal.SIGTERM and server.config.clustered:
+                            server.drain(f"{name} received")
+                        else:
+                            server.shutdown(f"{name} received")
                     else:
                         logger.warning("second signal: stopping now", signal=name)
                         nursery.cancel_scope.cancel(reason=f"second {name}")

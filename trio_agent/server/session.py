@@ -45,6 +45,7 @@ from trio_agent.protocol.messages import (
 from trio_agent.server.cluster_link import ClusterLink, ClusterResume
 from trio_agent.server.connection import Connection, HandOver
 from trio_agent.server.cork import CorkableStream
+from trio_agent.server.drain import SessionDrain
 from trio_agent.server.frame_budget import FrameBudgetStream
 from trio_agent.server.frame_handling import FrameHandling
 from trio_agent.server.lanes import Outbound, OutboundLanes
@@ -75,7 +76,7 @@ TakeOver = Callable[["Session", ResumeMessage], tuple[Redeemed, "Session | None"
 _SORTS = {FrameKind.STREAM: FrameSort.STREAM, FrameKind.AUDIO: FrameSort.AUDIO}
 
 
-class Session(FrameHandling):
+class Session(FrameHandling, SessionDrain):
     """One session. Start :meth:`run` in the server's nursery of sessions, then
     ``await serve(ws)`` in the connection's task.
 
@@ -243,8 +244,11 @@ class Session(FrameHandling):
         self._changed.set()
         self._changed = trio.Event()
 
-    def begin_shutdown(self, reason: str = "server shutting down") -> None:
-        """End every running request with ``DONE{status: shutdown}``, then close with 1001.
+    def begin_shutdown(
+        self, reason: str = "server shutting down", code: CloseCode = CloseCode.GOING_AWAY
+    ) -> None:
+        """End every running request with ``DONE{status: shutdown}``, then close with
+        ``code`` (1001; 1012 when a node drains, :meth:`drain`).
 
         Synchronous: the DONEs are queued on the priority lane right away and the
         reader is cancelled, so no REQUEST read after this starts anything.
@@ -260,7 +264,7 @@ class Session(FrameHandling):
             for record in ending:
                 if not self._push_control(Outbound(FrameKind.DONE, record=record)):
                     break
-            self._end_session(SessionEnd(reason, CloseCode.GOING_AWAY, flush=True))
+            self._end_session(SessionEnd(reason, code, flush=True))
 
     def _end_session(self, end: SessionEnd) -> None:
         """Record why the session ends (the first reason wins) and stop the reader."""

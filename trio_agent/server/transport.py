@@ -211,8 +211,25 @@ async def abort(stream: trio.abc.Stream) -> None:
 Listener = trio.abc.Listener[trio.abc.Stream]
 
 
-async def open_listeners(config: ServerConfig, context: ssl.SSLContext | None) -> list[Listener]:
-    """Listen on ``config.host:config.port``: plain TCP, or TLS with ``context``."""
+#: Set to 1 in the environment of a worker process (``serve --workers N`` sets it):
+#: its listener then shares the port with the other workers (Linux ``SO_REUSEPORT``;
+#: the kernel spreads new connections over them).
+REUSE_PORT_VARIABLE: Final = "TRIO_AGENT_REUSE_PORT"
+
+
+async def open_listeners(
+    config: ServerConfig, context: ssl.SSLContext | None, *, reuse_port: bool = False
+) -> list[Listener]:
+    """Listen on ``config.host:config.port``: plain TCP, or TLS with ``context``.
+
+    ``reuse_port``: set ``SO_REUSEPORT`` before binding, so that several processes
+    (the workers of ``serve --workers N``) listen on the same port.
+    """
+    if reuse_port:
+        tcp = await _open_reuse_port_listeners(config.host, config.port)
+        if context is None:
+            return list(tcp)
+        return [trio.SSLListener(t, context, https_compatible=True) for t in tcp]
     if context is None:
         return list(await trio.open_tcp_listeners(config.port, host=config.host))
     # https_compatible: a peer may close without TLS close_notify, as browsers do;
@@ -222,6 +239,35 @@ async def open_listeners(config: ServerConfig, context: ssl.SSLContext | None) -
             config.port, context, host=config.host, https_compatible=True
         )
     )
+
+
+async def _open_reuse_port_listeners(host: str, port: int) -> list[trio.SocketListener]:
+    """What :func:`trio.open_tcp_listeners` opens, with ``SO_REUSEPORT`` set on each socket."""
+    if not hasattr(socket, "SO_REUSEPORT"):
+        raise OSError("SO_REUSEPORT is not available here: --workers needs Linux (or a BSD)")
+    addresses = await trio.socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    listeners: list[trio.SocketListener] = []
+    try:
+        for family, kind, proto, _, address in addresses:
+            sock = trio.socket.socket(family, kind, proto)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                await sock.bind(address)
+                sock.listen(socket.SOMAXCONN)
+            except BaseException:
+                sock.close()
+                raise
+            listeners.append(trio.SocketListener(sock))
+    except BaseException:
+        for listener in listeners:
+            listener.socket.close()
+        raise
+    return listeners
 
 
 def listening_port(listener: Listener) -> int:

@@ -15,24 +15,30 @@ import trio
 
 from trio_agent.agents import Agent, open_agents
 from trio_agent.server.config import ServerConfig
-from trio_agent.testing.rules import SCENARIOS, AgentCheckFailed, AgentCheckReport
+from trio_agent.testing.rules import (
+    REMOTE_SCENARIOS,
+    SCENARIOS,
+    AgentCheckFailed,
+    AgentCheckReport,
+)
 from trio_agent.testing.scenarios import AGENT, Check
 from trio_agent.testing.step_timer import StepTimer
 
 
 async def check_agent(
-    agent: Agent,
+    agent: Agent | str,
     *,
     name: str | None = None,
     input: str = "Tell me about structured concurrency.",
     options: Mapping[str, Any] | None = None,
-    scenarios: Sequence[str] = SCENARIOS,
+    scenarios: Sequence[str] | None = None,
     completes: bool = True,
     timeout_s: float = 0.05,
     max_step_s: float = 0.2,
     cleanup_grace_s: float = 2.0,
     patience_s: float = 30.0,
     config: ServerConfig | None = None,
+    url: str | None = None,
 ) -> AgentCheckReport:
     """Run ``agent`` through the standard scenarios; raise :class:`AgentCheckFailed` if it
     breaks a guarantee or a rule of conduct. Returns a report when all is well.
@@ -40,7 +46,8 @@ async def check_agent(
     :param name: what to call the agent in messages (default: its type or function name).
     :param input: the REQUEST input every scenario sends.
     :param options: the REQUEST options every scenario sends.
-    :param scenarios: a subset of :data:`SCENARIOS` to run.
+    :param scenarios: a subset of :data:`SCENARIOS` to run (default: all of them;
+        with ``url``, all of :data:`REMOTE_SCENARIOS`).
     :param completes: ``False`` for an agent that streams until it is stopped: the
         "complete" scenario then only checks that it streams, and "interrupt late"
         interrupts after a few frames.
@@ -52,6 +59,10 @@ async def check_agent(
     :param patience_s: the most any one wait of a scenario may take.
     :param config: server settings to check under (default: the defaults with a
         stream lane of 4, so that backpressure comes into play).
+    :param url: check servers that run in other processes instead, at this ``ws://``
+        URL (a cluster behind its load balancer: the ``agent_cluster`` fixture);
+        ``agent`` is then the name of the agent they serve, and only the scenarios
+        that need nothing but the wire can run (:data:`REMOTE_SCENARIOS`).
 
     An agent that is an async context manager is entered for the whole check, as
     the server enters it for as long as it serves: pass one that is not open yet.
@@ -59,13 +70,22 @@ async def check_agent(
     Cancellation: this runs scenarios in the caller's task and nurseries; cancel it
     like anything else. It adds a Trio instrument while it runs and removes it after.
     """
-    unknown = [s for s in scenarios if s not in SCENARIOS]
+    possible = SCENARIOS if url is None else REMOTE_SCENARIOS
+    scenarios = possible if scenarios is None else scenarios
+    unknown = [s for s in scenarios if s not in possible]
     if unknown:
-        raise ValueError(f"unknown scenarios {unknown}; choose from {list(SCENARIOS)}")
-    label = name or getattr(agent, "__name__", None) or type(agent).__name__
+        raise ValueError(f"unknown scenarios {unknown}; choose from {list(possible)}")
+    if (url is not None) != isinstance(agent, str):
+        raise TypeError("pass an agent, or the name of the agent served at url= with url=")
+    label = (
+        name
+        or (agent if isinstance(agent, str) else None)
+        or getattr(agent, "__name__", None)
+        or type(agent).__name__
+    )
     steps = StepTimer()
     check = Check(
-        agent=agent,
+        agent=None if isinstance(agent, str) else agent,
         label=label,
         input=input,
         options=dict(options or {}),
@@ -85,10 +105,12 @@ async def check_agent(
             default_agent=AGENT,
         ),
         steps=steps,
+        url=url,
+        agent_name=agent if isinstance(agent, str) else AGENT,
     )
     trio.lowlevel.add_instrument(steps)
     try:
-        async with open_agents([agent]):
+        async with open_agents([] if isinstance(agent, str) else [agent]):
             await _run_scenarios(check, scenarios, max_step_s)
     finally:
         trio.lowlevel.remove_instrument(steps)

@@ -1,12 +1,14 @@
 """The pytest fixtures of the trio-agent plugin (they need pytest-trio).
 
 ``agent_server`` runs a traced server in the test's nursery; ``agent_client``
-connects to it in strict mode. docs/testing.md shows how to override them.
+connects to it in strict mode; ``agent_cluster`` runs a cluster of processes
+(redis-server, three nodes, HAProxy) for a module. docs/testing.md shows how to
+override them.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Literal
 
 import pytest
@@ -18,6 +20,7 @@ from trio_agent.client import AgentClient, open_agent_client
 from trio_agent.observability.trace import MemoryTracer
 from trio_agent.server.agent_server import AgentServer
 from trio_agent.server.config import ServerConfig
+from trio_agent.testing.cluster import LocalCluster, cluster_unavailable
 
 
 @pytest.fixture
@@ -67,3 +70,16 @@ async def agent_client(
         agent_server.url, strict=True, heartbeat_s=None, stream=stream
     ) as client:
         yield client
+
+
+@pytest.fixture(scope="module")
+def agent_cluster() -> Iterator[LocalCluster]:
+    """redis-server, three nodes serving the built-in agents, and HAProxy in front, as
+    processes on loopback for the test module (:class:`~trio_agent.testing.cluster.LocalCluster`):
+    ``await check_agent("lorem", url=agent_cluster.url)``. Skipped, saying why, when
+    redis-server (or valkey-server) or haproxy is not installed."""
+    why = cluster_unavailable()
+    if why is not None:
+        pytest.skip(f"cluster tests skipped: {why}")
+    with LocalCluster(nodes=3) as cluster:
+        yield cluster

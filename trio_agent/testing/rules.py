@@ -22,6 +22,19 @@ SCENARIOS = (
     "resume mid-stream",
 )
 
+#: The scenarios that can run against servers in other processes (``check_agent(url=...)``):
+#: "conduct" runs the agent itself and "disconnect mid-stream" watches the server's
+#: sessions, so both need it in this process; "resume mid-stream" needs the resume
+#: to reach the session (one server, or a cluster whose core is in place).
+REMOTE_SCENARIOS = (
+    "complete",
+    "interrupt early",
+    "interrupt late",
+    "interrupt all",
+    "concurrent interrupts",
+    "timeout",
+)
+
 #: The protocol guarantees by number, as docs/protocol.md states them (0: the wire format).
 GUARANTEES = {
     0: "every frame is a valid protocol-v1 server message",

@@ -32,7 +32,7 @@ RESUME_WINDOW_S = 30.0
 class Check:
     """One :func:`~trio_agent.testing.check_agent` run: its settings, what it learnt, its report."""
 
-    agent: Agent
+    agent: Agent | None
     label: str
     input: str
     options: dict[str, Any]
@@ -47,6 +47,10 @@ class Check:
     report: AgentCheckReport = field(init=False)
     #: STREAM frames of a complete run (learnt by "complete"; None until then).
     frames: int | None = None
+    #: The ``ws://`` URL of servers in other processes to check instead (``agent`` is then None).
+    url: str | None = None
+    #: The agent's name in each REQUEST.
+    agent_name: str = AGENT
 
     def __post_init__(self) -> None:
         self.report = AgentCheckReport(self.label)
@@ -58,7 +62,12 @@ class Check:
         config = self.config
         if scenario == "resume mid-stream":
             config = replace(config, resume_window_s=RESUME_WINDOW_S)
-        server = AgentServer(config, {AGENT: self.agent}, trace=tracer)
+        server: AgentServer | str
+        if self.url is not None:
+            server = self.url
+        else:
+            assert self.agent is not None
+            server = AgentServer(config, {AGENT: self.agent}, trace=tracer)
         play = {
             "complete": self._complete,
             "interrupt early": self._interrupt_early,
@@ -80,11 +89,12 @@ class Check:
         return scene.findings()
 
     def _request(self, rid: str, **extra: Any) -> dict[str, Any]:
-        return {"input": self.input, "agent": AGENT, "options": self.options, **extra}
+        return {"input": self.input, "agent": self.agent_name, "options": self.options, **extra}
 
     # -- conduct: the agent alone, cancelled inside stream.send ----------------------
 
     async def _conduct(self) -> list[Finding]:
+        assert self.agent is not None
         request = AgentRequest(
             request_id="conduct", input=self.input, options=self.options, session_id="check"
         )
@@ -214,6 +224,7 @@ class Check:
                 await wire.send(scene.request_frame(wire, "gone", self._request("gone")))
                 await scene.until_streams(wire, "gone", 1)
                 await trio.aclose_forcefully(wire.stream)
+            assert isinstance(scene.server, AgentServer)
             with trio.move_on_after(self.cleanup_grace_s + 1.0) as waited:
                 await scene.server.wait_idle()
             if waited.cancelled_caught:

@@ -18,7 +18,7 @@ from trio_agent.observability.timeline import describe
 from trio_agent.observability.trace import MemoryTracer, TraceEvent
 from trio_agent.server.agent_server import AgentServer
 from trio_agent.testing.rules import AGENT_RULES, GUARANTEES, Finding
-from trio_agent.testing.wire import Frame, Transport, WireConnection, open_wire
+from trio_agent.testing.wire import Frame, Transport, WireConnection, open_wire, open_wire_url
 
 
 class Impatient(Exception):
@@ -34,9 +34,14 @@ class Scene:
     """One scenario: its server, its connection, its findings."""
 
     def __init__(
-        self, name: str, server: AgentServer, tracer: MemoryTracer, patience_s: float
+        self,
+        name: str,
+        server: AgentServer | str,
+        tracer: MemoryTracer,
+        patience_s: float,
     ) -> None:
         self.name = name
+        #: The check's server, or the ``ws://`` URL of one in other processes.
         self.server = server
         self.tracer = tracer
         self.patience_s = patience_s
@@ -212,7 +217,13 @@ class Connection:
     def __init__(
         self, scene: Scene, transport: Transport, serve_in: trio.Nursery | None, whole: bool
     ) -> None:
-        self._cm = open_wire(scene.server, transport, serve_in=serve_in)
+        server = scene.server
+        # A server in other processes is reached over TCP, whatever the transport asked.
+        self._cm = (
+            open_wire_url(server)
+            if isinstance(server, str)
+            else open_wire(server, transport, serve_in=serve_in)
+        )
         self._scene = scene
         self._whole = whole
 

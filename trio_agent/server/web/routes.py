@@ -113,6 +113,9 @@ class WebApp:
         client that asks in a loop gets the same body, and the server renders it at
         most once per ``metrics_cache_s`` (0: every time).
     :param clock: a monotonic clock, in seconds: how old a cached ``/metrics`` body is.
+    :param node: this node's id in a cluster (``--node-id``), sent as the
+        ``X-Trio-Agent-Node`` header of ``/healthz`` and ``/readyz`` (which worker or
+        node answered, behind a load balancer); ``None``: no such header.
     """
 
     def __init__(
@@ -128,7 +131,11 @@ class WebApp:
         metrics_token: str | None = None,
         metrics_cache_s: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
+        node: str | None = None,
     ) -> None:
+        self._node_header: tuple[tuple[str, str], ...] = (
+            (("X-Trio-Agent-Node", node),) if node else ()
+        )
         self.websocket_path = websocket_path
         self._host_refusal = host_refusal
         self._metrics_token = metrics_token
@@ -203,16 +210,20 @@ class WebApp:
             allow = ", ".join(m.decode() for m in ALLOWED_METHODS)
             return text_response(405, "method not allowed\n", (("Allow", allow),))
         if routed.route is Route.HEALTH:
-            return text_response(200, "ok\n")
+            return text_response(200, "ok\n", self._node_header)
         if routed.route is Route.READY:
             if self._ready():
                 problem = self._degraded()
                 if problem:
                     # Still ready: sessions are served; only what needs the problem's
                     # part (resume across nodes) is not (docs/cluster.md).
-                    return text_response(200, f"ready, degraded: {problem}\n")
-                return text_response(200, "ready\n")
-            return text_response(503, "draining: not accepting sessions\n", (("Retry-After", "5"),))
+                    return text_response(200, f"ready, degraded: {problem}\n", self._node_header)
+                return text_response(200, "ready\n", self._node_header)
+            return text_response(
+                503,
+                "draining: not accepting sessions\n",
+                (("Retry-After", "5"), *self._node_header),
+            )
         if routed.route is Route.METRICS:
             if not self._may_read_metrics(request):
                 return text_response(
