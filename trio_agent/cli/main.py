@@ -81,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             trio.run(functools.partial(serve_node, config, agents, reuse_port=reuse_port))
             return 0
-        from trio_agent.server.agent_server import serve
+        from trio_agent.server.serving import serve
 
         trio.run(functools.partial(serve, config, agents, reuse_port=reuse_port))
         return 0

@@ -8,8 +8,9 @@ import trio
 
 from trio_agent.agents import Agent
 from trio_agent.cluster.node import ClusterNode
-from trio_agent.server.agent_server import AgentServer, serve_server
+from trio_agent.server.agent_server import AgentServer
 from trio_agent.server.config import ServerConfig
+from trio_agent.server.serving import serve_server
 
 __all__ = ["serve_node"]
 

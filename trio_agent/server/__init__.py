@@ -6,16 +6,14 @@ Start with ``docs/architecture.md``: it draws the cancel-scope tree across
 modules are internal.
 """
 
-from trio_agent.server.agent_server import (
-    AgentServer,
-    serve,
-)
+from trio_agent.server.agent_server import AgentServer
 from trio_agent.server.config import (
     ServerConfig,
     add_config_arguments,
     config_from,
     parse_config,
 )
+from trio_agent.server.serving import serve
 
 __all__ = [
     "AgentServer",

@@ -7,7 +7,6 @@ The top of the cancel-scope tree; a session's failure stays in that session.
 from __future__ import annotations
 
 import secrets
-import signal
 import socket
 from collections import Counter
 from collections.abc import Mapping
@@ -35,8 +34,9 @@ from trio_agent.protocol.messages import (
 )
 from trio_agent.server.accept import serve_listeners
 from trio_agent.server.admission import AdmissionPolicy, HandshakeFacts, Refuse, admit
-from trio_agent.server.cluster_link import ClusterLink, ClusterResume
+from trio_agent.server.cluster_link import ClusterLink
 from trio_agent.server.config import ServerConfig
+from trio_agent.server.connection import ClusterResume
 from trio_agent.server.cork import CorkableStream
 from trio_agent.server.drain import drain_sessions
 from trio_agent.server.frame_budget import FrameBudgetStream
@@ -425,11 +425,8 @@ class AgentServer:
         buffer and relays what still runs elsewhere (:mod:`trio_agent.cluster`).
         """
         assert self._nursery is not None
-        old = self.sessions.get(session_id)
-        if old is not None:
-            # An earlier life of the session here, handed away since: it goes on
-            # only to finish its requests, under another key.
-            del self.sessions[session_id]
+        if (old := self.sessions.pop(session_id, None)) is not None:
+            # An earlier life of it here, handed on since: under another key.
             self.sessions[f"{session_id}#{secrets.token_hex(4)}"] = old
         return await self._open_session(
             self._nursery, session_id=session_id, msg_id_prefix=f"{epoch}-", resume_token=token
@@ -443,11 +440,10 @@ class AgentServer:
         except Exception as exc:
             logger.opt(exception=exc).error("session failed", session_id=session.session_id)
         finally:
-            if self.sessions.get(session.session_id) is session:
-                del self.sessions[session.session_id]
-            else:  # (kept under another key: see adopt_session)
-                for key in [k for k, held in self.sessions.items() if held is session]:
-                    del self.sessions[key]
+            # (Under another key when a later life of it came here: adopt_session.)
+            keys = [session.session_id] if self.sessions.get(session.session_id) is session else []
+            for key in keys or [k for k, held in self.sessions.items() if held is session]:
+                del self.sessions[key]
             if not self.sessions:
                 self._no_sessions.set()
 
@@ -601,42 +597,3 @@ def _count_tasks(nursery: trio.Nursery) -> int:
         for child in task.child_nurseries:
             count += _count_tasks(child)
     return count
-
-
-async def serve(
-    config: ServerConfig | None = None,
-    agents: Mapping[str, Agent] | None = None,
-    *,
-    reuse_port: bool = False,
-) -> None:
-    """Run a server until SIGINT or SIGTERM, then shut down gracefully and return.
-
-    In cluster mode (``config.clustered``) SIGTERM drains the node instead
-    (:meth:`AgentServer.drain`): what a deploy or a scale-down sends. A second
-    signal during the shutdown or the drain cancels what is left at once.
-    """
-    await serve_server(AgentServer(config, agents, reuse_port=reuse_port))
-
-
-async def serve_server(server: AgentServer) -> None:
-    """Run ``server`` until SIGINT or SIGTERM, then shut it down gracefully (or, in
-    cluster mode, drain it) and return; a second signal cancels what is left at once.
-    :func:`serve` with a server built beforehand, e.g. one that a cluster node wraps."""
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with trio.open_nursery() as nursery:
-
-            async def watch_signals() -> None:
-                async for signum in signals:
-                    name = signal.Signals(signum).name
-                    if not server.shutting_down:
-                        if signum == signal.SIGTERM and server.config.clustered:
-                            server.drain(f"{name} received")
-                        else:
-                            server.shutdown(f"{name} received")
-                    else:
-                        logger.warning("second signal: stopping now", signal=name)
-                        nursery.cancel_scope.cancel(reason=f"second {name}")
-
-            nursery.start_soon(watch_signals)
-            await server.run()
-            nursery.cancel_scope.cancel(reason="server stopped")

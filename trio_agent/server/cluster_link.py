@@ -9,7 +9,6 @@ resume on another node, never a reply (``docs/cluster.md``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from trio_agent.protocol.messages import ResumeMessage
@@ -18,17 +17,9 @@ from trio_agent.server.replay import FrameSort
 if TYPE_CHECKING:
     from trio_websocket import WebSocketConnection
 
-    from trio_agent.server.connection import HandOver
+from trio_agent.server.connection import HandOver
 
-__all__ = ["ClusterLink", "ClusterResume"]
-
-
-@dataclass(frozen=True)
-class ClusterResume:
-    """A RESUME read on a node of a cluster: the node decides it (through the
-    store, atomically across nodes) once the reader has handed the socket back."""
-
-    message: ResumeMessage
+__all__ = ["ClusterLink"]
 
 
 class ClusterLink(Protocol):

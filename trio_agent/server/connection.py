@@ -9,7 +9,7 @@ socket; the session's request tasks live elsewhere, in the session's nursery.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import trio
 from trio_websocket import WebSocketConnection
@@ -18,10 +18,7 @@ from trio_agent.protocol.messages import ResumeMessage
 from trio_agent.server.cork import CorkableStream
 from trio_agent.server.session_end import SessionEnd
 
-if TYPE_CHECKING:
-    from trio_agent.server.cluster_link import ClusterResume
-
-__all__ = ["Connection", "HandOver", "Resumable"]
+__all__ = ["ClusterResume", "Connection", "HandOver", "Resumable"]
 
 
 class Resumable(Protocol):
@@ -49,6 +46,14 @@ class HandOver:
     target: Resumable
     message: ResumeMessage
     token: str
+
+
+@dataclass(frozen=True)
+class ClusterResume:
+    """A RESUME read on a node of a cluster: the node decides it (through the
+    store, atomically across nodes) once the reader has handed the socket back."""
+
+    message: ResumeMessage
 
 
 @dataclass(eq=False)

@@ -37,8 +37,8 @@ from trio_agent.protocol.messages import (
     now_ms,
     parse_client_message,
 )
-from trio_agent.server.cluster_link import ClusterLink, ClusterResume
-from trio_agent.server.connection import Connection, HandOver, Resumable
+from trio_agent.server.cluster_link import ClusterLink
+from trio_agent.server.connection import ClusterResume, Connection, HandOver, Resumable
 from trio_agent.server.lanes import LaneOverflow, Outbound, OutboundLanes
 from trio_agent.server.message_ids import MessageIds
 from trio_agent.server.ratelimit import FrameRateLimit, Verdict

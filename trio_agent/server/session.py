@@ -21,7 +21,7 @@ the guarantees a client gets, in ``docs/protocol.md``.
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +29,7 @@ import trio
 from loguru import logger
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
-from trio_agent.agents import Agent, export_session_states
+from trio_agent.agents import Agent
 from trio_agent.observability.events import session_events
 from trio_agent.observability.metrics import NO_METRICS, SessionMetrics
 from trio_agent.observability.trace import NO_TRACE, Tracer
@@ -42,22 +42,23 @@ from trio_agent.protocol.messages import (
     ResumeOffer,
     SessionPayload,
 )
-from trio_agent.server.cluster_link import ClusterLink, ClusterResume
-from trio_agent.server.connection import Connection, HandOver
+from trio_agent.server.cluster_link import ClusterLink
+from trio_agent.server.connection import ClusterResume, Connection, HandOver
 from trio_agent.server.cork import CorkableStream
 from trio_agent.server.drain import SessionDrain
 from trio_agent.server.frame_budget import FrameBudgetStream
 from trio_agent.server.frame_handling import FrameHandling
+from trio_agent.server.handoff import SessionHandoff
 from trio_agent.server.lanes import Outbound, OutboundLanes
 from trio_agent.server.message_ids import MessageIds
 from trio_agent.server.ratelimit import FrameRateLimit
-from trio_agent.server.registry import RequestRecord, RequestRegistry
+from trio_agent.server.registry import RequestRegistry
 from trio_agent.server.replay import FrameSort, ReplayBuffer
 from trio_agent.server.request_runner import RequestRunner
 from trio_agent.server.resume_book import AckLedger, Redeemed, ResumeBook
 from trio_agent.server.resumption import refuse_resume, resume_answer
 from trio_agent.server.session_end import SessionEnd, close_is_resumable
-from trio_agent.server.writer import NOWHERE, Writer
+from trio_agent.server.writer import Writer
 
 if TYPE_CHECKING:
     from trio_agent.server.config import ServerConfig
@@ -76,7 +77,7 @@ TakeOver = Callable[["Session", ResumeMessage], tuple[Redeemed, "Session | None"
 _SORTS = {FrameKind.STREAM: FrameSort.STREAM, FrameKind.AUDIO: FrameSort.AUDIO}
 
 
-class Session(FrameHandling, SessionDrain):
+class Session(FrameHandling, SessionDrain, SessionHandoff):
     """One session. Start :meth:`run` in the server's nursery of sessions, then
     ``await serve(ws)`` in the connection's task.
 
@@ -205,9 +206,13 @@ class Session(FrameHandling, SessionDrain):
                 await self._close(nursery)
             if self._book is not None:
                 self._book.close(self.session_id)
-            if self.cluster is not None and self.moved_to is None:
-                self.cluster.session_closed(self.session_id)
             end = self._end or SessionEnd("session over")
+            if self.cluster is not None and self.moved_to is None:
+                if end.code is CloseCode.SERVICE_RESTART:
+                    # A draining node: the client resumes on another one.
+                    self.cluster.session_detached(self.session_id, self.config.resume_window_s)
+                else:
+                    self.cluster.session_closed(self.session_id)
             self.events.session_closed(end.reason, end.code)
 
     async def _wait_for_end(self) -> None:
@@ -489,72 +494,6 @@ class Session(FrameHandling, SessionDrain):
                 self._share_agent_state(self.cluster)
         if sort is FrameSort.DONE and self.moved_to is not None:
             self._notify()  # (the session may be over here: _wait_for_end)
-
-    # ------------------------------------------------------------------ cluster
-
-    def _share_agent_state(self, cluster: ClusterLink) -> None:
-        """A request ended here: what the agents keep goes to the store, for a node
-        that takes the session over (``trio_agent.agents.portable``)."""
-        if (state := export_session_states(self._agents, self.agent_state)) is not None:
-            cluster.agent_state_changed(self.session_id, state)
-
-    def move_to(self, node_id: str) -> None:
-        """The session was resumed on ``node_id``: stop serving it here.
-
-        Synchronous. A connection still attached (a zombie the client gave up on)
-        is closed with 4001; the requests still running here go on, their frames
-        written to the store only (the other node relays them), and the session
-        ends here once each has its DONE there.
-        """
-        if self.moved_to is not None or self._end is not None:
-            return
-        self.moved_to = node_id
-        if self._book is not None:
-            self._book.close(self.session_id)
-        self.lanes.drop_control()
-        if self.connection is not None:
-            self.connection.ends(
-                SessionEnd(
-                    f"resumed on node {node_id}", CloseCode.RESUMED_ELSEWHERE, resumable=True
-                )
-            )
-        else:
-            self._start_headless_writer()
-        self._notify()
-
-    def relay_request(
-        self,
-        request_id: str,
-        *,
-        node_id: str,
-        next_seq: int,
-        relay: Callable[[RequestRecord], Awaitable[None]],
-    ) -> None:
-        """Cluster: ``request_id`` runs on ``node_id``; the client already has (or gets
-        in the replay) its frames before ``next_seq``. Its task here is ``relay``."""
-        assert self._nursery is not None
-        record = self.registry.admit(request_id, agent="", scope=trio.CancelScope())
-        record.runs_on = node_id
-        record.frames_queued = record.frames_written = next_seq
-        self._requests.start_relay(self._nursery, record, relay)
-
-    def _start_headless_writer(self) -> None:
-        """Write the requests' frames to the store only (see :meth:`move_to`)."""
-        assert self._nursery is not None
-        writer = Writer(
-            NOWHERE,
-            session_id=self.session_id,
-            lanes=self.lanes,
-            registry=self.registry,
-            msg_ids=self._msg_ids,
-            events=self.events,
-            batch_frames=1,
-            cork=None,
-            end_session=self._end_session,
-            on_written=self._frame_written,
-        )
-        self.lanes.writer_back()
-        self._nursery.start_soon(writer.run, name=f"writer {self.session_id} (to the store)")
 
     # ------------------------------------------------------------------ reader
 

@@ -1,0 +1,59 @@
+"""Running a server from a script: until SIGINT or SIGTERM, then a graceful stop.
+
+:func:`serve` is what ``trio-agent serve`` runs; a signal shuts the server down
+(or, in cluster mode, drains it: ``docs/cluster.md``), a second one cancels what
+is left at once.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Mapping
+
+import trio
+from loguru import logger
+
+from trio_agent.agents import Agent
+from trio_agent.server.agent_server import AgentServer
+from trio_agent.server.config import ServerConfig
+
+__all__ = ["serve", "serve_server"]
+
+
+async def serve(
+    config: ServerConfig | None = None,
+    agents: Mapping[str, Agent] | None = None,
+    *,
+    reuse_port: bool = False,
+) -> None:
+    """Run a server until SIGINT or SIGTERM, then shut down gracefully and return.
+
+    In cluster mode (``config.clustered``) SIGTERM drains the node instead
+    (:meth:`AgentServer.drain`): what a deploy or a scale-down sends. A second
+    signal during the shutdown or the drain cancels what is left at once.
+    """
+    await serve_server(AgentServer(config, agents, reuse_port=reuse_port))
+
+
+async def serve_server(server: AgentServer) -> None:
+    """Run ``server`` until SIGINT or SIGTERM, then shut it down gracefully (or, in
+    cluster mode, drain it) and return; a second signal cancels what is left at once.
+    :func:`serve` with a server built beforehand, e.g. one that a cluster node wraps."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def watch_signals() -> None:
+                async for signum in signals:
+                    name = signal.Signals(signum).name
+                    if not server.shutting_down:
+                        if signum == signal.SIGTERM and server.config.clustered:
+                            server.drain(f"{name} received")
+                        else:
+                            server.shutdown(f"{name} received")
+                    else:
+                        logger.warning("second signal: stopping now", signal=name)
+                        nursery.cancel_scope.cancel(reason=f"second {name}")
+
+            nursery.start_soon(watch_signals)
+            await server.run()
+            nursery.cancel_scope.cancel(reason="server stopped")
