@@ -425,6 +425,12 @@ class ClusterNode:
         """Decide a RESUME through the store (atomically across nodes), then serve the
         session held here, or take it over from the node that held it."""
         session_id = message.session_id
+        if self._server.draining:
+            # (A connection opened just before the drain.) The client resumes on
+            # another node; the token is not spent here.
+            self.counts["resumes_refused_total"] += 1
+            await self._refuse(ws, message, Redeemed.UNKNOWN)
+            return None
         token = new_token()
         try:
             taken = await self._store.take_over(
@@ -565,6 +571,7 @@ class ClusterNode:
                 ErrorCode.RESUME_UNKNOWN,
                 "no session to resume in this cluster (unknown, or its window has passed)"
                 + (f"; {self._problem}" if self._problem else "")
+                + ("; this node is draining, resume on another" if self._server.draining else "")
                 + ": start over",
             )
         await refuse_resume(

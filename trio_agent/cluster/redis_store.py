@@ -23,6 +23,7 @@ of that pool: see :class:`_SlotKeepingPool`.
 from __future__ import annotations
 
 import json
+import struct
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager, suppress
@@ -163,32 +164,60 @@ class _SessionKeys:
         return [self.record, self.frames, self.requests, self.cuts, self.claims]
 
 
-def _frame_fields(frame: FrameWrite) -> dict[bytes, bytes]:
-    data = frame.data
-    return {
-        b"r": frame.request_id.encode(),
-        b"k": frame.sort.value.encode(),
-        b"q": str(frame.seq).encode(),
-        b"n": str(frame.frames).encode(),
-        b"t": b"t" if isinstance(data, str) else b"b",
-        b"d": data.encode() if isinstance(data, str) else data,
-        b"o": frame.node_id.encode(),
-    }
+#: One frame in a packed stream entry: sort, text or bytes, seq, frames, the lengths
+#: of its request id and of its data; then the request id, then the data.
+_FRAME_HEAD = struct.Struct(">BBiiHI")
+_SORT_CODES = {StoredSort.STREAM: 0, StoredSort.AUDIO: 1, StoredSort.DONE: 2}
+_SORTS = {code: sort for sort, code in _SORT_CODES.items()}
 
 
-def _stored_frame(entry: StreamEntry) -> StoredFrame:
+def _pack_frames(frames: Sequence[FrameWrite]) -> bytes:
+    """The frames of one write batch (one session, one node) as one stream entry's
+    value: one ``XADD`` per batch rather than per frame (a command costs the node far
+    more CPU than packing a frame does)."""
+    parts: list[bytes] = []
+    for frame in frames:
+        rid = frame.request_id.encode()
+        text = isinstance(frame.data, str)
+        data = frame.data.encode() if isinstance(frame.data, str) else frame.data
+        parts.append(
+            _FRAME_HEAD.pack(
+                _SORT_CODES[frame.sort], text, frame.seq, frame.frames, len(rid), len(data)
+            )
+        )
+        parts.append(rid)
+        parts.append(data)
+    return b"".join(parts)
+
+
+def _stored_frames(entry: StreamEntry) -> list[StoredFrame]:
+    """The frames of one stream entry, in the order they were written."""
     # The client decodes nothing (decode_responses=False): every field is bytes.
     fields = cast(Mapping[bytes, bytes], entry.field_values)
-    raw = fields.get(b"d", b"")
-    return StoredFrame(
-        entry_id=_text(entry.identifier),
-        request_id=_text(fields.get(b"r")),
-        sort=StoredSort(_text(fields.get(b"k"))),
-        seq=int(fields.get(b"q", b"-1")),
-        data=raw.decode() if fields.get(b"t") == b"t" else bytes(raw),
-        node_id=_text(fields.get(b"o")),
-        frames=int(fields.get(b"n", b"-1")),
-    )
+    entry_id = _text(entry.identifier)
+    node = _text(fields.get(b"o"))
+    packed = bytes(fields.get(b"f", b""))
+    frames: list[StoredFrame] = []
+    at = 0
+    while at + _FRAME_HEAD.size <= len(packed):
+        sort, text, seq, count, rid_len, data_len = _FRAME_HEAD.unpack_from(packed, at)
+        at += _FRAME_HEAD.size
+        rid = packed[at : at + rid_len].decode()
+        at += rid_len
+        data = packed[at : at + data_len]
+        at += data_len
+        frames.append(
+            StoredFrame(
+                entry_id=entry_id,
+                request_id=rid,
+                sort=_SORTS[sort],
+                seq=seq,
+                data=data.decode() if text else data,
+                node_id=node,
+                frames=count,
+            )
+        )
+    return frames
 
 
 def _encode_control(message: ControlMessage) -> bytes:
@@ -440,6 +469,21 @@ class RedisStore:
         now = str(int(time.time() * 1000))
         with self._call("write"):
             async with self._redis.pipeline(transaction=False) as pipe:
+                pending: list[FrameWrite] = []
+
+                def append_pending() -> None:
+                    # Consecutive frames of one session and node: one entry.
+                    if pending:
+                        first = pending[0]
+                        pipe.xadd(
+                            sessions[first.session_id].frames,
+                            {b"o": first.node_id.encode(), b"f": _pack_frames(pending)},
+                            trim_strategy=PureToken.MAXLEN,
+                            threshold=max(1, max_frames // len(pending)),
+                            trim_operator=PureToken.APPROXIMATELY,
+                        )
+                        pending.clear()
+
                 for item in batch:
                     keys = sessions.get(item.session_id)
                     if keys is None:
@@ -447,14 +491,15 @@ class RedisStore:
                             self._prefix, item.session_id
                         )
                     if isinstance(item, FrameWrite):
-                        pipe.xadd(
-                            keys.frames,
-                            _frame_fields(item),
-                            trim_strategy=PureToken.MAXLEN,
-                            threshold=max(1, max_frames),
-                            trim_operator=PureToken.APPROXIMATELY,
-                        )
-                    elif isinstance(item, RequestStarted):
+                        if pending and (
+                            pending[0].session_id != item.session_id
+                            or pending[0].node_id != item.node_id
+                        ):
+                            append_pending()
+                        pending.append(item)
+                        continue
+                    append_pending()
+                    if isinstance(item, RequestStarted):
                         pipe.hset(keys.requests, {item.request_id: item.node_id})
                         pipe.hdel(keys.claims, [item.request_id])
                     elif isinstance(item, RequestEnded):
@@ -462,6 +507,7 @@ class RedisStore:
                         pipe.hdel(keys.claims, [item.request_id])
                     else:
                         assert isinstance(item, SessionSeen)
+                append_pending()
                 for keys in sessions.values():
                     pipe.eval(redis_scripts.TOUCH_SESSION, keys.all, [now, str(_ms(ttl_s))])
 
@@ -470,7 +516,7 @@ class RedisStore:
         frames = _SessionKeys(self._prefix, session_id).frames
         with self._call("read_frames"):
             entries = await self._redis.xrange(frames, start=f"({after}", end="+")
-        return [_stored_frame(entry) for entry in entries]
+        return [frame for entry in entries for frame in _stored_frames(entry)]
 
     async def wait_frames(
         self, session_id: str, after: str, *, timeout_s: float
@@ -486,7 +532,12 @@ class RedisStore:
             reply = await self._blocking.xread({frames: after}, block=_ms(timeout_s))
         if not reply:
             return []
-        return [_stored_frame(entry) for entries in reply.values() for entry in entries]
+        return [
+            frame
+            for entries in reply.values()
+            for entry in entries
+            for frame in _stored_frames(entry)
+        ]
 
     async def running_requests(self, session_id: str) -> dict[str, str]:
         """``HGETALL requests``: request id -> node."""
