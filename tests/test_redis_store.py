@@ -559,7 +559,7 @@ async def test_a_silent_redis_fails_calls_in_time_and_a_cancelled_call_is_only_c
                 started = time.monotonic()
                 with pytest.raises(StoreUnavailable):
                     await call()
-                assert time.monotonic() - started < 1.5
+                assert time.monotonic() - started < 2
             # Cut while it waits for the server's hello: a cancellation, not an error.
             for call in (
                 lambda: store.node_alive("node-a"),
