@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from functools import partial
@@ -358,12 +359,15 @@ async def test_a_cancelled_wait_leaves_the_store_usable(redis: RedisServer) -> N
     # up the pool if a cancelled read kept its slot.
     async with open_redis_store(redis.url, prefix="cancel", max_waiters=2) as store:
         await open_one(store)
-        for _ in range(5):
+        # Cut at once, mid-connect or mid-read: each ends as a plain cancellation.
+        for attempt in range(6):
             with trio.CancelScope() as scope:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(partial(store.wait_frames, "s1", "0", timeout_s=20))
-                    await trio.testing.wait_all_tasks_blocked()
+                    for _ in range(attempt % 3):
+                        await trio.testing.wait_all_tasks_blocked()
                     scope.cancel()
+            assert scope.cancelled_caught
         with trio.fail_after(5):
             async with trio.open_nursery() as nursery:
                 got: list[Any] = []
@@ -543,3 +547,29 @@ async def test_a_dead_redis_fails_every_call_fast_and_a_restarted_one_works_agai
                 await store.send_control("node-a", ControlMessage("moved", "s1", "node-b"))
                 with trio.fail_after(5):
                     assert (await messages.__anext__()).from_node == "node-b"
+
+
+async def test_a_silent_redis_fails_calls_in_time_and_a_cancelled_call_is_only_cancelled() -> None:
+    # A listening socket nobody answers on: connections are made, replies never come.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        url = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
+        async with open_redis_store(url, prefix="silent", timeout_s=0.3) as store:
+            for call in (
+                lambda: store.node_alive("node-a"),
+                lambda: store.write([stream("s1", "r1", 0)], max_frames=10, ttl_s=60),
+                lambda: store.wait_frames("s1", "0", timeout_s=0.3),
+            ):
+                started = time.monotonic()
+                with pytest.raises(StoreUnavailable):
+                    await call()
+                assert time.monotonic() - started < 2
+            # Cut while it waits for the server's hello: a cancellation, not an error.
+            for call in (
+                lambda: store.node_alive("node-a"),
+                lambda: store.wait_frames("s1", "0", timeout_s=5),
+            ):
+                with trio.move_on_after(0.1) as scope:
+                    await call()
+                assert scope.cancelled_caught

@@ -23,10 +23,11 @@ of that pool: see :class:`_SlotKeepingPool`.
 from __future__ import annotations
 
 import json
+import math
 import struct
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager, suppress
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, NoReturn, cast
 
 import anyio
@@ -88,10 +89,10 @@ class _SlotKeepingPool(ConnectionPool[Any]):
 
     def release(self, connection: Any) -> None:
         super().release(connection)
-        if not connection.usable:
+        slots = self._available_connections  # private to coredis: tests/test_redis_store.py
+        if not connection.usable and not slots.full():  # checks this still holds
             connection.invalidate()
-            with suppress(Exception):  # a full queue: the slot was given back already
-                self._available_connections.append_nowait(None)
+            slots.append_nowait(None)
 
 
 def _client(
@@ -123,7 +124,7 @@ def _reraise(
     if store_errors:
         broken, others = rest.split(store_errors)
         if others is None and broken is not None:
-            raise StoreUnavailable(f"the store is unreachable: {broken.exceptions[0]!r}") from group
+            raise StoreUnavailable(f"the store failed or is unreachable: {broken!r}") from group
     if len(rest.exceptions) != 1:
         raise group
     error = rest.exceptions[0]
@@ -133,6 +134,12 @@ def _reraise(
     finally:
         error.__context__ = context
         del error
+
+
+async def _raise_if_cancelled() -> None:
+    """Raise :class:`trio.Cancelled` if the calling task is being cancelled."""
+    if trio.current_effective_deadline() == -math.inf:
+        await trio.lowlevel.checkpoint()
 
 
 def _ms(seconds: float) -> int:
@@ -315,15 +322,21 @@ class RedisStore:
         """The Pub/Sub channel of ``node_id``'s control messages."""
         return f"{self._prefix}:control:{node_id}"
 
-    @contextmanager
-    def _call(self, what: str, limit_s: float | None = None) -> Iterator[None]:
-        """Bound a call in time and turn every store error into :class:`StoreUnavailable`."""
+    @asynccontextmanager
+    async def _call(self, what: str, limit_s: float | None = None) -> AsyncIterator[None]:
+        """Bound a call in time and turn every store error into :class:`StoreUnavailable`,
+        unless the caller is being cancelled: then it is :class:`trio.Cancelled`, as for
+        any cancelled call (coredis turns a connect cut by a cancellation into an error)."""
         try:
             with trio.fail_after(limit_s if limit_s is not None else 2 * self._timeout_s):
                 yield
         except STORE_ERRORS as error:
-            raise StoreUnavailable(f"{what}: the store is unreachable ({error!r})") from error
+            await _raise_if_cancelled()
+            raise StoreUnavailable(
+                f"{what}: the store failed or is unreachable ({error!r})"
+            ) from error
         except BaseExceptionGroup as group:
+            await _raise_if_cancelled()
             _reraise(group, STORE_ERRORS)
 
     # -- liveness ----------------------------------------------------------------
@@ -331,24 +344,24 @@ class RedisStore:
     async def hold_lease(self, node_id: str, lease_s: float) -> None:
         """``SET node:<id> <start ms> PX lease``: the value is when this node first held it."""
         started = self._lease_started_ms.setdefault(node_id, int(time.time() * 1000))
-        with self._call("hold_lease"):
+        async with self._call("hold_lease"):
             await self._redis.set(self.lease_key(node_id), str(started), px=_ms(lease_s))
 
     async def release_lease(self, node_id: str) -> None:
         """``DEL node:<id>``."""
-        with self._call("release_lease"):
+        async with self._call("release_lease"):
             await self._redis.delete([self.lease_key(node_id)])
 
     async def node_alive(self, node_id: str) -> bool:
         """``EXISTS node:<id>``."""
-        with self._call("node_alive"):
+        async with self._call("node_alive"):
             return bool(await self._redis.exists([self.lease_key(node_id)]))
 
     # -- control channels --------------------------------------------------------
 
     async def send_control(self, to_node: str, message: ControlMessage) -> None:
         """``PUBLISH control:<node> <json>`` (at most once, see the protocol)."""
-        with self._call("send_control"):
+        async with self._call("send_control"):
             await self._redis.publish(self.control_channel(to_node), _encode_control(message))
 
     def control_messages(
@@ -377,8 +390,10 @@ class RedisStore:
             async with pubsub:
                 yield _ControlMessages(pubsub, channel)
         except broken as error:
+            await _raise_if_cancelled()
             raise StoreUnavailable(f"control channel {channel}: {error!r}") from error
         except BaseExceptionGroup as group:
+            await _raise_if_cancelled()
             _reraise(group, broken)
 
     # -- sessions ----------------------------------------------------------------
@@ -390,24 +405,23 @@ class RedisStore:
         the record (at ``epoch``), ``PEXPIRE`` it."""
         keys = _SessionKeys(self._prefix, session_id)
         now = str(int(time.time() * 1000))
-        with self._call("open_session"):
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.delete(keys.all)
-                pipe.hset(
-                    keys.record,
-                    {
-                        "owner": owner,
-                        "epoch": str(epoch),
-                        "digest": token_digest,
-                        "created_ms": now,
-                        "last_seen_ms": now,
-                        "deadline_ms": "",
-                        "denied": "0",
-                        "agent_state": "",
-                        "ttl_ms": str(_ms(ttl_s)),
-                    },
-                )
-                pipe.pexpire(keys.record, _ms(ttl_s))
+        async with self._call("open_session"), self._redis.pipeline(transaction=False) as pipe:
+            pipe.delete(keys.all)
+            pipe.hset(
+                keys.record,
+                {
+                    "owner": owner,
+                    "epoch": str(epoch),
+                    "digest": token_digest,
+                    "created_ms": now,
+                    "last_seen_ms": now,
+                    "deadline_ms": "",
+                    "denied": "0",
+                    "agent_state": "",
+                    "ttl_ms": str(_ms(ttl_s)),
+                },
+            )
+            pipe.pexpire(keys.record, _ms(ttl_s))
 
     async def take_over(
         self,
@@ -420,7 +434,7 @@ class RedisStore:
     ) -> TakeOver:
         """The ``TAKE_OVER`` Lua script (atomic): check, then own, bump, re-key, re-TTL."""
         keys = _SessionKeys(self._prefix, session_id)
-        with self._call("take_over"):
+        async with self._call("take_over"):
             reply: Any = await self._take_over(
                 keys=keys.all, args=[token_digest, new_token_digest, node_id, str(max_denied)]
             )
@@ -440,19 +454,19 @@ class RedisStore:
 
     async def _update_record(self, what: str, session_id: str, field: str, value: str) -> None:
         record = _SessionKeys(self._prefix, session_id).record
-        with self._call(what):
+        async with self._call(what):
             await self._update(keys=[record], args=[field, value])
 
     async def detach(self, session_id: str, *, window_s: float) -> None:
         """The ``DETACH`` Lua script: ``deadline_ms`` = Redis's now + window, and every key
         of the session expires :data:`DETACH_MARGIN_S` after the deadline."""
         keys = _SessionKeys(self._prefix, session_id)
-        with self._call("detach"):
+        async with self._call("detach"):
             await self._detach(keys=keys.all, args=[str(_ms(window_s)), str(_ms(DETACH_MARGIN_S))])
 
     async def close_session(self, session_id: str) -> None:
         """``DEL`` every key of the session."""
-        with self._call("close_session"):
+        async with self._call("close_session"):
             await self._redis.delete(_SessionKeys(self._prefix, session_id).all)
 
     # -- frames and requests -----------------------------------------------------
@@ -467,54 +481,51 @@ class RedisStore:
             return
         sessions: dict[str, _SessionKeys] = {}
         now = str(int(time.time() * 1000))
-        with self._call("write"):
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pending: list[FrameWrite] = []
+        async with self._call("write"), self._redis.pipeline(transaction=False) as pipe:
+            pending: list[FrameWrite] = []
 
-                def append_pending() -> None:
-                    # Consecutive frames of one session and node: one entry.
-                    if pending:
-                        first = pending[0]
-                        pipe.xadd(
-                            sessions[first.session_id].frames,
-                            {b"o": first.node_id.encode(), b"f": _pack_frames(pending)},
-                            trim_strategy=PureToken.MAXLEN,
-                            threshold=max(1, max_frames // len(pending)),
-                            trim_operator=PureToken.APPROXIMATELY,
-                        )
-                        pending.clear()
+            def append_pending() -> None:
+                # Consecutive frames of one session and node: one entry.
+                if pending:
+                    first = pending[0]
+                    pipe.xadd(
+                        sessions[first.session_id].frames,
+                        {b"o": first.node_id.encode(), b"f": _pack_frames(pending)},
+                        trim_strategy=PureToken.MAXLEN,
+                        threshold=max(1, max_frames // len(pending)),
+                        trim_operator=PureToken.APPROXIMATELY,
+                    )
+                    pending.clear()
 
-                for item in batch:
-                    keys = sessions.get(item.session_id)
-                    if keys is None:
-                        keys = sessions[item.session_id] = _SessionKeys(
-                            self._prefix, item.session_id
-                        )
-                    if isinstance(item, FrameWrite):
-                        if pending and (
-                            pending[0].session_id != item.session_id
-                            or pending[0].node_id != item.node_id
-                        ):
-                            append_pending()
-                        pending.append(item)
-                        continue
-                    append_pending()
-                    if isinstance(item, RequestStarted):
-                        pipe.hset(keys.requests, {item.request_id: item.node_id})
-                        pipe.hdel(keys.claims, [item.request_id])
-                    elif isinstance(item, RequestEnded):
-                        pipe.hdel(keys.requests, [item.request_id])
-                        pipe.hdel(keys.claims, [item.request_id])
-                    else:
-                        assert isinstance(item, SessionSeen)
+            for item in batch:
+                keys = sessions.get(item.session_id)
+                if keys is None:
+                    keys = sessions[item.session_id] = _SessionKeys(self._prefix, item.session_id)
+                if isinstance(item, FrameWrite):
+                    if pending and (
+                        pending[0].session_id != item.session_id
+                        or pending[0].node_id != item.node_id
+                    ):
+                        append_pending()
+                    pending.append(item)
+                    continue
                 append_pending()
-                for keys in sessions.values():
-                    pipe.eval(redis_scripts.TOUCH_SESSION, keys.all, [now, str(_ms(ttl_s))])
+                if isinstance(item, RequestStarted):
+                    pipe.hset(keys.requests, {item.request_id: item.node_id})
+                    pipe.hdel(keys.claims, [item.request_id])
+                elif isinstance(item, RequestEnded):
+                    pipe.hdel(keys.requests, [item.request_id])
+                    pipe.hdel(keys.claims, [item.request_id])
+                else:
+                    assert isinstance(item, SessionSeen)
+            append_pending()
+            for keys in sessions.values():
+                pipe.eval(redis_scripts.TOUCH_SESSION, keys.all, [now, str(_ms(ttl_s))])
 
     async def read_frames(self, session_id: str, after: str = "0") -> list[StoredFrame]:
         """``XRANGE frames (<after> +``: oldest first."""
         frames = _SessionKeys(self._prefix, session_id).frames
-        with self._call("read_frames"):
+        async with self._call("read_frames"):
             entries = await self._redis.xrange(frames, start=f"({after}", end="+")
         return [frame for entry in entries for frame in _stored_frames(entry)]
 
@@ -528,7 +539,7 @@ class RedisStore:
         if timeout_s <= 0:  # BLOCK 0 would wait forever
             return await self.read_frames(session_id, after)
         frames = _SessionKeys(self._prefix, session_id).frames
-        with self._call("wait_frames", limit_s=timeout_s + 2 * self._timeout_s):
+        async with self._call("wait_frames", limit_s=timeout_s + 2 * self._timeout_s):
             reply = await self._blocking.xread({frames: after}, block=_ms(timeout_s))
         if not reply:
             return []
@@ -542,7 +553,7 @@ class RedisStore:
     async def running_requests(self, session_id: str) -> dict[str, str]:
         """``HGETALL requests``: request id -> node."""
         requests = _SessionKeys(self._prefix, session_id).requests
-        with self._call("running_requests"):
+        async with self._call("running_requests"):
             book = await self._redis.hgetall(requests)
         return {_text(request): _text(node) for request, node in book.items()}
 
@@ -551,7 +562,7 @@ class RedisStore:
         ``HSETNX claims <request> <node>``; only the caller that set it wins. The book
         keeps the request (it has no DONE yet) until the winner's ``RequestEnded``."""
         keys = _SessionKeys(self._prefix, session_id)
-        with self._call("claim_request"):
+        async with self._call("claim_request"):
             won: Any = await self._claim(
                 keys=[keys.requests, keys.claims],
                 args=[request_id, dead_node, str(_ms(CLAIM_FALLBACK_TTL_S))],
@@ -563,15 +574,14 @@ class RedisStore:
     ) -> None:
         """``HSET cuts <request> <msg_id>`` and ``PEXPIRE``, in one pipeline."""
         cuts = _SessionKeys(self._prefix, session_id).cuts
-        with self._call("record_cut"):
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.hset(cuts, {request_id: msg_id})
-                pipe.pexpire(cuts, _ms(ttl_s))
+        async with self._call("record_cut"), self._redis.pipeline(transaction=False) as pipe:
+            pipe.hset(cuts, {request_id: msg_id})
+            pipe.pexpire(cuts, _ms(ttl_s))
 
     async def cuts(self, session_id: str) -> dict[str, str]:
         """``HGETALL cuts``: request id -> INTERRUPT msg_id."""
         cuts = _SessionKeys(self._prefix, session_id).cuts
-        with self._call("cuts"):
+        async with self._call("cuts"):
             recorded = await self._redis.hgetall(cuts)
         return {_text(request): _text(msg_id) for request, msg_id in recorded.items()}
 
