@@ -6,6 +6,12 @@ or haproxy is missing. Every process is started on a free port and stopped by PI
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -134,3 +140,38 @@ async def test_sigterm_drains_a_node_out_of_haproxy_and_it_exits_within_drain_s_
         # The process as a whole, with some slack for the interpreter's exit on a busy machine.
         assert elapsed <= drain_s + 2 + EXIT_SLACK_S, f"exited {elapsed:.2f} s after SIGTERM"
         assert cluster.nodes_up() == {1}
+
+
+def test_cluster_up_prints_every_url_and_pid_and_ctrl_c_stops_them_all(tmp_path):
+    """`trio-agent cluster up` (what scripts/cluster runs): the URL through HAProxy and
+    each node's URL and PID; SIGINT stops every process it started."""
+    why = cluster_unavailable()
+    if why is not None:
+        pytest.skip(f"cluster tests skipped: {why}")
+    out = tmp_path / "out.txt"
+    command = [sys.executable, "-m", "trio_agent", "cluster", "up", "--nodes", "2"]
+    with out.open("wb") as sink:
+        demo = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
+    pids: list[int] = []
+    try:
+        wait_until(
+            lambda: "Ctrl-C stops them all" in out.read_text() or demo.poll() is not None,
+            90,
+            "the cluster did not come up",
+            out.read_text,
+        )
+        text = out.read_text()
+        assert "through HAProxy: ws://127.0.0.1:" in text, text
+        pids += [int(pid) for pid in re.findall(r"\(pid (\d+)\)", text)]
+        assert len(pids) == 4, text  # HAProxy, two nodes, Redis
+        assert re.search(r"node-1: ws://127\.0\.0\.1:\d+/ws", text), text
+        demo.send_signal(signal.SIGINT)
+        assert demo.wait(timeout=30) == 0, out.read_text()
+        assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()]
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+        for pid in pids:  # only when the test failed: no process is left behind
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
