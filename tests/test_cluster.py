@@ -1,7 +1,8 @@
 """A cluster of real processes on loopback: redis-server, three nodes, HAProxy in front.
 
-Marked ``cluster``: skipped (and ``scripts/test`` says so loudly) when redis-server
-or haproxy is missing. Every process is started on a free port and stopped by PID.
+The tests marked ``cluster`` are skipped (and ``scripts/test`` says so loudly) when
+redis-server or haproxy is missing. Every process is started on a free port and
+stopped by PID.
 """
 
 from __future__ import annotations
@@ -25,14 +26,11 @@ from trio_agent.testing import check_agent
 from trio_agent.testing.cluster import (
     HAPROXY_TEMPLATE,
     LocalCluster,
-    cluster_unavailable,
     http_get,
     render_haproxy_config,
     wait_until,
 )
 from trio_agent.testing.wire import WireConnection, open_wire_url
-
-pytestmark = pytest.mark.cluster
 
 #: What the process's exit (after the server has returned) may add on a loaded machine.
 EXIT_SLACK_S = 1.5
@@ -77,6 +75,7 @@ def test_the_committed_haproxy_config_renders_one_server_line_per_node():
     assert "http-check expect status 200" in rendered
 
 
+@pytest.mark.cluster
 async def test_check_agent_passes_against_three_nodes_behind_haproxy(agent_cluster):
     report = await check_agent("lorem", url=agent_cluster.url, options=LOREM, patience_s=20)
     assert set(report.scenarios) == {
@@ -90,6 +89,7 @@ async def test_check_agent_passes_against_three_nodes_behind_haproxy(agent_clust
     assert report.scenarios["complete"].startswith("completed, 20 frames")
 
 
+@pytest.mark.cluster
 def test_haproxy_spreads_connections_over_every_node(agent_cluster):
     answered = {
         http_get(agent_cluster.http_url + "healthz")[1].get("x-trio-agent-node") for _ in range(12)
@@ -97,13 +97,11 @@ def test_haproxy_spreads_connections_over_every_node(agent_cluster):
     assert answered == {node.node_id for node in agent_cluster.nodes}
 
 
+@pytest.mark.cluster
 async def test_sigterm_drains_a_node_out_of_haproxy_and_it_exits_within_drain_s_plus_2_s():
     """SIGTERM a node in cluster mode: HAProxy takes it out of the rotation within about a
     second, its running reply goes on until drain_s, then DONE{shutdown} and 1012, and the
     process exits 0 within drain_s + 2 s."""
-    why = cluster_unavailable()
-    if why is not None:
-        pytest.skip(f"cluster tests skipped: {why}")
     drain_s = 3.0
     with LocalCluster(nodes=2, extra_args=["--drain-s", str(drain_s)]) as cluster:
         node = cluster.nodes[0]
@@ -142,12 +140,10 @@ async def test_sigterm_drains_a_node_out_of_haproxy_and_it_exits_within_drain_s_
         assert cluster.nodes_up() == {1}
 
 
+@pytest.mark.cluster
 def test_cluster_up_prints_every_url_and_pid_and_ctrl_c_stops_them_all(tmp_path):
     """`trio-agent cluster up` (what scripts/cluster runs): the URL through HAProxy and
     each node's URL and PID; SIGINT stops every process it started."""
-    why = cluster_unavailable()
-    if why is not None:
-        pytest.skip(f"cluster tests skipped: {why}")
     out = tmp_path / "out.txt"
     command = [sys.executable, "-m", "trio_agent", "cluster", "up", "--nodes", "2"]
     with out.open("wb") as sink:
