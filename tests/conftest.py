@@ -12,6 +12,7 @@ import trio
 from loguru import logger
 
 from trio_agent import Agent, AgentServer, ServerConfig
+from trio_agent.testing.cluster import cluster_unavailable
 
 StartServer = Callable[..., Awaitable[AgentServer]]
 
@@ -51,6 +52,12 @@ def browser_tests_unavailable() -> str | None:
 
 ESPEAK_NG = shutil.which("espeak-ng")
 
+# Tests marked `cluster` run redis-server, nodes and HAProxy as processes (Debian
+# packages redis-server and haproxy; .ci/run installs them); without them they are
+# skipped, and the run says so loudly.
+
+CLUSTER_UNAVAILABLE = cluster_unavailable()
+
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
     why = browser_tests_unavailable()
@@ -59,6 +66,9 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         f"espeak-ng tests: {ESPEAK_NG}"
         if ESPEAK_NG
         else "ESPEAK-NG TESTS WILL BE SKIPPED: espeak-ng is not installed",
+        "cluster tests: redis-server and haproxy found"
+        if CLUSTER_UNAVAILABLE is None
+        else f"CLUSTER TESTS WILL BE SKIPPED: {CLUSTER_UNAVAILABLE}",
     ]
 
 
@@ -71,6 +81,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         "espeak": None
         if ESPEAK_NG
         else pytest.mark.skip(reason="espeak-ng tests skipped: espeak-ng is not installed"),
+        "cluster": None
+        if CLUSTER_UNAVAILABLE is None
+        else pytest.mark.skip(reason=f"cluster tests skipped: {CLUSTER_UNAVAILABLE}"),
     }
     for item in items:
         for marker, skip in skips.items():
@@ -92,6 +105,14 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
             "!",
             f"{len(espeak)} ESPEAK-NG TESTS SKIPPED: espeak-ng is not installed "
             "(Debian: apt-get install espeak-ng)",
+            red=True,
+            bold=True,
+        )
+    cluster = [r for r in skipped if "cluster" in r.keywords]
+    if CLUSTER_UNAVAILABLE is not None and cluster:
+        terminalreporter.write_sep(
+            "!",
+            f"{len(cluster)} CLUSTER TESTS SKIPPED: {CLUSTER_UNAVAILABLE}",
             red=True,
             bold=True,
         )

@@ -41,7 +41,9 @@ class ExhaustedListener(trio.abc.Listener[trio.abc.Stream]):
 def listener(monkeypatch: pytest.MonkeyPatch) -> ExhaustedListener:
     fake = ExhaustedListener()
 
-    async def open_listeners(config: ServerConfig, context: object) -> list[ExhaustedListener]:
+    async def open_listeners(
+        config: ServerConfig, context: object, **options: object
+    ) -> list[ExhaustedListener]:
         return [fake]
 
     monkeypatch.setattr(agent_server, "open_listeners", open_listeners)
@@ -77,7 +79,9 @@ async def test_accepting_resumes_after_the_failures(
 ):
     fake = ExhaustedListener(failures=3)
 
-    async def open_listeners(config: ServerConfig, context: object) -> list[ExhaustedListener]:
+    async def open_listeners(
+        config: ServerConfig, context: object, **options: object
+    ) -> list[ExhaustedListener]:
         return [fake]
 
     monkeypatch.setattr(agent_server, "open_listeners", open_listeners)

@@ -1,11 +1,18 @@
 """A cluster of real processes on loopback: redis-server, three nodes, HAProxy in front.
 
-Marked ``cluster``: skipped (and ``scripts/test`` says so loudly) when redis-server
-or haproxy is missing. Every process is started on a free port and stopped by PID.
+The tests marked ``cluster`` are skipped (and ``scripts/test`` says so loudly) when
+redis-server or haproxy is missing. Every process is started on a free port and
+stopped by PID.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -19,14 +26,11 @@ from trio_agent.testing import check_agent
 from trio_agent.testing.cluster import (
     HAPROXY_TEMPLATE,
     LocalCluster,
-    cluster_unavailable,
     http_get,
     render_haproxy_config,
     wait_until,
 )
 from trio_agent.testing.wire import WireConnection, open_wire_url
-
-pytestmark = pytest.mark.cluster
 
 #: What the process's exit (after the server has returned) may add on a loaded machine.
 EXIT_SLACK_S = 1.5
@@ -71,6 +75,7 @@ def test_the_committed_haproxy_config_renders_one_server_line_per_node():
     assert "http-check expect status 200" in rendered
 
 
+@pytest.mark.cluster
 async def test_check_agent_passes_against_three_nodes_behind_haproxy(agent_cluster):
     report = await check_agent("lorem", url=agent_cluster.url, options=LOREM, patience_s=20)
     assert set(report.scenarios) == {
@@ -84,6 +89,7 @@ async def test_check_agent_passes_against_three_nodes_behind_haproxy(agent_clust
     assert report.scenarios["complete"].startswith("completed, 20 frames")
 
 
+@pytest.mark.cluster
 def test_haproxy_spreads_connections_over_every_node(agent_cluster):
     answered = {
         http_get(agent_cluster.http_url + "healthz")[1].get("x-trio-agent-node") for _ in range(12)
@@ -91,13 +97,11 @@ def test_haproxy_spreads_connections_over_every_node(agent_cluster):
     assert answered == {node.node_id for node in agent_cluster.nodes}
 
 
+@pytest.mark.cluster
 async def test_sigterm_drains_a_node_out_of_haproxy_and_it_exits_within_drain_s_plus_2_s():
     """SIGTERM a node in cluster mode: HAProxy takes it out of the rotation within about a
     second, its running reply goes on until drain_s, then DONE{shutdown} and 1012, and the
     process exits 0 within drain_s + 2 s."""
-    why = cluster_unavailable()
-    if why is not None:
-        pytest.skip(f"cluster tests skipped: {why}")
     drain_s = 3.0
     with LocalCluster(nodes=2, extra_args=["--drain-s", str(drain_s)]) as cluster:
         node = cluster.nodes[0]
@@ -134,3 +138,36 @@ async def test_sigterm_drains_a_node_out_of_haproxy_and_it_exits_within_drain_s_
         # The process as a whole, with some slack for the interpreter's exit on a busy machine.
         assert elapsed <= drain_s + 2 + EXIT_SLACK_S, f"exited {elapsed:.2f} s after SIGTERM"
         assert cluster.nodes_up() == {1}
+
+
+@pytest.mark.cluster
+def test_cluster_up_prints_every_url_and_pid_and_ctrl_c_stops_them_all(tmp_path):
+    """`trio-agent cluster up` (what scripts/cluster runs): the URL through HAProxy and
+    each node's URL and PID; SIGINT stops every process it started."""
+    out = tmp_path / "out.txt"
+    command = [sys.executable, "-m", "trio_agent", "cluster", "up", "--nodes", "2"]
+    with out.open("wb") as sink:
+        demo = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
+    pids: list[int] = []
+    try:
+        wait_until(
+            lambda: "Ctrl-C stops them all" in out.read_text() or demo.poll() is not None,
+            90,
+            "the cluster did not come up",
+            out.read_text,
+        )
+        text = out.read_text()
+        assert "through HAProxy: ws://127.0.0.1:" in text, text
+        pids += [int(pid) for pid in re.findall(r"\(pid (\d+)\)", text)]
+        assert len(pids) == 4, text  # HAProxy, two nodes, Redis
+        assert re.search(r"node-1: ws://127\.0\.0\.1:\d+/ws", text), text
+        demo.send_signal(signal.SIGINT)
+        assert demo.wait(timeout=30) == 0, out.read_text()
+        assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()]
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+        for pid in pids:  # only when the test failed: no process is left behind
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

@@ -8,6 +8,7 @@ streams with the autojump clock, against a client that never reads.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -38,6 +39,7 @@ class Gate:
     def __init__(self) -> None:
         self.opened = trio.Event()
         self.waiting = trio.Event()
+        self.finished = trio.Event()
 
     async def __call__(self, request: AgentRequest, stream: ResponseStream) -> None:
         for i in range(WORDS_BEFORE):
@@ -46,13 +48,15 @@ class Gate:
         await self.opened.wait()
         for i in range(WORDS_BEFORE, WORDS_BEFORE + WORDS_AFTER):
             await stream.send(f" w{i}")
+        self.finished.set()
 
 
 @asynccontextmanager
 async def running_server(
     agents: dict[str, Any], **settings: Any
 ) -> AsyncIterator[tuple[AgentServer, trio.Event]]:
-    """A server on a free port; the event is set once its ``run`` has returned."""
+    """A server on a free port; the event is set once its ``run`` has returned. The
+    block fails after 30 s of real time, whatever the test's clock says."""
     config = replace(ServerConfig(port=0, stream_lane_capacity=4, drain_s=DRAIN_S), **settings)
     server = AgentServer(config, agents)
     stopped = trio.Event()
@@ -66,9 +70,25 @@ async def running_server(
 
         await nursery.start(run)
         try:
-            yield server, stopped
+            async with real_time_limit(30):
+                yield server, stopped
         finally:
             nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def real_time_limit(seconds: float = 10.0) -> AsyncIterator[None]:
+    """Fail a block that takes more than ``seconds`` of real time: the test's clock is
+    frozen, so ``trio.fail_after`` would never fire and a broken drain would hang."""
+    async with trio.open_nursery() as nursery:
+
+        async def watchdog() -> None:
+            await trio.to_thread.run_sync(time.sleep, seconds, abandon_on_cancel=True)
+            raise TimeoutError(f"still waiting after {seconds:g} s of real time")
+
+        nursery.start_soon(watchdog)
+        yield
+        nursery.cancel_scope.cancel()
 
 
 async def closed_with(c: WireClient) -> tuple[int | None, str | None]:
@@ -85,7 +105,7 @@ async def test_an_idle_session_is_closed_with_1012_at_once(mock_clock):
     async with running_server({}) as (server, stopped), connect(server, "socket") as c:
         server.drain()
         assert await closed_with(c) == (CloseCode.SERVICE_RESTART, DRAIN_CLOSE_REASON)
-        with trio.fail_after(5):  # the clock is frozen: no drain_s went by
+        async with real_time_limit():
             await stopped.wait()
         assert trio.current_time() == 0
 
@@ -111,9 +131,37 @@ async def test_a_running_request_finishes_then_1012_follows_its_done_with_no_fra
             done = c.received[-1]["payload"]
             assert (done["status"], done["frames"]) == ("completed", WORDS_BEFORE + WORDS_AFTER)
             c.assert_guarantees()
-        with trio.fail_after(5):
+        async with real_time_limit():
             await stopped.wait()
         assert trio.current_time() == 0  # it did not wait for drain_s
+
+
+async def test_frames_still_queued_when_the_request_ends_are_written_before_the_1012(
+    mock_clock,
+):
+    """A slow client: when the reply's last frame is queued, some of it has not been
+    written yet. The drain closes the connection only after all of it and the DONE."""
+    gate = Gate()
+    config = ServerConfig(port=0, stream_lane_capacity=4, write_batch_frames=1)
+    server = AgentServer(config, {"gate": gate})
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.run)
+        async with real_time_limit(), connect(server, "memory", lockstep=True) as c:
+            await c.request("r1", agent="gate")
+            await gate.waiting.wait()
+            server.drain()
+            gate.opened.set()
+            while not gate.finished.is_set():  # each read lets the writer send one frame
+                await c.recv()
+            await trio.testing.wait_all_tasks_blocked()
+            assert server.sessions[c.session_id].ended  # r1 is over: the drain has begun
+            assert server.sessions[c.session_id].lanes.stream_depth > 0  # frames still queued
+            assert (await closed_with(c))[0] == CloseCode.SERVICE_RESTART
+            seqs = [f["payload"]["seq"] for f in only(c.received, "STREAM", "r1")]
+            assert seqs == list(range(WORDS_BEFORE + WORDS_AFTER))
+            assert c.received[-1]["msg_type"] == "DONE"
+            c.assert_guarantees()
+        nursery.cancel_scope.cancel()
 
 
 async def test_at_drain_s_running_requests_get_done_shutdown_then_1012(mock_clock):
@@ -136,7 +184,7 @@ async def test_at_drain_s_running_requests_get_done_shutdown_then_1012(mock_cloc
             assert done["payload"]["frames"] == WORDS_BEFORE
             assert len(only(c.received, "STREAM", "r1")) == WORDS_BEFORE
             c.assert_guarantees()
-        with trio.fail_after(5):
+        async with real_time_limit():
             await stopped.wait()
 
 
@@ -197,3 +245,20 @@ async def test_the_first_of_drain_and_shutdown_wins(mock_clock, order):
         second()
         expected = CloseCode.SERVICE_RESTART if first == server.drain else CloseCode.GOING_AWAY
         assert (await closed_with(c))[0] == expected
+
+
+async def test_a_session_waiting_for_a_resume_ends_at_once(mock_clock):
+    """Its connection dropped mid-reply: nobody can resume it on a draining node (the
+    handshake is refused), so it does not hold the node until drain_s."""
+    gate = Gate()
+    async with running_server({"gate": gate}) as (server, stopped):
+        async with connect(server, "socket") as c:
+            await c.request("r1", agent="gate")
+            await gate.waiting.wait()
+            await trio.aclose_forcefully(c.stream)  # no close frame: resumable
+        await trio.testing.wait_all_tasks_blocked()
+        assert server.sessions[c.session_id].connection is None  # detached, r1 still runs
+        server.drain()
+        async with real_time_limit():
+            await stopped.wait()
+        assert trio.current_time() == 0

@@ -30,6 +30,12 @@ NOT_LIMITS = {
     "speech",  # which synthesiser; docs/voice.md
     "audio_chunk_ms",  # the size of an AUDIO frame; docs/voice.md
     "audio_lead_ms",  # how far a paced reply runs ahead; docs/voice.md
+    # cluster mode's settings, not limits on a client; docs/cluster.md and docs/protocol.md
+    "redis_url",
+    "node_id",
+    "node_lease_s",
+    "drain_s",
+    "workers",
 }
 LIMITS = [f for f in fields(ServerConfig) if f.name not in NOT_LIMITS]
 

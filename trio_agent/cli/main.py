@@ -16,6 +16,7 @@ from trio_agent._version import __version__
 from trio_agent.agents import builtin_agents
 from trio_agent.agents.openai.agent import OpenAIConfig, openai_agent_from
 from trio_agent.cli.chat import add_chat_arguments, chat_main
+from trio_agent.cli.cluster import add_cluster_arguments, cluster_main
 from trio_agent.cli.demo import add_arguments as add_demo_arguments
 from trio_agent.cli.demo import run_from_args as run_demo
 from trio_agent.observability.logs import configure_logging
@@ -51,6 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
         "print the story of each INTERRUPT and draw it (see docs/cancellation.md).",
     )
     add_demo_arguments(demo)
+    cluster = commands.add_parser(
+        "cluster",
+        help="run redis-server, nodes and HAProxy on loopback (other flags go to every node)",
+        description="Start a cluster on loopback for a demo: redis-server, nodes (serve "
+        "--redis-url ...) and HAProxy in front; Ctrl-C stops them all (docs/cluster.md).",
+    )
+    add_cluster_arguments(cluster)
     commands.add_parser(
         "bench",
         help="run scripts/bench_interrupt.py (flags are passed through; try --help)",
@@ -64,6 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, rest = parser.parse_known_args(argv)
     if args.command == "bench":
         return _bench(rest)
+    if args.command == "cluster":
+        return cluster_main(args, rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "serve":

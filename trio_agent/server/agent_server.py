@@ -38,7 +38,7 @@ from trio_agent.server.cluster_link import ClusterLink
 from trio_agent.server.config import ServerConfig
 from trio_agent.server.connection import ClusterResume
 from trio_agent.server.cork import CorkableStream
-from trio_agent.server.drain import drain_sessions
+from trio_agent.server.drain import DRAIN_CLOSE_REASON, drain_sessions
 from trio_agent.server.frame_budget import FrameBudgetStream
 from trio_agent.server.redaction import redact_subprotocols, redact_target
 from trio_agent.server.resume_book import Redeemed, ResumeBook
@@ -414,7 +414,8 @@ class AgentServer:
         self._no_sessions = trio.Event()
         await sessions.start(self._run_session, session, name=f"session {session.session_id}")
         if self.shutting_down:
-            session.begin_shutdown(self._shutdown_reason, self._close_code)
+            reason = DRAIN_CLOSE_REASON if self._draining else self._shutdown_reason
+            session.begin_shutdown(reason, self._close_code)
         return session
 
     async def adopt_session(self, session_id: str, *, epoch: int, token: str) -> Session:
