@@ -43,8 +43,8 @@ from trio_agent.testing.processes import RedisServer, free_port, redis_executabl
 __all__ = [
     "HAPROXY_TEMPLATE",
     "ClusterError",
-    "ClusterNode",
     "LocalCluster",
+    "NodeProcess",
     "cluster_unavailable",
     "haproxy_executable",
     "http_get",
@@ -149,7 +149,7 @@ def _answers(url: str, status: int = 200) -> bool:
 
 
 @dataclass
-class ClusterNode:
+class NodeProcess:
     """One node of a :class:`LocalCluster`."""
 
     index: int
@@ -216,7 +216,7 @@ class LocalCluster:
         self._stack = contextlib.ExitStack()
         self._workdir: Path | None = None
         self.redis: RedisServer | None = None
-        self.nodes: list[ClusterNode] = []
+        self.nodes: list[NodeProcess] = []
         self._haproxy: subprocess.Popen[bytes] | None = None
         self.port = 0
 
@@ -282,7 +282,7 @@ class LocalCluster:
             raise
         return self
 
-    def _node(self, index: int) -> ClusterNode:
+    def _node(self, index: int) -> NodeProcess:
         assert self.redis is not None
         node_id = f"node-{index}"
         port = free_port()
@@ -303,7 +303,7 @@ class LocalCluster:
             "127.0.0.1",
             *self._extra_args,
         ]
-        return ClusterNode(index, node_id, port, command, self.workdir / f"{node_id}.log")
+        return NodeProcess(index, node_id, port, command, self.workdir / f"{node_id}.log")
 
     def _start_haproxy(self) -> None:
         executable = haproxy_executable()
@@ -326,7 +326,7 @@ class LocalCluster:
                 stderr=subprocess.STDOUT,
             )
 
-    def _wait_node_ready(self, node: ClusterNode) -> None:
+    def _wait_node_ready(self, node: NodeProcess) -> None:
         def ready() -> bool:
             if not node.running:
                 raise ClusterError(f"{node.node_id} exited ({node.returncode})\n{self.logs()}")
@@ -392,7 +392,7 @@ class LocalCluster:
 
     def terminate(self, index: int) -> None:
         """SIGTERM node ``index``: in cluster mode it drains (docs/cluster.md, "Drain");
-        :meth:`ClusterNode.wait` for its exit."""
+        :meth:`NodeProcess.wait` for its exit."""
         node = self.nodes[index]
         if node.process is not None and node.process.poll() is None:
             node.process.send_signal(signal.SIGTERM)
