@@ -17,6 +17,8 @@ from trio_agent.cli.chat import add_chat_arguments, chat_main
 from trio_agent.cli.demo import add_arguments as add_demo_arguments
 from trio_agent.cli.demo import run_from_args as run_demo
 from trio_agent.observability.logs import configure_logging
+from trio_agent.protocol.asyncapi import asyncapi_json
+from trio_agent.protocol.constants import DEFAULT_PATH
 from trio_agent.server.config import add_config_arguments, config_from
 from trio_agent.settings import add_arguments
 
@@ -48,6 +50,16 @@ def build_parser() -> argparse.ArgumentParser:
         "print the story of each INTERRUPT and draw it (see docs/cancellation.md).",
     )
     add_demo_arguments(demo)
+    schema = commands.add_parser(
+        "schema",
+        help="print the protocol's AsyncAPI 3.0 document (docs/asyncapi.json)",
+        description="Print the AsyncAPI 3.0 document of the protocol, generated from its "
+        "models: what GET /asyncapi.json serves. Regenerate the committed copy with "
+        "`trio-agent schema > docs/asyncapi.json`.",
+    )
+    schema.add_argument(
+        "--path", default=DEFAULT_PATH, help="the WebSocket path (the server's --path; default /ws)"
+    )
     commands.add_parser(
         "bench",
         help="run scripts/bench_interrupt.py (flags are passed through; try --help)",
@@ -80,6 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         configure_logging("WARNING")
         return run_demo(args)
+    if args.command == "schema":
+        sys.stdout.write(asyncapi_json(args.path))
+        return 0
     parser.error(f"unknown command {args.command}")  # pragma: no cover
     return 2
 
