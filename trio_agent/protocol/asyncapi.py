@@ -86,10 +86,15 @@ class _WireSchema(GenerateJsonSchema):
     ) -> bool:
         """A server's field is on the wire unless it can be ``None``: ``exclude_none``
         drops nothing else (a default such as ``"protocol": "1.2"`` or ``[]`` is sent)."""
-        if self.mode == "serialization":
-            inner = field["schema"]
-            return not (inner["type"] == "default" and inner.get("default", ...) is None)
-        return super().field_is_required(field, total)
+        if self.mode != "serialization":
+            return super().field_is_required(field, total)
+        inner: core_schema.CoreSchema = field["schema"]
+        if inner["type"] == "default":
+            if inner.get("default", ...) is None:
+                return False
+            inner = inner["schema"]
+        kind: str = inner["type"]
+        return kind != "nullable"
 
     def nullable_schema(self, schema: core_schema.NullableSchema) -> JsonSchemaValue:
         if self.mode == "serialization":
@@ -119,8 +124,8 @@ def _schemas() -> tuple[dict[str, str], dict[str, JsonSchemaValue]]:
     names = {model.__name__: ref["$ref"].removeprefix(_SCHEMAS) for (model, _), ref in refs.items()}
     schemas: dict[str, JsonSchemaValue] = top.get("$defs", {})
     for name in names.values():
-        # The parser dispatches on msg_type, so a frame without it is refused, though
-        # each model has it as a default (the class is the type).
+        # Each model has its msg_type as a default (the class is the type), but both
+        # parsers pick the model by it: a frame without one is refused.
         required = schemas[name].setdefault("required", [])
         if "msg_type" not in required:
             required.insert(0, "msg_type")
@@ -128,8 +133,9 @@ def _schemas() -> tuple[dict[str, str], dict[str, JsonSchemaValue]]:
 
 
 def _summary(model: type[BaseModel]) -> str:
-    """The first line of a model's docstring: ``"REQUEST: start a request; ..."``."""
-    return (model.__doc__ or model.__name__).strip().splitlines()[0]
+    """The first line of a model's docstring (``"REQUEST: start a request; ..."``),
+    its reST literals as Markdown ones."""
+    return (model.__doc__ or model.__name__).strip().splitlines()[0].replace("``", "`")
 
 
 def _json_message(
@@ -186,7 +192,7 @@ def _audio_message(header_schema: str) -> dict[str, Any]:
     }
 
 
-def _security_schemes() -> dict[str, Any]:
+def _security_schemes(path: str) -> dict[str, Any]:
     optional = " Only asked for when the server runs with --token (TRIO_AGENT_TOKEN)."
     return {
         "bearer": {
@@ -198,7 +204,7 @@ def _security_schemes() -> dict[str, Any]:
             "type": "httpApiKey",
             "name": TOKEN_QUERY_PARAMETER,
             "in": "query",
-            "description": f"The token in the query string: {DEFAULT_PATH}?"
+            "description": f"The token in the query string: {path}?"
             f"{TOKEN_QUERY_PARAMETER}=<TOKEN>." + optional,
         },
         "tokenSubprotocol": {
@@ -290,7 +296,8 @@ def asyncapi_document(path: str = DEFAULT_PATH) -> dict[str, Any]:
         server_keys.append(key)
     messages[AUDIO_MESSAGE] = _audio_message(names[AudioHeader.__name__])
     server_keys.append(AUDIO_MESSAGE)
-    security = [{"$ref": _SECURITY + name} for name in _security_schemes()]
+    security_schemes = _security_schemes(path)
+    security = [{"$ref": _SECURITY + name} for name in security_schemes]
     return {
         "asyncapi": ASYNCAPI_VERSION,
         "info": {
@@ -301,10 +308,12 @@ def asyncapi_document(path: str = DEFAULT_PATH) -> dict[str, Any]:
                 "and INTERRUPTs; the server streams each response (STREAM frames, binary "
                 "AUDIO frames when spoken) and ends it with one DONE; an INTERRUPT is "
                 "answered by one INTERRUPT_ACK, written ahead of every queued STREAM frame. "
-                "info.version is the protocol version (SESSION.payload.protocol); the "
-                "guarantees, limits and error rules are in docs/protocol.md, the contract "
-                "this document is generated beside."
+                "info.version is the protocol version (SESSION.payload.protocol). The "
+                "guarantees, limits and error rules are in docs/protocol.md, the contract in "
+                "prose; this document is generated from the models the server parses and "
+                "encodes with (trio_agent/protocol/asyncapi.py)."
             ),
+            "license": {"name": "MIT"},
             "x-server-version": __version__,
         },
         "defaultContentType": "application/json",
@@ -368,7 +377,7 @@ def asyncapi_document(path: str = DEFAULT_PATH) -> dict[str, Any]:
         "components": {
             "schemas": schemas,
             "messages": messages,
-            "securitySchemes": _security_schemes(),
+            "securitySchemes": security_schemes,
         },
     }
 
