@@ -20,6 +20,8 @@ from trio_agent.cli.cluster import add_cluster_arguments, cluster_main
 from trio_agent.cli.demo import add_arguments as add_demo_arguments
 from trio_agent.cli.demo import run_from_args as run_demo
 from trio_agent.observability.logs import configure_logging
+from trio_agent.protocol.asyncapi import asyncapi_json
+from trio_agent.protocol.constants import DEFAULT_PATH
 from trio_agent.server.config import ServerConfig, add_config_arguments, config_from
 from trio_agent.server.transport import REUSE_PORT_VARIABLE
 from trio_agent.settings import add_arguments
@@ -59,6 +61,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--redis-url ...) and HAProxy in front; Ctrl-C stops them all (docs/cluster.md).",
     )
     add_cluster_arguments(cluster)
+    schema = commands.add_parser(
+        "schema",
+        help="print the protocol's AsyncAPI 3.0 document (docs/asyncapi.json)",
+        description="Print the AsyncAPI 3.0 document of the protocol, generated from its "
+        "models: what GET /asyncapi.json serves. Regenerate the committed copy with "
+        "`trio-agent schema > docs/asyncapi.json`.",
+    )
+    schema.add_argument(
+        "--path", default=DEFAULT_PATH, help="the WebSocket path (the server's --path; default /ws)"
+    )
     commands.add_parser(
         "bench",
         help="run scripts/bench_interrupt.py (flags are passed through; try --help)",
@@ -101,6 +113,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         configure_logging("WARNING")
         return run_demo(args)
+    if args.command == "schema":
+        sys.stdout.write(asyncapi_json(args.path))
+        return 0
     parser.error(f"unknown command {args.command}")  # pragma: no cover
     return 2
 

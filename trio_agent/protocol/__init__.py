@@ -3,12 +3,18 @@
 Every message is a pydantic model (``messages``), with the bounds of what a client
 may send (``bounds``); the AUDIO binary frame has its codec (``audio``); the
 server's WebSocket framing (``framing``); the constants both ends share
-(``constants``); and :class:`GuaranteeChecker`, which checks a conversation
+(``constants``); the protocol as an AsyncAPI 3.0 document (``asyncapi``); and
+:class:`GuaranteeChecker`, which checks a conversation
 against the guarantees. ``docs/protocol.md`` is the contract;
 ``docs/architecture.md`` shows where this layer sits. The names below are the
 public ones; the modules themselves are internal.
 """
 
+from trio_agent.protocol.asyncapi import (
+    ASYNCAPI_VERSION,
+    asyncapi_document,
+    asyncapi_json,
+)
 from trio_agent.protocol.audio import (
     MAX_HEADER_BYTES,
     PCM_S16LE,
@@ -102,6 +108,7 @@ from trio_agent.protocol.messages import (
 )
 
 __all__ = [
+    "ASYNCAPI_VERSION",
     "DEFAULT_HOST",
     "DEFAULT_INTERRUPT_REASON",
     "DEFAULT_PATH",
@@ -169,6 +176,8 @@ __all__ = [
     "StreamPayload",
     "TargetOutcome",
     "Violation",
+    "asyncapi_document",
+    "asyncapi_json",
     "check_options",
     "close_frame",
     "decode_audio_frame",

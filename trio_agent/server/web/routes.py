@@ -14,12 +14,16 @@ from email.utils import formatdate, parsedate_to_datetime
 from http import HTTPStatus
 
 from trio_agent.observability.metrics import ServerMetrics
+from trio_agent.protocol.asyncapi import asyncapi_json
 from trio_agent.server.admission import same_secret
 from trio_agent.server.web.assets import Asset, make_asset
 from trio_agent.server.web.routing import ALLOWED_METHODS, Route, Routed, route
 
 #: The demo page, under ``static/``.
 PAGE_ASSET = "demo/index.html"
+
+#: The name the AsyncAPI document is served under (its content type comes from it).
+ASYNCAPI_NAME = "asyncapi.json"
 
 #: The page names its WebSocket path in this tag; the server rewrites it when it
 #: listens on another path (``--path``).
@@ -146,6 +150,8 @@ class WebApp:
         self._degraded = degraded
         self.metrics = metrics
         self._assets = dict(assets)
+        #: The AsyncAPI document, rendered at its first request (30 ms) and kept.
+        self._asyncapi: Asset | None = None
         if page and PAGE_ASSET in assets:
             self._assets[PAGE_ASSET] = self._page_for(assets[PAGE_ASSET], websocket_path)
 
@@ -238,6 +244,11 @@ class WebApp:
             return HttpResponse(
                 200, (("Content-Type", content_type), ("Cache-Control", "no-store")), body
             )
+        if routed.route is Route.ASYNCAPI:
+            # Any origin may read the contract (AsyncAPI Studio, a code generator's page).
+            return self._send(
+                request, self._asyncapi_asset(), (("Access-Control-Allow-Origin", "*"),)
+            )
         if routed.route is Route.UPGRADE_REQUIRED:
             return text_response(
                 426,
@@ -267,10 +278,21 @@ class WebApp:
         matches = [same_secret(token, self._metrics_token) for token in presented]
         return bool(matches) and all(matches)
 
+    def _asyncapi_asset(self) -> Asset:
+        """The protocol's AsyncAPI document for this server's WebSocket path, made once."""
+        if self._asyncapi is None:
+            body = asyncapi_json(self.websocket_path).encode("utf-8")
+            self._asyncapi = make_asset(ASYNCAPI_NAME, body)
+        return self._asyncapi
+
     def _file(self, request: HttpRequest, name: str, extra: Headers) -> HttpResponse:
         asset = self._assets.get(name)
         if asset is None:
             return text_response(404, "not found\n")
+        return self._send(request, asset, extra)
+
+    @staticmethod
+    def _send(request: HttpRequest, asset: Asset, extra: Headers) -> HttpResponse:
         headers: list[tuple[str, str]] = [("ETag", asset.etag), ("Cache-Control", "no-cache")]
         if asset.last_modified is not None:
             headers.append(("Last-Modified", formatdate(asset.last_modified, usegmt=True)))

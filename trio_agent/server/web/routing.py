@@ -30,11 +30,17 @@ class Route(Enum):
     HEALTH = "healthz"  # /healthz: the process runs
     READY = "readyz"  # /readyz: the server accepts sessions (503 while draining)
     METRICS = "metrics"  # /metrics: Prometheus exposition
+    ASYNCAPI = "asyncapi"  # /asyncapi.json: the protocol as an AsyncAPI 3.0 document
     UPGRADE_REQUIRED = "upgrade_required"  # the WebSocket path without an upgrade: 426
     NOT_FOUND = "not_found"
 
 
-_FIXED_ROUTES = {"/healthz": Route.HEALTH, "/readyz": Route.READY, "/metrics": Route.METRICS}
+_FIXED_ROUTES = {
+    "/healthz": Route.HEALTH,
+    "/readyz": Route.READY,
+    "/metrics": Route.METRICS,
+    "/asyncapi.json": Route.ASYNCAPI,
+}
 
 
 @dataclass(frozen=True)
