@@ -40,7 +40,14 @@ async def test_the_demo_plays_every_scene_and_tells_each_interrupt(
     assert [story.cut for story in stories] == [("a",), ("d", "e")]
     for story in stories:
         assert f"---- the story of INTERRUPT {story.msg_id} " in text
-    assert "source=deadline" in text.split("---- the timeout of g")[1]
+    timeout = text.split("---- the timeout of g")[1].splitlines()
+    assert "source=deadline" in "\n".join(timeout)
+    # The deadline is marked, at 0, before the cleanup it set off.
+    deadline = next(i for i, line in enumerate(timeout) if "deadline of g passed" in line)
+    cleanup = next(i for i, line in enumerate(timeout) if "cleanup 'save the partial" in line)
+    assert timeout[deadline].split()[:3] == ["0", "µs", "trio"]
+    assert deadline < cleanup
+    assert "(0.05 s after its scope opened)" in timeout[deadline]
     assert "shielded cleanup 'save the partial reply' ended" in text
 
     assert pictures == [tmp_path / "t.png", tmp_path / "t-all.png"]

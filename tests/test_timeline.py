@@ -15,7 +15,9 @@ from trio_agent.observability.timeline import (
     interrupt_stories,
     load_trace,
     narrate,
+    narrate_events,
     pick_story,
+    timeout_story,
 )
 from trio_agent.observability.timeline_plot import PlotUnavailable, draw_timeline
 
@@ -209,3 +211,92 @@ def test_plot_timeline_script(plot_timeline, tmp_path, capsys):
 
     assert plot_timeline([str(trace), "--request", "zz"]) == 1
     assert "no INTERRUPT in the trace cut request 'zz'" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- the words and the marks
+
+
+def test_one_discarded_frame_reads_in_the_singular_with_its_one_seq():
+    one = ev(96, "stream_discarded", "r1", count=1, first_seq=6, last_seq=6)
+    assert describe(one) == "1 queued STREAM frame of r1 discarded (seq 6): never sent"
+    two = ev(96, "stream_discarded", "r1", count=2, first_seq=6, last_seq=7)
+    assert describe(two) == "2 queued STREAM frames of r1 discarded (seq 6..7): never sent"
+
+
+def a_timeout(timeout_s: float = 0.05) -> list[dict]:
+    """Request g runs out of time at 51,000 µs (its scope opened at 1,000)."""
+    task = "request g"
+    return [
+        ev(1_000, "scope_opened", "g", task, agent="narrator", timeout_s=timeout_s),
+        ev(40_000, "stream_queued", "g", task, seq=4),
+        ev(51_300, "cleanup_started", "g", task, what="save", timeout_s=0.25),
+        ev(53_500, "cleanup_ended", "g", task, what="save", timed_out=False),
+        ev(53_600, "cancel_delivered", "g", task, source="deadline", checkpoint="sleep"),
+        ev(53_700, "scope_closed", "g", task, outcome="cancelled", status="timeout"),
+        ev(54_000, "done_written", "g", "writer", status="timeout", frames=5),
+    ]
+
+
+def test_the_timeout_story_marks_when_the_deadline_passed():
+    story = timeout_story([*a_timeout(), ev(52_000, "stream_queued", "h", "request h", seq=0)], "g")
+    assert [e["event"] for e in story] == [
+        "scope_opened",
+        "stream_queued",
+        "deadline_passed",  # before the cleanup it set off, not after
+        "cleanup_started",
+        "cleanup_ended",
+        "cancel_delivered",
+        "scope_closed",
+        "done_written",
+    ]
+    deadline = story[2]
+    assert deadline["t_us"] == 51_000
+    lines = narrate_events(story, zero_us=deadline["t_us"])
+    assert re.fullmatch(
+        r" +0 µs  trio clock +deadline of g passed \(0.05 s after its scope opened\): "
+        r"Trio's clock cancels the scope",
+        lines[2],
+    )
+    assert lines[3].split()[0] == "+300"  # the cleanup began 300 µs after it
+
+
+def test_a_request_that_ended_before_its_deadline_gets_no_mark():
+    assert "deadline_passed" not in [e["event"] for e in timeout_story(a_timeout(60.0), "g")]
+    assert timeout_story(a_trace(), "nobody") == []
+
+
+def zoom_label_boxes(figure) -> list:
+    """The pixel boxes of the labels drawn in the zoomed (lower) panel."""
+    renderer = figure.canvas.get_renderer()
+    figure.draw(renderer)
+    zoom = figure.axes[1]
+    xmin, xmax = sorted(zoom.get_xlim())
+    return [
+        (text.get_text(), text.get_window_extent(renderer))
+        for text in zoom.texts
+        if text.get_text() and xmin <= text.xy[0] <= xmax
+    ]
+
+
+def test_labels_in_the_zoomed_panel_never_overlap():
+    pytest.importorskip("matplotlib")
+    from trio_agent.observability.timeline_plot import build_figure
+
+    # r1's ACK and DONE are queued 1 µs apart, the cancel 3 µs before: one spot.
+    for story in [pick_story(a_trace(), msg_id="c3"), pick_story(a_trace(), msg_id="c5")]:
+        boxes = zoom_label_boxes(build_figure(story))
+        names = [name for name, _ in boxes]
+        assert {"read", "ACK\nqueued"} <= set(names), names
+        for i, (name, box) in enumerate(boxes):
+            for other_name, other in boxes[i + 1 :]:
+                assert not box.overlaps(other), f"{name!r} overlaps {other_name!r}"
+
+
+def test_the_committed_demo_trace_draws_without_overlapping_labels():
+    pytest.importorskip("matplotlib")
+    from trio_agent.observability.timeline_plot import build_figure
+
+    for story in interrupt_stories(load_trace(ROOT / "docs/img/demo-trace.jsonl")):
+        boxes = zoom_label_boxes(build_figure(story))
+        for i, (name, box) in enumerate(boxes):
+            assert not any(box.overlaps(other) for _, other in boxes[i + 1 :]), name

@@ -18,6 +18,7 @@ from conftest import CHROMIUM
 from served import ROOT, ServedProcess
 
 from trio_agent.agents import lorem_words
+from trio_agent.agents.builtin import LOREM_WORDS, LOREM_WORDS_PER_S
 
 pytestmark = pytest.mark.browser
 
@@ -549,3 +550,114 @@ def test_a_spoken_reply_from_the_server_plays_and_falls_silent_on_barge_in(demo:
     expect(demo.meta_of(0)).to_contain_text(re.compile(r"heard \d+\.\d\d s of \d+\.\d\d s: “\S"))
     assert demo.stats()["staleAfterAck"] == 0
     demo.shot("spoken")
+
+
+# ---------------------------------------------------------------- first impressions:
+# the defaults, the empty conversation, the session id, a lost connection's reason
+
+DESKTOP = {"viewport": {"width": 1100, "height": 760}}
+NARROW = {"viewport": {"width": 320, "height": 640}, "is_mobile": True}
+
+
+def test_the_reply_options_default_to_the_lorem_agents_own(demo, server):
+    demo.open(server)
+    expect(demo.by("agent")).to_have_value("lorem")
+    # What the agent's description says, the fields say.
+    expect(demo.page.locator("#agent-description")).to_contain_text(
+        f"words={LOREM_WORDS}, words_per_s={LOREM_WORDS_PER_S}"
+    )
+    expect(demo.by("words")).to_have_value(str(LOREM_WORDS))
+    expect(demo.by("speed")).to_have_value(str(LOREM_WORDS_PER_S))
+    # Sent as they are, they give the agent's own default reply.
+    demo.by("prompt").fill("Defaults, please")
+    demo.by("prompt").press("Enter")
+    expect(demo.reply(0)).to_have_attribute("data-status", "completed", timeout=15_000)
+    expect(demo.text_of(0)).to_have_text(lorem_text(LOREM_WORDS))
+    expect(demo.meta_of(0)).to_have_text(f"completed · {LOREM_WORDS} frames")
+
+
+def test_an_empty_field_falls_back_to_the_same_default(demo, server):
+    demo.open(server)
+    demo.by("words").fill("")
+    demo.by("speed").fill("0")
+    demo.by("prompt").fill("No word count")
+    demo.by("prompt").press("Enter")
+    expect(demo.reply(0)).to_have_attribute("data-status", "completed")
+    expect(demo.text_of(0)).to_have_text(lorem_text(LOREM_WORDS))
+
+
+def test_an_empty_conversation_says_how_to_start_until_the_first_message(demo, server):
+    demo.open(server)
+    empty = demo.by("empty-state")
+    expect(empty).to_be_visible()
+    expect(empty).to_contain_text("No messages yet")
+    expect(empty).to_contain_text("Type a message below and press Enter")
+    expect(empty).to_contain_text("send another")
+    expect(demo.by("log")).to_be_hidden()
+    demo.shot("empty")
+    demo.ask("Hello", words=3, speed=0)
+    expect(empty).to_be_hidden()
+    expect(demo.by("log")).to_be_visible()
+    expect(demo.reply(0)).to_have_attribute("data-status", "completed")
+
+
+def one_line(demo: Demo) -> dict[str, float]:
+    """The session id's box, its line height and whether its text is cut."""
+    return dict(
+        demo.page.evaluate(
+            """() => {
+              const el = document.getElementById("session");
+              const style = getComputedStyle(el);
+              return {
+                height: el.getBoundingClientRect().height,
+                line: parseFloat(style.lineHeight) || parseFloat(style.fontSize) * 1.5,
+                cut: el.scrollWidth > el.clientWidth ? 1 : 0,
+              };
+            }"""
+        )
+    )
+
+
+@pytest.mark.parametrize("size", ["desktop", "320px"])
+def test_the_session_id_stays_on_one_line(browser, server, tmp_path, size):
+    context = browser.new_context(**(DESKTOP if size == "desktop" else NARROW))
+    demo = Demo(context.new_page(), tmp_path)
+    try:
+        demo.open(server)
+        session = demo.by("session")
+        expect(session).to_have_text(re.compile(r"^[0-9a-f]{16}$"))
+        box = one_line(demo)
+        assert box["height"] < 1.5 * box["line"], box  # one line, not two
+        assert box["cut"] == 0, box  # and whole, at these widths
+        expect(session).to_have_attribute("title", str(session.text_content()))
+        demo.shot(f"session-{size}")
+    finally:
+        context.close()
+    assert not demo.errors, demo.errors
+
+
+def test_a_lost_connection_says_why_the_server_closed_it(browser, tmp_path):
+    served = ServedProcess([str(ROOT / "scripts" / "serve")], tmp_path / "server.log").start()
+    context = browser.new_context(**DESKTOP)
+    demo = Demo(context.new_page(), tmp_path)
+    try:
+        demo.open(served, "?reconnect_max_ms=1000")
+        assert served.stop(timeout=4) == 0  # SIGTERM: the server closes with 1001 and a reason
+        note = demo.page.locator(".msg.system").first
+        expect(note).to_have_text(
+            "ConnectionConnection lost: closed by the server "
+            "(code 1001: SIGTERM received). Reconnecting…"
+        )
+        # The session ended for good (1001): the attempts that follow, refused while the
+        # server is down, are for a new session, not a resume of the old one.
+        for _ in range(2):
+            with demo.page.expect_websocket(timeout=RECONNECT_TIMEOUT_MS):
+                pass
+        expect(demo.by("status")).to_have_text("reconnecting")
+        expect(demo.by("resume")).to_have_attribute("data-state", "")
+        expect(demo.by("resume")).to_have_text("")
+        demo.shot("connection-lost")
+    finally:
+        context.close()
+        served.stop()
+    assert not [e for e in demo.errors if "WebSocket connection" not in e], demo.errors

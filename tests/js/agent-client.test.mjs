@@ -112,8 +112,8 @@ class FakeSocket {
     });
   }
 
-  serverClose(code = 1001) {
-    this.onclose?.({ code });
+  serverClose(code = 1001, reason = "") {
+    this.onclose?.({ code, reason });
   }
 
   last(type) {
@@ -430,6 +430,23 @@ test("after a lost session the client reconnects with growing backoff to a new s
   client.close();
 });
 
+test("a server's close says its code and its own reason, in one pair of parentheses", async (t) => {
+  t.mock.timers.enable({ apis: ["setTimeout", "setInterval"] });
+  const { client, socket, events } = await connected();
+  const r = client.request("hi");
+  socket.serverClose(1001, "server shutting down");
+  const status = events.filter(([type]) => type === "status").at(-1)[1];
+  assert.equal(status.state, "reconnecting");
+  assert.equal(status.reason, "closed by the server (code 1001: server shutting down)");
+  assert.match((await r.done).reason, /closed by the server \(code 1001: server shutting down\)$/);
+  t.mock.timers.tick(status.delayMs);
+  FakeSocket.all.at(-1).session();
+  FakeSocket.all.at(-1).serverClose(1006); // no close frame: no reason
+  const bare = events.filter(([type]) => type === "status").at(-1)[1];
+  assert.equal(bare.reason, "closed by the server (code 1006)");
+  client.close();
+});
+
 test("close() ends what streams and never reconnects", async (t) => {
   t.mock.timers.enable({ apis: ["setTimeout", "setInterval"] });
   const { client, socket } = await connected();
@@ -729,6 +746,21 @@ function nextSocket(t, events) {
 }
 
 const ofType = (events, type) => events.filter(([t]) => t === type).map(([, d]) => d);
+
+test("a server that goes away (1001) ends its session's offer: no resume while it is down", async (t) => {
+  const { client, events, socket } = await resumable(t);
+  socket.serverClose(1001, "server shutting down");
+  assert.equal(client.state, "reconnecting");
+  const refused = nextSocket(t, events);
+  refused.serverClose(1006); // nothing listens yet
+  assert.deepEqual(ofType(events, "reconnecting"), [], "a new session, not a resume");
+  const fresh = nextSocket(t, events);
+  fresh.session();
+  assert.equal(fresh.sent.filter((f) => f.msg_type === "RESUME").length, 0);
+  assert.equal(client.state, "open");
+  assert.equal(client.stats.reconnects, 1);
+  client.close();
+});
 
 test("a drop mid-response resumes: every word once, in order, one DONE", async (t) => {
   const { client, events, socket } = await resumable(t);

@@ -106,10 +106,18 @@ async def _paced(words: Iterable[str], words_per_s: float, stream: ResponseStrea
         await stream.send(word)
 
 
+#: ``lorem``'s defaults. Its docstring (the description SESSION lists) and the demo
+#: page's Words and Words per second fields say the same; tests hold all three together.
+LOREM_WORDS = 50
+LOREM_WORDS_PER_S = 20
+
+
 async def lorem(request: AgentRequest, stream: ResponseStream) -> None:
     """Deterministic placeholder text (options: words=50, words_per_s=20; 0 = as fast as possible)."""
-    words = int(option_number(request.options, "words", 50, minimum=0, maximum=1_000_000))
-    words_per_s = option_number(request.options, "words_per_s", 20, minimum=0, maximum=1_000_000)
+    words = int(option_number(request.options, "words", LOREM_WORDS, minimum=0, maximum=1_000_000))
+    words_per_s = option_number(
+        request.options, "words_per_s", LOREM_WORDS_PER_S, minimum=0, maximum=1_000_000
+    )
     await _paced(lorem_deltas(words), words_per_s, stream)
 
 

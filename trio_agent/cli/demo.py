@@ -21,6 +21,7 @@ from trio_agent.observability.timeline import (
     load_trace,
     narrate,
     narrate_events,
+    timeout_story,
 )
 from trio_agent.observability.timeline_plot import PlotUnavailable, draw_timeline
 from trio_agent.observability.trace import JsonLinesTracer
@@ -197,12 +198,16 @@ async def run_demo(
         say(narrate(story))
     say("")
     say("---- the timeout of g " + "-" * 50)
-    timeout = [e for e in events if e.get("request") == "g"]
+    # With its deadline marked: nothing else shows when Trio's clock fired.
+    timeout = timeout_story(events, "g")
     delivered = next((e for e in timeout if e["event"] == "cancel_delivered"), None)
+    deadline = next((e for e in timeout if e["event"] == "deadline_passed"), None)
     if delivered is not None:
         say(f"no INTERRUPT here: the request scope's own deadline expired; {describe(delivered)}")
-        zero = int(delivered["t_us"])
-        say("\n".join(narrate_events(timeout[-8:], zero_us=zero)))
+        if deadline is not None:
+            say("times after the deadline passed:")
+        zero = int((deadline or delivered)["t_us"])
+        say("\n".join(narrate_events(timeout[-9:], zero_us=zero)))
 
     written: list[Path] = []
     if png_path is not None and stories:

@@ -26,6 +26,7 @@ from trio_agent.observability.timeline import (
     narrate,
     narrate_events,
     pick_story,
+    timeout_story,
 )
 from trio_agent.observability.trace import (
     NO_TRACE,
@@ -58,5 +59,6 @@ __all__ = [
     "narrate_events",
     "pick_story",
     "session_events",
+    "timeout_story",
     "tracer_for",
 ]

@@ -187,9 +187,6 @@ _TEMPLATES = {
     "scope_opened": "scope of {request} opened: agent {agent}, deadline {timeout_s:g} s",
     "stream_queued": "STREAM {request} seq={seq} queued",
     "stream_written": "STREAM {request} seq={seq} written",
-    "stream_discarded": (
-        "{count} queued STREAM frames of {request} discarded (seq {first_seq}..{last_seq}): never sent"
-    ),
     "cleanup_started": "shielded cleanup {what!r} started (at most {timeout_s:g} s)",
     "ack_queued": "INTERRUPT_ACK for {ref} queued on the priority lane (cuts {interrupted})",
     "ack_written": "INTERRUPT_ACK for {ref} written, {latency_us} µs after its INTERRUPT was read",
@@ -224,6 +221,16 @@ def describe(event: TraceEvent) -> str:
             f"source={e.get('source')}"
             + (f", from {e.get('source_task')}" if e.get("source_task") else "")
         )
+    if kind == "stream_discarded" and isinstance(count := e.get("count"), int):
+        first, last = e.get("first_seq"), e.get("last_seq")
+        seqs = f"seq {first}" if first == last else f"seq {first}..{last}"
+        frames = "frame" if count == 1 else "frames"
+        return f"{count} queued STREAM {frames} of {rid} discarded ({seqs}): never sent"
+    if kind == "deadline_passed" and isinstance(e.get("timeout_s"), int | float):
+        return (
+            f"deadline of {rid} passed ({e.get('timeout_s'):g} s after its scope opened): "
+            "Trio's clock cancels the scope"
+        )
     if kind == "cleanup_ended":
         outcome = "ran out of time" if e.get("timed_out") else "ended"
         return f"shielded cleanup {e.get('what')!r} {outcome}"
@@ -235,6 +242,39 @@ def describe(event: TraceEvent) -> str:
             pass  # an event from another version of the recorder: show it raw
     fields = {k: v for k, v in e.items() if k not in ("t_us", "event", "session", "task")}
     return f"{kind} {fields}"
+
+
+def timeout_story(events: Iterable[TraceEvent], request_id: str) -> list[TraceEvent]:
+    """The events of ``request_id`` with its deadline marked, in time order.
+
+    Nobody writes an event when a scope's deadline passes: Trio's clock cancels the
+    scope, and the agent only hears of it at its next checkpoint (a cleanup it then
+    starts shows up *before* "Cancelled out of the agent", which is logged when the
+    exception leaves it). The deadline is put back from ``scope_opened``: its time
+    plus ``timeout_s``, as a ``deadline_passed`` event (the scope is entered, and its
+    relative deadline fixed, just before that event is recorded: it is a few µs late at most).
+    A request whose scope closed before its deadline gets no mark.
+    """
+    mine = [e for e in events if e.get("request") == request_id]
+    opened = next((e for e in mine if e["event"] == "scope_opened"), None)
+    timeout_s = opened.get("timeout_s") if opened is not None else None
+    if opened is None or not isinstance(timeout_s, int | float):
+        return mine
+    deadline_us = int(opened["t_us"]) + round(timeout_s * 1e6)
+    closed = next((e for e in mine if e["event"] == "scope_closed"), None)
+    if closed is None or int(closed["t_us"]) < deadline_us:
+        return mine
+    mark = {
+        "t_us": deadline_us,
+        "event": "deadline_passed",
+        "session": opened.get("session"),
+        "request": request_id,
+        "task": "trio clock",
+        "timeout_s": timeout_s,
+    }
+    # Before anything at the same µs: what happens then happens because of it.
+    at = next(i for i, e in enumerate(mine) if int(e["t_us"]) >= deadline_us)
+    return [*mine[:at], mark, *mine[at:]]
 
 
 def narrate_events(events: Sequence[TraceEvent], *, zero_us: int) -> list[str]:

@@ -21,7 +21,10 @@ from trio_agent.observability.trace import (
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
+    from matplotlib.backend_bases import RendererBase
+    from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
+    from matplotlib.text import Annotation
 
 
 class PlotUnavailable(RuntimeError):
@@ -47,18 +50,30 @@ def draw_timeline(story: InterruptStory, path: str | Path, *, title: str | None 
     return out
 
 
+#: The resolution the picture is laid out and saved at.
+DPI = 110
+#: Room kept between two labels, in pixels.
+_LABEL_GAP_PX = 2.0
+
 _REQUEST_COLOURS = ["tab:red", "tab:blue", "tab:green", "tab:purple", "tab:olive", "tab:cyan"]
 _INTERRUPT = "crimson"
 _ACK = "forestgreen"
 
 
 def render(story: InterruptStory, path: Path, *, title: str | None = None) -> None:
+    build_figure(story, title=title).savefig(path, dpi=DPI)
+
+
+def build_figure(story: InterruptStory, *, title: str | None = None) -> Figure:
+    """The picture of ``story``, laid out, its labels kept apart (see :func:`_keep_apart`)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     lanes = story.lanes()
     row = {lane: len(lanes) - 1 - i for i, lane in enumerate(lanes)}
     colour = _colours(story, lanes)
-    figure = Figure(figsize=(13, 1.6 + 1.1 * len(lanes)), layout="constrained")
+    figure = Figure(figsize=(13, 1.6 + 1.1 * len(lanes)), layout="constrained", dpi=DPI)
+    FigureCanvasAgg(figure)
     overview, zoom = figure.subplots(2, 1, height_ratios=[1, 1])
 
     times = [int(e["t_us"]) - story.read_us for e in story.events]
@@ -90,31 +105,38 @@ def render(story: InterruptStory, path: Path, *, title: str | None = None) -> No
         "µs after the INTERRUPT was read: zoom on the reader's step"
         + (" and the ACK written" if ack_us is not None and ack_us <= end else "")
     )
-    _label_reader_step(zoom, story, row)
+    zoom_labels = _label_reader_step(zoom, story, row)
+    overview_labels: list[Annotation] = []
     labelled = {"scope_cancelled": False, "ack_written": False}
     for _, us, event in marks:
         lane = row.get(str(event["task"]))
         kind = str(event["event"])
         if lane is not None and labelled.get(kind) is False:
             labelled[kind] = True  # the first of each is enough
-            overview.annotate(
-                _short(us),
-                (us * 1e-3, lane),
-                xytext=(0, 11),
-                textcoords="offset points",
-                ha="center",
-                fontsize=8,
-                annotation_clip=True,
-            )
-            if kind == "ack_written":
-                zoom.annotate(
-                    f"ACK written +{us:,} µs",
-                    (us, lane),
+            overview_labels.append(
+                overview.annotate(
+                    _short(us),
+                    (us * 1e-3, lane),
                     xytext=(0, 11),
                     textcoords="offset points",
                     ha="center",
+                    va="bottom",
                     fontsize=8,
                     annotation_clip=True,
+                )
+            )
+            if kind == "ack_written":
+                zoom_labels.append(
+                    zoom.annotate(
+                        f"ACK written +{us:,} µs",
+                        (us, lane),
+                        xytext=(0, 11),
+                        textcoords="offset points",
+                        ha="center",
+                        va="bottom",
+                        fontsize=8,
+                        annotation_clip=True,
+                    )
                 )
     _annotate(overview, marks)
 
@@ -124,13 +146,57 @@ def render(story: InterruptStory, path: Path, *, title: str | None = None) -> No
         axes.grid(axis="x", alpha=0.25)
         axes.axvline(0, color=_INTERRUPT, linestyle="--", linewidth=1.5)
     zoom.legend(handles=_legend(), loc="upper left", bbox_to_anchor=(1.0, 1.02), fontsize=8)
-    figure.savefig(path, dpi=110)
+    # Lay the figure out once and keep that layout: where a label may go depends on
+    # where the axes are, and the labels must not move the axes again.
+    figure.draw_without_rendering()
+    figure.set_layout_engine("none")
+    renderer = figure.canvas.get_renderer()  # type: ignore[attr-defined]
+    _keep_apart(overview, overview_labels, renderer)
+    _keep_apart(zoom, zoom_labels, renderer)
+    return figure
+
+
+def _keep_apart(axes: Axes, labels: list[Annotation], renderer: RendererBase) -> None:
+    """Move labels that would overlap one placed before them, above or below their marker.
+
+    Events a few µs apart put their labels on top of each other (``ACK queued`` over
+    ``DONE a``). Each label, in turn, takes the first place, alternately on the other
+    side of its marker and then a line further out, where it overlaps none of the labels
+    placed before it. Labels whose point is outside the axes are not drawn and take no room.
+    """
+    xmin, xmax = sorted(axes.get_xlim())
+    placed: list[Any] = []
+    for label in labels:
+        if not label.get_text() or not xmin <= float(label.xy[0]) <= xmax:
+            continue
+        dx, dy = label.xyann
+        below = dy < 0
+        height = label.get_window_extent(renderer).height * 72 / DPI + 2
+        places = [(below, 0.0), (not below, 0.0)]
+        places += [(side, step * height) for step in (1, 2, 3) for side in (below, not below)]
+        box = None
+        for side_below, further in places:
+            label.xyann = (dx, -(abs(dy) + further) if side_below else abs(dy) + further)
+            label.set_verticalalignment("top" if side_below else "bottom")
+            box = label.get_window_extent(renderer).padded(_LABEL_GAP_PX)
+            if not any(box.overlaps(other) for other in placed):
+                break
+        placed.append(box)
+
+
+def _read_index(story: InterruptStory) -> int:
+    """Where the story's own INTERRUPT is read (an earlier one may be in its context)."""
+    return next(
+        i
+        for i, e in enumerate(story.events)
+        if e["event"] == "interrupt_read" and e.get("msg_id") == story.msg_id
+    )
 
 
 def _reader_step_end(story: InterruptStory) -> int:
     """µs from the read to the reader's last event before any other task's."""
     events = list(story.events)
-    start = next(i for i, e in enumerate(events) if e["event"] == "interrupt_read")
+    start = _read_index(story)
     end = story.read_us
     for event in events[start:]:
         if event["task"] != READER:
@@ -139,10 +205,11 @@ def _reader_step_end(story: InterruptStory) -> int:
     return end - story.read_us
 
 
-def _label_reader_step(axes: Axes, story: InterruptStory, row: dict[str, int]) -> None:
-    """Name each thing the reader does in its step, under its marker."""
+def _label_reader_step(axes: Axes, story: InterruptStory, row: dict[str, int]) -> list[Annotation]:
+    """Name each thing the reader does in its step, under its marker; returns the labels."""
+    labels: list[Annotation] = []
     events = list(story.events)
-    start = next(i for i, e in enumerate(events) if e["event"] == "interrupt_read")
+    start = _read_index(story)
     for event in events[start:]:
         if event["task"] != READER:
             break
@@ -157,16 +224,19 @@ def _label_reader_step(axes: Axes, story: InterruptStory, row: dict[str, int]) -
         lane = row.get(request_task_label(str(rid)) if kind == "stream_discarded" else READER)
         if text is None or lane is None:
             continue
-        axes.annotate(
-            text,
-            (int(event["t_us"]) - story.read_us, lane),
-            xytext=(0, -13),
-            textcoords="offset points",
-            ha="center",
-            va="top",
-            fontsize=7.5,
-            annotation_clip=True,
+        labels.append(
+            axes.annotate(
+                text,
+                (int(event["t_us"]) - story.read_us, lane),
+                xytext=(0, -13),
+                textcoords="offset points",
+                ha="center",
+                va="top",
+                fontsize=7.5,
+                annotation_clip=True,
+            )
         )
+    return labels
 
 
 def _short(us: int) -> str:

@@ -851,7 +851,7 @@ export class AgentClient extends EventTarget {
       if (this._ws === ws) this._onMessage(event.data);
     };
     ws.onclose = (event) => {
-      if (this._ws === ws) this._lost(`closed by the server (code ${event.code})`, event.code);
+      if (this._ws === ws) this._lost(closedByTheServer(event), event.code);
     };
     ws.onerror = () => {
       // Always followed by "close", which does the work.
@@ -889,8 +889,14 @@ export class AgentClient extends EventTarget {
       !this._closedByUser &&
       (this._resuming !== null || this._offer !== null) &&
       (code === null || !FINAL_CLOSE_CODES.has(code));
-    if (resumable || this._resuming !== null) this._detach();
-    else this._teardown(`connection lost: ${reason}`);
+    if (resumable || this._resuming !== null) {
+      this._detach();
+    } else {
+      this._teardown(`connection lost: ${reason}`);
+      // The session is over, and its resume offer with it: a reconnect attempt that
+      // fails next (the server still down) must not try to resume it.
+      this._offer = null;
+    }
     dropSocket(ws);
     if (this._closedByUser) return;
     if (resumable) {
@@ -1453,6 +1459,16 @@ function dropSocket(ws) {
   } catch {
     // already closing
   }
+}
+
+/**
+ * Why the server closed the socket, in words: its close code and, when it gave one, its
+ * own reason, e.g. "closed by the server (code 1001: server shutting down)".
+ * @param {{code: number, reason?: string}} event  the socket's "close" event
+ */
+function closedByTheServer(event) {
+  const reason = typeof event.reason === "string" ? event.reason.trim() : "";
+  return `closed by the server (code ${event.code}${reason ? `: ${reason}` : ""})`;
 }
 
 /**

@@ -85,6 +85,7 @@ function paintFigures() {
   $("stale").classList.toggle("bad", staleAfterAck > 0);
   $("ack-timeouts").textContent = String(ackTimeouts);
   $("session").textContent = client.sessionId ?? "";
+  $("session").title = client.sessionId ?? "";
   paintAudio();
 }
 
@@ -261,11 +262,13 @@ function send() {
   interruptAll("USER_NEW_INPUT");
   addNote("user", input);
   const agent = agentSelect.value || undefined;
-  const speed = number(speedInput.value, 12);
+  // An emptied field means the page's default (the lorem agent's, in index.html).
+  const speed = number(speedInput.value, Number(speedInput.defaultValue));
+  const words = number(wordsInput.value, Number(wordsInput.defaultValue));
   /** @type {Record<string, unknown>} */
   const options =
     agent === "lorem"
-      ? { words: Math.max(1, Math.round(number(wordsInput.value, 60))), words_per_s: speed }
+      ? { words: Math.max(1, Math.round(words)), words_per_s: speed }
       : { words_per_s: speed };
   if (speakBox.checked && !speakBox.disabled) {
     options.voice = true;
@@ -343,7 +346,9 @@ client.addEventListener("status", (event) => {
   const status = $("status");
   // A resume is told quietly in the header (below), not in the conversation.
   if (status.dataset.state === "open" && state === "reconnecting" && !resuming) {
-    addNote("system", `Connection lost (${reason ?? "closed"}); reconnecting…`);
+    // The reason says who closed it and why, e.g. "closed by the server (code 1001:
+    // server shutting down)": one pair of parentheses, the server's own words kept.
+    addNote("system", `Connection lost: ${reason ?? "closed"}. Reconnecting…`);
   }
   status.textContent = state;
   status.dataset.state = state;
