@@ -120,7 +120,7 @@ class VtScreen:
         elif final == "G":
             self.column = min(count - 1, self.columns - 1)
         elif final in "Hf":
-            row, column = (numbers + [1, 1])[:2]
+            row, column = [*numbers, 1, 1][:2]
             self.row = min(max(row, 1), self.rows_count) - 1
             self.column = min(max(column, 1), self.columns) - 1
         elif final == "J":

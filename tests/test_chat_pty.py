@@ -158,9 +158,11 @@ async def test_typing_while_a_reply_streams_keeps_the_prompt_and_barges_in(chat_
     chat.send("\r")
     screen = await in_thread(
         chat.wait_for,
-        lambda s: "> and now something else" in s.lines[:-1]
-        and any(line.startswith("[ack in ") for line in s.lines)
-        and prompt_row(s).startswith(PROMPT.rstrip()),
+        lambda s: (
+            "> and now something else" in s.lines[:-1]
+            and any(line.startswith("[ack in ") for line in s.lines)
+            and prompt_row(s).startswith(PROMPT.rstrip())
+        ),
         "the cut, the question, the ACK and the prompt back",
     )
     lines = screen.lines
