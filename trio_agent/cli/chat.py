@@ -2,9 +2,10 @@
 
 Each line typed is a request; a new line while a reply streams interrupts it and
 asks at once, never waiting for the ACK. This module holds the chat loop, its
-flags and its entry point; the terminal I/O is in :mod:`trio_agent.cli.chat_terminal`
-and the speech in :mod:`trio_agent.cli.chat_voice`. docs/client.md ("The terminal
-chat") describes it.
+flags and its entry point; a terminal's prompt is :mod:`trio_agent.cli.chat_prompt`,
+a pipe's plain input and output :mod:`trio_agent.cli.chat_terminal`, the help and
+the agents' availability :mod:`trio_agent.cli.chat_help`, and the speech
+:mod:`trio_agent.cli.chat_voice`. docs/client.md ("The terminal chat") describes it.
 """
 
 from __future__ import annotations
