@@ -13,6 +13,7 @@ from test_chat import Keyboard, Transcript, index
 
 from trio_agent import agents as builtin
 from trio_agent.agents.openai.agent import openai_agent_from
+from trio_agent.cli import chat_prompt
 from trio_agent.cli.chat import run_chat
 from trio_agent.cli.chat_help import agent_problem, choose_agent, describe_agents
 from trio_agent.cli.chat_prompt import LiveLine
@@ -132,3 +133,18 @@ def test_the_unfinished_line_stays_narrower_than_the_terminal(deltas, width, fin
         done += live.add(delta, width)
     assert done == finished
     assert live.text == unfinished
+
+
+async def test_a_prompt_that_cannot_run_ends_the_chat_with_the_reason(
+    start_server, capsys, monkeypatch
+):
+    def no_terminal(*args, **kwargs):
+        raise OSError("no terminal here")
+
+    monkeypatch.setattr(chat_prompt, "PromptSession", no_terminal)
+    server = await start_server({"lorem": builtin.lorem})
+    with trio.fail_after(20):
+        status = await run_chat(server.url, terminal=True, heartbeat_s=None)
+    assert status == 1  # not a hang waiting for input that never comes
+    err = capsys.readouterr().err
+    assert "trio-agent chat: the terminal's prompt failed: OSError('no terminal here')" in err

@@ -27,6 +27,7 @@ from trio_agent.cli.chat_terminal import (
     Key,
     LineReader,
     Screen,
+    TerminalFailed,
     ThreadedFdReader,
 )
 from trio_agent.cli.chat_voice import (
@@ -383,7 +384,7 @@ async def run_chat(
                 return 2
             async with _open_input(terminal, stdin, plain) as (screen, lines):
                 await _converse(client, url, chosen, screen, lines, echo_input, voice)
-    except AgentClientError as error:
+    except (AgentClientError, TerminalFailed) as error:
         plain.end_reply()
         print(f"trio-agent chat: {error}", file=sys.stderr)
         return 1
@@ -402,7 +403,7 @@ async def _open_input(
         async with open_terminal_prompt() as prompt:
             yield prompt, prompt
         if prompt.failure is not None:
-            raise prompt.failure
+            raise TerminalFailed(f"the terminal's prompt failed: {prompt.failure!r}")
         return
     if stdin is None:
         raise ValueError("run_chat needs stdin, or terminal=True")

@@ -209,6 +209,10 @@ class TerminalPrompt:
             except (KeyboardInterrupt, EOFError):
                 self._deliver(Key.QUIT)
                 return
+            except Exception as exc:  # the chat ends, and says why
+                self.failure = exc
+                self._deliver(Key.QUIT)
+                return
             self._deliver(line)
 
     def _keys(self) -> KeyBindings:

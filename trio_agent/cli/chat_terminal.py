@@ -13,7 +13,19 @@ from typing import Protocol, TextIO
 
 import trio
 
-__all__ = ["ChatInput", "ChatScreen", "Key", "LineReader", "Screen", "ThreadedFdReader"]
+__all__ = [
+    "ChatInput",
+    "ChatScreen",
+    "Key",
+    "LineReader",
+    "Screen",
+    "TerminalFailed",
+    "ThreadedFdReader",
+]
+
+
+class TerminalFailed(Exception):
+    """The terminal's prompt could not run; the chat ends with this (exit status 1)."""
 
 
 class Key(enum.Enum):
