@@ -56,8 +56,8 @@ CHAT_EPILOG: Final = (
     "commands (type them as a line):\n"
     + "\n".join(COMMANDS)
     + "\n\nexit status: 0 when you leave (/quit, Ctrl-C, end of input); 1 when the\n"
-    "connection fails or is lost; 2 for a bad flag, or an agent or voice the server\n"
-    "does not offer."
+    "connection fails or is lost (or the terminal's prompt cannot run); 2 for a bad\n"
+    "flag, or an agent or voice the server does not offer or cannot run."
 )
 
 
