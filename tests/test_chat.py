@@ -146,7 +146,7 @@ async def test_commands(start_server):
             await out.wait_for(lambda text: "[ack in" in text)
             keyboard.type("/agent echo\nsay it back\n")
             await out.wait_for(lambda text: "\nsay it back\n" in text)
-            keyboard.type("/what\n/quit\nnever sent\n")
+            keyboard.type("/help\n/what\n/quit\nnever sent\n")
             # The chat leaves at /quit, without reading on: the pipe stays open.
 
         nursery.start_soon(typist)
@@ -159,7 +159,10 @@ async def test_commands(start_server):
     stopped = index(lines, r"( w\d+)+ \[cut after \d+ chunks\]")
     assert stopped < index(lines, r"\[ack in .*: the server cut req-1\]")
     assert index(lines, r"\[agent: echo\]") < index(lines, "say it back")
-    index(lines, r"\[type a line to ask.*\]")  # /what shows the help
+    helped = index(lines, "> /help")
+    for command in ("/agent", "/voice", "/stop", "/help", "/quit"):
+        index(lines[helped:], rf"  {command} .*")
+    index(lines, re.escape("[unknown command /what: /help lists the commands]"))
     assert lines[-1] == "> /quit"
 
 
@@ -198,7 +201,14 @@ def test_chat_help_names_the_default_url(capsys):
     with pytest.raises(SystemExit) as exited:
         main(["chat", "--help"])
     assert exited.value.code == 0
-    assert "ws://127.0.0.1:8765/ws" in capsys.readouterr().out
+    shown = capsys.readouterr().out
+    assert "ws://127.0.0.1:8765/ws" in shown
+    # Plain text, not the reST of a docstring, and the commands a chat takes.
+    assert "``" not in shown
+    assert ":param" not in shown
+    assert ":class:" not in shown
+    for command in ("/agent", "/voice", "/stop", "/help", "/quit", "Esc", "Ctrl-C"):
+        assert re.search(rf"^  {re.escape(command)} ", shown, re.MULTILINE), command
     with pytest.raises(SystemExit) as exited:
         main(["chat", "--token", "not a token"])
     assert exited.value.code == 2

@@ -2,9 +2,10 @@
 
 Each line typed is a request; a new line while a reply streams interrupts it and
 asks at once, never waiting for the ACK. This module holds the chat loop, its
-flags and its entry point; the terminal I/O is in :mod:`trio_agent.cli.chat_terminal`
-and the speech in :mod:`trio_agent.cli.chat_voice`. docs/client.md ("The terminal
-chat") describes it.
+flags and its entry point; a terminal's prompt is :mod:`trio_agent.cli.chat_prompt`,
+a pipe's plain input and output :mod:`trio_agent.cli.chat_terminal`, the help and
+the agents' availability :mod:`trio_agent.cli.chat_help`, and the speech
+:mod:`trio_agent.cli.chat_voice`. docs/client.md ("The terminal chat") describes it.
 """
 
 from __future__ import annotations
@@ -13,12 +14,22 @@ import argparse
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable
-from typing import TextIO
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import NoReturn, TextIO
 
 import trio
 
-from trio_agent.cli.chat_terminal import LineReader, Screen, ThreadedFdReader
+from trio_agent.cli.chat_help import COMMANDS, HELP, agent_problem, choose_agent, describe_agents
+from trio_agent.cli.chat_terminal import (
+    ChatInput,
+    ChatScreen,
+    Key,
+    LineReader,
+    Screen,
+    TerminalFailed,
+    ThreadedFdReader,
+)
 from trio_agent.cli.chat_voice import (
     DEFAULT_WAV,
     Speech,
@@ -46,10 +57,6 @@ from trio_agent.protocol.constants import DEFAULT_URL
 
 STOP_REASON = "USER_STOP"
 NEW_INPUT_REASON = "USER_NEW_INPUT"
-HELP = (
-    "type a line to ask; a new line while a reply streams interrupts it. "
-    "/stop interrupts, /agent NAME switches agent, /quit leaves"
-)
 
 
 class Chat:
@@ -58,7 +65,7 @@ class Chat:
     def __init__(
         self,
         client: AgentClient,
-        screen: Screen,
+        screen: ChatScreen,
         agent: str,
         nursery: trio.Nursery,
         *,
@@ -70,6 +77,7 @@ class Chat:
         self.agent = agent
         self.echo_input = echo_input
         self.voice = voice
+        self._voice_settings = voice
         self._nursery = nursery
         self._current: Response | None = None
         self._speech: Speech | None = None
@@ -103,9 +111,22 @@ class Chat:
             return False
         if command == "/agent":
             self.switch_agent(argument.strip())
+        elif command == "/voice":
+            self.switch_voice(argument.strip())
+        elif command == "/help":
+            for usage in COMMANDS:
+                self.screen.line(usage)
         else:
-            self.screen.note(HELP)
+            self.screen.note(f"unknown command {command}: /help lists the commands")
         return True
+
+    async def handle_key(self, key: Key) -> bool:
+        """Act on a key that is not a line; return ``False`` to leave. Esc stops the
+        reply quietly (nothing to stop is no news); Ctrl-C leaves."""
+        if key is Key.STOP:
+            await self.stop(STOP_REASON)
+            return True
+        return False
 
     async def ask(self, text: str) -> None:
         """Ask ``text`` at once. Call :meth:`stop` first: a new request never waits
@@ -164,14 +185,32 @@ class Chat:
             self.screen.line(f"> {line}")
 
     def switch_agent(self, name: str) -> None:
-        names = ", ".join(self.client.agents)
+        """``/agent``: list the agents (and why one is unavailable), or use ``name``."""
         if not name:
-            self.screen.note(f"agent: {self.agent} (agents: {names})")
-        elif name in self.client.agents and self.client.agents[name].available:
+            self.screen.note(f"agent: {self.agent} ({describe_agents(self.client.agents)})")
+        elif (problem := agent_problem(self.client.agents, name)) is not None:
+            self.screen.note(problem)
+        else:
             self.agent = name
             self.screen.note(f"agent: {name}")
+
+    def switch_voice(self, setting: str) -> None:
+        """``/voice``: say how replies are spoken; ``/voice off`` stops speaking them,
+        ``/voice on`` speaks them again (as the flags say, else to WAV files)."""
+        if setting == "off":
+            self.voice = None
+        elif setting == "on":
+            if not self.client.voices:
+                self.screen.note("the server offers no voices: replies will not be spoken")
+                return
+            self.voice = self._voice_settings or VoiceSettings(wav=DEFAULT_WAV)
+        elif setting:
+            self.screen.note(f"/voice takes on or off, not {setting!r}")
+            return
+        if self.voice is None:
+            self.screen.note("replies are not spoken (/voice on speaks them)")
         else:
-            self.screen.note(f"no agent {name!r} here (agents: {names})")
+            self.screen.note(describe_voice(self.client, self.voice))
 
     async def _show(self, response: Response, shown: trio.Event) -> None:
         """Print the reply as it streams, and how it ended at the end of its line.
@@ -267,7 +306,7 @@ def describe_ack(ack: AckInfo, handle: InterruptHandle) -> str:
     return f"{head}: {what}{dropped}"
 
 
-async def show_connection(client: AgentClient, screen: Screen) -> None:
+async def show_connection(client: AgentClient, screen: ChatScreen) -> None:
     """One discreet line when the connection drops (``[reconnecting...]``, once
     per drop), when the session is back (``[resumed]``), or when it cannot be
     (``[could not resume: ...]``). Runs until cancelled or the client ends."""
@@ -283,8 +322,9 @@ async def show_connection(client: AgentClient, screen: Screen) -> None:
 async def run_chat(
     url: str,
     *,
-    stdin: trio.abc.ReceiveStream,
-    out: TextIO,
+    stdin: trio.abc.ReceiveStream | None = None,
+    out: TextIO | None = None,
+    terminal: bool = False,
     agent: str | None = None,
     token: str | None = None,
     echo_input: bool = False,
@@ -295,6 +335,12 @@ async def run_chat(
 ) -> int:
     """Run the chat until ``/quit`` or the end of ``stdin``; return the exit status.
 
+    :param stdin: the input, read line by line (a pipe, a file).
+    :param out: where the transcript goes (default: ``sys.stdout``).
+    :param terminal: read the terminal with a prompt at the bottom instead
+        (:mod:`trio_agent.cli.chat_prompt`; ``stdin`` and ``out`` are not used). The
+        prompt opens once the session is open and the agent checked, and is gone,
+        the terminal restored, before any error is printed.
     :param echo_input: print each input line (``> line``): useful when the input
         is a pipe, so the transcript shows the questions.
     :param voice: speak the replies (see :class:`VoiceSettings`).
@@ -306,25 +352,24 @@ async def run_chat(
     (``[reconnecting...]``, then ``[resumed]``) and the reply goes on.
 
     Errors (cannot connect, connection lost) are printed as one line on stderr,
-    with exit status 1; an unknown ``agent`` gives status 2.
+    with exit status 1; an agent the server does not have or cannot run (with
+    the reason), or a voice it does not have, gives status 2.
 
     Cancellation: the chat lives in one nursery. A task per reply shows it; a task
     per spoken reply feeds its sinks, inside a cancel scope the next barge-in
     cancels (its ``finally`` kills and reaps the player, shielded and bounded); a
     task per interrupt waits for its ACK and reports it. Leaving (``/quit``,
-    Ctrl-C) cancels them all, and the client's block closes the connection.
+    Ctrl-C) cancels them all, the prompt's thread is stopped (bounded), and the
+    client's block closes the connection (bounded).
     """
-    screen = Screen(out)
+    plain = Screen(out if out is not None else sys.stdout)
     try:
         async with open_agent_client(
             url, token=token, heartbeat_s=heartbeat_s, stream=stream, open_stream=open_stream
         ) as client:
-            names = ", ".join(client.agents)
-            chosen = agent or client.default_agent or next(iter(client.agents), None)
-            if chosen is None or chosen not in client.agents:
-                print(
-                    f"trio-agent chat: no agent {chosen!r} here (agents: {names})", file=sys.stderr
-                )
+            chosen, problem = choose_agent(client.agents, agent, client.default_agent)
+            if chosen is None:
+                print(f"trio-agent chat: {problem}", file=sys.stderr)
                 return 2
             if (
                 voice is not None
@@ -337,28 +382,66 @@ async def run_chat(
                     file=sys.stderr,
                 )
                 return 2
-            screen.note(f"connected to {url}, session {client.session_id}; agent {chosen}")
-            if voice is not None:
-                screen.note(describe_voice(client, voice))
-                if not client.voices:
-                    voice = None  # asking would only get UNKNOWN_VOICE
-            screen.note(HELP)
-            lines = LineReader(stdin)
-            async with trio.open_nursery() as watching:
-                watching.start_soon(show_connection, client, screen)
-                async with trio.open_nursery() as nursery:
-                    chat = Chat(client, screen, chosen, nursery, echo_input=echo_input, voice=voice)
-                    while (line := await lines.next_line()) is not None:
-                        if not await chat.handle(line):
-                            nursery.cancel_scope.cancel(reason="/quit")
-                            break
-                # At the end of the input the nursery has waited for the last reply.
-                watching.cancel_scope.cancel(reason="the chat is over")
-    except AgentClientError as error:
-        screen.end_reply()
+            async with _open_input(terminal, stdin, plain) as (screen, lines):
+                await _converse(client, url, chosen, screen, lines, echo_input, voice)
+    except (AgentClientError, TerminalFailed) as error:
+        plain.end_reply()
         print(f"trio-agent chat: {error}", file=sys.stderr)
         return 1
     return 0
+
+
+@asynccontextmanager
+async def _open_input(
+    terminal: bool, stdin: trio.abc.ReceiveStream | None, plain: Screen
+) -> AsyncIterator[tuple[ChatScreen, ChatInput]]:
+    """The chat's screen and input: the prompt on a terminal, else ``stdin`` read
+    line by line and ``plain``. (prompt_toolkit is imported only for a terminal.)"""
+    if terminal:
+        from trio_agent.cli.chat_prompt import open_terminal_prompt
+
+        async with open_terminal_prompt() as prompt:
+            yield prompt, prompt
+        if prompt.failure is not None:
+            raise TerminalFailed(f"the terminal's prompt failed: {prompt.failure!r}")
+        return
+    if stdin is None:
+        raise ValueError("run_chat needs stdin, or terminal=True")
+    yield plain, LineReader(stdin)
+
+
+async def _converse(
+    client: AgentClient,
+    url: str,
+    agent: str,
+    screen: ChatScreen,
+    lines: ChatInput,
+    echo_input: bool,
+    voice: VoiceSettings | None,
+) -> None:
+    """Read and act until ``/quit``, a quitting key, or the end of the input (which
+    waits for the last reply)."""
+    screen.note(f"connected to {url}, session {client.session_id}; agent {agent}")
+    if voice is not None:
+        screen.note(describe_voice(client, voice))
+        if not client.voices:
+            voice = None  # asking would only get UNKNOWN_VOICE
+    screen.note(HELP)
+    async with trio.open_nursery() as watching:
+        watching.start_soon(show_connection, client, screen)
+        async with trio.open_nursery() as nursery:
+            chat = Chat(client, screen, agent, nursery, echo_input=echo_input, voice=voice)
+            while (line := await lines.next_line()) is not None:
+                going_on = (
+                    await chat.handle_key(line)
+                    if isinstance(line, Key)
+                    else await chat.handle(line)
+                )
+                if not going_on:
+                    nursery.cancel_scope.cancel(reason="the user left")
+                    break
+        # At the end of the input the nursery has waited for the last reply.
+        watching.cancel_scope.cancel(reason="the chat is over")
 
 
 def add_chat_arguments(parser: argparse.ArgumentParser) -> None:
@@ -410,16 +493,33 @@ def _token_argument(value: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def chat_main(args: argparse.Namespace) -> int:
-    """``trio-agent chat``: run the chat on stdin and stdout."""
-    return trio.run(_chat_until_ctrl_c, args)
+def chat_main(args: argparse.Namespace) -> NoReturn:
+    """``trio-agent chat``: run the chat on stdin and stdout, then end the process.
+
+    It ends with :func:`os._exit`, skipping the interpreter's teardown: freeing
+    what the imports made (pydantic's models, httpx, prompt_toolkit) takes 0.1 to
+    0.8 s on a loaded machine, and Ctrl-C must leave at once. Nothing is lost by
+    it: by then the chat has closed everything it opened (the connection with its
+    close frame, the terminal, the players, the WAV files), and the standard
+    streams are flushed here.
+    """
+    status = trio.run(_chat_until_ctrl_c, args)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 async def _chat_until_ctrl_c(args: argparse.Namespace) -> int:
     """Run the chat; Ctrl-C (SIGINT) cancels it, which closes the connection cleanly
-    and exits with status 0 instead of a KeyboardInterrupt traceback."""
+    and exits with status 0 instead of a KeyboardInterrupt traceback.
+
+    On a terminal (stdin and stdout both) the prompt reads Ctrl-C as a key, and the
+    chat leaves the same way; SIGINT still arrives from ``kill -INT``, or between
+    two prompts.
+    """
     status = 0
     interrupted = False
+    on_terminal = sys.stdin.isatty() and sys.stdout.isatty()
     with trio.open_signal_receiver(signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
 
@@ -433,14 +533,16 @@ async def _chat_until_ctrl_c(args: argparse.Namespace) -> int:
             nursery.start_soon(leave_on_ctrl_c)
             status = await run_chat(
                 args.url,
-                stdin=ThreadedFdReader(sys.stdin.fileno()),
-                out=sys.stdout,
+                stdin=None if on_terminal else ThreadedFdReader(sys.stdin.fileno()),
+                terminal=on_terminal,
                 agent=args.agent,
                 token=args.token,
-                echo_input=not sys.stdin.isatty(),
+                # The prompt erases the accepted line, and the chat prints it back
+                # after the cut reply; a plain terminal (stdout piped) echoes itself.
+                echo_input=on_terminal or not sys.stdin.isatty(),
                 voice=voice_settings(args),
             )
             nursery.cancel_scope.cancel(reason="chat over")
-    if interrupted:
+    if interrupted and not on_terminal:
         print(file=sys.stdout)  # leave the shell prompt on a line of its own
     return status

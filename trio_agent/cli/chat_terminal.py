@@ -1,4 +1,5 @@
-"""The chat's terminal: the screen it prints to and the input it reads line by line.
+"""The chat's plain input and output: the screen it prints to and the input it reads
+line by line, for a pipe or a file (a terminal gets :mod:`trio_agent.cli.chat_prompt`).
 
 Used by :mod:`trio_agent.cli.chat`; docs/client.md ("The terminal chat") says how
 the chat reads a terminal, a pipe or a file.
@@ -6,12 +7,54 @@ the chat reads a terminal, a pipe or a file.
 
 from __future__ import annotations
 
+import enum
 import os
-from typing import TextIO
+from typing import Protocol, TextIO
 
 import trio
 
-__all__ = ["LineReader", "Screen", "ThreadedFdReader"]
+__all__ = [
+    "ChatInput",
+    "ChatScreen",
+    "Key",
+    "LineReader",
+    "Screen",
+    "TerminalFailed",
+    "ThreadedFdReader",
+]
+
+
+class TerminalFailed(Exception):
+    """The terminal's prompt could not run; the chat ends with this (exit status 1)."""
+
+
+class Key(enum.Enum):
+    """What a terminal's keys ask for that is not a line."""
+
+    #: Esc: stop the reply, ask nothing.
+    STOP = "stop"
+    #: Ctrl-C, or Ctrl-D on an empty line: leave now.
+    QUIT = "quit"
+
+
+class ChatScreen(Protocol):
+    """Where the chat prints: :class:`Screen` for a pipe, the prompt on a terminal."""
+
+    def reply(self, delta: str) -> None: ...
+
+    def end_reply(self, marker: str = "") -> None: ...
+
+    def line(self, text: str) -> None: ...
+
+    def note(self, text: str) -> None: ...
+
+
+class ChatInput(Protocol):
+    """Where the chat reads: :class:`LineReader` for a pipe, the prompt on a terminal."""
+
+    async def next_line(self) -> str | Key | None:
+        """The next line without its end, a :class:`Key`, or ``None`` at the end."""
+        ...
 
 
 class Screen:

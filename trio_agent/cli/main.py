@@ -16,6 +16,7 @@ from trio_agent._version import __version__
 from trio_agent.agents import builtin_agents
 from trio_agent.agents.openai.agent import OpenAIConfig, openai_agent_from
 from trio_agent.cli.chat import add_chat_arguments, chat_main
+from trio_agent.cli.chat_help import CHAT_DESCRIPTION, CHAT_EPILOG
 from trio_agent.cli.cluster import add_cluster_arguments, cluster_main
 from trio_agent.cli.demo import add_arguments as add_demo_arguments
 from trio_agent.cli.demo import run_from_args as run_demo
@@ -44,7 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_arguments(openai, OpenAIConfig)
     chat = commands.add_parser(
-        "chat", help="chat with a server from the terminal", description=chat_main.__doc__
+        "chat",
+        help="chat with a server from the terminal",
+        description=CHAT_DESCRIPTION,
+        epilog=CHAT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_chat_arguments(chat)
     demo = commands.add_parser(

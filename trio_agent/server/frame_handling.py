@@ -148,13 +148,20 @@ class FrameHandling:
         agent = self._agents.get(name)
         entry = self._session_payload.agents.get(name)
         if agent is None or (entry is not None and not entry.available):
+            # Say why this one cannot be asked, and name only the ones that can.
+            usable = sorted(
+                other
+                for other in self._agents
+                if (listed := self._session_payload.agents.get(other)) is None or listed.available
+            )
             why = (
-                entry.unavailable_reason if entry is not None and entry.unavailable_reason else None
+                f"is unavailable: {entry.unavailable_reason or 'no reason given'}"
+                if agent is not None and entry is not None
+                else "is not available here"
             )
             self._send_error(
                 ErrorCode.UNKNOWN_AGENT,
-                f"agent {name[:64]!r} is not available here"
-                + (f": {why}" if why else f" (agents: {', '.join(sorted(self._agents))})"),
+                f"agent {name[:64]!r} {why} (available: {', '.join(usable) or 'none'})",
                 ref=ref,
                 request_id=request_id,
             )
