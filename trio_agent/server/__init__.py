@@ -16,10 +16,12 @@ from trio_agent.server.config import (
     config_from,
     parse_config,
 )
+from trio_agent.server.transport import StartupError
 
 __all__ = [
     "AgentServer",
     "ServerConfig",
+    "StartupError",
     "add_config_arguments",
     "config_from",
     "parse_config",
