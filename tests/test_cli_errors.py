@@ -101,6 +101,15 @@ def test_tls_files_that_cannot_be_loaded_are_one_line_and_exit_status_2(
     assert repr(tls_files[named]) in line
 
 
+def test_a_trace_file_that_cannot_be_written_is_one_line_and_exit_status_2(tmp_path):
+    path = str(tmp_path / "no-such-folder" / "trace.jsonl")
+    done = serve("--trace", path)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == (
+        f"cannot write the trace to {path!r} (No such file or directory); choose another --trace\n"
+    )
+
+
 @pytest.mark.parametrize(
     ("flags", "env", "says"),
     [

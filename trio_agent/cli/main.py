@@ -18,7 +18,7 @@ from trio_agent.cli.demo import add_arguments as add_demo_arguments
 from trio_agent.cli.demo import run_from_args as run_demo
 from trio_agent.observability.logs import configure_logging
 from trio_agent.server.config import add_config_arguments, config_from
-from trio_agent.server.transport import StartupError
+from trio_agent.server.startup import StartupError
 from trio_agent.settings import add_arguments
 
 

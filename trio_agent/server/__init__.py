@@ -16,7 +16,7 @@ from trio_agent.server.config import (
     config_from,
     parse_config,
 )
-from trio_agent.server.transport import StartupError
+from trio_agent.server.startup import StartupError
 
 __all__ = [
     "AgentServer",

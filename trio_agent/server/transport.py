@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Final
 import trio
 from loguru import logger
 
+from trio_agent.server.startup import StartupError
+
 if TYPE_CHECKING:
     from trio_agent.server.config import ServerConfig
 
@@ -210,12 +212,6 @@ async def abort(stream: trio.abc.Stream) -> None:
 
 
 Listener = trio.abc.Listener[trio.abc.Stream]
-
-
-class StartupError(ValueError):
-    """A setting the server cannot start with: a port in use, a certificate that
-    cannot be read. The message names the setting to change, in one line, which
-    is all ``trio-agent serve`` prints (exit status 2)."""
 
 
 async def open_listeners(config: ServerConfig, context: ssl.SSLContext | None) -> list[Listener]:
