@@ -61,8 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False,
     )
     # Each command's own parser, to report a flag it does not know with its own usage.
-    for name in ("serve", "chat", "demo"):
-        commands.choices[name].set_defaults(command_parser=commands.choices[name])
+    for command in commands.choices.values():
+        command.set_defaults(command_parser=command)
     return parser
 
 
@@ -72,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "bench":
         return _bench(rest)
     if rest:
-        args.command_parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        getattr(args, "command_parser", parser).error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "serve":
         return _serve(args)
     if args.command == "chat":
