@@ -34,9 +34,9 @@ from interrupt_bench.scenarios import FULL, QUICK, SCENARIOS, Budget, Scenario
 from interrupt_bench.servers import SERVERS, RunningServer
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "bench_interrupt.py") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="bench_interrupt.py",
+        prog=prog,
         description=__doc__.splitlines()[0] if __doc__ else None,
     )
     parser.add_argument("--quick", action="store_true", help="smaller counts: under a minute")
@@ -136,8 +136,10 @@ async def run_all(args: argparse.Namespace, budget: Budget, log_dir: Path) -> di
     return run
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "bench_interrupt.py") -> int:
+    """Run the benchmark; ``prog`` is the name usage and errors show (``trio-agent
+    bench`` runs this with its own)."""
+    args = build_parser(prog).parse_args(argv)
     budget = budget_from(args)
     run = run_benchmark(
         "bench-interrupt-", args.log_dir, lambda log_dir: run_all(args, budget, log_dir)

@@ -2,6 +2,7 @@
 """What trace mode costs: tracing off and on, against the same code without its hooks.
 
     .venv/bin/python scripts/bench_trace.py [--repeat 5] [--json bench-trace.json]
+    .venv/bin/python scripts/bench_trace.py --smoke   # tiny counts, one round: it runs
 
 Three variants of the server run the same two workloads, each in a fresh
 interpreter, interleaved, ``--repeat`` times:
@@ -80,6 +81,17 @@ class Sizes:
     #: The hooks alone: frames per timed loop, and loops (the best one counts).
     hook_frames: int = 200_000
     hook_runs: int = 7
+
+
+#: ``--smoke``: every variant, workload and table, with counts too small to measure
+#: anything; it shows the benchmark still runs (the test suite runs it so).
+SMOKE = Sizes(
+    stream_requests=2, stream_words=20, interrupt_cycles=3, hook_frames=1_000, hook_runs=1
+)
+#: The most a workload may take in a worker. Either runs well under a second on an
+#: idle core; past this, a reply it waits for is not coming, and the worker says so
+#: rather than wait for the server to close the idle connection (120 s).
+WORKLOAD_DEADLINE_S = 60.0
 
 
 def _statements_to_pass(source: str, statements: Sequence[ast.stmt]) -> str:
@@ -267,10 +279,19 @@ def worker(variant: str, workload: str, trace_path: str, sizes: Sizes) -> dict[s
     # or INTERRUPT never gets its STREAM or ACK.
     config = ServerConfig(port=0, max_concurrent_requests=8, rate_limit_per_s=0)
     server = AgentServer(config, trace=tracer)
-    if workload == "stream":
-        result = trio.run(_stream_workload, server, sizes.stream_requests, sizes.stream_words)
-    else:
-        result = trio.run(_interrupt_workload, server, sizes.interrupt_cycles)
+
+    async def bounded() -> dict[str, float]:
+        try:
+            with trio.fail_after(WORKLOAD_DEADLINE_S):
+                if workload == "stream":
+                    return await _stream_workload(server, sizes.stream_requests, sizes.stream_words)
+                return await _interrupt_workload(server, sizes.interrupt_cycles)
+        except trio.TooSlowError:
+            raise SystemExit(
+                f"bench_trace: {variant}/{workload} did not finish in {WORKLOAD_DEADLINE_S:.0f} s"
+            ) from None
+
+    result = trio.run(bounded)
     if tracer is not None:
         tracer.close()
         result["trace_bytes"] = os.path.getsize(trace_path)
@@ -371,7 +392,15 @@ def run_once(
 
 def main(argv: list[str] | None = None, sizes: Sizes = Sizes()) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeat", type=int, default=5, help="runs per variant and workload")
+    parser.add_argument(
+        "--repeat", type=int, help="runs per variant and workload (default 5; 1 with --smoke)"
+    )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny counts and one round (unless --repeat says otherwise): shows it runs, "
+        "measures nothing",
+    )
     parser.add_argument("--json", type=Path, default=Path("bench-trace.json"))
     parser.add_argument(
         "--worker",
@@ -384,6 +413,10 @@ def main(argv: list[str] | None = None, sizes: Sizes = Sizes()) -> int:
         variant, workload, trace_path, sizes_json = args.worker
         print(json.dumps(worker(variant, workload, trace_path, Sizes(**json.loads(sizes_json)))))
         return 0
+    if args.smoke:
+        sizes = SMOKE
+    if args.repeat is None:
+        args.repeat = 1 if args.smoke else 5
     if not 1 <= args.repeat <= 50:
         parser.error("--repeat must be between 1 and 50")
 

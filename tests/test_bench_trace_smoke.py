@@ -8,9 +8,8 @@ table and the JSON have every row.
 from __future__ import annotations
 
 import ast
-import contextlib
-import io
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -21,9 +20,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 import bench_trace  # noqa: E402
 
-TINY = bench_trace.Sizes(
-    stream_requests=2, stream_words=20, interrupt_cycles=3, hook_frames=1_000, hook_runs=1
-)
+TINY = bench_trace.SMOKE
 
 METRICS = [
     ("stream", "cpu_us_per_frame"),
@@ -35,11 +32,17 @@ METRICS = [
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
+    """``scripts/bench_trace.py --smoke``, as the command it is: its own interpreter,
+    and a worker interpreter per variant and workload, told the sizes on its command line."""
     out = tmp_path_factory.mktemp("bench") / "trace.json"
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        assert bench_trace.main(["--repeat", "1", "--json", str(out)], sizes=TINY) == 0
-    return json.loads(out.read_text()), printed.getvalue()
+    done = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "bench_trace.py"), "--smoke", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    return json.loads(out.read_text()), done.stdout
 
 
 def test_every_variant_reports_every_figure(run):
@@ -55,8 +58,9 @@ def test_every_variant_reports_every_figure(run):
         assert list(variants) == list(bench_trace.VARIANTS)
         for results in variants.values():
             assert len(results) == 1
-    assert report["runs"]["stream"]["off"][0]["frames"] == 2 * 20
-    assert report["runs"]["interrupt"]["off"][0]["cycles"] == 3
+    assert report["repeat"] == 1
+    assert report["runs"]["stream"]["off"][0]["frames"] == TINY.stream_requests * TINY.stream_words
+    assert report["runs"]["interrupt"]["off"][0]["cycles"] == TINY.interrupt_cycles
     assert report["trace_bytes_per_frame"] > 0
     assert list(report["hook_ns_per_frame"]) == [
         "baseline",

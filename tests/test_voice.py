@@ -160,6 +160,13 @@ async def test_a_binary_message_from_a_client_gets_an_error_never_a_crash(
         error = await c.recv()
         assert error["msg_type"] == "ERROR"
         assert error["payload"]["code"] == "INVALID_MESSAGE"
+        # It says what to send instead, and nothing of AUDIO (the client meant none).
+        message = error["payload"]["message"]
+        assert message == (
+            f"binary frames are not accepted (got {len(data)} bytes): a client sends "
+            "JSON text frames only"
+        )
+        assert "request_id" not in error["payload"]
         # The session lives on.
         await spoken(c, "r1", "hello", audio_pace=0)
         assert (await c.until_done("r1"))[-1]["payload"]["status"] == "completed"

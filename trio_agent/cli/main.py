@@ -24,6 +24,7 @@ from trio_agent.observability.logs import configure_logging
 from trio_agent.protocol.asyncapi import asyncapi_json
 from trio_agent.protocol.constants import DEFAULT_PATH
 from trio_agent.server.config import ServerConfig, add_config_arguments, config_from
+from trio_agent.server.startup import StartupError
 from trio_agent.server.transport import REUSE_PORT_VARIABLE
 from trio_agent.settings import add_arguments
 
@@ -37,11 +38,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve",
         help="run the server",
-        description="Run the server. Every flag can also be set as TRIO_AGENT_<NAME>.",
+        description="Run the server. Every flag can also be set as an environment variable, "
+        "named after it (--max-sessions: TRIO_AGENT_MAX_SESSIONS), except the openai agent's "
+        "upstream, OPENAI_BASE_URL, as in OpenAI's own tools; a flag beats its variable. "
+        "Each flag's help names its variable.",
     )
     add_config_arguments(serve)
     openai = serve.add_argument_group(
-        "the openai agent", "OPENAI_API_KEY is read from the environment only."
+        "the openai agent",
+        "Its upstream is --openai-base-url or OPENAI_BASE_URL. Its key is OPENAI_API_KEY, "
+        "read from the environment only (a flag would show it to anyone who can list "
+        "processes).",
     )
     add_arguments(openai, OpenAIConfig)
     chat = commands.add_parser(
@@ -81,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="run scripts/bench_interrupt.py (flags are passed through; try --help)",
         add_help=False,
     )
+    # Each command's own parser, to report a flag it does not know with its own usage.
+    for command in commands.choices.values():
+        command.set_defaults(command_parser=command)
     return parser
 
 
@@ -92,26 +102,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "cluster":
         return cluster_main(args, rest)
     if rest:
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        getattr(args, "command_parser", parser).error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "serve":
-        try:
-            config = config_from(args)
-            agents = {**builtin_agents(), "openai": openai_agent_from(args)}
-        except ValueError as exc:
-            parser.error(str(exc))
-        configure_logging(config.log_level, config.log_format)
-        if config.workers > 1:
-            return _serve_workers(parser, list(sys.argv[1:] if argv is None else argv), config)
-        reuse_port = os.environ.get(REUSE_PORT_VARIABLE) == "1"
-        if config.clustered:
-            from trio_agent.cluster.serve import serve_node
-
-            trio.run(functools.partial(serve_node, config, agents, reuse_port=reuse_port))
-            return 0
-        from trio_agent.server.serving import serve
-
-        trio.run(functools.partial(serve, config, agents, reuse_port=reuse_port))
-        return 0
+        return _serve(args, parser, argv)
     if args.command == "chat":
         configure_logging("WARNING")
         return chat_main(args)
@@ -138,6 +131,56 @@ def _serve_workers(parser: argparse.ArgumentParser, argv: list[str], config: Ser
         return 2  # pragma: no cover
 
 
+def _serve(
+    args: argparse.Namespace, parser: argparse.ArgumentParser, argv: Sequence[str] | None
+) -> int:
+    """Run the server until a signal stops it (exit 0).
+
+    A setting it cannot start with (a bad value, a port in use, a certificate that
+    cannot be read) is one line on stderr and exit status 2, not a traceback: the
+    operator has something to change, not a bug to report.
+    """
+    try:
+        config = config_from(args)
+        agents = {**builtin_agents(), "openai": openai_agent_from(args)}
+    except ValueError as exc:
+        print(f"invalid setting: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(config.log_level, config.log_format)
+    if config.workers > 1:
+        return _serve_workers(parser, list(sys.argv[1:] if argv is None else argv), config)
+    reuse_port = os.environ.get(REUSE_PORT_VARIABLE) == "1"
+    if config.clustered:
+        from trio_agent.cluster.serve import serve_node as run
+    else:
+        from trio_agent.server.serving import serve as run
+    try:
+        trio.run(functools.partial(run, config, agents, reuse_port=reuse_port))
+    except Exception as exc:
+        failure = _startup_failure(exc)
+        if failure is None:
+            raise
+        print(failure, file=sys.stderr)
+        return 2
+    return 0
+
+
+def _startup_failure(exc: BaseException) -> StartupError | None:
+    """The :class:`StartupError` that stopped the server, out of however many
+    exception groups the nurseries it crossed wrapped it in; ``None`` for anything
+    else (which is a bug, and keeps its traceback)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc if isinstance(exc, StartupError) else None
+
+
+#: Runs the benchmark's main() with the name the user typed, for its usage and errors.
+_RUN_AS_TRIO_AGENT_BENCH = (
+    "import sys; sys.path.insert(0, sys.argv.pop(1)); import bench_interrupt; "
+    "sys.exit(bench_interrupt.main(sys.argv[1:], prog='trio-agent bench'))"
+)
+
+
 def _bench(argv: list[str]) -> int:
     """The benchmark lives in the source tree (scripts/), not in the installed package."""
     script = Path(__file__).resolve().parents[2] / "scripts" / "bench_interrupt.py"
@@ -148,7 +191,9 @@ def _bench(argv: list[str]) -> int:
             file=sys.stderr,
         )
         return 2
-    return subprocess.call([sys.executable, str(script), *argv])
+    return subprocess.call(
+        [sys.executable, "-c", _RUN_AS_TRIO_AGENT_BENCH, str(script.parent), *argv]
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

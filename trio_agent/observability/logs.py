@@ -122,10 +122,12 @@ def _patch(record: dict) -> None:  # type: ignore[type-arg]
     extra.setdefault("session_id", "-")
     request_id = extra.get("request_id")
     extra["request_tag"] = f" [{request_id}]" if request_id else ""
+    # A field that is None (no reason, no close code) says nothing: it is left out
+    # of the text line. The JSON format keeps it as null, so its keys stay the same.
     shown = {
         k: v
         for k, v in extra.items()
-        if k not in {"session_id", "request_id", "request_tag", "fields"}
+        if v is not None and k not in {"session_id", "request_id", "request_tag", "fields"}
     }
     extra["fields"] = "".join(f" {k}={v}" for k, v in shown.items())
 

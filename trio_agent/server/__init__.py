@@ -14,10 +14,12 @@ from trio_agent.server.config import (
     parse_config,
 )
 from trio_agent.server.serving import serve
+from trio_agent.server.startup import StartupError
 
 __all__ = [
     "AgentServer",
     "ServerConfig",
+    "StartupError",
     "add_config_arguments",
     "config_from",
     "parse_config",

@@ -43,6 +43,7 @@ from trio_agent.server.frame_budget import FrameBudgetStream
 from trio_agent.server.redaction import redact_subprotocols, redact_target
 from trio_agent.server.resume_book import Redeemed, ResumeBook
 from trio_agent.server.session import Session
+from trio_agent.server.startup import check_trace_file
 from trio_agent.server.transport import (
     Listener,
     guard,
@@ -94,6 +95,8 @@ class AgentServer:
             synthesizer if synthesizer is not None else select_synthesizer(self.config.speech)
         )
         speaks = self.synthesizer
+        if trace is None and self.config.trace:
+            check_trace_file(self.config.trace)  # now, not at a session's first event
         self.tracer = trace if trace is not None else tracer_for(self.config.trace)
         self._owns_tracer = trace is None
         self.agents: dict[str, Agent] = dict(builtin_agents() if agents is None else agents)

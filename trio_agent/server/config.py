@@ -178,7 +178,7 @@ class ServerConfig:
     tcp_notsent_lowat: int = setting(
         0,
         "bytes of unsent data the kernel may hold per TCP connection (Linux TCP_NOTSENT_LOWAT; "
-        "0: the system default)",
+        "0: Trio's own setting, 16384, which its SocketStream sets on every TCP connection)",
     )
     default_agent: str = setting("lorem", "agent used by a REQUEST that names none")
     speech: SpeechMode = setting(
@@ -210,7 +210,11 @@ class ServerConfig:
         "",
         "append one JSON line per cancellation event to this file ('' = off; see docs/cancellation.md)",
     )
-    log_level: str = setting("INFO", "TRACE, DEBUG (logs frames), INFO, WARNING or ERROR")
+    log_level: str = setting(
+        "INFO",
+        "TRACE (DEBUG, and the client's frames as read, cut short), DEBUG (handshakes, protocol "
+        "errors, cancellations), INFO, WARNING or ERROR",
+    )
     log_format: LogFormat = setting(
         "text", "'text' or 'json' (one JSON object per line)", choices=("text", "json")
     )

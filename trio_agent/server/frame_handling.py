@@ -16,7 +16,6 @@ from pydantic import BaseModel
 
 from trio_agent.agents import Agent, AgentRequest
 from trio_agent.observability.events import SessionEvents
-from trio_agent.protocol.audio import decode_audio_frame
 from trio_agent.protocol.constants import FrameKind
 from trio_agent.protocol.messages import (
     CloseCode,
@@ -87,17 +86,14 @@ class FrameHandling:
     cluster: ClusterLink | None
 
     def _refuse_binary(self, raw: bytes) -> None:
-        """A binary message: only the server sends them (AUDIO), so it is refused."""
-        try:
-            header, _ = decode_audio_frame(raw)
-        except ProtocolError as exc:
-            detail, request_id = exc.message, exc.request_id
-        else:
-            detail, request_id = "a client may not send AUDIO", header.request_id
+        """A binary message: clients send JSON text frames only (binary frames carry
+        AUDIO, server to client), so it is refused whatever its bytes are. Its bytes
+        are not decoded: an ERROR that quoted a decoder would read as if the client
+        had meant to send AUDIO."""
         self._send_error(
             ErrorCode.INVALID_MESSAGE,
-            f"binary messages are server-to-client AUDIO only; send JSON text ({detail})",
-            request_id=request_id,
+            f"binary frames are not accepted (got {len(raw)} bytes): a client sends JSON "
+            "text frames only",
         )
 
     def _within_rate(self, raw: str | bytes) -> bool:

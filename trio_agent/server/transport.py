@@ -7,6 +7,7 @@ with half a frame, and notices a peer that leaves mid-handshake (docs/security.m
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import os
 import socket
@@ -18,6 +19,8 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 from loguru import logger
+
+from trio_agent.server.startup import StartupError
 
 if TYPE_CHECKING:
     from trio_agent.server.config import ServerConfig
@@ -223,22 +226,32 @@ async def open_listeners(
     """Listen on ``config.host:config.port``: plain TCP, or TLS with ``context``.
 
     ``reuse_port``: set ``SO_REUSEPORT`` before binding, so that several processes
-    (the workers of ``serve --workers N``) listen on the same port.
+    (the workers of ``serve --workers N``) listen on the same port. Raises
+    :class:`StartupError` when the address cannot be had (a port in use, a host
+    that is not this machine's, a port below 1024 without the right).
     """
-    if reuse_port:
-        tcp = await _open_reuse_port_listeners(config.host, config.port)
+    try:
+        if reuse_port:
+            tcp = await _open_reuse_port_listeners(config.host, config.port)
+            if context is None:
+                return list(tcp)
+            return [trio.SSLListener(t, context, https_compatible=True) for t in tcp]
         if context is None:
-            return list(tcp)
-        return [trio.SSLListener(t, context, https_compatible=True) for t in tcp]
-    if context is None:
-        return list(await trio.open_tcp_listeners(config.port, host=config.host))
-    # https_compatible: a peer may close without TLS close_notify, as browsers do;
-    # the WebSocket close handshake says where the data ends.
-    return list(
-        await trio.open_ssl_over_tcp_listeners(
-            config.port, context, host=config.host, https_compatible=True
+            return list(await trio.open_tcp_listeners(config.port, host=config.host))
+        # https_compatible: a peer may close without TLS close_notify, as browsers do;
+        # the WebSocket close handshake says where the data ends.
+        return list(
+            await trio.open_ssl_over_tcp_listeners(
+                config.port, context, host=config.host, https_compatible=True
+            )
         )
-    )
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise StartupError(f"port {config.port} is in use; choose another with --port") from exc
+        raise StartupError(
+            f"cannot listen on {config.host}:{config.port} ({exc.strerror or exc}); "
+            "choose another --host or --port"
+        ) from exc
 
 
 async def _open_reuse_port_listeners(host: str, port: int) -> list[trio.SocketListener]:
@@ -282,8 +295,8 @@ def listening_port(listener: Listener) -> int:
 def server_ssl_context(certfile: str, keyfile: str) -> ssl.SSLContext:
     """A TLS server context for ``wss://``: the certificate chain and its key.
 
-    Raises ``ValueError`` naming the files when they cannot be read or do not
-    hold a certificate and its key.
+    Raises :class:`StartupError` (a ``ValueError``) naming the files when they
+    cannot be read or do not hold a certificate and its key.
     """
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -291,5 +304,5 @@ def server_ssl_context(certfile: str, keyfile: str) -> ssl.SSLContext:
         context.load_cert_chain(certfile, keyfile or None)
     except (OSError, ssl.SSLError) as exc:
         files = f"{certfile!r}" + (f" and {keyfile!r}" if keyfile else "")
-        raise ValueError(f"cannot load the TLS certificate from {files}: {exc}") from exc
+        raise StartupError(f"cannot load the TLS certificate from {files}: {exc}") from exc
     return context

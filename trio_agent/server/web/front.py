@@ -67,11 +67,14 @@ class ReplayStream(trio.abc.Stream):
         await self.transport.aclose()
 
     def __repr__(self) -> str:
+        # trio-websocket shows a stream it cannot inspect by its repr, as the
+        # connection's remote end (``session opened remote=...``): name the peer,
+        # as the streams under this one do, rather than this wrapper.
         transport = self.transport
         if isinstance(transport, trio.SocketStream):
             host, port, *_ = transport.socket.getpeername()
             return f"{host}:{port}"
-        return f"ReplayStream({transport!r})"
+        return repr(transport)
 
 
 async def serve_http(
