@@ -295,3 +295,27 @@ async def test_what_an_agent_keeps_follows_the_session_to_another_node(nodes: No
         frames = await read_until(c2, is_done("r2"))
     stream = next(f for f in frames if f["msg_type"] == "STREAM")
     assert stream["payload"]["delta"] == "first | second"
+
+
+async def test_a_node_that_missed_the_moved_message_follows_the_store(nodes: Nodes) -> None:
+    """Pub/Sub is at most once: a node that was not subscribed when another took its
+    session over learns it from the session's record, and lets the session go."""
+    from trio_agent.server.resume_book import token_digest
+
+    a = await nodes.start("a", lorem_agents())
+    b = await nodes.start("b", lorem_agents())
+    async with connect(a.server, "socket") as c1:
+        await drop(c1, "reset")
+    token = c1.session["payload"]["resume"]["token"]
+    await a.node.flush(5.0)
+    # B's take-over, as the store sees it, with no "moved" sent to A:
+    taken = await b.store.take_over(
+        c1.session_id,
+        token_digest=token_digest(token),
+        new_token_digest=token_digest("next"),
+        node_id="b",
+        max_denied=8,
+    )
+    assert taken.verdict.value == "ok"
+    with trio.fail_after(5):  # (the resume window is 30 s)
+        await a.server.wait_idle()

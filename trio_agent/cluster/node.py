@@ -221,6 +221,25 @@ class ClusterNode:
                     if session.connection is not None:
                         self.mirror.add(SessionSeen(session.session_id))
             await self._apply_recorded_cuts()
+            await self._follow_moves(detached_only=True)
+
+    async def _follow_moves(self, *, detached_only: bool) -> None:
+        """Move away each held session that the store says another node took over
+        (epoch above this node's): what a lost "moved" message would have done."""
+        for session in self._held():
+            if session.moved_to is not None or session.ended or not session.resumable:
+                continue
+            if detached_only and session.connection is not None:
+                continue
+            try:
+                owner = await self._store.session_owner(session.session_id)
+            except StoreUnavailable:
+                return
+            if owner is None:
+                continue
+            node, epoch = owner
+            if node != self.node_id and epoch > self._epochs.get(session.session_id, 1):
+                session.move_to(node)
 
     async def _apply_recorded_cuts(self) -> None:
         for session in self._held():
@@ -240,7 +259,10 @@ class ClusterNode:
         while True:
             try:
                 async with self._store.control_messages(self.node_id) as messages:
+                    # What was published while this node was not subscribed is lost:
+                    # the durable records say it again.
                     await self._apply_recorded_cuts()
+                    await self._follow_moves(detached_only=False)
                     async for message in messages:
                         self._on_control(message)
             except StoreUnavailable as exc:

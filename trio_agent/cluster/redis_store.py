@@ -585,6 +585,15 @@ class RedisStore:
             recorded = await self._redis.hgetall(cuts)
         return {_text(request): _text(msg_id) for request, msg_id in recorded.items()}
 
+    async def session_owner(self, session_id: str) -> tuple[str, int] | None:
+        """``HMGET record owner epoch``: who holds the session now, at which epoch."""
+        record = _SessionKeys(self._prefix, session_id).record
+        async with self._call("session_owner"):
+            owner, epoch = await self._redis.hmget(record, ["owner", "epoch"])
+        if owner is None or epoch is None:
+            return None
+        return _text(owner), int(epoch)
+
 
 @asynccontextmanager
 async def open_redis_store(

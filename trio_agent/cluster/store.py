@@ -264,3 +264,9 @@ class ClusterStore(Protocol):
     async def cuts(self, session_id: str) -> dict[str, str]:
         """The recorded cuts of the session: request id -> INTERRUPT msg_id."""
         ...
+
+    async def session_owner(self, session_id: str) -> tuple[str, int] | None:
+        """The node that holds the session now and its epoch (``None``: no record).
+        A node checks it for its detached sessions: a "moved" message published while
+        it was not subscribed is lost, the record is not."""
+        ...
