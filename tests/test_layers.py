@@ -76,6 +76,8 @@ PURE_MODULES = {
     "trio_agent.observability.facts",
     "trio_agent.settings",
     "trio_agent.cluster.store",
+    "trio_agent.cluster.store_codec",
+    "trio_agent.cluster.stream_replay",
 }
 
 

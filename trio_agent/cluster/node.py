@@ -19,7 +19,6 @@ What lives where and what each failure loses: ``docs/cluster.md``.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import secrets
 import socket
@@ -33,6 +32,7 @@ from trio_websocket import WebSocketConnection
 from trio_agent.agents import restore_session_states
 from trio_agent.cluster.mirror import Mirror
 from trio_agent.cluster.relay import Relay
+from trio_agent.cluster.resync import rewrite_session
 from trio_agent.cluster.store import (
     ClusterStore,
     ControlMessage,
@@ -43,7 +43,6 @@ from trio_agent.cluster.store import (
     StoredSort,
     StoreUnavailable,
     TakeOverVerdict,
-    Write,
 )
 from trio_agent.cluster.stream_replay import restore_stream
 from trio_agent.protocol.messages import ErrorCode, ResumeMessage
@@ -71,15 +70,6 @@ MAX_QUEUED = 50_000
 #: Bytes a frame is assumed to take, to turn ``resume_buffer_kib`` into a stream length.
 _FRAME_BYTES_ESTIMATE = 64
 _RETRY_S = 0.5
-
-
-def _done_frames(data: str | bytes) -> int:
-    """A rendered DONE's ``payload.frames`` (-1 when it cannot be read)."""
-    try:
-        frames = json.loads(data)["payload"]["frames"]
-    except (ValueError, KeyError, TypeError):
-        return -1
-    return frames if isinstance(frames, int) else -1
 
 
 def default_node_id() -> str:
@@ -326,42 +316,18 @@ class ClusterNode:
         for session in self._held():
             if session.moved_to is None and not session.ended and session.replay is not None:
                 self.mirror.lost.discard(session.session_id)
-                self.mirror.add(self._resync_job(session), session.session_id)
-
-    def _resync_job(self, session: Session) -> Callable[[], Awaitable[None]]:
-        session_id = session.session_id
-
-        async def resync() -> None:
-            digest = self._server.resume_book.digest(session_id)
-            if digest is None or session.replay is None or session.moved_to is not None:
-                return
-            await self._store.open_session(
-                session_id,
-                owner=self.node_id,
-                token_digest=digest,
-                ttl_s=self._ttl_s,
-                epoch=self._epochs.get(session_id, 1),
-            )
-            batch: list[Write] = [
-                RequestStarted(session_id, record.request_id, record.runs_on or self.node_id)
-                for record in session.registry.running()
-            ]
-            for request_id, sort, seq, data in session.replay.held():
-                frames = _done_frames(data) if sort is FrameSort.DONE else -1
-                batch.append(
-                    FrameWrite(
-                        session_id, request_id, _STORED[sort], seq, data, self.node_id, frames
-                    )
+                self.mirror.add(
+                    rewrite_session(
+                        self._store,
+                        session,
+                        book=self._server.resume_book,
+                        node_id=self.node_id,
+                        epoch=self._epochs.get(session.session_id, 1),
+                        max_frames=self.mirror.max_frames,
+                        ttl_s=self._ttl_s,
+                    ),
+                    session.session_id,
                 )
-                if sort is FrameSort.DONE:
-                    batch.append(RequestEnded(session_id, request_id))
-            await self._store.write(batch, max_frames=self.mirror.max_frames, ttl_s=self._ttl_s)
-            deadline = self._server.resume_book.deadline(session_id)
-            if deadline is not None:
-                window_s = max(0.0, deadline - trio.current_time())
-                await self._store.detach(session_id, window_s=window_s)
-
-        return resync
 
     # ------------------------------------------------------------------ ClusterLink
 

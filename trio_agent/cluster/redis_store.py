@@ -22,9 +22,7 @@ of that pool: see :class:`_SlotKeepingPool`.
 
 from __future__ import annotations
 
-import json
 import math
-import struct
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -49,11 +47,16 @@ from trio_agent.cluster.store import (
     RequestStarted,
     SessionSeen,
     StoredFrame,
-    StoredSort,
     StoreUnavailable,
     TakeOver,
     TakeOverVerdict,
     Write,
+)
+from trio_agent.cluster.store_codec import (
+    decode_control,
+    encode_control,
+    pack_frames,
+    unpack_frames,
 )
 
 __all__ = ["RedisStore", "open_redis_store"]
@@ -171,93 +174,14 @@ class _SessionKeys:
         return [self.record, self.frames, self.requests, self.cuts, self.claims]
 
 
-#: One frame in a packed stream entry: sort, text or bytes, seq, frames, the lengths
-#: of its request id and of its data; then the request id, then the data.
-_FRAME_HEAD = struct.Struct(">BBiiHI")
-_SORT_CODES = {StoredSort.STREAM: 0, StoredSort.AUDIO: 1, StoredSort.DONE: 2}
-_SORTS = {code: sort for sort, code in _SORT_CODES.items()}
-
-
-def _pack_frames(frames: Sequence[FrameWrite]) -> bytes:
-    """The frames of one write batch (one session, one node) as one stream entry's
-    value: one ``XADD`` per batch rather than per frame (a command costs the node far
-    more CPU than packing a frame does)."""
-    parts: list[bytes] = []
-    for frame in frames:
-        rid = frame.request_id.encode()
-        text = isinstance(frame.data, str)
-        data = frame.data.encode() if isinstance(frame.data, str) else frame.data
-        parts.append(
-            _FRAME_HEAD.pack(
-                _SORT_CODES[frame.sort], text, frame.seq, frame.frames, len(rid), len(data)
-            )
-        )
-        parts.append(rid)
-        parts.append(data)
-    return b"".join(parts)
-
-
 def _stored_frames(entry: StreamEntry) -> list[StoredFrame]:
     """The frames of one stream entry, in the order they were written."""
     # The client decodes nothing (decode_responses=False): every field is bytes.
     fields = cast(Mapping[bytes, bytes], entry.field_values)
-    entry_id = _text(entry.identifier)
-    node = _text(fields.get(b"o"))
-    packed = bytes(fields.get(b"f", b""))
-    frames: list[StoredFrame] = []
-    at = 0
-    while at + _FRAME_HEAD.size <= len(packed):
-        sort, text, seq, count, rid_len, data_len = _FRAME_HEAD.unpack_from(packed, at)
-        at += _FRAME_HEAD.size
-        rid = packed[at : at + rid_len].decode()
-        at += rid_len
-        data = packed[at : at + data_len]
-        at += data_len
-        frames.append(
-            StoredFrame(
-                entry_id=entry_id,
-                request_id=rid,
-                sort=_SORTS[sort],
-                seq=seq,
-                data=data.decode() if text else data,
-                node_id=node,
-                frames=count,
-            )
-        )
-    return frames
-
-
-def _encode_control(message: ControlMessage) -> bytes:
-    return json.dumps(
-        {
-            "kind": message.kind,
-            "session_id": message.session_id,
-            "from_node": message.from_node,
-            "msg_id": message.msg_id,
-            "request_ids": list(message.request_ids),
-            "reason": message.reason,
-            "epoch": message.epoch,
-            "extra": dict(message.extra),
-        },
-        separators=(",", ":"),
-    ).encode()
-
-
-def _decode_control(data: bytes | str) -> ControlMessage:
-    """A control message from its JSON; raises ``ValueError``/``TypeError``/``KeyError`` on junk."""
-    body = json.loads(data)
-    kind = body["kind"]
-    if kind not in ("interrupt", "moved", "flushed"):
-        raise ValueError(f"unknown control message kind {kind!r}")
-    return ControlMessage(
-        kind=kind,
-        session_id=str(body["session_id"]),
-        from_node=str(body["from_node"]),
-        msg_id=str(body.get("msg_id", "")),
-        request_ids=tuple(str(r) for r in body.get("request_ids", ())),
-        reason=str(body.get("reason", "")),
-        epoch=int(body.get("epoch", 0)),
-        extra={str(k): str(v) for k, v in dict(body.get("extra", {})).items()},
+    return unpack_frames(
+        bytes(fields.get(b"f", b"")),
+        entry_id=_text(entry.identifier),
+        node_id=_text(fields.get(b"o")),
     )
 
 
@@ -277,7 +201,7 @@ class _ControlMessages:
             if message["type"] != "message":
                 continue
             try:
-                return _decode_control(message["data"])
+                return decode_control(message["data"])
             except (ValueError, TypeError, KeyError) as error:
                 logger.warning("skipped a malformed message on {}: {!r}", self._channel, error)
 
@@ -362,7 +286,7 @@ class RedisStore:
     async def send_control(self, to_node: str, message: ControlMessage) -> None:
         """``PUBLISH control:<node> <json>`` (at most once, see the protocol)."""
         async with self._call("send_control"):
-            await self._redis.publish(self.control_channel(to_node), _encode_control(message))
+            await self._redis.publish(self.control_channel(to_node), encode_control(message))
 
     def control_messages(
         self, node_id: str
@@ -490,7 +414,7 @@ class RedisStore:
                     first = pending[0]
                     pipe.xadd(
                         sessions[first.session_id].frames,
-                        {b"o": first.node_id.encode(), b"f": _pack_frames(pending)},
+                        {b"o": first.node_id.encode(), b"f": pack_frames(pending)},
                         trim_strategy=PureToken.MAXLEN,
                         threshold=max(1, max_frames // len(pending)),
                         trim_operator=PureToken.APPROXIMATELY,

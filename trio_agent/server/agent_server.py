@@ -49,6 +49,7 @@ from trio_agent.server.transport import (
     guard,
     listening_port,
     open_listeners,
+    peer_address,
     server_ssl_context,
 )
 from trio_agent.server.web.assets import load_assets
@@ -470,7 +471,7 @@ class AgentServer:
         a WebSocket upgrade to the agent's path runs the handshake, then the session.
         Closes the stream. When it returns, nothing of the connection is left running."""
         self._connection_opened()
-        peer = _peer_address(stream)
+        peer = peer_address(stream)
         self._bound_unsent_data(stream)
         # The guard bounds how long a write may wait for a client that does not
         # read, and aborts the connection when a frame could not be finished.
@@ -579,19 +580,6 @@ def _host_of(request: WebSocketRequest) -> str:
     event = getattr(request, "_event", None)
     host = getattr(event, "host", None)
     return host if isinstance(host, str) else ""
-
-
-def _peer_address(stream: trio.abc.Stream) -> str | None:
-    """The IP address of the peer of a TCP (or TLS over TCP) stream, else ``None``."""
-    while isinstance(stream, trio.SSLStream):
-        stream = stream.transport_stream
-    if not isinstance(stream, trio.SocketStream):
-        return None
-    try:
-        address = stream.socket.getpeername()
-    except OSError:
-        return None  # already gone
-    return str(address[0]) if isinstance(address, tuple) else None
 
 
 def _count_tasks(nursery: trio.Nursery) -> int:

@@ -306,3 +306,16 @@ def server_ssl_context(certfile: str, keyfile: str) -> ssl.SSLContext:
         files = f"{certfile!r}" + (f" and {keyfile!r}" if keyfile else "")
         raise StartupError(f"cannot load the TLS certificate from {files}: {exc}") from exc
     return context
+
+
+def peer_address(stream: trio.abc.Stream) -> str | None:
+    """The IP address of the peer of a TCP (or TLS over TCP) stream, else ``None``."""
+    while isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
+    if not isinstance(stream, trio.SocketStream):
+        return None
+    try:
+        address = stream.socket.getpeername()
+    except OSError:
+        return None  # already gone
+    return str(address[0]) if isinstance(address, tuple) else None

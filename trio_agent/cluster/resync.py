@@ -1,0 +1,83 @@
+"""Writing a session anew into a store that lost it (restarted empty, or unreachable
+while frames were written). Used by :mod:`trio_agent.cluster.node` when the store
+answers again; ``docs/cluster.md`` ("Redis trouble")."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+import trio
+
+from trio_agent.cluster.store import (
+    ClusterStore,
+    FrameWrite,
+    RequestEnded,
+    RequestStarted,
+    StoredSort,
+    Write,
+)
+from trio_agent.server.replay import FrameSort
+from trio_agent.server.resume_book import ResumeBook
+
+if TYPE_CHECKING:
+    from trio_agent.server.session import Session
+
+__all__ = ["rewrite_session"]
+
+_STORED = {
+    FrameSort.STREAM: StoredSort.STREAM,
+    FrameSort.AUDIO: StoredSort.AUDIO,
+    FrameSort.DONE: StoredSort.DONE,
+}
+
+
+def rewrite_session(
+    store: ClusterStore,
+    session: Session,
+    *,
+    book: ResumeBook,
+    node_id: str,
+    epoch: int,
+    max_frames: int,
+    ttl_s: float,
+) -> Callable[[], Awaitable[None]]:
+    """A job for the mirror: replace whatever the store holds of ``session`` by what
+    this node holds (its record at ``epoch``, its running requests, its replay
+    buffer, its resume window); nothing when the session was handed on meanwhile."""
+    session_id = session.session_id
+
+    async def rewrite() -> None:
+        digest = book.digest(session_id)
+        if digest is None or session.replay is None or session.moved_to is not None:
+            return
+        await store.open_session(
+            session_id, owner=node_id, token_digest=digest, ttl_s=ttl_s, epoch=epoch
+        )
+        batch: list[Write] = [
+            RequestStarted(session_id, record.request_id, record.runs_on or node_id)
+            for record in session.registry.running()
+        ]
+        for request_id, sort, seq, data in session.replay.held():
+            frames = _done_frames(data) if sort is FrameSort.DONE else -1
+            batch.append(
+                FrameWrite(session_id, request_id, _STORED[sort], seq, data, node_id, frames)
+            )
+            if sort is FrameSort.DONE:
+                batch.append(RequestEnded(session_id, request_id))
+        await store.write(batch, max_frames=max_frames, ttl_s=ttl_s)
+        deadline = book.deadline(session_id)
+        if deadline is not None:
+            await store.detach(session_id, window_s=max(0.0, deadline - trio.current_time()))
+
+    return rewrite
+
+
+def _done_frames(data: str | bytes) -> int:
+    """A rendered DONE's ``payload.frames`` (-1 when it cannot be read)."""
+    try:
+        frames = json.loads(data)["payload"]["frames"]
+    except (ValueError, KeyError, TypeError):
+        return -1
+    return frames if isinstance(frames, int) else -1
