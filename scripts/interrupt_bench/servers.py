@@ -43,6 +43,16 @@ def _trio_agent(*flags: str) -> tuple[str, ...]:
     return (sys.executable, "-m", "trio_agent", "serve", "--port", "{port}", *flags)
 
 
+def _fastapi(*flags: str) -> tuple[str, ...]:
+    peer = str(SCRIPTS / "peers" / "fastapi_server.py")
+    return (sys.executable, peer, "--port", "{port}", *flags)
+
+
+#: What uvicorn's ``--ws auto`` picks in uvicorn 0.55: the sans-I/O protocol of
+#: ``websockets`` (wsproto only when ``websockets`` is missing).
+DEFAULT_UVICORN_WS = "websockets-sansio"
+
+
 #: Every server the benchmark knows, by key. Scenarios name the ones they run.
 SERVERS: dict[str, ServerSpec] = {
     spec.key: spec
@@ -75,6 +85,32 @@ SERVERS: dict[str, ServerSpec] = {
                 "--port",
                 "{port}",
             ),
+        ),
+        ServerSpec(
+            "fastapi",
+            "FastAPI + uvicorn",
+            "baseline: the stack the project grew out of (create_task per request,"
+            " task.cancel() on INTERRUPT), uvicorn's default WebSocket protocol"
+            f" ({DEFAULT_UVICORN_WS})",
+            _fastapi(),
+        ),
+        ServerSpec(
+            "fastapi-websockets",
+            "FastAPI + uvicorn --ws websockets",
+            "the same, on uvicorn's older WebSocket protocol (websockets' asyncio one)",
+            _fastapi("--ws", "websockets"),
+        ),
+        ServerSpec(
+            "fastapi-wsproto",
+            "FastAPI + uvicorn --ws wsproto",
+            "the same, on uvicorn's wsproto WebSocket protocol (only on demand: --server)",
+            _fastapi("--ws", "wsproto"),
+        ),
+        ServerSpec(
+            "fastapi-lowat",
+            "FastAPI + uvicorn, TCP_NOTSENT_LOWAT 16 KiB",
+            "FastAPI + uvicorn with unsent kernel data bounded to 16 KiB, as Trio bounds it",
+            _fastapi("--tcp-notsent-lowat", "16384"),
         ),
         ServerSpec(
             "lowat",
