@@ -106,3 +106,15 @@ def test_missing_figures_give_no_verdict_and_missing_workloads_no_row():
     assert {r["workload"] for r in rows} == {"barge-in"}
     assert rows[0]["met"] is None
     assert "| barge-in: INTERRUPT -> ACK p50 ms | 1.00 | - |" in targets_markdown(rows)
+
+
+def test_no_verdict_when_a_compared_server_made_errors():
+    target = Target("scale", "ACK p99", "ack_ms.p99")
+    figures = {
+        "trio-agent": {"ack_ms": {"p99": 1.0}, "errors": 900},
+        "fastapi": {"ack_ms": {"p99": 5.0}, "errors": 0},
+        "asyncio": {"ack_ms": {"p99": 5.0}, "errors": 0},
+    }
+    row = target.evaluate(_run("scale", figures))
+    assert (row["met"], row["errors_in"]) == (None, ["trio-agent"])
+    assert "errors: trio-agent" in targets_markdown([row])

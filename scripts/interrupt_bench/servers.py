@@ -40,7 +40,19 @@ class ServerSpec:
 
 
 def _trio_agent(*flags: str) -> tuple[str, ...]:
-    return (sys.executable, "-m", "trio_agent", "serve", "--port", "{port}", *flags)
+    # Every connection of the load generator comes from 127.0.0.1: the per-address
+    # session limit (100 by default) would refuse most of the scale workload.
+    return (
+        sys.executable,
+        "-m",
+        "trio_agent",
+        "serve",
+        "--port",
+        "{port}",
+        "--max-sessions-per-address",
+        "0",
+        *flags,
+    )
 
 
 def _fastapi(*flags: str) -> tuple[str, ...]:

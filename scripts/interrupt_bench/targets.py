@@ -71,6 +71,7 @@ class Target:
         }
         if self.at_most is not None:
             row["met"] = None if mine is None else mine <= self.at_most
+            row["errors_in"] = []
             return row
         fastapi = [(k, v) for k in self.fastapi if (v := self.value(results, k)) is not None]
         if fastapi:
@@ -82,6 +83,12 @@ class Target:
             row["asyncio_ratio"] = self.times_better(row["asyncio"], mine)
         ratios = [row["fastapi_ratio"]] + ([row["asyncio_ratio"]] if self.asyncio else [])
         row["met"] = None if None in ratios else all(r >= self.wanted for r in ratios)
+        # A server that made errors in the workload (a refused connection, a timeout)
+        # measured something else: no verdict on figures that include it.
+        compared = ["trio-agent", *self.fastapi, *(["asyncio"] if self.asyncio else [])]
+        row["errors_in"] = [k for k in compared if (results.get(k) or {}).get("errors")]
+        if row["errors_in"]:
+            row["met"] = None
         return row
 
 
@@ -155,6 +162,8 @@ def _cells(row: dict[str, Any]) -> list[str]:
     if row["fastapi_server"] is not None:
         fastapi += f" ({row['fastapi_server']})"
     met = {True: "met", False: "NOT MET", None: "-"}[row["met"]]
+    if row.get("errors_in"):
+        met = "errors: " + ", ".join(row["errors_in"])
     return [
         row["figure"],
         _cell(row["trio_agent"]),
