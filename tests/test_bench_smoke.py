@@ -50,7 +50,7 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def run(folder: Path) -> dict:
     out = folder / "run.json"
-    subprocess.run(
+    done = subprocess.run(
         [
             sys.executable,
             str(REPO / "scripts" / "bench_interrupt.py"),
@@ -62,10 +62,11 @@ def run(folder: Path) -> dict:
             "--log-dir",
             str(folder / "logs"),
         ],
-        check=True,
         timeout=240,
         capture_output=True,
+        text=True,
     )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     return json.loads(out.read_text())
 
 

@@ -169,12 +169,13 @@ class RunningServer:
         )
         self.ps = psutil.Process(self.process.pid)
 
-    async def wait_ready(self, limit_s: float = 30.0) -> None:
+    async def wait_ready(self, limit_s: float = 90.0) -> None:
         """Wait until the server listens on its port.
 
         It looks at the process's sockets instead of connecting: a probe connection
         that never completes a WebSocket handshake would sit in the server (until
-        its handshake timeout) and slow down its shutdown.
+        its handshake timeout) and slow down its shutdown. The limit is generous:
+        eight servers importing at once on a busy two-core machine took over 30 s.
         """
         deadline = time.monotonic() + limit_s
         while not any(
