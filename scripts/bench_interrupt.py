@@ -7,8 +7,8 @@ ratios against the baselines measured in the same run, then the targets table
 (each target's ratio against the best FastAPI variant and the asyncio design, met
 or not). ``docs/performance.md`` explains every figure.
 
-    scripts/bench_interrupt.py                    # full run (a few minutes)
-    scripts/bench_interrupt.py --quick            # under a minute
+    scripts/bench_interrupt.py                    # full run (about five minutes)
+    scripts/bench_interrupt.py --quick            # a minute or two
     scripts/bench_interrupt.py --json out.json --plot out.png
     scripts/bench_interrupt.py --scenario barge-in --server trio-agent --server fifo
 
@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="bench_interrupt.py",
         description=__doc__.splitlines()[0] if __doc__ else None,
     )
-    parser.add_argument("--quick", action="store_true", help="smaller counts: under a minute")
+    parser.add_argument("--quick", action="store_true", help="smaller counts: a minute or two")
     parser.add_argument("--json", type=Path, metavar="PATH", help="write every figure here")
     parser.add_argument("--plot", type=Path, metavar="PATH", help="write the PNG here")
     parser.add_argument(
