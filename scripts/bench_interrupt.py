@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
-"""Interrupt latency under load: trio-agent against a FIFO baseline and the asyncio design.
+"""Interrupt latency under load: trio-agent against FIFO, asyncio and FastAPI + uvicorn.
 
 Starts each server under test as its own process on 127.0.0.1, drives it from
 this process (the load generator), and prints one table per workload, with the
-ratios against the baselines measured in the same run. ``docs/performance.md``
-explains every figure.
+ratios against the baselines measured in the same run, then the targets table
+(each target's ratio against the best FastAPI variant and the asyncio design, met
+or not). ``docs/performance.md`` explains every figure.
 
-    scripts/bench_interrupt.py                    # full run (a few minutes)
-    scripts/bench_interrupt.py --quick            # under a minute
+    scripts/bench_interrupt.py                    # full run (about five minutes)
+    scripts/bench_interrupt.py --quick            # a minute or two
     scripts/bench_interrupt.py --json out.json --plot out.png
     scripts/bench_interrupt.py --scenario barge-in --server trio-agent --server fifo
 
@@ -32,6 +33,7 @@ from interrupt_bench.report import markdown_table, plot, table
 from interrupt_bench.runs import new_run, run_benchmark, serving
 from interrupt_bench.scenarios import FULL, QUICK, SCENARIOS, Budget, Scenario
 from interrupt_bench.servers import SERVERS, RunningServer
+from interrupt_bench.targets import evaluate, targets_markdown, targets_table
 
 
 def build_parser(prog: str = "bench_interrupt.py") -> argparse.ArgumentParser:
@@ -39,7 +41,7 @@ def build_parser(prog: str = "bench_interrupt.py") -> argparse.ArgumentParser:
         prog=prog,
         description=__doc__.splitlines()[0] if __doc__ else None,
     )
-    parser.add_argument("--quick", action="store_true", help="smaller counts: under a minute")
+    parser.add_argument("--quick", action="store_true", help="smaller counts: a minute or two")
     parser.add_argument("--json", type=Path, metavar="PATH", help="write every figure here")
     parser.add_argument("--plot", type=Path, metavar="PATH", help="write the PNG here")
     parser.add_argument(
@@ -133,6 +135,10 @@ async def run_all(args: argparse.Namespace, budget: Budget, log_dir: Path) -> di
             for key, value in result["ratios"].items():
                 print(f"   {key}: {json.dumps(value)}")
             sys.stdout.flush()
+    run["targets"] = evaluate(run)
+    if run["targets"]:
+        print("\n== Targets (ratio: how many times better trio-agent is; >= wanted meets it)")
+        print(targets_table(run["targets"]))
     return run
 
 
@@ -153,6 +159,7 @@ def main(argv: list[str] | None = None, prog: str = "bench_interrupt.py") -> int
                 f"**{SCENARIOS[name].title}**\n\n{markdown_table(SCENARIOS[name], r['results'])}"
                 for name, r in run["scenarios"].items()
             )
+            + (f"\n\n**Targets**\n\n{targets_markdown(run['targets'])}" if run["targets"] else "")
             + "\n"
         )
     if args.plot:

@@ -58,6 +58,16 @@ class InterruptTrace:
 
 
 @dataclass(eq=False)
+class HeartbeatTrace:
+    """One HEARTBEAT and the server's reply (the HEARTBEAT whose ``ref`` is its ``msg_id``)."""
+
+    msg_id: str
+    sent_at: float
+    answered: asyncio.Future[None]
+    answered_at: float | None = None
+
+
+@dataclass(eq=False)
 class Conversation:
     """A connected session. Open it with :meth:`open`."""
 
@@ -67,6 +77,7 @@ class Conversation:
     checker: GuaranteeChecker = field(default_factory=GuaranteeChecker)
     requests: dict[str, RequestTrace] = field(default_factory=dict)
     interrupts: dict[str, InterruptTrace] = field(default_factory=dict)
+    heartbeats: dict[str, HeartbeatTrace] = field(default_factory=dict)
     errors: list[dict[str, Any]] = field(default_factory=list)
     stream_frames: int = 0
     _started: asyncio.Future[None] | None = None
@@ -131,6 +142,12 @@ class Conversation:
                         named.acked_at = at
                 if not interrupt.acked.done():
                     interrupt.acked.set_result(None)
+        elif kind == "HEARTBEAT":
+            heartbeat = self.heartbeats.get(frame.get("ref"))
+            if heartbeat is not None and heartbeat.answered_at is None:
+                heartbeat.answered_at = at
+                if not heartbeat.answered.done():
+                    heartbeat.answered.set_result(None)
         elif kind == "SESSION":
             self.session_id = frame.get("session_id")
             if self._started is not None and not self._started.done():
@@ -179,6 +196,15 @@ class Conversation:
             frame["request_id"] = request_id
         trace.sent_at = time.perf_counter()
         self._send(frame)
+        return trace
+
+    def heartbeat(self) -> HeartbeatTrace:
+        """Send a HEARTBEAT; returns its trace at once."""
+        msg_id = f"c{next(self._ids)}"
+        trace = HeartbeatTrace(msg_id, 0.0, asyncio.get_running_loop().create_future())
+        self.heartbeats[msg_id] = trace
+        trace.sent_at = time.perf_counter()
+        self._send({"msg_type": "HEARTBEAT", "msg_id": msg_id})
         return trace
 
     def finish(self) -> list[Violation]:

@@ -56,6 +56,10 @@ COLOURS = {
     "asyncio": "#2ca02c",
     "ceiling": "#7f7f7f",
     "lowat": "#9467bd",
+    "fastapi": "#d62728",
+    "fastapi-websockets": "#e377c2",
+    "fastapi-wsproto": "#bcbd22",
+    "fastapi-lowat": "#8c564b",
 }
 
 

@@ -62,6 +62,8 @@ class Budget:
     scale_settle_s: float = 1.0
     #: Interrupts per agent (openai and lorem) in the upstream workload.
     upstream_rounds: int = 200
+    #: HEARTBEAT round trips on an idle session, split over ``latency_rounds``.
+    heartbeats: int = 300
     seed: int = 1
 
 
@@ -78,6 +80,7 @@ QUICK = Budget(
     scale_rounds=1,
     scale_window_s=2.0,
     upstream_rounds=40,
+    heartbeats=60,
 )
 
 
@@ -219,7 +222,7 @@ class BargeIn(Scenario):
 
     name = "barge-in"
     title = "Barge-in: interrupt under load, then a new request"
-    servers = ("trio-agent", "fifo", "asyncio")
+    servers = ("trio-agent", "fifo", "asyncio", "fastapi", "fastapi-websockets")
     cdf = "ack_ms"
     columns = (
         Column("trials", "ack_ms.count"),
@@ -339,7 +342,7 @@ class Throughput(Scenario):
 
     name = "throughput"
     title = "Throughput: STREAM frames as fast as the server sends them"
-    servers = ("trio-agent", "fifo", "asyncio", "ceiling")
+    servers = ("trio-agent", "fifo", "asyncio", "fastapi", "fastapi-websockets", "ceiling")
     columns = (
         Column("1 session frames/s", "one.frames_per_s", 0),
         Column("MB/s", "one.mbytes_per_s"),
@@ -452,7 +455,15 @@ class SlowReader(Scenario):
 
     name = "slow-reader"
     title = "Slow reader: no reads for a while, then INTERRUPT"
-    servers = ("trio-agent", "fifo", "asyncio", "lowat")
+    servers = (
+        "trio-agent",
+        "fifo",
+        "asyncio",
+        "fastapi",
+        "fastapi-websockets",
+        "lowat",
+        "fastapi-lowat",
+    )
     cdf = "ack_ms"
     columns = (
         Column("trials", "ack_ms.count"),
@@ -512,7 +523,7 @@ class SlowReader(Scenario):
         return figures
 
     def ratios(self, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
-        return _latency_ratios(results, "trio-agent", ("ack_ms",), ("p50", "max"))
+        return _latency_ratios(results, "trio-agent", ("ack_ms", "kib_before_ack"), ("p50", "max"))
 
 
 # --------------------------------------------------------------------------- scale
@@ -523,7 +534,7 @@ class Scale(Scenario):
 
     name = "scale"
     title = "Scale: many slow sessions, a sample interrupted"
-    servers = ("trio-agent", "fifo", "asyncio")
+    servers = ("trio-agent", "fifo", "asyncio", "fastapi", "fastapi-websockets")
     cdf = "ack_ms"
     columns = (
         Column("sessions", "sessions_open"),
@@ -665,6 +676,59 @@ class Scale(Scenario):
         return _latency_ratios(results, "trio-agent", ("ack_ms",), ("p50", "p99"))
 
 
+# --------------------------------------------------------------------------- idle
+
+
+class Idle(Scenario):
+    """One idle session (nothing streaming): HEARTBEAT round trips, one at a time."""
+
+    name = "idle"
+    title = "Idle: HEARTBEAT round trip on a quiet session"
+    servers = ("trio-agent", "asyncio", "fastapi", "fastapi-websockets")
+    columns = (
+        Column("heartbeats", "rtt_ms.count"),
+        Column("RTT p50 ms", "rtt_ms.p50", 3),
+        Column("RTT p90", "rtt_ms.p90", 3),
+        Column("RTT p99", "rtt_ms.p99", 3),
+        Column("RTT max", "rtt_ms.max", 3),
+        *PROBLEM_COLUMNS,
+    )
+
+    def rounds(self, budget: Budget) -> int:
+        return budget.latency_rounds
+
+    async def run(self, server: RunningServer, budget: Budget) -> dict[str, Any]:
+        """``heartbeats / rounds`` round trips, 5-15 ms apart so that the server is
+        idle (waiting in its event loop) when each one arrives."""
+        tally = Tally()
+        rng = random.Random(budget.seed)
+        rtts: list[float] = []
+        conversation = await Conversation.open(HOST, server.port, PATH)
+        try:
+            for _ in range(-(-budget.heartbeats // budget.latency_rounds)):
+                await asyncio.sleep(rng.uniform(0.005, 0.015))
+                beat = conversation.heartbeat()
+                if not await bounded(beat.answered, "HEARTBEAT reply", tally):
+                    break
+                rtts.append(_ms(beat.sent_at, beat.answered_at) or 0.0)
+        finally:
+            tally.absorb(conversation)
+            await conversation.close()
+        return {"rtts": rtts, **tally.figures()}
+
+    def merge(self, runs: list[dict[str, Any]]) -> dict[str, Any]:
+        rtts = [v for r in runs for v in r.get("rtts", [])]
+        figures: dict[str, Any] = {"rounds": len(runs), "rtt_ms": summarize(rtts, digits=4)}
+        for key in ("errors", "violations", "stale_frames"):
+            figures[key] = sum(r.get(key, 0) for r in runs)
+        figures["first_problems"] = [p for r in runs for p in r.get("first_problems", [])][:5]
+        figures["load_average_after"] = [r.get("load_average_after") for r in runs]
+        return figures
+
+    def ratios(self, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        return _latency_ratios(results, "trio-agent", ("rtt_ms",), ("p50", "p99"))
+
+
 # --------------------------------------------------------------------------- upstream
 
 #: The upstream benchmark, run by :class:`Upstream` as a process of its own.
@@ -733,5 +797,5 @@ class Upstream(Scenario):
 
 #: Every workload, in the order a run goes through them.
 SCENARIOS: dict[str, Scenario] = {
-    s.name: s for s in (BargeIn(), Throughput(), SlowReader(), Scale(), Upstream())
+    s.name: s for s in (BargeIn(), Throughput(), SlowReader(), Scale(), Idle(), Upstream())
 }

@@ -40,7 +40,29 @@ class ServerSpec:
 
 
 def _trio_agent(*flags: str) -> tuple[str, ...]:
-    return (sys.executable, "-m", "trio_agent", "serve", "--port", "{port}", *flags)
+    # Every connection of the load generator comes from 127.0.0.1: the per-address
+    # session limit (100 by default) would refuse most of the scale workload.
+    return (
+        sys.executable,
+        "-m",
+        "trio_agent",
+        "serve",
+        "--port",
+        "{port}",
+        "--max-sessions-per-address",
+        "0",
+        *flags,
+    )
+
+
+def _fastapi(*flags: str) -> tuple[str, ...]:
+    peer = str(SCRIPTS / "peers" / "fastapi_server.py")
+    return (sys.executable, peer, "--port", "{port}", *flags)
+
+
+#: What uvicorn's ``--ws auto`` picks in uvicorn 0.55: the sans-I/O protocol of
+#: ``websockets`` (wsproto only when ``websockets`` is missing).
+DEFAULT_UVICORN_WS = "websockets-sansio"
 
 
 #: Every server the benchmark knows, by key. Scenarios name the ones they run.
@@ -75,6 +97,32 @@ SERVERS: dict[str, ServerSpec] = {
                 "--port",
                 "{port}",
             ),
+        ),
+        ServerSpec(
+            "fastapi",
+            "FastAPI + uvicorn",
+            "baseline: the stack the project grew out of (create_task per request,"
+            " task.cancel() on INTERRUPT), uvicorn's default WebSocket protocol"
+            f" ({DEFAULT_UVICORN_WS})",
+            _fastapi(),
+        ),
+        ServerSpec(
+            "fastapi-websockets",
+            "FastAPI + uvicorn --ws websockets",
+            "the same, on uvicorn's older WebSocket protocol (websockets' asyncio one)",
+            _fastapi("--ws", "websockets"),
+        ),
+        ServerSpec(
+            "fastapi-wsproto",
+            "FastAPI + uvicorn --ws wsproto",
+            "the same, on uvicorn's wsproto WebSocket protocol (only on demand: --server)",
+            _fastapi("--ws", "wsproto"),
+        ),
+        ServerSpec(
+            "fastapi-lowat",
+            "FastAPI + uvicorn, TCP_NOTSENT_LOWAT 16 KiB",
+            "FastAPI + uvicorn with unsent kernel data bounded to 16 KiB, as Trio bounds it",
+            _fastapi("--tcp-notsent-lowat", "16384"),
         ),
         ServerSpec(
             "lowat",
@@ -121,12 +169,13 @@ class RunningServer:
         )
         self.ps = psutil.Process(self.process.pid)
 
-    async def wait_ready(self, limit_s: float = 30.0) -> None:
+    async def wait_ready(self, limit_s: float = 90.0) -> None:
         """Wait until the server listens on its port.
 
         It looks at the process's sockets instead of connecting: a probe connection
         that never completes a WebSocket handshake would sit in the server (until
-        its handshake timeout) and slow down its shutdown.
+        its handshake timeout) and slow down its shutdown. The limit is generous:
+        eight servers importing at once on a busy two-core machine took over 30 s.
         """
         deadline = time.monotonic() + limit_s
         while not any(
