@@ -39,6 +39,10 @@ def cluster() -> Iterator[LocalCluster]:
         yield running
 
 
+#: What a connection attempt meets while nodes die or leave HAProxy's rotation.
+_REFUSED = (OSError, HandshakeError, ConnectionClosed)
+
+
 @asynccontextmanager
 async def connect_url(url: str, patience_s: float = 20.0) -> AsyncIterator[WireClient]:
     """Connect; through HAProxy a node that just died may be tried first, or none be
@@ -51,7 +55,10 @@ async def connect_url(url: str, patience_s: float = 20.0) -> AsyncIterator[WireC
             try:
                 wire = await stack.enter_async_context(open_wire_url(url))
                 break
-            except (OSError, HandshakeError, ConnectionClosed):
+            except (*_REFUSED, BaseExceptionGroup) as exc:
+                # (open_wire_url's nursery may wrap it in a group.)
+                if isinstance(exc, BaseExceptionGroup) and exc.split(_REFUSED)[1] is not None:
+                    raise
                 if time.monotonic() > give_up_at:
                     raise
                 await trio.sleep(delay)
