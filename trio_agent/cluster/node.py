@@ -70,6 +70,8 @@ MAX_QUEUED = 50_000
 #: Bytes a frame is assumed to take, to turn ``resume_buffer_kib`` into a stream length.
 _FRAME_BYTES_ESTIMATE = 64
 _RETRY_S = 0.5
+#: The longest a takeover waits for a live previous owner's "flushed".
+FLUSH_WAIT_MAX_S = 10.0
 
 
 def default_node_id() -> str:
@@ -464,18 +466,24 @@ class ClusterNode:
         return HandOver(session, message, token)
 
     async def _ask_to_flush(self, owner: str, session_id: str, epoch: int) -> None:
-        """Tell the previous owner the session is here now, and wait (bounded by the
-        lease) until it says that everything it wrote of it is in the store: its
-        mirror is asynchronous, and a frame the client received from it may not be
-        stored yet. A dead owner is not waited for (what it did not store is lost)."""
+        """Tell the previous owner the session is here now, and wait until it says that
+        everything it wrote of it is in the store: its mirror is asynchronous, and a
+        frame the client received from it may not be stored yet.
+
+        Waited for as long as the owner lives (its lease is looked at every third of
+        it), at most :data:`FLUSH_WAIT_MAX_S`: a slow node is waited for, a dead one
+        is not (what it did not store is lost with it, and NODE_LOST says so).
+        """
         flushed = self._flushes[(session_id, epoch)] = trio.Event()
         try:
             moved = ControlMessage("moved", session_id, from_node=self.node_id, epoch=epoch)
             await self._store.send_control(owner, moved)
-            if not await self._store.node_alive(owner):
-                return
-            with trio.move_on_after(self._lease_s) as waited:
-                await flushed.wait()
+            with trio.move_on_after(FLUSH_WAIT_MAX_S) as waited:
+                while await self._store.node_alive(owner):
+                    with trio.move_on_after(self._lease_s / 3):
+                        await flushed.wait()
+                    if flushed.is_set():
+                        return
             if waited.cancelled_caught:
                 logger.warning(
                     "previous owner did not confirm its frames are stored",
