@@ -39,8 +39,8 @@ Job = Callable[[], Awaitable[None]]
 _BATCH = 512
 #: The least time between two round trips: writes gather meanwhile. A round trip
 #: costs the node far more CPU than a frame does, so a reply streaming flat out is
-#: sent a few ms of frames at a time. This is most of the mirror's lag.
-COALESCE_S = 0.005
+#: sent 20 ms of frames at a time (one command per session). This is most of the mirror's lag.
+COALESCE_S = 0.02
 #: How long to wait before trying a store that failed again: doubled up to the max.
 _BACKOFF_S = 0.1
 _BACKOFF_MAX_S = 2.0

@@ -94,3 +94,11 @@ end
 for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], ARGV[2]) end
 return 1
 """
+
+#: KEYS: frames. ARGV: node, packed frames, MAXLEN threshold, ttl ms. One entry of a
+#: write batch, and the stream's TTL, in one command (see ``store_codec.py``).
+APPEND_FRAMES = """
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'o', ARGV[1], 'f', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return 1
+"""

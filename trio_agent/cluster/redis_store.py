@@ -35,7 +35,6 @@ from coredis.exceptions import RedisError
 from coredis.pool import ConnectionPool
 from coredis.response.types import StreamEntry
 from coredis.retry import NoRetryPolicy
-from coredis.tokens import PureToken
 from loguru import logger
 
 from trio_agent.cluster import redis_scripts
@@ -78,6 +77,12 @@ STORE_ERRORS = (
     anyio.BrokenResourceError,
     anyio.EndOfStream,
 )
+
+
+#: How often a session's keys have their TTL refreshed by its writes, at most.
+_TOUCH_EVERY_S = 1.0
+#: Sessions whose last refresh is remembered (past it, all are refreshed anew).
+_TOUCHED_MEMORY = 100_000
 
 
 class _SlotKeepingPool(ConnectionPool[Any]):
@@ -227,6 +232,8 @@ class RedisStore:
         self._prefix = prefix
         self._timeout_s = timeout_s
         self._lease_started_ms: dict[str, int] = {}
+        #: When each session's keys last had their TTL refreshed (``time.monotonic``).
+        self._touched: dict[str, float] = {}
         self._take_over = commands.register_script(redis_scripts.TAKE_OVER)
         self._detach = commands.register_script(redis_scripts.DETACH)
         self._claim = commands.register_script(redis_scripts.CLAIM_REQUEST)
@@ -327,6 +334,7 @@ class RedisStore:
     ) -> None:
         """One pipeline: ``DEL`` whatever an earlier session of that id left, ``HSET``
         the record (at ``epoch``), ``PEXPIRE`` it."""
+        self._touched.pop(session_id, None)
         keys = _SessionKeys(self._prefix, session_id)
         now = str(int(time.time() * 1000))
         async with self._call("open_session"), self._redis.pipeline(transaction=False) as pipe:
@@ -398,9 +406,12 @@ class RedisStore:
     async def write(self, batch: Sequence[Write], *, max_frames: int, ttl_s: float) -> None:
         """One pipeline (one round trip, not a transaction): per write, in order, ``XADD
         MAXLEN ~``, ``HSET``/``HDEL`` on the request book and its claims; then, for every
-        session the batch names, the ``TOUCH_SESSION`` script: ``last_seen_ms`` and the
-        TTL of all its keys (they live and die together: a request book that expired
-        before its stream would say nothing runs while frames still come)."""
+        session the batch names and that was not refreshed in the last second (or that a
+        :class:`SessionSeen` names), the ``TOUCH_SESSION`` script: ``last_seen_ms`` and
+        the TTL of all its keys (they live and die together: a request book that expired
+        before its stream would say nothing runs while frames still come). A command
+        costs the node far more than a frame does, so a session streaming flat out is
+        refreshed once a second, not once a batch."""
         if not batch:
             return
         sessions: dict[str, _SessionKeys] = {}
@@ -412,12 +423,15 @@ class RedisStore:
                 # Consecutive frames of one session and node: one entry.
                 if pending:
                     first = pending[0]
-                    pipe.xadd(
-                        sessions[first.session_id].frames,
-                        {b"o": first.node_id.encode(), b"f": pack_frames(pending)},
-                        trim_strategy=PureToken.MAXLEN,
-                        threshold=max(1, max_frames // len(pending)),
-                        trim_operator=PureToken.APPROXIMATELY,
+                    pipe.eval(
+                        redis_scripts.APPEND_FRAMES,
+                        [sessions[first.session_id].frames],
+                        [
+                            first.node_id.encode(),
+                            pack_frames(pending),
+                            str(max(1, max_frames // len(pending))),
+                            str(_ms(ttl_s)),
+                        ],
                     )
                     pending.clear()
 
@@ -443,8 +457,15 @@ class RedisStore:
                 else:
                     assert isinstance(item, SessionSeen)
             append_pending()
-            for keys in sessions.values():
-                pipe.eval(redis_scripts.TOUCH_SESSION, keys.all, [now, str(_ms(ttl_s))])
+            clock = time.monotonic()
+            seen = {item.session_id for item in batch if isinstance(item, SessionSeen)}
+            if len(self._touched) > _TOUCHED_MEMORY:
+                self._touched.clear()
+            for session_id, keys in sessions.items():
+                last = self._touched.get(session_id)
+                if session_id in seen or last is None or clock - last >= _TOUCH_EVERY_S:
+                    self._touched[session_id] = clock
+                    pipe.eval(redis_scripts.TOUCH_SESSION, keys.all, [now, str(_ms(ttl_s))])
 
     async def read_frames(self, session_id: str, after: str = "0") -> list[StoredFrame]:
         """``XRANGE frames (<after> +``: oldest first."""
@@ -485,6 +506,7 @@ class RedisStore:
         """The ``CLAIM_REQUEST`` Lua script: when the book says ``dead_node`` runs it,
         ``HSETNX claims <request> <node>``; only the caller that set it wins. The book
         keeps the request (it has no DONE yet) until the winner's ``RequestEnded``."""
+        self._touched.pop(session_id, None)
         keys = _SessionKeys(self._prefix, session_id)
         async with self._call("claim_request"):
             won: Any = await self._claim(
