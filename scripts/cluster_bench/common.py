@@ -43,7 +43,7 @@ class Budget:
     drop_words: int = 300
     drop_words_per_s: float = 150.0
     #: Sessions per step of the scale figure (each streaming 2 words/s).
-    scale_steps: tuple[int, ...] = (250, 500, 1000, 1500, 2000, 2500, 3000, 4000)
+    scale_steps: tuple[int, ...] = (200, 300, 400, 500, 650, 800, 1000, 1300, 1600, 2000, 3000)
     scale_window_s: float = 4.0
     scale_interrupts: int = 60
     #: The ACK p99 a step must stay under to count.

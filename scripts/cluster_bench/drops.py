@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,12 @@ class DropState:
     errors: list[str] = field(default_factory=list)
     #: Set at each drop (the killer waits for its share of them).
     progress: asyncio.Event = field(default_factory=asyncio.Event)
+    started: float = field(default_factory=time.perf_counter)
+    #: When a session failed (seconds into the run), to set beside the kills'.
+    failed_at: list[float] = field(default_factory=list)
+
+    def now(self) -> float:
+        return round(time.perf_counter() - self.started, 3)
 
 
 async def _open(port: int) -> ClusterSession:
@@ -93,7 +100,7 @@ async def drive(port: int, budget: Budget, index: int, state: DropState) -> Clus
                     return session
                 await asyncio.sleep(rng.uniform(0, 0.02))
                 if not await session.resume_on(port, last_seq, attempts=50):
-                    state.errors.append(f"session {index}: {session.errors[-1]}")
+                    state.failed_at.append(state.now())
                     return session
         return session
     finally:
@@ -112,7 +119,7 @@ async def killer(cluster: LocalCluster, budget: Budget, state: DropState) -> Non
         index = k % len(cluster.nodes)
         node_id = cluster.nodes[index].node_id
         cluster.kill(index)
-        state.kills.append({"node": node_id, "after_drops": state.drops_done})
+        state.kills.append({"node": node_id, "after_drops": state.drops_done, "at_s": state.now()})
         await asyncio.to_thread(cluster.restart, index)
         state.kills_left -= 1
 
@@ -157,6 +164,10 @@ async def measure(cluster: LocalCluster, budget: Budget, log_dir: Path) -> dict[
         "extra_dones": total("extra_dones"),
         "violations": sum(len(s.finish()) for s in sessions),
         "errors": len(state.errors) + sum(len(s.errors) for s in sessions),
+        "sessions_failed_at_s": state.failed_at,
+        "sessions_failed_within_3s_of_a_kill": sum(
+            1 for t in state.failed_at if any(0 <= t - k["at_s"] <= 3 for k in state.kills)
+        ),
         "first_problems": (state.errors + [e for s in sessions for e in s.errors])[:5],
     }
     if figures["errors"] or figures["frames_lost"] or figures["frames_duplicated"]:
