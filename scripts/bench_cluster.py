@@ -185,12 +185,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only", nargs="+", choices=FIGURES, default=list(FIGURES), help="these figures only"
     )
+    parser.add_argument(
+        "--lease-s",
+        type=float,
+        help="--node-lease-s of every node (default 1: kills are seen fast)",
+    )
     args = parser.parse_args(argv)
     why = cluster_unavailable()
     if why is not None:
         print(f"bench_cluster.py: {why}", file=sys.stderr)
         return 2
     budget = QUICK if args.quick else FULL
+    if args.lease_s is not None:
+        budget = dataclasses.replace(budget, lease_s=args.lease_s)
     run = run_benchmark(
         "bench-cluster-", args.log_dir, lambda log_dir: run_all(budget, log_dir, set(args.only))
     )
