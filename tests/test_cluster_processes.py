@@ -243,3 +243,21 @@ async def test_sigterm_under_load_loses_no_reply_and_every_client_resumes_elsewh
     moved = [(reconnects, resumed) for *_, reconnects, resumed in results if reconnects]
     assert moved, logs
     assert all(resumed == 1 for _, resumed in moved), (moved, logs)
+
+
+async def test_a_killed_node_restarted_serves_again_on_its_port_under_a_new_id() -> None:
+    why = cluster_unavailable()
+    if why is not None:
+        pytest.skip(f"cluster tests skipped: {why}")
+    with LocalCluster(nodes=1, extra_args=LEASE) as cluster:
+        before = cluster.nodes[0]
+        cluster.kill(0)
+        after = await trio.to_thread.run_sync(cluster.restart, 0)
+        assert after.running
+        assert after.port == before.port
+        assert after.node_id != before.node_id
+        assert cluster.nodes[0] is after
+        # Through HAProxy again: a new session is served by the restarted node.
+        async with connect_url(cluster.url) as c:
+            assert c.session_id
+        assert cluster.restart(0).node_id not in (before.node_id, after.node_id)

@@ -219,6 +219,7 @@ class LocalCluster:
         self.nodes: list[NodeProcess] = []
         self._haproxy: subprocess.Popen[bytes] | None = None
         self.port = 0
+        self._restarts = 0
 
     # ------------------------------------------------------------------ addresses
 
@@ -282,10 +283,10 @@ class LocalCluster:
             raise
         return self
 
-    def _node(self, index: int) -> NodeProcess:
+    def _node(self, index: int, node_id: str | None = None, port: int | None = None) -> NodeProcess:
         assert self.redis is not None
-        node_id = f"node-{index}"
-        port = free_port()
+        node_id = node_id or f"node-{index}"
+        port = port or free_port()
         command = [
             self._python,
             "-m",
@@ -396,6 +397,22 @@ class LocalCluster:
         node = self.nodes[index]
         if node.process is not None and node.process.poll() is None:
             node.process.send_signal(signal.SIGTERM)
+
+    def restart(self, index: int) -> NodeProcess:
+        """Start node ``index`` anew (killing it first if it runs) on the same port, so
+        HAProxy's ``server`` line finds it again, under a *new* node id (``node-<i>-r<n>``):
+        the old id's requests are those of a dead node, which only its lease expiring
+        lets another node claim. Returns once the node is ready and back in HAProxy's
+        rotation."""
+        self.kill(index)
+        old = self.nodes[index]
+        self._restarts += 1
+        node = self._node(index, f"node-{index}-r{self._restarts}", old.port)
+        self.nodes[index] = node
+        node.start()
+        self._wait_node_ready(node)
+        self._wait_in_rotation()
+        return node
 
     def restart_redis(self) -> None:
         """Stop Redis and start it again on the same port (empty: nothing is kept on disk)."""

@@ -1,0 +1,1 @@
+"""The cluster benchmark (``scripts/bench_cluster.py``): one module per figure."""
