@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 import trio
 from loguru import logger
@@ -44,12 +43,6 @@ COALESCE_S = 0.02
 #: How long to wait before trying a store that failed again: doubled up to the max.
 _BACKOFF_S = 0.1
 _BACKOFF_MAX_S = 2.0
-
-
-@dataclass(slots=True)
-class _Queued:
-    item: Write | Job
-    queued_at: float
 
 
 _WRITES = (FrameWrite, RequestStarted, RequestEnded, SessionSeen)
@@ -84,7 +77,9 @@ class Mirror:
         self.max_frames = max_frames
         self._ttl_s = ttl_s
         self._on_trouble = on_trouble
-        self._queue: deque[_Queued] = deque()
+        self._queue: deque[Write | Job] = deque()
+        #: Since when the queue has held something (about its oldest write's age).
+        self._busy_since = 0.0
         self._waiting = trio.Event()
         self._empty = trio.Event()
         self._empty.set()
@@ -117,7 +112,9 @@ class Mirror:
                     queued=len(self._queue),
                 )
             return False
-        self._queue.append(_Queued(item, trio.current_time()))
+        if not self._queue:
+            self._busy_since = trio.current_time()
+        self._queue.append(item)
         if self._empty.is_set():
             self._empty = trio.Event()
         self._waiting.set()
@@ -157,19 +154,22 @@ class Mirror:
             self._lost_to_delete.pop(0)
         if not self._queue:
             return
+        started = trio.current_time()
+        self.lag_s = started - self._busy_since
         head = self._queue[0]
-        self.lag_s = trio.current_time() - head.queued_at
-        if not isinstance(head.item, _WRITES):
-            await head.item()
+        if not isinstance(head, _WRITES):
+            await head()
             self._queue.popleft()
             self.written_total += 1
-            return
-        batch: list[Write] = []
-        for queued in self._queue:
-            if len(batch) >= _BATCH or not isinstance(queued.item, _WRITES):
-                break
-            batch.append(queued.item)
-        await self._store.write(batch, max_frames=self.max_frames, ttl_s=self._ttl_s)
-        for _ in batch:
-            self._queue.popleft()
-        self.written_total += len(batch)
+        else:
+            batch: list[Write] = []
+            for queued in self._queue:
+                if len(batch) >= _BATCH or not isinstance(queued, _WRITES):
+                    break
+                batch.append(queued)
+            await self._store.write(batch, max_frames=self.max_frames, ttl_s=self._ttl_s)
+            for _ in batch:
+                self._queue.popleft()
+            self.written_total += len(batch)
+        # What is left was queued, about, since this round trip began (lag is a gauge).
+        self._busy_since = started

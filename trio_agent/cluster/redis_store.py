@@ -417,37 +417,32 @@ class RedisStore:
         sessions: dict[str, _SessionKeys] = {}
         now = str(int(time.time() * 1000))
         async with self._call("write"), self._redis.pipeline(transaction=False) as pipe:
-            pending: list[FrameWrite] = []
+            #: Each session's frames not yet appended, by node: one entry each, in order.
+            pending: dict[str, dict[str, list[FrameWrite]]] = {}
 
-            def append_pending() -> None:
-                # Consecutive frames of one session and node: one entry.
-                if pending:
-                    first = pending[0]
+            def append_pending(session_id: str) -> None:
+                for node_id, frames in pending.pop(session_id, {}).items():
                     pipe.eval(
                         redis_scripts.APPEND_FRAMES,
-                        [sessions[first.session_id].frames],
+                        [sessions[session_id].frames],
                         [
-                            first.node_id.encode(),
-                            pack_frames(pending),
-                            str(max(1, max_frames // len(pending))),
+                            node_id.encode(),
+                            pack_frames(frames),
+                            str(max(1, max_frames // len(frames))),
                             str(_ms(ttl_s)),
                         ],
                     )
-                    pending.clear()
 
             for item in batch:
                 keys = sessions.get(item.session_id)
                 if keys is None:
                     keys = sessions[item.session_id] = _SessionKeys(self._prefix, item.session_id)
                 if isinstance(item, FrameWrite):
-                    if pending and (
-                        pending[0].session_id != item.session_id
-                        or pending[0].node_id != item.node_id
-                    ):
-                        append_pending()
-                    pending.append(item)
+                    by_node = pending.setdefault(item.session_id, {})
+                    by_node.setdefault(item.node_id, []).append(item)
                     continue
-                append_pending()
+                # The session's frames before this write go first (its order is kept).
+                append_pending(item.session_id)
                 if isinstance(item, RequestStarted):
                     pipe.hset(keys.requests, {item.request_id: item.node_id})
                     pipe.hdel(keys.claims, [item.request_id])
@@ -456,7 +451,8 @@ class RedisStore:
                     pipe.hdel(keys.claims, [item.request_id])
                 else:
                     assert isinstance(item, SessionSeen)
-            append_pending()
+            for session_id in list(pending):
+                append_pending(session_id)
             clock = time.monotonic()
             seen = {item.session_id for item in batch if isinstance(item, SessionSeen)}
             if len(self._touched) > _TOUCHED_MEMORY:
