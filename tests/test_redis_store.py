@@ -183,7 +183,7 @@ async def test_detach_sets_the_deadline_and_the_ttls_and_a_take_over_restores_th
 ) -> None:
     await open_one(store)
     await store.write(
-        [stream("s1", "r1", 0), RequestStarted("s1", "r1", "node-a")], max_frames=100, ttl_s=60
+        [stream("s1", "r1", 0), RequestStarted("s1", "r1", "node-a")], max_bytes=1_000_000, ttl_s=60
     )
     await store.record_cut("s1", "r1", "m1", ttl_s=60)
     await store.detach("s1", window_s=30)
@@ -238,12 +238,12 @@ async def test_close_session_deletes_every_key(store: RedisStore, raw: Any) -> N
     await open_one(store)
     await store.write(
         [stream("s1", "r1", 0), RequestStarted("s1", "r1", "node-a"), SessionSeen("s1")],
-        max_frames=100,
+        max_bytes=1_000_000,
         ttl_s=60,
     )
     await store.record_cut("s1", "r1", "m1", ttl_s=60)
     assert await store.claim_request("s1", "r1", dead_node="node-a")
-    assert await raw.exists(store.keys("s1")) == 5
+    assert await raw.exists(store.keys("s1")) == 6
     await store.close_session("s1")
     assert await raw.exists(store.keys("s1")) == 0
     taken = await store.take_over(
@@ -257,9 +257,9 @@ async def test_a_late_refresh_after_close_does_not_bring_the_session_back(
 ) -> None:
     await open_one(store)
     await store.close_session("s1")
-    await store.write([SessionSeen("s1")], max_frames=100, ttl_s=60)
+    await store.write([SessionSeen("s1")], max_bytes=1_000_000, ttl_s=60)
     assert await raw.exists(store.keys("s1")) == 0
-    await store.write([stream("s1", "r1", 0)], max_frames=100, ttl_s=60)
+    await store.write([stream("s1", "r1", 0)], max_bytes=1_000_000, ttl_s=60)
     for key in store.keys("s1"):
         assert await raw.pttl(key) != -1, key  # nothing without a TTL
     taken = await store.take_over(
@@ -282,7 +282,7 @@ async def test_frames_come_back_in_order_with_their_type(store: RedisStore, raw:
             done("s1", "r1", 2),
             RequestEnded("s1", "r1"),
         ],
-        max_frames=100,
+        max_bytes=1_000_000,
         ttl_s=60,
     )
     frames = await store.read_frames("s1")
@@ -299,7 +299,7 @@ async def test_frames_come_back_in_order_with_their_type(store: RedisStore, raw:
     # nothing; a later batch is a later entry.
     assert len({f.entry_id for f in frames}) == 1
     assert await store.read_frames("s1", after=frames[-1].entry_id) == []
-    await store.write([stream("s1", "r2", 0)], max_frames=100, ttl_s=60)
+    await store.write([stream("s1", "r2", 0)], max_bytes=1_000_000, ttl_s=60)
     later = await store.read_frames("s1", after=frames[-1].entry_id)
     assert [(f.request_id, f.seq) for f in later] == [("r2", 0)]
     assert await store.read_frames("other") == []
@@ -309,21 +309,32 @@ async def test_frames_come_back_in_order_with_their_type(store: RedisStore, raw:
     assert abs(last_seen - time.time() * 1000) < 60_000
 
 
-async def test_the_stream_is_trimmed_to_about_max_frames(store: RedisStore) -> None:
+async def test_the_stream_is_bounded_in_bytes_the_oldest_batches_going_first(
+    store: RedisStore, raw: Any
+) -> None:
     await open_one(store)
+    # Batches of different sizes (one entry each): the bound is in bytes, whatever
+    # the number of frames an entry holds.
     for batch in range(20):
+        size = 1 if batch % 2 else 50
         await store.write(
-            [stream("s1", "r1", batch * 50 + i) for i in range(50)], max_frames=100, ttl_s=60
+            [stream("s1", "r1", batch * 50 + i, "x" * 40) for i in range(size)],
+            max_bytes=6_000,
+            ttl_s=60,
         )
     frames = await store.read_frames("s1")
-    # MAXLEN ~ trims whole stream nodes (100 entries each by default): a bounded excess.
-    assert 100 <= len(frames) <= 200
-    assert [f.seq for f in frames] == list(range(1000 - len(frames), 1000))
+    held = sum(len(f.data) + 16 + len(f.request_id) for f in frames)
+    assert 0 < held <= 6_000
+    assert held > 6_000 - 50 * 58  # (at most one batch less than the bound)
+    seqs = [f.seq for f in frames]
+    assert seqs == sorted(seqs)
+    assert seqs[-1] == 19 * 50  # the newest is kept; the oldest went first
+    assert int(await raw.get(store.keys("s1")[-1])) == held
 
 
 async def test_wait_frames_wakes_on_a_write_from_another_task(store: RedisStore) -> None:
     await open_one(store)
-    await store.write([stream("s1", "r1", 0)], max_frames=100, ttl_s=60)
+    await store.write([stream("s1", "r1", 0)], max_bytes=1_000_000, ttl_s=60)
     (first,) = await store.read_frames("s1")
     got: list[Any] = []
 
@@ -339,7 +350,9 @@ async def test_wait_frames_wakes_on_a_write_from_another_task(store: RedisStore)
         with trio.fail_after(2):
             for _ in range(20):
                 await store.running_requests("s1")
-        await store.write([stream("s1", "r1", 1), stream("s1", "r1", 2)], max_frames=100, ttl_s=60)
+        await store.write(
+            [stream("s1", "r1", 1), stream("s1", "r1", 2)], max_bytes=1_000_000, ttl_s=60
+        )
     *frames, elapsed = got
     # Redis wakes the read after the first XADD of the pipeline, or after both.
     assert [f.seq for f in frames] in ([1], [1, 2])
@@ -378,7 +391,7 @@ async def test_a_cancelled_wait_leaves_the_store_usable(redis: RedisServer) -> N
                 nursery.start_soon(wait)
                 nursery.start_soon(wait)
                 await trio.testing.wait_all_tasks_blocked()
-                await store.write([stream("s1", "r1", 0)], max_frames=100, ttl_s=60)
+                await store.write([stream("s1", "r1", 0)], max_bytes=1_000_000, ttl_s=60)
         assert [f.seq for f in got] == [0, 0]
 
 
@@ -390,17 +403,17 @@ async def test_running_requests_follow_started_and_ended(store: RedisStore) -> N
     assert await store.running_requests("s1") == {}
     await store.write(
         [RequestStarted("s1", "r1", "node-a"), RequestStarted("s1", "r2", "node-b")],
-        max_frames=100,
+        max_bytes=1_000_000,
         ttl_s=60,
     )
     assert await store.running_requests("s1") == {"r1": "node-a", "r2": "node-b"}
-    await store.write([RequestEnded("s1", "r1")], max_frames=100, ttl_s=60)
+    await store.write([RequestEnded("s1", "r1")], max_bytes=1_000_000, ttl_s=60)
     assert await store.running_requests("s1") == {"r2": "node-b"}
 
 
 async def test_one_claimer_wins_and_only_for_the_node_named(store: RedisStore) -> None:
     await open_one(store)
-    await store.write([RequestStarted("s1", "r1", "node-a")], max_frames=100, ttl_s=60)
+    await store.write([RequestStarted("s1", "r1", "node-a")], max_bytes=1_000_000, ttl_s=60)
     assert not await store.claim_request("s1", "r1", dead_node="node-b")
     assert not await store.claim_request("s1", "r9", dead_node="node-a")
     wins: list[bool] = []
@@ -414,10 +427,12 @@ async def test_one_claimer_wins_and_only_for_the_node_named(store: RedisStore) -
     assert sorted(wins) == [False] * 9 + [True]
     # The request still has no DONE: it stays in the book until the winner ends it.
     assert await store.running_requests("s1") == {"r1": "node-a"}
-    await store.write([done("s1", "r1", 0), RequestEnded("s1", "r1")], max_frames=100, ttl_s=60)
+    await store.write(
+        [done("s1", "r1", 0), RequestEnded("s1", "r1")], max_bytes=1_000_000, ttl_s=60
+    )
     assert not await store.claim_request("s1", "r1", dead_node="node-a")
     # The id, reused by a new request on a node that dies too, can be claimed again.
-    await store.write([RequestStarted("s1", "r1", "node-a")], max_frames=100, ttl_s=60)
+    await store.write([RequestStarted("s1", "r1", "node-a")], max_bytes=1_000_000, ttl_s=60)
     assert await store.claim_request("s1", "r1", dead_node="node-a")
 
 
@@ -516,7 +531,9 @@ async def test_a_dead_redis_fails_every_call_fast_and_a_restarted_one_works_agai
                 "detach": lambda: store.detach("s1", window_s=30),
                 "close_session": lambda: store.close_session("s1"),
                 "save_agent_state": lambda: store.save_agent_state("s1", "{}"),
-                "write": lambda: store.write([stream("s1", "r1", 0)], max_frames=10, ttl_s=60),
+                "write": lambda: store.write(
+                    [stream("s1", "r1", 0)], max_bytes=1_000_000, ttl_s=60
+                ),
                 "read_frames": lambda: store.read_frames("s1"),
                 "wait_frames": lambda: store.wait_frames("s1", "0", timeout_s=10),
                 "running_requests": lambda: store.running_requests("s1"),
@@ -541,7 +558,7 @@ async def test_a_dead_redis_fails_every_call_fast_and_a_restarted_one_works_agai
                 "s1", token_digest="d1", new_token_digest="d2", node_id="node-b", max_denied=5
             )
             assert taken.verdict is TakeOverVerdict.OK
-            await store.write([stream("s1", "r1", 0)], max_frames=10, ttl_s=60)
+            await store.write([stream("s1", "r1", 0)], max_bytes=1_000_000, ttl_s=60)
             assert [f.seq for f in await store.wait_frames("s1", "0", timeout_s=5)] == [0]
             async with store.control_messages("node-a") as messages:
                 await store.send_control("node-a", ControlMessage("moved", "s1", "node-b"))
@@ -558,7 +575,7 @@ async def test_a_silent_redis_fails_calls_in_time_and_a_cancelled_call_is_only_c
         async with open_redis_store(url, prefix="silent", timeout_s=0.3) as store:
             for call in (
                 lambda: store.node_alive("node-a"),
-                lambda: store.write([stream("s1", "r1", 0)], max_frames=10, ttl_s=60),
+                lambda: store.write([stream("s1", "r1", 0)], max_bytes=1_000_000, ttl_s=60),
                 lambda: store.wait_frames("s1", "0", timeout_s=0.3),
             ):
                 started = time.monotonic()

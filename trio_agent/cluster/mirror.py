@@ -58,7 +58,7 @@ class Mirror:
     :param store: where the writes go.
     :param max_queued: the most writes and jobs waiting; past it, sessions are lost
         to the cluster rather than slowing their replies.
-    :param max_frames: each session stream's bound (``XADD MAXLEN ~``).
+    :param max_bytes: each session stream's bound in bytes (the oldest frames go first).
     :param ttl_s: the time to live of every key a write touches.
     :param on_trouble: told the store's error (or ``None`` once it answers again).
     """
@@ -68,13 +68,13 @@ class Mirror:
         store: ClusterStore,
         *,
         max_queued: int,
-        max_frames: int,
+        max_bytes: int,
         ttl_s: float,
         on_trouble: Callable[[str | None], None],
     ) -> None:
         self._store = store
         self._max_queued = max_queued
-        self.max_frames = max_frames
+        self.max_bytes = max_bytes
         self._ttl_s = ttl_s
         self._on_trouble = on_trouble
         self._queue: deque[Write | Job] = deque()
@@ -167,7 +167,7 @@ class Mirror:
                 if len(batch) >= _BATCH or not isinstance(queued, _WRITES):
                     break
                 batch.append(queued)
-            await self._store.write(batch, max_frames=self.max_frames, ttl_s=self._ttl_s)
+            await self._store.write(batch, max_bytes=self.max_bytes, ttl_s=self._ttl_s)
             for _ in batch:
                 self._queue.popleft()
             self.written_total += len(batch)

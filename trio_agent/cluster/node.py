@@ -67,8 +67,6 @@ _STORED = {FrameSort.STREAM: StoredSort.STREAM, FrameSort.AUDIO: StoredSort.AUDI
 _STORED[FrameSort.DONE] = StoredSort.DONE
 #: Writes waiting for the store before sessions are lost to the cluster.
 MAX_QUEUED = 50_000
-#: Bytes a frame is assumed to take, to turn ``resume_buffer_kib`` into a stream length.
-_FRAME_BYTES_ESTIMATE = 64
 _RETRY_S = 0.5
 #: The longest a takeover waits for a live previous owner's "flushed".
 FLUSH_WAIT_MAX_S = 10.0
@@ -105,7 +103,7 @@ class ClusterNode:
         self.mirror = Mirror(
             store,
             max_queued=MAX_QUEUED,
-            max_frames=max(1000, config.resume_buffer_kib * 1024 // _FRAME_BYTES_ESTIMATE),
+            max_bytes=config.resume_buffer_kib * 1024,
             ttl_s=self._ttl_s,
             on_trouble=self._trouble,
         )
@@ -325,7 +323,7 @@ class ClusterNode:
                         book=self._server.resume_book,
                         node_id=self.node_id,
                         epoch=self._epochs.get(session.session_id, 1),
-                        max_frames=self.mirror.max_frames,
+                        max_bytes=self.mirror.max_bytes,
                         ttl_s=self._ttl_s,
                     ),
                     session.session_id,

@@ -95,10 +95,31 @@ for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], ARGV[2]) end
 return 1
 """
 
-#: KEYS: frames. ARGV: node, packed frames, MAXLEN threshold, ttl ms. One entry of a
-#: write batch, and the stream's TTL, in one command (see ``store_codec.py``).
+#: KEYS: frames, frame-bytes. ARGV: node, packed frames, the stream's bound in bytes,
+#: ttl ms. One entry of a write batch (see ``store_codec.py``), then the oldest
+#: entries deleted while the stream holds more than its bound (an exact byte bound,
+#: as the node's own replay buffer has: the client's RESUME then finds a gap where
+#: the node would have), and both keys' TTL: one command.
 APPEND_FRAMES = """
-redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'o', ARGV[1], 'f', ARGV[2])
+local size = string.len(ARGV[2])
+redis.call('XADD', KEYS[1], '*', 'o', ARGV[1], 'f', ARGV[2], 'z', size)
+local total = redis.call('INCRBY', KEYS[2], size)
+local bound = tonumber(ARGV[3])
+while total > bound do
+  local oldest = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
+  if #oldest == 0 then
+    redis.call('SET', KEYS[2], 0)
+    break
+  end
+  local fields = oldest[1][2]
+  local gone = 0
+  for i = 1, #fields, 2 do
+    if fields[i] == 'z' then gone = tonumber(fields[i + 1]) end
+  end
+  redis.call('XDEL', KEYS[1], oldest[1][1])
+  total = redis.call('DECRBY', KEYS[2], gone)
+end
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
 return 1
 """

@@ -163,7 +163,7 @@ def _text(value: bytes | str | None) -> str:
 class _SessionKeys:
     """The keys of one session; they share the hash tag ``{session_id}``."""
 
-    __slots__ = ("claims", "cuts", "frames", "record", "requests")
+    __slots__ = ("claims", "cuts", "frame_bytes", "frames", "record", "requests")
 
     def __init__(self, prefix: str, session_id: str) -> None:
         tag = "{" + session_id + "}"
@@ -172,11 +172,20 @@ class _SessionKeys:
         self.requests = f"{prefix}:requests:{tag}"
         self.cuts = f"{prefix}:cuts:{tag}"
         self.claims = f"{prefix}:claims:{tag}"
+        #: The bytes the stream holds (what bounds it; see ``APPEND_FRAMES``).
+        self.frame_bytes = f"{prefix}:frame-bytes:{tag}"
 
     @property
     def all(self) -> list[str]:
         """Every key, the record first (the order the Lua scripts expect)."""
-        return [self.record, self.frames, self.requests, self.cuts, self.claims]
+        return [
+            self.record,
+            self.frames,
+            self.requests,
+            self.cuts,
+            self.claims,
+            self.frame_bytes,
+        ]
 
 
 def _stored_frames(entry: StreamEntry) -> list[StoredFrame]:
@@ -403,9 +412,10 @@ class RedisStore:
 
     # -- frames and requests -----------------------------------------------------
 
-    async def write(self, batch: Sequence[Write], *, max_frames: int, ttl_s: float) -> None:
-        """One pipeline (one round trip, not a transaction): per write, in order, ``XADD
-        MAXLEN ~``, ``HSET``/``HDEL`` on the request book and its claims; then, for every
+    async def write(self, batch: Sequence[Write], *, max_bytes: int, ttl_s: float) -> None:
+        """One pipeline (one round trip, not a transaction): each session's frames as one
+        stream entry (``APPEND_FRAMES``: the oldest entries go past ``max_bytes``), the
+        other writes in order (``HSET``/``HDEL`` on the request book and its claims); then, for every
         session the batch names and that was not refreshed in the last second (or that a
         :class:`SessionSeen` names), the ``TOUCH_SESSION`` script: ``last_seen_ms`` and
         the TTL of all its keys (they live and die together: a request book that expired
@@ -424,13 +434,8 @@ class RedisStore:
                 for node_id, frames in pending.pop(session_id, {}).items():
                     pipe.eval(
                         redis_scripts.APPEND_FRAMES,
-                        [sessions[session_id].frames],
-                        [
-                            node_id.encode(),
-                            pack_frames(frames),
-                            str(max(1, max_frames // len(frames))),
-                            str(_ms(ttl_s)),
-                        ],
+                        [sessions[session_id].frames, sessions[session_id].frame_bytes],
+                        [node_id.encode(), pack_frames(frames), str(max_bytes), str(_ms(ttl_s))],
                     )
 
             for item in batch:

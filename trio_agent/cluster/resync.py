@@ -40,7 +40,7 @@ def rewrite_session(
     book: ResumeBook,
     node_id: str,
     epoch: int,
-    max_frames: int,
+    max_bytes: int,
     ttl_s: float,
 ) -> Callable[[], Awaitable[None]]:
     """A job for the mirror: replace whatever the store holds of ``session`` by what
@@ -66,7 +66,7 @@ def rewrite_session(
             )
             if sort is FrameSort.DONE:
                 batch.append(RequestEnded(session_id, request_id))
-        await store.write(batch, max_frames=max_frames, ttl_s=ttl_s)
+        await store.write(batch, max_bytes=max_bytes, ttl_s=ttl_s)
         deadline = book.deadline(session_id)
         if deadline is not None:
             await store.detach(session_id, window_s=max(0.0, deadline - trio.current_time()))

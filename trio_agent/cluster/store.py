@@ -227,9 +227,9 @@ class ClusterStore(Protocol):
 
     # -- frames and requests -----------------------------------------------------
 
-    async def write(self, batch: Sequence[Write], *, max_frames: int, ttl_s: float) -> None:
+    async def write(self, batch: Sequence[Write], *, max_bytes: int, ttl_s: float) -> None:
         """Apply ``batch`` in order in one round trip: frames appended to their
-        session's stream (trimmed to about ``max_frames``), requests marked
+        session's stream (its oldest frames deleted past ``max_bytes``), requests marked
         running or ended, sessions refreshed; every key it touches gets ``ttl_s``."""
         ...
 
