@@ -16,6 +16,7 @@ from trio_agent.server.cork import CorkableStream
 from trio_agent.server.lanes import Outbound, OutboundLanes
 from trio_agent.server.message_ids import MessageIds
 from trio_agent.server.registry import RequestRegistry
+from trio_agent.server.request_stream import RequestStream
 from trio_agent.server.session_end import SessionEnd
 from trio_agent.server.writer import Writer
 
@@ -119,3 +120,45 @@ async def test_metrics_are_told_once_per_kind_and_batch_with_exact_bytes():
         (FrameKind.AUDIO, 1, 6),
         (FrameKind.CONTROL, 2, 4),
     ]
+
+
+def _request_stream(lanes: OutboundLanes, scope: trio.CancelScope) -> RequestStream:
+    record = RequestRegistry(max_running=4).admit("r1", agent="lorem", scope=scope)
+    return RequestStream(
+        record,
+        session_id="s",
+        lanes=lanes,
+        msg_ids=MessageIds(),
+        events=session_events(NO_TRACE.session("s"), CountingMetrics()),
+    )
+
+
+async def test_a_replys_first_send_queues_without_a_schedule_point_and_later_ones_yield():
+    """The first words reach the lane in the request task's first step (one scheduler
+    pass sooner); every later send is a full checkpoint (fairness, interrupt point)."""
+    lanes = OutboundLanes(stream_capacity=8, priority_capacity=8)
+    stream = _request_stream(lanes, trio.CancelScope())
+    others_ran: list[bool] = []
+
+    async def another_task() -> None:
+        others_ran.append(True)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(another_task)  # runs at this task's first schedule point
+        await stream.send("first")
+        assert lanes.stream_depth == 1
+        assert not others_ran  # no other task had a turn: not a schedule point
+        with trio.testing.assert_checkpoints():
+            await stream.send(" second")
+        assert lanes.stream_depth == 2
+
+
+async def test_a_first_send_of_a_cut_request_still_raises_cancelled():
+    lanes = OutboundLanes(stream_capacity=8, priority_capacity=8)
+    with trio.CancelScope() as scope:
+        stream = _request_stream(lanes, scope)
+        scope.cancel()
+        await stream.send("first")
+        raise AssertionError("the send should have raised Cancelled")
+    assert scope.cancelled_caught
+    assert lanes.stream_depth == 0
