@@ -72,8 +72,9 @@ class ResponseStream(Protocol):
         """Queue one delta as a STREAM frame.
 
         Waits while the connection's stream lane is full (backpressure). Always a
-        checkpoint, so an interrupt of this request raises :class:`trio.Cancelled`
-        here. Raises :class:`trio.ClosedResourceError` if the request has already
+        cancellation point, so an interrupt of this request raises
+        :class:`trio.Cancelled` here; a full checkpoint (a schedule point too) from
+        the request's second send on (its first words go out a scheduler pass sooner). Raises :class:`trio.ClosedResourceError` if the request has already
         ended (a cancelled agent that keeps sending from a shielded block).
         """
         ...

@@ -18,7 +18,7 @@ from loguru import logger
 
 from trio_agent.observability.facts import FrameFacts, RequestFacts
 from trio_agent.observability.logs import LOG_WINDOW_S, LogBudget, clip, clip_value
-from trio_agent.observability.metrics import SessionMetrics
+from trio_agent.observability.metrics import SessionMetrics, utf8_length
 from trio_agent.observability.trace import (
     READER,
     WRITER,
@@ -264,10 +264,18 @@ class SessionEvents:
         each INTERRUPT_ACK how long after its INTERRUPT was read it went out.
         """
         metrics = self._metrics
+        #: Frames and bytes per kind, told to the metrics once per batch.
+        tally: dict[FrameKind, list[int]] = {}
         for frame, text in batch:
-            metrics.frame_written(frame.kind, text)
+            kind = frame.kind
+            counts = tally.get(kind)
+            if counts is None:
+                tally[kind] = [1, utf8_length(text)]
+            else:
+                counts[0] += 1
+                counts[1] += utf8_length(text)
             record = frame.record
-            if frame.kind is FrameKind.DONE:
+            if kind is FrameKind.DONE:
                 assert record is not None
                 metrics.request_ended(record)
                 if self._may_log("request ended"):
@@ -283,6 +291,8 @@ class SessionEvents:
                 metrics.interrupt_acknowledged(latency_s)
                 if self._may_log("interrupt acknowledged"):
                     _log.info("interrupt acknowledged", latency_us=round(latency_s * 1e6))
+        for kind, (count, size) in tally.items():
+            metrics.frames_written(kind, count, size)
 
     def writer_failed(self, exc: Exception) -> None:
         """A bug of ours stopped the writer: the session closes with 1011."""

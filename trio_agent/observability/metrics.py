@@ -49,8 +49,9 @@ INTERRUPT_ACK_BUCKETS = (
 class SessionMetrics(Protocol):
     """The hooks a session calls. Synchronous, no I/O, never raises."""
 
-    def frame_written(self, kind: FrameKind, text: str | bytes) -> None:
-        """A frame reached the socket."""
+    def frames_written(self, kind: FrameKind, count: int, size: int) -> None:
+        """``count`` frames of ``kind``, ``size`` bytes in all, reached the socket
+        (told once per kind and write batch: a counter's ``inc`` takes a lock)."""
 
     def request_ended(self, record: RequestFacts) -> None:
         """A request's DONE reached the socket (``record.status`` is its final status)."""
@@ -69,7 +70,7 @@ class SessionMetrics(Protocol):
 class _NoMetrics:
     """The :class:`SessionMetrics` of a session nobody measures."""
 
-    def frame_written(self, kind: FrameKind, text: str | bytes) -> None:
+    def frames_written(self, kind: FrameKind, count: int, size: int) -> None:
         pass
 
     def request_ended(self, record: RequestFacts) -> None:
@@ -161,9 +162,9 @@ class ServerMetrics:
 
     # -- SessionMetrics ------------------------------------------------------------------
 
-    def frame_written(self, kind: FrameKind, text: str | bytes) -> None:
-        self._frames[kind].inc()
-        self._bytes[kind].inc(utf8_length(text))
+    def frames_written(self, kind: FrameKind, count: int, size: int) -> None:
+        self._frames[kind].inc(count)
+        self._bytes[kind].inc(size)
 
     def request_ended(self, record: RequestFacts) -> None:
         status = record.status.value if record.status is not None else "unknown"

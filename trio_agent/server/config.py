@@ -170,7 +170,9 @@ class ServerConfig:
     certfile: str = setting("", "TLS certificate chain (PEM); with --keyfile, serves wss://")
     keyfile: str = setting("", "TLS private key (PEM) of --certfile; empty: it is in --certfile")
     slow_step_warn_s: float = setting(
-        0.5, "seconds a task may run without a checkpoint before a warning (0: off)"
+        0.0,
+        "seconds a task may run without a checkpoint before a warning (0: off; it times "
+        "every task step, so turn it on to find an agent that freezes the server)",
     )
     stats_interval_s: float = setting(
         0.0, "seconds between DEBUG 'server stats' lines (sessions, live tasks; 0: never)"

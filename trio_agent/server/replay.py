@@ -104,9 +104,14 @@ class ReplayBuffer:
 
     def written(self, request_id: str, sort: FrameSort, seq: int, data: str | bytes) -> None:
         """Keep one frame the writer has just written (``seq``: -1 for a DONE)."""
-        track = self._track(request_id)
+        # The writer's hot path (once per frame): plain branches, no helper calls
+        # unless the request is new or the buffer is full.
+        track = self._tracks.get(request_id)
+        if track is None:
+            track = self._track(request_id)
         if sort is FrameSort.STREAM:
-            track.stream_written = max(track.stream_written, seq + 1)
+            if seq >= track.stream_written:
+                track.stream_written = seq + 1
         elif sort is FrameSort.DONE:
             track.done_written = True
         size = (
@@ -115,10 +120,11 @@ class ReplayBuffer:
             else len(data.encode("utf-8", "surrogatepass"))
         )
         kept = _Kept(track, sort, seq, data, size)
-        if size > self.capacity_bytes:
+        capacity = self.capacity_bytes
+        if size > capacity:
             self._evicted(kept)
             return
-        while self._bytes + size > self.capacity_bytes:
+        while self._bytes + size > capacity:
             self._evict_oldest()
         self._held.append(kept)
         track.kept.append(kept)

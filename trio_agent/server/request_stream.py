@@ -138,7 +138,11 @@ class RequestStream:
         self, delta: str, start_ms: float | None = None, *, checkpoint: bool = True
     ) -> None:
         record = self._record
-        if checkpoint or not self._lanes.has_stream_room(record):
+        # A request's first frame is queued without a schedule point (the request
+        # task has just been scheduled to start): the reply's first words reach
+        # the writer one scheduler pass sooner. A cancellation is still delivered
+        # (_check_sendable), and every later send is a full checkpoint.
+        if (checkpoint and record.frames_queued) or not self._lanes.has_stream_room(record):
             # Backpressure, and an interrupt point.
             await self._lanes.wait_for_stream_room(record)
         await self._check_sendable()

@@ -101,7 +101,9 @@ class Writer:
         A batch ends when it holds ``batch_frames``, right after any frame that is
         not a STREAM or AUDIO frame (so an INTERRUPT_ACK is never held back),
         right after the first STREAM frame of a request (so a new reply's first
-        words are not either), and when the lanes are empty and stay so for one
+        words are not either) unless more frames are queued already (then they
+        join the batch at no wait: the cut request's DONE leaves with its ACK),
+        and when the lanes are empty and stay so for one
         turn of the producers (a checkpoint, or two: see the loop). Framing and
         keeping do no I/O, so those turns are the writer's only schedule points
         before the flush, and an ACK queued meanwhile is the next frame taken,
@@ -124,6 +126,8 @@ class Writer:
         #: counted as written (``finally``), so the replay buffer holds it and a
         #: resume sends it again rather than leave a hole in its request's ``seq``.
         in_hand: tuple[Outbound, str | bytes] | None = None
+        #: The batch holds a frame that must not wait (it is flushed, not held).
+        urgent = False
         try:
             while True:
                 frame = await lanes.next_frame()
@@ -143,13 +147,16 @@ class Writer:
                 in_hand = None
                 first = self._count_written(frame, text)
                 batch.append((frame, text))
-                ends_batch = (
-                    cork is None
-                    or frame.kind not in (FrameKind.STREAM, FrameKind.AUDIO)
-                    or first
-                    or len(batch) >= most
-                )
-                if not ends_batch and not lanes.queued:
+                urgent = urgent or first or frame.kind not in (FrameKind.STREAM, FrameKind.AUDIO)
+                ends_batch = cork is None or len(batch) >= most
+                if not ends_batch and urgent:
+                    # A batch holding a frame that must not wait (an ACK, a DONE,
+                    # a reply's first words) ends as soon as nothing more is
+                    # queued right now: taking a queued frame needs no await, so
+                    # it joins the batch and leaves in the same write (an ACK and
+                    # the cut request's DONE behind it, at once), never later.
+                    ends_batch = not lanes.queued
+                elif not ends_batch and not lanes.queued:
                     # Give the producers that are ready one turn to add to the
                     # batch (an agent streaming flat out queues one frame per
                     # turn); if none does, the batch is complete. One that is
@@ -167,6 +174,7 @@ class Writer:
                     lanes.frame_written()
                     self._batch_written(batch)
                     batch = []
+                    urgent = False
         except ConnectionClosed as closed:
             # A client that closed with 1000 ended its session on purpose; a broken
             # connection may be resumed (v1.2, close_is_resumable).

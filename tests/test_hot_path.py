@@ -1,0 +1,164 @@
+"""The writer's hot path: what leaves in one write, and what the metrics count per batch.
+
+``docs/performance.md`` (tuning the hot path) measures what these save.
+"""
+
+from __future__ import annotations
+
+import trio
+import trio.testing
+
+from trio_agent.observability import NO_TRACE
+from trio_agent.observability.events import session_events
+from trio_agent.protocol.constants import FrameKind
+from trio_agent.protocol.framing import websocket_frame
+from trio_agent.server.cork import CorkableStream
+from trio_agent.server.lanes import Outbound, OutboundLanes
+from trio_agent.server.message_ids import MessageIds
+from trio_agent.server.registry import RequestRegistry
+from trio_agent.server.request_stream import RequestStream
+from trio_agent.server.session_end import SessionEnd
+from trio_agent.server.writer import Writer
+
+
+class Recording(trio.abc.Stream):
+    """An inner stream that records every send_all call."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await trio.lowlevel.checkpoint()
+        self.writes.append(bytes(data))
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        await trio.lowlevel.checkpoint()
+        return b""
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+class OpenSocket:
+    """The writer's view of a connection that is open (it frames the messages itself)."""
+
+    closed = None
+
+    async def send_message(self, message: str | bytes) -> None:
+        raise AssertionError("a corked writer frames its messages itself")
+
+
+class CountingMetrics:
+    """Records what the session tells the metrics about written frames."""
+
+    def __init__(self) -> None:
+        self.told: list[tuple[FrameKind, int, int]] = []
+
+    def frames_written(self, kind: FrameKind, count: int, size: int) -> None:
+        self.told.append((kind, count, size))
+
+    def request_ended(self, record: object) -> None:
+        pass
+
+    def interrupt_processed(self, *, cut: int, discarded: int) -> None:
+        pass
+
+    def interrupt_acknowledged(self, latency_s: float) -> None:
+        pass
+
+    def error_sent(self, code: object) -> None:
+        pass
+
+
+def _writer(lanes: OutboundLanes, inner: Recording) -> Writer:
+    ends: list[SessionEnd] = []
+    return Writer(
+        OpenSocket(),
+        session_id="s",
+        lanes=lanes,
+        registry=RequestRegistry(max_running=4),
+        msg_ids=MessageIds(),
+        events=session_events(NO_TRACE.session("s"), CountingMetrics()),
+        batch_frames=32,
+        cork=CorkableStream(inner),
+        end_session=ends.append,
+    )
+
+
+async def test_control_frames_queued_together_leave_in_one_write():
+    """An ACK ends its batch only when nothing else is queued: the frames behind it
+    (the cut request's DONE, in a real session) go in the same write, not one flush later."""
+    lanes = OutboundLanes(stream_capacity=8, priority_capacity=8)
+    inner = Recording()
+    ack, error = '{"msg_type":"INTERRUPT_ACK"}', '{"msg_type":"ERROR"}'
+    lanes.push_priority(Outbound(FrameKind.CONTROL, ack))
+    lanes.push_priority(Outbound(FrameKind.CONTROL, error))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_writer(lanes, inner).run)
+        await trio.testing.wait_all_tasks_blocked()
+        assert inner.writes == [websocket_frame(ack) + websocket_frame(error)]
+        # Alone in the lanes, a control frame is flushed at once (nothing is held back).
+        lanes.push_priority(Outbound(FrameKind.CONTROL, ack))
+        await trio.testing.wait_all_tasks_blocked()
+        assert inner.writes[1:] == [websocket_frame(ack)]
+        nursery.cancel_scope.cancel()
+
+
+async def test_metrics_are_told_once_per_kind_and_batch_with_exact_bytes():
+    metrics = CountingMetrics()
+    events = session_events(NO_TRACE.session("s"), metrics)
+    batch = [
+        (Outbound(FrameKind.CONTROL, "é"), "é"),  # 2 bytes in UTF-8
+        (Outbound(FrameKind.CONTROL, "ab"), "ab"),
+        (Outbound(FrameKind.AUDIO, b"\x00" * 6), b"\x00" * 6),
+    ]
+    events.batch_written(batch)
+    assert sorted(metrics.told, key=lambda t: t[0].value) == [
+        (FrameKind.AUDIO, 1, 6),
+        (FrameKind.CONTROL, 2, 4),
+    ]
+
+
+def _request_stream(lanes: OutboundLanes, scope: trio.CancelScope) -> RequestStream:
+    record = RequestRegistry(max_running=4).admit("r1", agent="lorem", scope=scope)
+    return RequestStream(
+        record,
+        session_id="s",
+        lanes=lanes,
+        msg_ids=MessageIds(),
+        events=session_events(NO_TRACE.session("s"), CountingMetrics()),
+    )
+
+
+async def test_a_replys_first_send_queues_without_a_schedule_point_and_later_ones_yield():
+    """The first words reach the lane in the request task's first step (one scheduler
+    pass sooner); every later send is a full checkpoint (fairness, interrupt point)."""
+    lanes = OutboundLanes(stream_capacity=8, priority_capacity=8)
+    stream = _request_stream(lanes, trio.CancelScope())
+    others_ran: list[bool] = []
+
+    async def another_task() -> None:
+        others_ran.append(True)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(another_task)  # runs at this task's first schedule point
+        await stream.send("first")
+        assert lanes.stream_depth == 1
+        assert not others_ran  # no other task had a turn: not a schedule point
+        with trio.testing.assert_checkpoints():
+            await stream.send(" second")
+        assert lanes.stream_depth == 2
+
+
+async def test_a_first_send_of_a_cut_request_still_raises_cancelled():
+    lanes = OutboundLanes(stream_capacity=8, priority_capacity=8)
+    with trio.CancelScope() as scope:
+        stream = _request_stream(lanes, scope)
+        scope.cancel()
+        await stream.send("first")
+        raise AssertionError("the send should have raised Cancelled")
+    assert scope.cancelled_caught
+    assert lanes.stream_depth == 0
