@@ -32,7 +32,7 @@ def exported() -> dict[str, set[tuple[str, ...]]]:
     server = AgentServer(ServerConfig(port=0), {})
     metrics = server.metrics
     for kind in FrameKind:
-        metrics.frame_written(kind, "x")
+        metrics.frames_written(kind, 1, 1)
     metrics.error_sent(ErrorCode.INVALID_JSON)
     metrics.http_response(200)
     metrics.handshake_refused(403)
