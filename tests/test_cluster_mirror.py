@@ -21,7 +21,7 @@ class SlowStore:
         self.written: list[Write] = []
         self.closed: list[str] = []
 
-    async def write(self, batch: Sequence[Write], *, max_frames: int, ttl_s: float) -> None:
+    async def write(self, batch: Sequence[Write], *, max_bytes: int, ttl_s: float) -> None:
         if self.down:
             raise StoreUnavailable("down")
         await self.open.wait()
@@ -38,7 +38,7 @@ def frame(session: str, seq: int) -> FrameWrite:
 async def test_a_full_queue_loses_the_session_instead_of_blocking() -> None:
     store = SlowStore()
     troubles: list[str | None] = []
-    mirror = Mirror(store, max_queued=3, max_frames=100, ttl_s=60, on_trouble=troubles.append)  # type: ignore[arg-type]
+    mirror = Mirror(store, max_queued=3, max_bytes=100_000, ttl_s=60, on_trouble=troubles.append)  # type: ignore[arg-type]
     async with trio.open_nursery() as nursery:
         nursery.start_soon(mirror.run)
         await trio.testing.wait_all_tasks_blocked()
@@ -62,7 +62,7 @@ async def test_writes_wait_in_order_while_the_store_is_down(autojump_clock: trio
     store.open.set()
     store.down = True
     troubles: list[str | None] = []
-    mirror = Mirror(store, max_queued=100, max_frames=100, ttl_s=60, on_trouble=troubles.append)  # type: ignore[arg-type]
+    mirror = Mirror(store, max_queued=100, max_bytes=100_000, ttl_s=60, on_trouble=troubles.append)  # type: ignore[arg-type]
     async with trio.open_nursery() as nursery:
         nursery.start_soon(mirror.run)
         for seq in range(3):
