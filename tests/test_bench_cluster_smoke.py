@@ -10,13 +10,13 @@ was killed ended with NODE_LOST.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.script_runs import run_script
 from trio_agent.testing.cluster import cluster_unavailable
 
 REPO = Path(__file__).resolve().parent.parent
@@ -30,10 +30,9 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     if why is not None:
         pytest.skip(f"cluster benchmark skipped: {why}")
     out = tmp_path_factory.mktemp("bench") / "cluster.json"
-    done = subprocess.run(
+    done = run_script(
         [sys.executable, str(REPO / "scripts" / "bench_cluster.py"), "--quick", "--json", str(out)],
         timeout=600,
-        capture_output=True,
         text=True,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

@@ -8,7 +8,6 @@ guarantee broke, and that both tables have every figure.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,6 +17,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
 
 from bench_resume import DROP_COLUMNS, OVERHEAD_COLUMNS  # noqa: E402
+
+from tests.script_runs import run_script  # noqa: E402
 
 TINY = [
     "--quick",
@@ -35,11 +36,10 @@ TINY = [
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = tmp_path_factory.mktemp("bench") / "resume.json"
-    subprocess.run(
+    run_script(
         [sys.executable, str(REPO / "scripts" / "bench_resume.py"), *TINY, "--json", str(out)],
         check=True,
         timeout=120,
-        capture_output=True,
     )
     return json.loads(out.read_text())
 

@@ -10,7 +10,6 @@ option on its accepted sockets, and that the targets table has every row.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,6 +19,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
 
 from interrupt_bench.scenarios import SCENARIOS  # noqa: E402
+
+from tests.script_runs import run_script  # noqa: E402
 
 TINY = [
     "--quick",
@@ -50,7 +51,7 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def run(folder: Path) -> dict:
     out = folder / "run.json"
-    done = subprocess.run(
+    done = run_script(
         [
             sys.executable,
             str(REPO / "scripts" / "bench_interrupt.py"),
@@ -63,7 +64,6 @@ def run(folder: Path) -> dict:
             str(folder / "logs"),
         ],
         timeout=240,
-        capture_output=True,
         text=True,
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ast
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -19,6 +18,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
 
 import bench_trace  # noqa: E402
+
+from tests.script_runs import run_script  # noqa: E402
 
 TINY = bench_trace.SMOKE
 
@@ -35,9 +36,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
     """``scripts/bench_trace.py --smoke``, as the command it is: its own interpreter,
     and a worker interpreter per variant and workload, told the sizes on its command line."""
     out = tmp_path_factory.mktemp("bench") / "trace.json"
-    done = subprocess.run(
+    done = run_script(
         [sys.executable, str(REPO / "scripts" / "bench_trace.py"), "--smoke", "--json", str(out)],
-        capture_output=True,
         text=True,
         timeout=300,
         check=True,

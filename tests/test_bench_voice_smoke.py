@@ -7,21 +7,21 @@ an ACK, and that every DONE's audio_ms was exactly the audio the client received
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
+
+from tests.script_runs import run_script
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def test_the_voice_benchmark_runs_and_reports_every_figure(tmp_path: Path) -> None:
     out = tmp_path / "voice.json"
-    subprocess.run(
+    run_script(
         [sys.executable, str(REPO / "scripts" / "bench_voice.py"), "--quick", "--trials", "4",
          "--sessions", "4", "--window-s", "0.5", "--no-espeak", "--json", str(out)],
         check=True,
         timeout=120,
-        capture_output=True,
     )  # fmt: skip
     run = json.loads(out.read_text())
     rows = run["barge_in"]["results"]
