@@ -112,17 +112,7 @@ async def test_an_interrupt_read_on_b_cuts_a_request_running_on_a(nodes: Nodes) 
     async with connect(b.server, "socket") as c2:
         await c2.send_raw(resume_frame(c1, last_seq={"r1": 2}))
         before = await read_until(c2, lambda f: f["msg_type"] == "STREAM" and f["seq"] >= 8)
-        await c2.send_raw(
-            json.dumps(
-                {
-                    "msg_type": "INTERRUPT",
-                    "msg_id": "c-int",
-                    "session_id": c1.session_id,
-                    "request_id": "r1",
-                    "payload": {"reason": "barge-in"},
-                }
-            )
-        )
+        await c2.interrupt("r1", reason="barge-in")
         after = await read_until(c2, is_done("r1"))
     ack = next(f for f in after if f["msg_type"] == "INTERRUPT_ACK")
     assert ack["payload"]["interrupted"] == ["r1"]

@@ -9,7 +9,6 @@ died, a cross-node INTERRUPT, and a drain that loses no reply.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -148,17 +147,7 @@ async def test_an_interrupt_read_on_one_node_cuts_a_request_running_on_another(
     async with connect_url(cluster.node_urls[1]) as c2:
         await c2.send_raw(resume_frame(c1, last_seq={"r1": last}))
         before = await read_until(c2, stream_at(last + 10))
-        await c2.send_raw(
-            json.dumps(
-                {
-                    "msg_type": "INTERRUPT",
-                    "msg_id": "c-int",
-                    "session_id": c1.session_id,
-                    "request_id": "r1",
-                    "payload": {"reason": "barge-in"},
-                }
-            )
-        )
+        await c2.interrupt("r1", reason="barge-in")
         after = await read_until(c2, is_done("r1"))
     ack = next(f for f in after if f["msg_type"] == "INTERRUPT_ACK")
     assert ack["payload"]["interrupted"] == ["r1"]

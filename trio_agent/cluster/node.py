@@ -40,11 +40,10 @@ from trio_agent.cluster.store import (
     RequestEnded,
     RequestStarted,
     SessionSeen,
-    StoredSort,
     StoreUnavailable,
     TakeOverVerdict,
 )
-from trio_agent.cluster.stream_replay import restore_stream
+from trio_agent.cluster.stream_replay import STORED_SORT, restore_stream
 from trio_agent.protocol.messages import ErrorCode, ResumeMessage
 from trio_agent.server.connection import HandOver
 from trio_agent.server.replay import FrameSort
@@ -63,8 +62,6 @@ if TYPE_CHECKING:
 
 __all__ = ["ClusterNode", "default_node_id"]
 
-_STORED = {FrameSort.STREAM: StoredSort.STREAM, FrameSort.AUDIO: StoredSort.AUDIO}
-_STORED[FrameSort.DONE] = StoredSort.DONE
 #: Writes waiting for the store before sessions are lost to the cluster.
 MAX_QUEUED = 50_000
 _RETRY_S = 0.5
@@ -373,7 +370,7 @@ class ClusterNode:
     ) -> None:
         self.mirror.add(
             FrameWrite(
-                session_id, request_id, _STORED[sort], seq, data, self.node_id, frames=frames
+                session_id, request_id, STORED_SORT[sort], seq, data, self.node_id, frames=frames
             )
         )
         if sort is FrameSort.DONE:

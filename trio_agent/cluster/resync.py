@@ -15,9 +15,9 @@ from trio_agent.cluster.store import (
     FrameWrite,
     RequestEnded,
     RequestStarted,
-    StoredSort,
     Write,
 )
+from trio_agent.cluster.stream_replay import STORED_SORT
 from trio_agent.server.replay import FrameSort
 from trio_agent.server.resume_book import ResumeBook
 
@@ -25,12 +25,6 @@ if TYPE_CHECKING:
     from trio_agent.server.session import Session
 
 __all__ = ["rewrite_session"]
-
-_STORED = {
-    FrameSort.STREAM: StoredSort.STREAM,
-    FrameSort.AUDIO: StoredSort.AUDIO,
-    FrameSort.DONE: StoredSort.DONE,
-}
 
 
 def rewrite_session(
@@ -62,7 +56,7 @@ def rewrite_session(
         for request_id, sort, seq, data in session.replay.held():
             frames = _done_frames(data) if sort is FrameSort.DONE else -1
             batch.append(
-                FrameWrite(session_id, request_id, _STORED[sort], seq, data, node_id, frames)
+                FrameWrite(session_id, request_id, STORED_SORT[sort], seq, data, node_id, frames)
             )
             if sort is FrameSort.DONE:
                 batch.append(RequestEnded(session_id, request_id))

@@ -22,9 +22,15 @@ from dataclasses import dataclass, field
 from trio_agent.cluster.store import StoredFrame, StoredSort
 from trio_agent.server.replay import FrameSort, ReplayBuffer
 
-__all__ = ["RestoredStream", "RunningElsewhere", "restore_stream"]
+__all__ = ["STORED_SORT", "RestoredStream", "RunningElsewhere", "restore_stream"]
 
-_SORTS = {StoredSort.STREAM: FrameSort.STREAM, StoredSort.AUDIO: FrameSort.AUDIO}
+#: What a written frame is called in the store (and, reversed, back).
+STORED_SORT = {
+    FrameSort.STREAM: StoredSort.STREAM,
+    FrameSort.AUDIO: StoredSort.AUDIO,
+    FrameSort.DONE: StoredSort.DONE,
+}
+_SORTS = {stored: sort for sort, stored in STORED_SORT.items()}
 
 
 @dataclass(slots=True)
