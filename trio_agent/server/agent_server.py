@@ -13,12 +13,7 @@ from collections.abc import Mapping
 
 import trio
 from loguru import logger
-from trio_websocket import (
-    ConnectionClosed,
-    WebSocketConnection,
-    WebSocketRequest,
-    wrap_server_stream,
-)
+from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
 
 from trio_agent._version import __version__
 from trio_agent.agents import Agent, agent_entry, builtin_agents, open_agents
@@ -40,6 +35,7 @@ from trio_agent.server.connection import ClusterResume
 from trio_agent.server.cork import CorkableStream
 from trio_agent.server.drain import DRAIN_CLOSE_REASON, drain_sessions
 from trio_agent.server.frame_budget import FrameBudgetStream
+from trio_agent.server.inbound import DirectReadWebSocket
 from trio_agent.server.redaction import redact_subprotocols, redact_target
 from trio_agent.server.resume_book import Redeemed, ResumeBook
 from trio_agent.server.session import Session
@@ -495,24 +491,21 @@ class AgentServer:
                     max_message_bytes=self.config.max_message_bytes,
                 )
             )
-            async with trio.open_nursery() as nursery:
-                request = None
-                # Bounded, and a client that leaves mid-handshake ends the wait at once.
-                with (
-                    trio.move_on_after(self.config.handshake_timeout_s),
-                    guarded.cancel_if_peer_leaves(),
-                ):
-                    request = await wrap_server_stream(
-                        nursery, cork, max_message_size=self.config.max_message_bytes
-                    )
-                if request is not None:
-                    await self._handle_handshake(request, cork, peer)
-                # trio-websocket's reader task for this connection lives in this
-                # nursery; the session is over, so stop it.
-                nursery.cancel_scope.cancel(reason="connection over")
+            # No reader task: the session's reader reads this socket itself
+            # (server/inbound.py), and so does the handshake, right here.
+            ws = DirectReadWebSocket(cork, max_message_size=self.config.max_message_bytes)
+            request = None
+            # Bounded, and a client that leaves mid-handshake ends the wait at once.
+            with (
+                trio.move_on_after(self.config.handshake_timeout_s),
+                guarded.cancel_if_peer_leaves(),
+            ):
+                request = await ws.receive_request()
+            if request is not None:
+                await self._handle_handshake(request, cork, peer)
         except* ConnectionClosed:
-            # trio-websocket's reader lets this escape when the peer is gone before
-            # a malformed handshake could be answered: an ordinary disconnect.
+            # The peer left while its handshake was being answered: an ordinary
+            # disconnect.
             logger.debug("connection closed during the handshake")
         except* Exception as group:
             logger.opt(exception=group).warning("connection failed")
