@@ -366,3 +366,15 @@ async def test_a_heartbeat_costs_the_server_no_step_of_a_reader_task(start_serve
     # write it (two, see docs/performance.md). trio-websocket's reader task, handing
     # each message over a channel, made it four.
     assert counter.steps / rounds <= 3.0, counter.names
+
+
+async def test_a_reader_cancelled_while_it_yields_loses_no_message():
+    client, client_stream, ws = await open_pair()
+    count = MAX_MESSAGES_WITHOUT_YIELD + 2
+    await client_stream.send_all(frames(client, *(TextMessage(data=f"m{i}") for i in range(count))))
+    got = [await ws.get_message() for _ in range(MAX_MESSAGES_WITHOUT_YIELD)]
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await ws.get_message()  # the yield: cancelled before it took a message
+    got += [await ws.get_message() for _ in range(2)]
+    assert got == [f"m{i}" for i in range(count)]

@@ -133,7 +133,13 @@ class DirectReadWebSocket(WebSocketConnection):
         ping or a close frame, the answer is lost, as it would be if trio-websocket's
         reader task were cancelled there.
         """
-        await trio.lowlevel.checkpoint_if_cancelled()
+        if self._unyielded >= MAX_MESSAGES_WITHOUT_YIELD:
+            # Before taking the next message, not after: a cancellation here loses
+            # nothing (the messages wait in wsproto's buffer).
+            self._unyielded = 0
+            await trio.lowlevel.checkpoint()
+        else:
+            await trio.lowlevel.checkpoint_if_cancelled()
         if self._close_reason is not None or not self._reader_running:
             raise ConnectionClosed(self._close_reason)
         self._enter_read()
@@ -195,9 +201,6 @@ class DirectReadWebSocket(WebSocketConnection):
         self._message_parts = []
         self._message_size = 0
         self._unyielded += 1
-        if self._unyielded > MAX_MESSAGES_WITHOUT_YIELD:
-            self._unyielded = 0
-            await trio.lowlevel.checkpoint()
         return message
 
     async def _control(self, event: Event) -> bool:
