@@ -502,6 +502,9 @@ class Session(FrameHandling, SessionDrain, SessionHandoff):
         while True:
             with trio.move_on_after(idle_timeout) as idle:
                 try:
+                    # On a served socket this reads it in this task (server/inbound.py):
+                    # no reader task hands the message over, so an INTERRUPT is handled
+                    # in the scheduler pass that received it.
                     raw = await connection.ws.get_message()
                 except ConnectionClosed as closed:
                     # Handled here, where it is raised: it must never escape into
