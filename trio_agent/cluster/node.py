@@ -31,8 +31,9 @@ from trio_websocket import WebSocketConnection
 
 from trio_agent.agents import restore_session_states
 from trio_agent.cluster.mirror import Mirror
-from trio_agent.cluster.relay import Relay
+from trio_agent.cluster.relay import Relay, end_unnamed_requests
 from trio_agent.cluster.resync import rewrite_session
+from trio_agent.cluster.spent_token import take_over_waiting_for_spender
 from trio_agent.cluster.store import (
     ClusterStore,
     ControlMessage,
@@ -418,12 +419,14 @@ class ClusterNode:
             return None
         token = new_token()
         try:
-            taken = await self._store.take_over(
+            taken = await take_over_waiting_for_spender(
+                self._store,
                 session_id,
                 token_digest=token_digest(message.payload.token),
                 new_token_digest=token_digest(token),
                 node_id=self.node_id,
                 max_denied=MAX_DENIED_PER_SESSION,
+                lease_s=self._lease_s,
             )
         except StoreUnavailable as exc:
             self._trouble(str(exc) or type(exc).__name__)
@@ -499,6 +502,10 @@ class ClusterNode:
         restored = restore_stream(
             frames, capacity_bytes=self._config.resume_buffer_kib * 1024, running=running
         )
+        for request_id in await end_unnamed_requests(
+            self._store, message, restored.running, on_claim=self._claimed_unnamed
+        ):
+            del restored.running[request_id]
         session = await self._server.adopt_session(session_id, epoch=epoch, token=token)
         session.replay = restored.replay
         session.events.cluster(
@@ -529,6 +536,10 @@ class ClusterNode:
                 relay=relay,
             )
         return session
+
+    def _claimed_unnamed(self, session_id: str, request_id: str) -> None:
+        self.counts["node_lost_claims_total"] += 1
+        self.mirror.add(RequestEnded(session_id, request_id))
 
     def _claimed(self, session: Session, record: RequestRecord) -> None:
         self.counts["node_lost_claims_total"] += 1

@@ -27,12 +27,13 @@ import trio
 from loguru import logger
 
 from trio_agent.cluster.store import ClusterStore, StoredSort, StoreUnavailable
+from trio_agent.cluster.stream_replay import RunningElsewhere
 from trio_agent.protocol.constants import FrameKind
-from trio_agent.protocol.messages import DoneStatus, ErrorCode, ErrorInfo
+from trio_agent.protocol.messages import DoneStatus, ErrorCode, ErrorInfo, ResumeMessage
 from trio_agent.server.lanes import Outbound, OutboundLanes
 from trio_agent.server.registry import RequestRecord, RequestRegistry
 
-__all__ = ["NODE_LOST_MESSAGE", "Relay"]
+__all__ = ["NODE_LOST_MESSAGE", "Relay", "end_unnamed_requests"]
 
 NODE_LOST_MESSAGE = "the node running this request stopped before it ended"
 
@@ -140,6 +141,38 @@ class Relay:
     ) -> None:
         if self._registry.end(record, status, reason=reason, error=error):
             self._lanes.push_stream_terminal(Outbound(FrameKind.DONE, record=record))
+
+
+async def end_unnamed_requests(
+    store: ClusterStore,
+    message: ResumeMessage,
+    running: dict[str, RunningElsewhere],
+    *,
+    on_claim: Callable[[str, str], None],
+) -> list[str]:
+    """The requests of ``running`` (still running elsewhere, says the store) that the
+    RESUME does not name and whose node is dead: each is claimed (``on_claim(session
+    id, request id)`` for the ones this node wins, which then end it in the store),
+    and none is relayed or reported to this client. Returns their ids.
+
+    Why no DONE for them: a client names in ``last_seq`` every request it still
+    expects frames of, so a request it leaves out is one whose DONE it holds. The
+    one way the store can still say such a request runs is a dead node's DONE that
+    reached the client but not the store (the mirror's lag): relaying the request
+    would end it a second time, with NODE_LOST. A request running on a live node is
+    relayed as before (its live frames only): a live previous owner has flushed what
+    it wrote before the take-over goes on, so the client holds no DONE the store
+    lacks. Cancellation: each look-up awaits the store; cancelled, nothing here
+    was relayed and a claim won is ended by the next resume's claimer or the TTL.
+    """
+    ended: list[str] = []
+    for request_id, elsewhere in running.items():
+        if request_id in message.payload.last_seq or await store.node_alive(elsewhere.node_id):
+            continue
+        ended.append(request_id)
+        if await store.claim_request(message.session_id, request_id, dead_node=elsewhere.node_id):
+            on_claim(message.session_id, request_id)
+    return ended
 
 
 def _node_lost(node: str) -> ErrorInfo:
