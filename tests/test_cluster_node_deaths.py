@@ -129,3 +129,27 @@ async def test_a_token_spent_by_a_live_node_is_denied_after_its_lease_would_have
                 refused = await read(c3)
     assert refused["msg_type"] == "ERROR"
     assert refused["payload"]["code"] == "RESUME_DENIED"
+
+
+async def test_a_request_the_dead_node_never_stored_ends_node_lost_with_the_clients_count(
+    nodes: Nodes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a = await nodes.start("a", lorem_agents())
+    b = await nodes.start("b", lorem_agents())
+    async with connect(a.server, "socket") as c1:
+        await a.node.flush(2.0)  # the session is in the store...
+        monkeypatch.setattr(a.store, "write", never_written)  # ...nothing of r1 will be
+        await c1.request("r1", agent="lorem", words=100_000, words_per_s=200)
+        first = await read_until(c1, lambda f: f["msg_type"] == "STREAM" and f["seq"] == 6)
+        assert await a.store.running_requests(c1.session_id) == {}
+        a.stop()
+    async with connect(b.server, "socket") as c2:
+        await c2.send_raw(resume_frame(c1, last_seq={"r1": 6}))
+        frames = await read_until(c2, is_done("r1"))
+    assert frames[0]["payload"]["requests"] == {"r1": "running"}
+    done = frames[-1]["payload"]
+    # Before: DONE{RESUME_GAP, frames: 0}, though the client held 7 frames.
+    assert (done["status"], done["error"]["code"]) == ("failed", "NODE_LOST")
+    assert done["frames"] == len(seqs(first, "r1")) == 7
+    assert seqs(frames, "r1") == []
+    assert b.node.counts["node_lost_claims_total"] == 1

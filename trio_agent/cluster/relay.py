@@ -26,14 +26,21 @@ from typing import Any
 import trio
 from loguru import logger
 
-from trio_agent.cluster.store import ClusterStore, StoredSort, StoreUnavailable
-from trio_agent.cluster.stream_replay import RunningElsewhere
+from trio_agent.cluster.store import ClusterStore, RequestStarted, StoredSort, StoreUnavailable
+from trio_agent.cluster.stream_replay import RestoredStream, RunningElsewhere
 from trio_agent.protocol.constants import FrameKind
 from trio_agent.protocol.messages import DoneStatus, ErrorCode, ErrorInfo, ResumeMessage
 from trio_agent.server.lanes import Outbound, OutboundLanes
 from trio_agent.server.registry import RequestRecord, RequestRegistry
+from trio_agent.server.replay import Unknown
 
-__all__ = ["NODE_LOST_MESSAGE", "Relay", "end_unnamed_requests"]
+__all__ = [
+    "NODE_LOST_MESSAGE",
+    "Relay",
+    "book_unstored_requests",
+    "end_unnamed_requests",
+    "settle_requests_elsewhere",
+]
 
 NODE_LOST_MESSAGE = "the node running this request stopped before it ended"
 
@@ -143,6 +150,30 @@ class Relay:
             self._lanes.push_stream_terminal(Outbound(FrameKind.DONE, record=record))
 
 
+async def settle_requests_elsewhere(
+    store: ClusterStore,
+    message: ResumeMessage,
+    restored: RestoredStream,
+    *,
+    previous_owner: str | None,
+    on_claim: Callable[[str, str], None],
+    max_bytes: int,
+    ttl_s: float,
+) -> None:
+    """Before a take-over relays ``restored.running``: drop the requests a dead node
+    ended for the client (:func:`end_unnamed_requests`) and add those the client
+    holds frames of that ``previous_owner`` (another node, or ``None``) never stored
+    (:func:`book_unstored_requests`). Cancellation: store calls, each a checkpoint."""
+    for request_id in await end_unnamed_requests(
+        store, message, restored.running, on_claim=on_claim
+    ):
+        del restored.running[request_id]
+    if previous_owner is not None:
+        await book_unstored_requests(
+            store, message, restored, ran_on=previous_owner, max_bytes=max_bytes, ttl_s=ttl_s
+        )
+
+
 async def end_unnamed_requests(
     store: ClusterStore,
     message: ResumeMessage,
@@ -173,6 +204,43 @@ async def end_unnamed_requests(
         if await store.claim_request(message.session_id, request_id, dead_node=elsewhere.node_id):
             on_claim(message.session_id, request_id)
     return ended
+
+
+async def book_unstored_requests(
+    store: ClusterStore,
+    message: ResumeMessage,
+    restored: RestoredStream,
+    *,
+    ran_on: str,
+    max_bytes: int,
+    ttl_s: float,
+) -> list[str]:
+    """The requests the RESUME names with frames received (``last_seq`` >= 0) of which
+    the store has no trace, when the previous owner ``ran_on`` is dead: it wrote them
+    to the client and was killed before it stored their start (the mirror's lag).
+    They are booked in the store as running on ``ran_on`` and added to
+    ``restored.running``, so the relay claims each (one claim wins) and ends it with
+    NODE_LOST, ``frames`` the exact count the client holds. Without this they ended
+    with RESUME_GAP and ``frames: 0``. While ``ran_on`` lives (it flushed what it
+    wrote), a request the store does not know was evicted: RESUME_GAP says so.
+    Returns their ids. Cancellation: store calls, each a checkpoint; cancelled, the
+    RESUME is not answered and nothing was added to ``restored``.
+    """
+    unstored = [
+        request_id
+        for request_id, last_seq in message.payload.last_seq.items()
+        if last_seq >= 0
+        and request_id not in restored.running
+        and isinstance(restored.replay.replay(request_id, last_seq), Unknown)
+    ]
+    if not unstored or await store.node_alive(ran_on):
+        return []
+    booked = [RequestStarted(message.session_id, rid, ran_on) for rid in unstored]
+    await store.write(booked, max_bytes=max_bytes, ttl_s=ttl_s)
+    for request_id in unstored:
+        restored.running[request_id] = RunningElsewhere(ran_on)
+        restored.replay.request_started(request_id)
+    return unstored
 
 
 def _node_lost(node: str) -> ErrorInfo:
