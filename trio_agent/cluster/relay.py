@@ -14,7 +14,10 @@ When A's DONE comes through the stream, the relay ends the request with A's
 status and this node renders the DONE (its ``frames``: what this client
 received). When A's lease is gone, the relay claims the request (one claim wins
 in the store) and ends it with ``DONE{failed, NODE_LOST}``; a relay that loses the
-claim goes on tailing and relays the winner's DONE. ``docs/cluster.md``.
+claim goes on tailing and relays the winner's DONE. Before the relays start,
+:func:`settle_requests_elsewhere` settles what a dead node left half-stored: a
+request whose DONE the client holds but the store lacks, and one the client holds
+frames of but the store never heard of. ``docs/cluster.md``, "A node dies".
 """
 
 from __future__ import annotations
@@ -193,8 +196,9 @@ async def end_unnamed_requests(
     would end it a second time, with NODE_LOST. A request running on a live node is
     relayed as before (its live frames only): a live previous owner has flushed what
     it wrote before the take-over goes on, so the client holds no DONE the store
-    lacks. Cancellation: each look-up awaits the store; cancelled, nothing here
-    was relayed and a claim won is ended by the next resume's claimer or the TTL.
+    lacks. Cancellation: each look-up awaits the store; cancelled, nothing was
+    relayed, and a claim already won was handed to ``on_claim`` (synchronously, as
+    soon as the store said so), so it is ended in the store all the same.
     """
     ended: list[str] = []
     for request_id, elsewhere in running.items():
