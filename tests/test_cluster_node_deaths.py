@@ -153,3 +153,25 @@ async def test_a_request_the_dead_node_never_stored_ends_node_lost_with_the_clie
     assert done["frames"] == len(seqs(first, "r1")) == 7
     assert seqs(frames, "r1") == []
     assert b.node.counts["node_lost_claims_total"] == 1
+
+
+async def test_a_request_the_resume_leaves_out_is_not_relayed_from_a_live_node(
+    nodes: Nodes,
+) -> None:
+    a = await nodes.start("a", lorem_agents())
+    b = await nodes.start("b", lorem_agents())
+    async with connect(a.server, "socket") as c1:
+        await c1.request("r1", agent="lorem", words=100_000, words_per_s=200)
+        await read_until(c1, lambda f: f["msg_type"] == "STREAM" and f["seq"] == 2)
+        await drop(c1, "reset")
+    async with connect(b.server, "socket") as c2:
+        # A client that leaves r1 out holds its DONE (A may have written it and not
+        # confirmed it stored, when stalled): nothing of r1 may come again.
+        await c2.send_raw(resume_frame(c1, last_seq={}))
+        resumed = await read(c2)
+        await c2.request("r2", agent="lorem", words=20, words_per_s=400)
+        frames = await read_until(c2, is_done("r2"))
+    assert resumed["payload"]["requests"] == {}
+    assert [f for f in frames if f.get("request_id") == "r1"] == []
+    assert seqs(frames, "r2") == list(range(20))
+    assert b.node.counts["node_lost_claims_total"] == 0  # A lives: nothing to claim

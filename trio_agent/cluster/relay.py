@@ -17,7 +17,8 @@ in the store) and ends it with ``DONE{failed, NODE_LOST}``; a relay that loses t
 claim goes on tailing and relays the winner's DONE. Before the relays start,
 :func:`settle_requests_elsewhere` settles what a dead node left half-stored: a
 request whose DONE the client holds but the store lacks, and one the client holds
-frames of but the store never heard of. ``docs/cluster.md``, "A node dies".
+frames of but the store never heard of. A request the RESUME does not name is
+never relayed. ``docs/cluster.md``, "A node dies".
 """
 
 from __future__ import annotations
@@ -163,8 +164,8 @@ async def settle_requests_elsewhere(
     max_bytes: int,
     ttl_s: float,
 ) -> None:
-    """Before a take-over relays ``restored.running``: drop the requests a dead node
-    ended for the client (:func:`end_unnamed_requests`) and add those the client
+    """Before a take-over relays ``restored.running``: drop the requests the client
+    does not name (:func:`end_unnamed_requests`) and add those the client
     holds frames of that ``previous_owner`` (another node, or ``None``) never stored
     (:func:`book_unstored_requests`). Cancellation: store calls, each a checkpoint."""
     for request_id in await end_unnamed_requests(
@@ -185,29 +186,29 @@ async def end_unnamed_requests(
     on_claim: Callable[[str, str], None],
 ) -> list[str]:
     """The requests of ``running`` (still running elsewhere, says the store) that the
-    RESUME does not name and whose node is dead: each is claimed (``on_claim(session
-    id, request id)`` for the ones this node wins, which then end it in the store),
-    and none is relayed or reported to this client. Returns their ids.
+    RESUME does not name: none is relayed or reported to this client, and each whose
+    node is dead is claimed (``on_claim(session id, request id)`` for the ones this
+    node wins, which then end it in the store). Returns their ids.
 
-    Why no DONE for them: a client names in ``last_seq`` every request it still
-    expects frames of, so a request it leaves out is one whose DONE it holds. The
-    one way the store can still say such a request runs is a dead node's DONE that
-    reached the client but not the store (the mirror's lag): relaying the request
-    would end it a second time, with NODE_LOST. A request running on a live node is
-    relayed as before (its live frames only): a live previous owner has flushed what
-    it wrote before the take-over goes on, so the client holds no DONE the store
-    lacks. Cancellation: each look-up awaits the store; cancelled, nothing was
-    relayed, and a claim already won was handed to ``on_claim`` (synchronously, as
-    soon as the store said so), so it is ended in the store all the same.
+    Why: a client names in ``last_seq`` every request it still expects frames of, so
+    a request it leaves out is one whose DONE it holds. The store can still say such
+    a request runs when the node that wrote that DONE had not stored it: it died
+    (the mirror's lag), or it lives but did not confirm its frames stored before the
+    take-over went on (a node stalled by load). Relaying it ended it a second time
+    (NODE_LOST, or its own DONE once stored late, after its frames again). A live
+    node finishes such a request into the store, where nobody reads it.
+    Cancellation: each look-up awaits the store; cancelled, nothing was relayed,
+    and a claim already won was handed to ``on_claim`` (synchronously, as soon as
+    the store said so), so it is ended in the store all the same.
     """
-    ended: list[str] = []
-    for request_id, elsewhere in running.items():
-        if request_id in message.payload.last_seq or await store.node_alive(elsewhere.node_id):
+    unnamed = [rid for rid in running if rid not in message.payload.last_seq]
+    for request_id in unnamed:
+        node = running[request_id].node_id
+        if await store.node_alive(node):
             continue
-        ended.append(request_id)
-        if await store.claim_request(message.session_id, request_id, dead_node=elsewhere.node_id):
+        if await store.claim_request(message.session_id, request_id, dead_node=node):
             on_claim(message.session_id, request_id)
-    return ended
+    return unnamed
 
 
 async def book_unstored_requests(
