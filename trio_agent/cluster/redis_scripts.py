@@ -9,7 +9,8 @@ clock (``TIME``), so the nodes' clocks never have to agree.
 
 The session record is a hash: ``owner``, ``epoch``, ``digest``, ``created_ms``,
 ``last_seen_ms``, ``deadline_ms`` (empty while a connection is attached),
-``denied``, ``agent_state``, ``ttl_ms`` (the TTL its keys get back on a take-over).
+``denied``, ``agent_state``, ``ttl_ms`` (the TTL its keys get back on a take-over),
+``spent`` (the digest the last take-over spent: see ``TAKE_OVER``).
 """
 
 from __future__ import annotations
