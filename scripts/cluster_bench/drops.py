@@ -176,6 +176,21 @@ async def measure(cluster: LocalCluster, budget: Budget, log_dir: Path) -> dict[
             for r in s.replies.values()
             if len(r.dones) > 1
         ],
+        # A request with frames lost: its DONEs and the seqs it never received.
+        "lost_details": [
+            {
+                "session": s.session_id,
+                "request": r.request_id,
+                "dones": r.dones,
+                "missing": sorted(
+                    set(range(r.dones[0].get("frames") or 0)) - set(r.seqs) if r.dones else []
+                )[:20],
+                "received": len(set(r.seqs)),
+            }
+            for s in sessions
+            for r in s.replies.values()
+            if r.figures()["lost"]
+        ],
         # A RESUME_GAP's frames against what the client received (distinct seqs).
         "resume_gap_details": [
             {
@@ -196,6 +211,7 @@ async def measure(cluster: LocalCluster, budget: Budget, log_dir: Path) -> dict[
         or figures["extra_dones"]
         or figures["missing_dones"]
         or figures["resume_gap_details"]
+        or figures["lost_details"]
     ):
         # The cluster's folder goes with it: keep the processes' whole output, to
         # follow a request through the nodes (its session id is in every line).
