@@ -134,15 +134,72 @@ async def test_take_over_with_the_current_token(store: RedisStore, raw: Any) -> 
     )
     fields = await raw.hgetall(record)
     assert (fields["owner"], fields["digest"], fields["epoch"]) == ("node-b", "d2", "2")
-    # The old token is spent; the new one works, and says who held the session.
+    # The old token is spent (node-b, which spent it, lives); the new one works, and
+    # says who held the session.
+    await store.hold_lease("node-b", 30.0)
     spent = await store.take_over(
         "s1", token_digest="d1", new_token_digest="d3", node_id="node-c", max_denied=5
     )
-    assert spent.verdict is TakeOverVerdict.DENIED
+    assert spent.verdict is TakeOverVerdict.SPENT
     again = await store.take_over(
         "s1", token_digest="d2", new_token_digest="d3", node_id="node-c", max_denied=5
     )
     assert (again.verdict, again.epoch, again.previous_owner) == (TakeOverVerdict.OK, 3, "node-b")
+
+
+async def test_a_token_spent_by_a_node_that_died_is_accepted_once_more(
+    store: RedisStore, raw: Any
+) -> None:
+    await open_one(store)
+    await store.hold_lease("node-b", 30.0)
+    taken = await store.take_over(
+        "s1", token_digest="d1", new_token_digest="d2", node_id="node-b", max_denied=5
+    )
+    assert taken.verdict is TakeOverVerdict.OK
+    # node-b is killed before its RESUMED (with d2) reaches the client, which holds d1.
+    live = await store.take_over(
+        "s1", token_digest="d1", new_token_digest="d3", node_id="node-c", max_denied=5
+    )
+    assert live.verdict is TakeOverVerdict.SPENT
+    await store.release_lease("node-b")  # its lease is gone: node-b is dead
+    rescued = await store.take_over(
+        "s1", token_digest="d1", new_token_digest="d3", node_id="node-c", max_denied=5
+    )
+    assert rescued.verdict is TakeOverVerdict.OK
+    assert (rescued.epoch, rescued.previous_owner) == (3, "node-b")
+    fields = await raw.hgetall(store.keys("s1")[0])
+    assert (fields["owner"], fields["digest"], fields["spent"]) == ("node-c", "d3", "d1")
+    assert fields["denied"] == "0"  # a spent token is not a wrong one
+
+
+async def test_of_two_resumes_with_a_rescued_token_one_wins(store: RedisStore) -> None:
+    await open_one(store)
+    taken = await store.take_over(
+        "s1", token_digest="d1", new_token_digest="d2", node_id="node-dead", max_denied=5
+    )
+    assert taken.verdict is TakeOverVerdict.OK
+    await store.hold_lease("node-c", 30.0)
+    await store.hold_lease("node-d", 30.0)
+    verdicts = [
+        (
+            await store.take_over(
+                "s1", token_digest="d1", new_token_digest=f"d{n}", node_id=node, max_denied=5
+            )
+        ).verdict
+        for n, node in ((3, "node-c"), (4, "node-d"))
+    ]
+    assert verdicts == [TakeOverVerdict.OK, TakeOverVerdict.SPENT]
+    # A token superseded by a later successful RESUME is never accepted again.
+    again = await store.take_over(
+        "s1", token_digest="d3", new_token_digest="d5", node_id="node-d", max_denied=5
+    )
+    assert again.verdict is TakeOverVerdict.OK
+    await store.release_lease("node-c")
+    await store.release_lease("node-d")
+    old = await store.take_over(
+        "s1", token_digest="d1", new_token_digest="d6", node_id="node-e", max_denied=5
+    )
+    assert old.verdict is TakeOverVerdict.DENIED
 
 
 async def test_set_token_replaces_the_digest(store: RedisStore) -> None:
@@ -224,6 +281,9 @@ async def test_two_take_overs_with_the_same_token_have_one_winner(store: RedisSt
         )
         verdicts[node] = taken.verdict
 
+    # Racing nodes are alive: the loser finds the token spent by a live node.
+    await store.hold_lease("node-b", 30.0)
+    await store.hold_lease("node-c", 30.0)
     for round_ in range(5):
         session = f"race{round_}"
         await open_one(store, session)
@@ -231,7 +291,7 @@ async def test_two_take_overs_with_the_same_token_have_one_winner(store: RedisSt
         async with trio.open_nursery() as nursery:
             nursery.start_soon(resume, session, "node-b", verdicts)
             nursery.start_soon(resume, session, "node-c", verdicts)
-        assert sorted(v.value for v in verdicts.values()) == ["denied", "ok"]
+        assert sorted(v.value for v in verdicts.values()) == ["ok", "spent"]
 
 
 async def test_close_session_deletes_every_key(store: RedisStore, raw: Any) -> None:

@@ -321,3 +321,22 @@ async def test_shutdown_ends_a_detached_session_at_once(start_server):
     with trio.fail_after(2):
         await server.wait_idle()
     assert probe.cancelled == ["r1"]
+
+
+async def test_a_request_the_session_does_not_know_ends_with_the_frames_the_client_holds(
+    start_server,
+):
+    """The client names a request with frames received that the session never knew
+    (in a cluster: a node stalled or killed before it stored it): its RESUME_GAP DONE
+    counts what the client holds, so DONE.frames still equals the seqs received."""
+    server = await start_server(lorem_agents())
+    async with connect(server, "socket") as a:
+        await drop(a, "reset")
+    async with connect(server, "socket") as b:
+        await b.send_raw(resume_frame(a, last_seq={"ghost": 4, "never-read": -1}))
+        frames = await read_until(b, is_done("never-read"))
+    assert frames[0]["payload"]["requests"] == {"ghost": "done", "never-read": "done"}
+    dones = {f["request_id"]: f["payload"] for f in frames if f["msg_type"] == "DONE"}
+    assert dones["ghost"]["error"]["code"] == "RESUME_GAP"
+    assert dones["ghost"]["frames"] == 5
+    assert dones["never-read"]["frames"] == 0

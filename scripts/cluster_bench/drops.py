@@ -169,10 +169,53 @@ async def measure(cluster: LocalCluster, budget: Budget, log_dir: Path) -> dict[
             1 for t in state.failed_at if any(0 <= t - k["at_s"] <= 3 for k in state.kills)
         ),
         "first_problems": (state.errors + [e for s in sessions for e in s.errors])[:5],
+        # To follow a request through the nodes' logs: which DONEs it got.
+        "extra_done_details": [
+            {"session": s.session_id, "request": r.request_id, "dones": r.dones}
+            for s in sessions
+            for r in s.replies.values()
+            if len(r.dones) > 1
+        ],
+        # A request with frames lost: its DONEs and the seqs it never received.
+        "lost_details": [
+            {
+                "session": s.session_id,
+                "request": r.request_id,
+                "dones": r.dones,
+                "missing": sorted(
+                    set(range(r.dones[0].get("frames") or 0)) - set(r.seqs) if r.dones else []
+                )[:20],
+                "received": len(set(r.seqs)),
+            }
+            for s in sessions
+            for r in s.replies.values()
+            if r.figures()["lost"]
+        ],
+        # A RESUME_GAP's frames against what the client received (distinct seqs).
+        "resume_gap_details": [
+            {
+                "session": s.session_id,
+                "request": r.request_id,
+                "frames": r.dones[0].get("frames"),
+                "received": len(set(r.seqs)),
+            }
+            for s in sessions
+            for r in s.replies.values()
+            if r.figures()["resume_gaps"]
+        ],
     }
-    if figures["errors"] or figures["frames_lost"] or figures["frames_duplicated"]:
-        # The cluster's folder goes with it: keep the processes' output to read.
-        (log_dir / "drops-cluster.log").write_text(cluster.logs(400))
+    if (
+        figures["errors"]
+        or figures["frames_lost"]
+        or figures["frames_duplicated"]
+        or figures["extra_dones"]
+        or figures["missing_dones"]
+        or figures["resume_gap_details"]
+        or figures["lost_details"]
+    ):
+        # The cluster's folder goes with it: keep the processes' whole output, to
+        # follow a request through the nodes (its session id is in every line).
+        (log_dir / "drops-cluster.log").write_text(cluster.logs(1_000_000))
     figures["met"] = (
         figures["frames_lost"] == figures["frames_duplicated"] == 0
         and figures["missing_dones"] == figures["extra_dones"] == 0

@@ -31,8 +31,9 @@ from trio_websocket import WebSocketConnection
 
 from trio_agent.agents import restore_session_states
 from trio_agent.cluster.mirror import Mirror
-from trio_agent.cluster.relay import Relay
+from trio_agent.cluster.relay import Relay, settle_requests_elsewhere
 from trio_agent.cluster.resync import rewrite_session
+from trio_agent.cluster.spent_token import take_over_waiting_for_spender
 from trio_agent.cluster.store import (
     ClusterStore,
     ControlMessage,
@@ -418,12 +419,14 @@ class ClusterNode:
             return None
         token = new_token()
         try:
-            taken = await self._store.take_over(
+            taken = await take_over_waiting_for_spender(
+                self._store,
                 session_id,
                 token_digest=token_digest(message.payload.token),
                 new_token_digest=token_digest(token),
                 node_id=self.node_id,
                 max_denied=MAX_DENIED_PER_SESSION,
+                lease_s=self._lease_s,
             )
         except StoreUnavailable as exc:
             self._trouble(str(exc) or type(exc).__name__)
@@ -453,7 +456,9 @@ class ClusterNode:
         try:
             if taken.previous_owner and taken.previous_owner != self.node_id:
                 await self._ask_to_flush(taken.previous_owner, session_id, taken.epoch)
-            session = await self._take_over(message, taken.epoch, token, taken.agent_state)
+            session = await self._take_over(
+                message, taken.epoch, token, taken.agent_state, taken.previous_owner
+            )
         except StoreUnavailable as exc:
             self._trouble(str(exc) or type(exc).__name__)
             await self._refuse(ws, message, Redeemed.UNKNOWN)
@@ -489,7 +494,12 @@ class ClusterNode:
             del self._flushes[(session_id, epoch)]
 
     async def _take_over(
-        self, message: ResumeMessage, epoch: int, token: str, agent_state: str | None
+        self,
+        message: ResumeMessage,
+        epoch: int,
+        token: str,
+        agent_state: str | None,
+        previous_owner: str | None = None,
     ) -> Session:
         """Open the session here from what the store holds: its frames (the replay),
         the requests still running elsewhere (relayed), what its agents kept."""
@@ -498,6 +508,15 @@ class ClusterNode:
         running = await self._store.running_requests(session_id)
         restored = restore_stream(
             frames, capacity_bytes=self._config.resume_buffer_kib * 1024, running=running
+        )
+        await settle_requests_elsewhere(
+            self._store,
+            message,
+            restored,
+            previous_owner=previous_owner if previous_owner != self.node_id else None,
+            on_claim=self._claimed_unnamed,
+            max_bytes=self.mirror.max_bytes,
+            ttl_s=self._ttl_s,
         )
         session = await self._server.adopt_session(session_id, epoch=epoch, token=token)
         session.replay = restored.replay
@@ -529,6 +548,10 @@ class ClusterNode:
                 relay=relay,
             )
         return session
+
+    def _claimed_unnamed(self, session_id: str, request_id: str) -> None:
+        self.counts["node_lost_claims_total"] += 1
+        self.mirror.add(RequestEnded(session_id, request_id))
 
     def _claimed(self, session: Session, record: RequestRecord) -> None:
         self.counts["node_lost_claims_total"] += 1

@@ -9,7 +9,8 @@ clock (``TIME``), so the nodes' clocks never have to agree.
 
 The session record is a hash: ``owner``, ``epoch``, ``digest``, ``created_ms``,
 ``last_seen_ms``, ``deadline_ms`` (empty while a connection is attached),
-``denied``, ``agent_state``, ``ttl_ms`` (the TTL its keys get back on a take-over).
+``denied``, ``agent_state``, ``ttl_ms`` (the TTL its keys get back on a take-over),
+``spent`` (the digest the last take-over spent: see ``TAKE_OVER``).
 """
 
 from __future__ import annotations
@@ -25,24 +26,43 @@ end
 """
 
 #: KEYS: record, frames, requests, cuts, claims (the session's keys).
-#: ARGV: token digest, new token digest, node id, max denied.
-#: Returns ``{'unknown'}``, ``{'denied'}`` or ``{'ok', epoch, previous owner, agent state}``.
+#: ARGV: token digest, new token digest, node id, max denied, the lease keys' prefix.
+#: Returns ``{'unknown'}``, ``{'denied'}``, ``{'spent'}`` (the token the last take-over
+#: spent, and the node that spent it still holds its lease) or ``{'ok', epoch,
+#: previous owner, agent state}``.
+#:
+#: ``spent`` is the digest the last successful take-over was given. A node killed
+#: after it spent a client's token and before its RESUMED (with the next token)
+#: reached the client leaves the client holding that spent token: it is accepted
+#: once more when the node that spent it (the owner, as no take-over came since) no
+#: longer holds its lease. Of two RESUMEs racing with one token exactly one still
+#: wins: the winner is alive, so the other finds the token spent by a live node.
+#: (The owner's lease key is not one of the session's keys: on a Redis Cluster it
+#: would sit in another slot; the rest of the script would run there unchanged.)
 TAKE_OVER = (
     _NOW_MS
     + """
 local record = KEYS[1]
 local f = redis.call('HMGET', record, 'owner', 'digest', 'denied', 'deadline_ms',
-                     'agent_state', 'ttl_ms')
+                     'agent_state', 'ttl_ms', 'spent')
 -- No record, or one written back by a late refresh after the session closed.
 if not f[1] then return {'unknown'} end
 if f[4] and f[4] ~= '' and now_ms() >= tonumber(f[4]) then return {'unknown'} end
 local denied = tonumber(f[3]) or 0
-if denied >= tonumber(ARGV[4]) or f[2] ~= ARGV[1] then
+if denied >= tonumber(ARGV[4]) then
   redis.call('HINCRBY', record, 'denied', 1)
   return {'denied'}
 end
+if f[2] ~= ARGV[1] then
+  if f[7] ~= ARGV[1] or f[1] == '' then
+    redis.call('HINCRBY', record, 'denied', 1)
+    return {'denied'}
+  end
+  if redis.call('EXISTS', ARGV[5] .. f[1]) == 1 then return {'spent'} end
+end
 local epoch = redis.call('HINCRBY', record, 'epoch', 1)
-redis.call('HSET', record, 'owner', ARGV[3], 'digest', ARGV[2], 'deadline_ms', '')
+redis.call('HSET', record, 'owner', ARGV[3], 'digest', ARGV[2], 'deadline_ms', '',
+           'spent', ARGV[1])
 local ttl = tonumber(f[6])
 if ttl and ttl > 0 then
   for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], ttl) end

@@ -373,11 +373,19 @@ class RedisStore:
         node_id: str,
         max_denied: int,
     ) -> TakeOver:
-        """The ``TAKE_OVER`` Lua script (atomic): check, then own, bump, re-key, re-TTL."""
+        """The ``TAKE_OVER`` Lua script (atomic): check (a spent token is accepted again
+        once the node that spent it is dead), then own, bump, re-key, re-TTL."""
         keys = _SessionKeys(self._prefix, session_id)
         async with self._call("take_over"):
             reply: Any = await self._take_over(
-                keys=keys.all, args=[token_digest, new_token_digest, node_id, str(max_denied)]
+                keys=keys.all,
+                args=[
+                    token_digest,
+                    new_token_digest,
+                    node_id,
+                    str(max_denied),
+                    self.lease_key(""),
+                ],
             )
         verdict = TakeOverVerdict(_text(reply[0]))
         if verdict is not TakeOverVerdict.OK:

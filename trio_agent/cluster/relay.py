@@ -14,7 +14,11 @@ When A's DONE comes through the stream, the relay ends the request with A's
 status and this node renders the DONE (its ``frames``: what this client
 received). When A's lease is gone, the relay claims the request (one claim wins
 in the store) and ends it with ``DONE{failed, NODE_LOST}``; a relay that loses the
-claim goes on tailing and relays the winner's DONE. ``docs/cluster.md``.
+claim goes on tailing and relays the winner's DONE. Before the relays start,
+:func:`settle_requests_elsewhere` settles what a dead node left half-stored: a
+request whose DONE the client holds but the store lacks, and one the client holds
+frames of but the store never heard of. A request the RESUME does not name is
+never relayed. ``docs/cluster.md``, "A node dies".
 """
 
 from __future__ import annotations
@@ -26,13 +30,21 @@ from typing import Any
 import trio
 from loguru import logger
 
-from trio_agent.cluster.store import ClusterStore, StoredSort, StoreUnavailable
+from trio_agent.cluster.store import ClusterStore, RequestStarted, StoredSort, StoreUnavailable
+from trio_agent.cluster.stream_replay import RestoredStream, RunningElsewhere
 from trio_agent.protocol.constants import FrameKind
-from trio_agent.protocol.messages import DoneStatus, ErrorCode, ErrorInfo
+from trio_agent.protocol.messages import DoneStatus, ErrorCode, ErrorInfo, ResumeMessage
 from trio_agent.server.lanes import Outbound, OutboundLanes
 from trio_agent.server.registry import RequestRecord, RequestRegistry
+from trio_agent.server.replay import Unknown
 
-__all__ = ["NODE_LOST_MESSAGE", "Relay"]
+__all__ = [
+    "NODE_LOST_MESSAGE",
+    "Relay",
+    "book_unstored_requests",
+    "end_unnamed_requests",
+    "settle_requests_elsewhere",
+]
 
 NODE_LOST_MESSAGE = "the node running this request stopped before it ended"
 
@@ -140,6 +152,100 @@ class Relay:
     ) -> None:
         if self._registry.end(record, status, reason=reason, error=error):
             self._lanes.push_stream_terminal(Outbound(FrameKind.DONE, record=record))
+
+
+async def settle_requests_elsewhere(
+    store: ClusterStore,
+    message: ResumeMessage,
+    restored: RestoredStream,
+    *,
+    previous_owner: str | None,
+    on_claim: Callable[[str, str], None],
+    max_bytes: int,
+    ttl_s: float,
+) -> None:
+    """Before a take-over relays ``restored.running``: drop the requests the client
+    does not name (:func:`end_unnamed_requests`) and add those the client
+    holds frames of that ``previous_owner`` (another node, or ``None``) never stored
+    (:func:`book_unstored_requests`). Cancellation: store calls, each a checkpoint."""
+    for request_id in await end_unnamed_requests(
+        store, message, restored.running, on_claim=on_claim
+    ):
+        del restored.running[request_id]
+    if previous_owner is not None:
+        await book_unstored_requests(
+            store, message, restored, ran_on=previous_owner, max_bytes=max_bytes, ttl_s=ttl_s
+        )
+
+
+async def end_unnamed_requests(
+    store: ClusterStore,
+    message: ResumeMessage,
+    running: dict[str, RunningElsewhere],
+    *,
+    on_claim: Callable[[str, str], None],
+) -> list[str]:
+    """The requests of ``running`` (still running elsewhere, says the store) that the
+    RESUME does not name: none is relayed or reported to this client, and each whose
+    node is dead is claimed (``on_claim(session id, request id)`` for the ones this
+    node wins, which then end it in the store). Returns their ids.
+
+    Why: a client names in ``last_seq`` every request it still expects frames of, so
+    a request it leaves out is one whose DONE it holds. The store can still say such
+    a request runs when the node that wrote that DONE had not stored it: it died
+    (the mirror's lag), or it lives but did not confirm its frames stored before the
+    take-over went on (a node stalled by load). Relaying it ended it a second time
+    (NODE_LOST, or its own DONE once stored late, after its frames again). A live
+    node finishes such a request into the store, where nobody reads it.
+    Cancellation: each look-up awaits the store; cancelled, nothing was relayed,
+    and a claim already won was handed to ``on_claim`` (synchronously, as soon as
+    the store said so), so it is ended in the store all the same.
+    """
+    unnamed = [rid for rid in running if rid not in message.payload.last_seq]
+    for request_id in unnamed:
+        node = running[request_id].node_id
+        if await store.node_alive(node):
+            continue
+        if await store.claim_request(message.session_id, request_id, dead_node=node):
+            on_claim(message.session_id, request_id)
+    return unnamed
+
+
+async def book_unstored_requests(
+    store: ClusterStore,
+    message: ResumeMessage,
+    restored: RestoredStream,
+    *,
+    ran_on: str,
+    max_bytes: int,
+    ttl_s: float,
+) -> list[str]:
+    """The requests the RESUME names with frames received (``last_seq`` >= 0) of which
+    the store has no trace, when the previous owner ``ran_on`` is dead: it wrote them
+    to the client and was killed before it stored their start (the mirror's lag).
+    They are booked in the store as running on ``ran_on`` and added to
+    ``restored.running``, so the relay claims each (one claim wins) and ends it with
+    NODE_LOST, ``frames`` the exact count the client holds. Without this they ended
+    with RESUME_GAP and ``frames: 0``. While ``ran_on`` lives (it flushed what it
+    wrote), a request the store does not know was evicted: RESUME_GAP says so.
+    Returns their ids. Cancellation: store calls, each a checkpoint; cancelled, the
+    RESUME is not answered and nothing was added to ``restored``.
+    """
+    unstored = [
+        request_id
+        for request_id, last_seq in message.payload.last_seq.items()
+        if last_seq >= 0
+        and request_id not in restored.running
+        and isinstance(restored.replay.replay(request_id, last_seq), Unknown)
+    ]
+    if not unstored or await store.node_alive(ran_on):
+        return []
+    booked = [RequestStarted(message.session_id, rid, ran_on) for rid in unstored]
+    await store.write(booked, max_bytes=max_bytes, ttl_s=ttl_s)
+    for request_id in unstored:
+        restored.running[request_id] = RunningElsewhere(ran_on)
+        restored.replay.request_started(request_id)
+    return unstored
 
 
 def _node_lost(node: str) -> ErrorInfo:

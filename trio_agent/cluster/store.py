@@ -113,6 +113,11 @@ class TakeOverVerdict(Enum):
     UNKNOWN = "unknown"
     #: A wrong or already spent token, or too many of them (``RESUME_DENIED``).
     DENIED = "denied"
+    #: The token the last take-over spent, and the node that spent it still holds its
+    #: lease: the client's RESUME won elsewhere, or that node was just killed before its
+    #: RESUMED reached the client (then, once its lease is gone, the token is accepted
+    #: again). ``docs/cluster.md``, "A node dies".
+    SPENT = "spent"
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,7 +211,9 @@ class ClusterStore(Protocol):
         make ``node_id`` the owner, bump the epoch, store ``new_token_digest`` and
         clear the window's deadline. Of two racing calls with the same token exactly
         one gets ``OK``. A session past ``max_denied`` wrong tokens denies every RESUME.
-        A session whose deadline has passed is ``UNKNOWN``."""
+        A session whose deadline has passed is ``UNKNOWN``. The token the last
+        take-over spent is ``SPENT`` while the node that spent it (the owner) holds
+        its lease, and accepted again (``OK``) once it does not."""
         ...
 
     async def set_token(self, session_id: str, token_digest: str) -> None:

@@ -90,6 +90,10 @@ def resume_answer(
         gaps.append(request_id)
         requests[request_id] = "done"
         written = outcome.frames_written if isinstance(outcome, Gap) else 0
+        # The client holds seq 0..last_seq: at least that many were written, even of a
+        # request this session knows nothing of (in a cluster: one a node that then
+        # stalled or died had not stored), so ``frames`` is never below what it holds.
+        written = max(written, last_seq + 1)
         if record is not None:
             _end_with_gap(record, registry, lanes, push_control, running=running)
         else:

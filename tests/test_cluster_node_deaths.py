@@ -1,0 +1,177 @@
+"""A node that dies at the worst moment, with two nodes in one process on a real
+redis-server (``tests/cluster_nodes.py``): still exactly one DONE per request, and
+a client whose token a dead node spent can still resume (``docs/cluster.md``,
+"A node dies")."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import trio
+
+from tests.cluster_nodes import Nodes
+from tests.test_resume_sockets import drop, is_done, read, read_until, resume_frame, seqs
+from trio_agent import agents as builtin
+from trio_agent.server.resume_book import MAX_DENIED_PER_SESSION, token_digest
+from trio_agent.testing.processes import redis_executable, redis_server
+from trio_agent.testing.wire import connect
+
+pytestmark = [
+    pytest.mark.redis,
+    pytest.mark.skipif(
+        redis_executable() is None,
+        reason="no redis-server or valkey-server on PATH (Debian: apt-get install redis-server)",
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    with redis_server() as server:
+        yield server.url
+
+
+@pytest.fixture
+async def nodes(nursery: trio.Nursery, redis_url: str) -> Nodes:
+    return Nodes(nursery, redis_url)
+
+
+def lorem_agents() -> dict[str, Any]:
+    return {"lorem": builtin.lorem}
+
+
+async def never_written(*args: Any, **kwargs: Any) -> None:
+    """A store write that never completes: the mirror's lag, at its longest."""
+    await trio.sleep_forever()
+
+
+async def test_a_done_the_dead_node_sent_but_did_not_store_is_not_sent_again(
+    nodes: Nodes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a = await nodes.start("a", lorem_agents())
+    b = await nodes.start("b", lorem_agents())
+    async with connect(a.server, "socket") as c1:
+        await c1.request("r1", agent="lorem", words=100, words_per_s=200)
+        await read_until(c1, lambda f: f["msg_type"] == "STREAM" and f["seq"] == 2)
+        await a.node.flush(2.0)  # the request's start and first frames are stored...
+        monkeypatch.setattr(a.store, "write", never_written)  # ...the rest never is
+        assert await a.store.running_requests(c1.session_id) == {"r1": "a"}
+        first = await read_until(c1, is_done("r1"))
+        assert first[-1]["payload"]["status"] == "completed"
+        a.stop()  # its lease goes with it: dead at once for B
+    async with connect(b.server, "socket") as c2:
+        # The client holds r1's DONE: it names no request (it expects no frame).
+        await c2.send_raw(resume_frame(c1, last_seq={}))
+        resumed = await read(c2)
+        await c2.request("r2", agent="lorem", words=3, words_per_s=1000)
+        frames = await read_until(c2, is_done("r2"))
+    assert resumed["msg_type"] == "RESUMED"
+    assert resumed["payload"]["requests"] == {}
+    # Before the fix: r1 was relayed and ended a second time, DONE{NODE_LOST}.
+    assert [f for f in frames if f.get("request_id") == "r1"] == []
+    assert seqs(frames, "r2") == [0, 1, 2]
+    # B claimed r1 for the store: no other node will end it (or wait for it) again.
+    assert b.node.counts["node_lost_claims_total"] == 1
+    await b.node.flush(2.0)
+    assert await b.store.running_requests(c1.session_id) == {}
+
+
+async def test_a_token_spent_by_a_node_killed_before_its_resumed_resumes_elsewhere(
+    nodes: Nodes,
+) -> None:
+    a = await nodes.start("a", lorem_agents())
+    b = await nodes.start("b", lorem_agents())
+    c = await nodes.start("c", lorem_agents())
+    words = 60
+    async with connect(a.server, "socket") as c1:
+        await c1.request("r1", agent="lorem", words=words, words_per_s=200)
+        first = await read_until(c1, lambda f: f["msg_type"] == "STREAM" and f["seq"] == 4)
+        await drop(c1, "reset")
+    token = c1.session["payload"]["resume"]["token"]
+    # The client's RESUME reached B, which spent the token in the store, and B was
+    # killed before its RESUMED (with the next token) reached the client.
+    taken = await b.store.take_over(
+        c1.session_id,
+        token_digest=token_digest(token),
+        new_token_digest=token_digest("never-seen-by-the-client"),
+        node_id="b",
+        max_denied=MAX_DENIED_PER_SESSION,
+    )
+    assert taken.verdict.value == "ok"
+    b.stop()
+    async with connect(c.server, "socket") as c2:
+        await c2.send_raw(resume_frame(c1, last_seq={"r1": 4}))
+        frames = await read_until(c2, lambda f: f["msg_type"] == "ERROR" or is_done("r1")(f))
+    resumed = frames[0]
+    assert resumed["msg_type"] == "RESUMED", resumed
+    # (Whether r1 ended on A meanwhile depends on how soon C saw B's lease gone.)
+    assert list(resumed["payload"]["requests"]) == ["r1"]
+    assert seqs(first, "r1") + seqs(frames, "r1") == list(range(words))
+    assert [f["payload"]["status"] for f in frames if f["msg_type"] == "DONE"] == ["completed"]
+
+
+async def test_a_token_spent_by_a_live_node_is_denied_after_its_lease_would_have_gone(
+    nodes: Nodes,
+) -> None:
+    a = await nodes.start("a", lorem_agents())
+    b = await nodes.start("b", lorem_agents())
+    async with connect(a.server, "socket") as c1:
+        await drop(c1, "reset")
+    async with connect(b.server, "socket") as c2:
+        await c2.send_raw(resume_frame(c1))
+        assert (await read(c2))["msg_type"] == "RESUMED"
+        # B lives and serves the session: the spent token stays spent.
+        async with connect(a.server, "socket") as c3:
+            with trio.fail_after(5):
+                await c3.send_raw(resume_frame(c1))
+                refused = await read(c3)
+    assert refused["msg_type"] == "ERROR"
+    assert refused["payload"]["code"] == "RESUME_DENIED"
+
+
+async def test_a_request_the_dead_node_never_stored_ends_node_lost_with_the_clients_count(
+    nodes: Nodes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a = await nodes.start("a", lorem_agents())
+    b = await nodes.start("b", lorem_agents())
+    async with connect(a.server, "socket") as c1:
+        await a.node.flush(2.0)  # the session is in the store...
+        monkeypatch.setattr(a.store, "write", never_written)  # ...nothing of r1 will be
+        await c1.request("r1", agent="lorem", words=100_000, words_per_s=200)
+        first = await read_until(c1, lambda f: f["msg_type"] == "STREAM" and f["seq"] == 6)
+        assert await a.store.running_requests(c1.session_id) == {}
+        a.stop()
+    async with connect(b.server, "socket") as c2:
+        await c2.send_raw(resume_frame(c1, last_seq={"r1": 6}))
+        frames = await read_until(c2, is_done("r1"))
+    assert frames[0]["payload"]["requests"] == {"r1": "running"}
+    done = frames[-1]["payload"]
+    # Before: DONE{RESUME_GAP, frames: 0}, though the client held 7 frames.
+    assert (done["status"], done["error"]["code"]) == ("failed", "NODE_LOST")
+    assert done["frames"] == len(seqs(first, "r1")) == 7
+    assert seqs(frames, "r1") == []
+    assert b.node.counts["node_lost_claims_total"] == 1
+
+
+async def test_a_request_the_resume_leaves_out_is_not_relayed_from_a_live_node(
+    nodes: Nodes,
+) -> None:
+    a = await nodes.start("a", lorem_agents())
+    b = await nodes.start("b", lorem_agents())
+    async with connect(a.server, "socket") as c1:
+        await c1.request("r1", agent="lorem", words=100_000, words_per_s=200)
+        await read_until(c1, lambda f: f["msg_type"] == "STREAM" and f["seq"] == 2)
+        await drop(c1, "reset")
+    async with connect(b.server, "socket") as c2:
+        # A client that leaves r1 out holds its DONE (A may have written it and not
+        # confirmed it stored, when stalled): nothing of r1 may come again.
+        await c2.send_raw(resume_frame(c1, last_seq={}))
+        resumed = await read(c2)
+        await c2.request("r2", agent="lorem", words=20, words_per_s=400)
+        frames = await read_until(c2, is_done("r2"))
+    assert resumed["payload"]["requests"] == {}
+    assert [f for f in frames if f.get("request_id") == "r1"] == []
+    assert seqs(frames, "r2") == list(range(20))
+    assert b.node.counts["node_lost_claims_total"] == 0  # A lives: nothing to claim
