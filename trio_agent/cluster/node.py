@@ -281,7 +281,8 @@ class ClusterNode:
                 # Behind every write queued before it: once it is sent, they are stored.
                 await self._store.send_control(to_node, flushed)
 
-            self.mirror.add(answer)
+            # Now, not at the mirror's next coalescing tick: a takeover waits for it.
+            self.mirror.add_urgent(answer)
         elif message.kind == "flushed":
             waiter = self._flushes.get((message.session_id, message.epoch))
             if waiter is not None:
