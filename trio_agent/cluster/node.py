@@ -495,8 +495,7 @@ class ClusterNode:
         """Open the session here from what the store holds: its frames (the replay),
         the requests still running elsewhere (relayed), what its agents kept."""
         session_id = message.session_id
-        frames = await self._store.read_frames(session_id)
-        running = await self._store.running_requests(session_id)
+        frames, running = await self._store.read_session(session_id)
         restored = restore_stream(
             frames, capacity_bytes=self._config.resume_buffer_kib * 1024, running=running
         )
