@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import trio
 import trio.testing
 
-from trio_agent.cluster.mirror import Mirror
+from trio_agent.cluster.mirror import COALESCE_S, Mirror
 from trio_agent.cluster.store import FrameWrite, StoredSort, StoreUnavailable, Write
 
 
@@ -77,3 +77,64 @@ async def test_writes_wait_in_order_while_the_store_is_down(autojump_clock: trio
         nursery.cancel_scope.cancel()
     assert [w.seq for w in store.written if isinstance(w, FrameWrite)] == [0, 1, 2]
     assert troubles[-1] is None
+
+
+async def test_writes_wait_for_the_coalescing_tick_an_urgent_job_does_not(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """A batch of writes waits for the tick (one round trip per 20 ms); an urgent job
+    (a takeover's "flushed") is sent at once, behind every write queued before it.
+    The clock is frozen: only the test could move it, and it does not."""
+    store = SlowStore()
+    store.open.set()
+    answered: list[int] = []
+
+    async def answer() -> None:
+        answered.append(len(store.written))
+
+    mirror = Mirror(store, max_queued=100, max_bytes=100_000, ttl_s=60, on_trouble=print)  # type: ignore[arg-type]
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(mirror.run)
+        mirror.add(frame("s1", 0))
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(store.written) == 1  # the first round trip goes at once
+        mirror.add(frame("s1", 1))
+        mirror.add(frame("s1", 2))
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(store.written) == 1  # the next waits for the tick
+        assert mirror.add_urgent(answer)
+        await trio.testing.wait_all_tasks_blocked()
+        # The clock has not moved: the writes went, then the job, in that order.
+        assert answered == [3]
+        assert trio.current_time() == start
+        mirror.add(frame("s1", 3))  # and after it, writes wait for the tick again
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(store.written) == 3
+        mock_clock.jump(COALESCE_S)
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(store.written) == 4
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_urgent_job_with_nothing_unstored_runs_at_once(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    store = SlowStore()
+    store.open.set()
+    ran = trio.Event()
+
+    async def answer() -> None:
+        ran.set()
+
+    mirror = Mirror(store, max_queued=100, max_bytes=100_000, ttl_s=60, on_trouble=print)  # type: ignore[arg-type]
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(mirror.run)
+        mirror.add(frame("s1", 0))  # a round trip just made: the next tick is 20 ms away
+        await trio.testing.wait_all_tasks_blocked()
+        assert mirror.add_urgent(answer)
+        await trio.testing.wait_all_tasks_blocked()
+        assert ran.is_set()
+        assert trio.current_time() == start
+        nursery.cancel_scope.cancel()

@@ -28,6 +28,7 @@ from tests.test_resume_sockets import (
     seqs,
 )
 from trio_agent import agents as builtin
+from trio_agent.cluster import mirror as mirror_module
 from trio_agent.testing.processes import redis_executable, redis_server
 from trio_agent.testing.wire import connect
 
@@ -80,6 +81,35 @@ async def test_a_session_resumed_on_another_node_gets_every_frame_once(nodes: No
     # A handed the session on: once its request ended, nothing of it is left there.
     with trio.fail_after(5):
         await a.server.wait_idle()
+
+
+async def test_a_takeover_does_not_wait_for_the_old_owners_coalescing_tick(
+    nodes: Nodes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The old owner answers "flushed" at once, its unstored frames sent with it: with a
+    coalescing tick of an hour, a resume elsewhere still takes no time (it would wait
+    for FLUSH_WAIT_MAX_S, 10 s, if the answer waited for the tick), and the frames the
+    old owner had written but not stored reach the client once, from the store."""
+    monkeypatch.setattr(mirror_module, "COALESCE_S", 3600.0)
+    a = await nodes.start("a", lorem_agents())
+    b = await nodes.start("b", lorem_agents())
+    words = 30
+    async with connect(a.server, "socket") as c1:
+        await c1.request("r1", agent="lorem", words=words, words_per_s=1000)
+        await read_until(c1, is_done("r1"))
+        # The first round trip went at once; what A wrote after it waits for the tick.
+        assert a.node.mirror.queued > 0
+        await drop(c1, "reset")
+    async with connect(b.server, "socket") as c2:
+        with trio.fail_after(5):
+            # As if frames 10 and on had been in flight when the connection dropped.
+            await c2.send_raw(resume_frame(c1, last_seq={"r1": 9}))
+            frames = await read_until(c2, is_done("r1"))
+    assert frames[0]["msg_type"] == "RESUMED"
+    assert seqs(frames, "r1") == list(range(10, words))
+    dones = [f for f in frames if f["msg_type"] == "DONE"]
+    assert len(dones) == 1
+    assert dones[0]["payload"]["frames"] == words
 
 
 async def test_a_new_request_after_a_resume_elsewhere_runs_on_the_new_node(nodes: Nodes) -> None:

@@ -471,6 +471,22 @@ async def test_running_requests_follow_started_and_ended(store: RedisStore) -> N
     assert await store.running_requests("s1") == {"r2": "node-b"}
 
 
+async def test_read_session_reads_the_stream_and_the_request_book_at_once(
+    store: RedisStore,
+) -> None:
+    await open_one(store)
+    assert await store.read_session("s1") == ([], {})
+    await store.write(
+        [RequestStarted("s1", "r1", "node-a"), stream("s1", "r1", 0), stream("s1", "r1", 1)],
+        max_bytes=1_000_000,
+        ttl_s=60,
+    )
+    frames, running = await store.read_session("s1")
+    assert frames == await store.read_frames("s1")
+    assert [f.seq for f in frames] == [0, 1]
+    assert running == await store.running_requests("s1") == {"r1": "node-a"}
+
+
 async def test_one_claimer_wins_and_only_for_the_node_named(store: RedisStore) -> None:
     await open_one(store)
     await store.write([RequestStarted("s1", "r1", "node-a")], max_bytes=1_000_000, ttl_s=60)

@@ -8,6 +8,14 @@ session is marked *lost* to the cluster (its stream in the store would have a
 hole, so it is deleted as soon as the store can be reached: a resume on another
 node then gets ``RESUME_UNKNOWN`` rather than a reply with a gap; a resume on
 this node still works from its own replay buffer). ``docs/cluster.md``.
+
+Writes are sent at most every :data:`COALESCE_S`, so that a reply streaming flat
+out costs one round trip per 20 ms, not per frame. Two kinds of item do not wait
+for that tick: a job (a session opened, detached, closed: rare, and each its own
+round trip anyway), and above all an *urgent* job (:meth:`Mirror.add_urgent`):
+another node that takes a session over waits for this node's "flushed", which is
+queued behind every frame this node wrote, and a tick or two of coalescing there
+was most of a resume's time.
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ from trio_agent.cluster.store import (
     Write,
 )
 
-__all__ = ["Job", "Mirror"]
+__all__ = ["Job", "Mirror", "UrgentJob"]
 
 #: A call on the store that cannot be batched (e.g. open a session's record).
 Job = Callable[[], Awaitable[None]]
@@ -50,6 +58,17 @@ _WRITES = (FrameWrite, RequestStarted, RequestEnded, SessionSeen)
 
 def _session_of(item: Write | Job) -> str | None:
     return item.session_id if isinstance(item, _WRITES) else None
+
+
+class UrgentJob:
+    """A job somebody waits for: it and everything queued before it are sent at once,
+    each round trip right after the last, without waiting for the coalescing tick."""
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+
+    def __call__(self) -> Awaitable[None]:
+        return self.job()
 
 
 class Mirror:
@@ -83,6 +102,10 @@ class Mirror:
         self._waiting = trio.Event()
         self._empty = trio.Event()
         self._empty.set()
+        #: Urgent jobs queued: while there is one, no round trip waits for the tick.
+        self._urgent_queued = 0
+        #: The wait for the next coalescing tick, while the task is in it.
+        self._tick: trio.CancelScope | None = None
         #: Sessions whose frames could not all be queued: deleted from the store.
         self.lost: set[str] = set()
         self._lost_to_delete: list[str] = []
@@ -120,6 +143,21 @@ class Mirror:
         self._waiting.set()
         return True
 
+    def add_urgent(self, job: Job) -> bool:
+        """Queue ``job`` behind every write queued so far, and have them all sent now:
+        the mirror's task stops waiting for its coalescing tick (if it is in it) and
+        sends round trip after round trip until ``job`` has run. Synchronous, never
+        blocks; ``False`` when the queue is full (the job is not queued).
+
+        When nothing is queued, ``job`` runs at the mirror task's next step: "nothing
+        is waiting to be stored" is answered at once."""
+        if not self.add(UrgentJob(job)):
+            return False
+        self._urgent_queued += 1
+        if self._tick is not None:
+            self._tick.cancel()
+        return True
+
     async def wait_empty(self) -> None:
         """Return once everything queued has been written to the store."""
         await self._empty.wait()
@@ -135,8 +173,13 @@ class Mirror:
                 self.lag_s = 0.0
                 self._empty.set()
                 await self._waiting.wait()
-            await trio.sleep_until(sent_at + COALESCE_S)
-            sent_at = trio.current_time()
+            if self._must_wait_for_tick():
+                # Cancelled by add_urgent: an urgent job waits for nothing.
+                with trio.CancelScope() as self._tick:
+                    await trio.sleep_until(sent_at + COALESCE_S)
+                self._tick = None
+            if self._head_is_writes():
+                sent_at = trio.current_time()
             try:
                 await self._send_some()
             except StoreUnavailable as exc:
@@ -146,6 +189,17 @@ class Mirror:
                 continue
             backoff = _BACKOFF_S
             self._on_trouble(None)
+
+    def _head_is_writes(self) -> bool:
+        return (
+            not self._lost_to_delete and bool(self._queue) and isinstance(self._queue[0], _WRITES)
+        )
+
+    def _must_wait_for_tick(self) -> bool:
+        """Only a batch of writes waits for the tick, and only while nothing urgent is
+        queued behind it: a job goes at once (it is rare, and costs its own round trip
+        however long it waits)."""
+        return self._urgent_queued == 0 and self._head_is_writes()
 
     async def _send_some(self) -> None:
         """One round trip: the lost sessions' deletions, a job, or a batch of writes."""
@@ -161,6 +215,8 @@ class Mirror:
             await head()
             self._queue.popleft()
             self.written_total += 1
+            if isinstance(head, UrgentJob):
+                self._urgent_queued -= 1
         else:
             batch: list[Write] = []
             for queued in self._queue:

@@ -282,7 +282,8 @@ class ClusterNode:
                 # Behind every write queued before it: once it is sent, they are stored.
                 await self._store.send_control(to_node, flushed)
 
-            self.mirror.add(answer)
+            # Now, not at the mirror's next coalescing tick: a takeover waits for it.
+            self.mirror.add_urgent(answer)
         elif message.kind == "flushed":
             waiter = self._flushes.get((message.session_id, message.epoch))
             if waiter is not None:
@@ -504,8 +505,7 @@ class ClusterNode:
         """Open the session here from what the store holds: its frames (the replay),
         the requests still running elsewhere (relayed), what its agents kept."""
         session_id = message.session_id
-        frames = await self._store.read_frames(session_id)
-        running = await self._store.running_requests(session_id)
+        frames, running = await self._store.read_session(session_id)
         restored = restore_stream(
             frames, capacity_bytes=self._config.resume_buffer_kib * 1024, running=running
         )

@@ -511,6 +511,19 @@ class RedisStore:
             book = await self._redis.hgetall(requests)
         return {_text(request): _text(node) for request, node in book.items()}
 
+    async def read_session(self, session_id: str) -> tuple[list[StoredFrame], dict[str, str]]:
+        """``XRANGE frames - +`` and ``HGETALL requests`` in one pipeline (one round trip;
+        Redis runs them in this order, as :meth:`read_frames` then
+        :meth:`running_requests` would)."""
+        keys = _SessionKeys(self._prefix, session_id)
+        async with self._call("read_session"):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                entries_read = pipe.xrange(keys.frames, start="-", end="+")
+                book_read = pipe.hgetall(keys.requests)
+            entries, book = await entries_read, await book_read
+        frames = [frame for entry in entries for frame in _stored_frames(entry)]
+        return frames, {_text(request): _text(node) for request, node in book.items()}
+
     async def claim_request(self, session_id: str, request_id: str, *, dead_node: str) -> bool:
         """The ``CLAIM_REQUEST`` Lua script: when the book says ``dead_node`` runs it,
         ``HSETNX claims <request> <node>``; only the caller that set it wins. The book

@@ -255,6 +255,12 @@ class ClusterStore(Protocol):
         """The session's requests whose DONE is not stored, and the node running each."""
         ...
 
+    async def read_session(self, session_id: str) -> tuple[list[StoredFrame], dict[str, str]]:
+        """:meth:`read_frames` then :meth:`running_requests`, in that order, in one round
+        trip: what a takeover reads once the previous owner has flushed, while the
+        client waits for RESUMED."""
+        ...
+
     async def claim_request(self, session_id: str, request_id: str, *, dead_node: str) -> bool:
         """Atomically take over ending ``request_id``, which ran on ``dead_node``: ``True``
         for exactly one caller, and only while the store still says it runs on
