@@ -221,7 +221,7 @@ async def test_an_unknown_session_is_unknown_and_updates_create_nothing(
     assert taken.verdict is TakeOverVerdict.UNKNOWN
     await store.set_token("nope", "d3")
     await store.save_agent_state("nope", "{}")
-    await store.detach("nope", window_s=30)
+    await store.detach("nope", window_s=30, owner="node-a")
     assert await raw.exists(store.keys("nope")) == 0
 
 
@@ -243,7 +243,7 @@ async def test_detach_sets_the_deadline_and_the_ttls_and_a_take_over_restores_th
         [stream("s1", "r1", 0), RequestStarted("s1", "r1", "node-a")], max_bytes=1_000_000, ttl_s=60
     )
     await store.record_cut("s1", "r1", "m1", ttl_s=60)
-    await store.detach("s1", window_s=30)
+    assert await store.detach("s1", window_s=30, owner="node-a")
     record = store.keys("s1")[0]
     deadline = int((await raw.hgetall(record))["deadline_ms"])
     assert 29_000 < deadline - await redis_now_ms(raw) <= 31_000  # TIME in whole seconds
@@ -256,6 +256,28 @@ async def test_detach_sets_the_deadline_and_the_ttls_and_a_take_over_restores_th
     assert (await raw.hgetall(record))["deadline_ms"] == ""
     for key in store.keys("s1")[:4]:
         assert 55_000 < await raw.pttl(key) <= 60_000, key
+
+
+async def test_a_late_detach_by_the_previous_owner_leaves_the_new_owners_session_alone(
+    store: RedisStore, raw: Any
+) -> None:
+    # node-a's client dropped, node-b took the session over, and node-a's DETACH (queued
+    # in its mirror) lands only now: it must not give node-b's attached session a deadline.
+    await open_one(store)
+    taken = await store.take_over(
+        "s1", token_digest="d1", new_token_digest="d2", node_id="node-b", max_denied=5
+    )
+    assert taken.verdict is TakeOverVerdict.OK
+    record = store.keys("s1")[0]
+    before = await raw.pttl(record)
+    assert not await store.detach("s1", window_s=1, owner="node-a")
+    fields = await raw.hgetall(record)
+    assert fields["owner"] == "node-b"
+    assert fields.get("deadline_ms", "") == ""
+    assert await raw.pttl(record) > 1_000 + 5_000
+    assert before > 1_000 + 5_000
+    assert await store.detach("s1", window_s=30, owner="node-b")
+    assert int((await raw.hgetall(record))["deadline_ms"]) > 0
 
 
 async def test_wrong_tokens_are_denied_and_too_many_deny_the_right_one(
@@ -604,7 +626,7 @@ async def test_a_dead_redis_fails_every_call_fast_and_a_restarted_one_works_agai
                     "s1", token_digest="d1", new_token_digest="d2", node_id="b", max_denied=5
                 ),
                 "set_token": lambda: store.set_token("s1", "d3"),
-                "detach": lambda: store.detach("s1", window_s=30),
+                "detach": lambda: store.detach("s1", window_s=30, owner="node-a"),
                 "close_session": lambda: store.close_session("s1"),
                 "save_agent_state": lambda: store.save_agent_state("s1", "{}"),
                 "write": lambda: store.write(

@@ -343,7 +343,7 @@ class ClusterNode:
 
     def session_detached(self, session_id: str, window_s: float) -> None:
         async def detach() -> None:
-            await self._store.detach(session_id, window_s=window_s)
+            await self._store.detach(session_id, window_s=window_s, owner=self.node_id)
 
         self.mirror.add(detach, session_id)
 

@@ -76,7 +76,9 @@ return {'ok', epoch, f[1], f[5] or ''}
 DETACH = (
     _NOW_MS
     + """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+-- Only the owner detaches: a node whose client left after another node took the
+-- session over must not shorten the new owner's keys (its DETACH may land late).
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[3] then return 0 end
 local window = tonumber(ARGV[1])
 redis.call('HSET', KEYS[1], 'deadline_ms', string.format('%.0f', now_ms() + window))
 for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], window + tonumber(ARGV[2])) end

@@ -406,12 +406,16 @@ class RedisStore:
         async with self._call(what):
             await self._update(keys=[record], args=[field, value])
 
-    async def detach(self, session_id: str, *, window_s: float) -> None:
+    async def detach(self, session_id: str, *, window_s: float, owner: str) -> bool:
         """The ``DETACH`` Lua script: ``deadline_ms`` = Redis's now + window, and every key
-        of the session expires :data:`DETACH_MARGIN_S` after the deadline."""
+        of the session expires :data:`DETACH_MARGIN_S` after the deadline; only while
+        ``owner`` still owns the session (False, and nothing changed, otherwise)."""
         keys = _SessionKeys(self._prefix, session_id)
         async with self._call("detach"):
-            await self._detach(keys=keys.all, args=[str(_ms(window_s)), str(_ms(DETACH_MARGIN_S))])
+            done = await self._detach(
+                keys=keys.all, args=[str(_ms(window_s)), str(_ms(DETACH_MARGIN_S)), owner]
+            )
+        return bool(done)
 
     async def close_session(self, session_id: str) -> None:
         """``DEL`` every key of the session."""

@@ -63,7 +63,9 @@ def rewrite_session(
         await store.write(batch, max_bytes=max_bytes, ttl_s=ttl_s)
         deadline = book.deadline(session_id)
         if deadline is not None:
-            await store.detach(session_id, window_s=max(0.0, deadline - trio.current_time()))
+            await store.detach(
+                session_id, window_s=max(0.0, deadline - trio.current_time()), owner=node_id
+            )
 
     return rewrite
 

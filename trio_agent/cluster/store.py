@@ -220,8 +220,12 @@ class ClusterStore(Protocol):
         """Store the session's current token digest (after a resume on the same node)."""
         ...
 
-    async def detach(self, session_id: str, *, window_s: float) -> None:
-        """The session's connection dropped: it may be resumed for ``window_s`` more."""
+    async def detach(self, session_id: str, *, window_s: float, owner: str) -> bool:
+        """The session's connection dropped: it may be resumed for ``window_s`` more.
+
+        Only while ``owner`` still owns it: a detach that lands after another node
+        took the session over changes nothing and returns False.
+        """
         ...
 
     async def close_session(self, session_id: str) -> None:
