@@ -412,7 +412,7 @@ class RedisStore:
         ``owner`` still owns the session (False, and nothing changed, otherwise)."""
         keys = _SessionKeys(self._prefix, session_id)
         async with self._call("detach"):
-            done = await self._detach(
+            done: int = await self._detach(
                 keys=keys.all, args=[str(_ms(window_s)), str(_ms(DETACH_MARGIN_S)), owner]
             )
         return bool(done)
