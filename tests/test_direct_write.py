@@ -27,6 +27,7 @@ from trio_agent.server.request_stream import RequestStream
 from trio_agent.server.session_end import SessionEnd
 from trio_agent.server.transport import GuardedStream
 from trio_agent.server.writer import COMPANY_WINDOW_S, Writer
+from trio_agent.testing.wire import connect
 
 ACK = '{"msg_type":"INTERRUPT_ACK"}'
 PONG = '{"msg_type":"HEARTBEAT"}'
@@ -384,3 +385,22 @@ async def test_a_stream_in_full_flow_is_batched_and_a_paced_one_goes_directly(mo
         "hot",
         "paced",
     ]
+
+
+async def test_over_a_socket_the_trace_tells_queued_before_written(start_server, tmp_path):
+    """Frames written inside their push (an idle writer, a real socket) are traced as
+    queued first, as the timeline plot pairs them (ACK queued -> ACK written)."""
+    path = tmp_path / "trace.jsonl"
+    server = await start_server(trace=str(path))
+    async with connect(server, "socket") as client:
+        await client.request("r1", agent="lorem", words=100_000, words_per_s=50)
+        await client.recv_until(lambda f: f["msg_type"] == "STREAM")
+        await client.interrupt("r1")
+        await client.until_done("r1")
+    await server.wait_idle()
+    events = [json.loads(line)["event"] for line in path.read_text().splitlines()]
+    for queued, written in (("ack_queued", "ack_written"), ("stream_queued", "stream_written")):
+        assert queued in events
+        assert written in events
+        assert events.index(queued) < events.index(written)
+    assert events.count("ack_written") == 1
