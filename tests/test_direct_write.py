@@ -294,8 +294,13 @@ async def test_nothing_goes_directly_while_the_writer_is_busy_or_a_send_holds_th
         async with cork._send_lock:  # trio-websocket sending a pong, say
             session.push_control(ACK)
             assert session.lanes.queued == 1
+        # The lock is free and the writer has not run yet: the ACK waiting in the
+        # priority lane keeps a reply's first words off the direct path.
+        session.lanes.push_stream(stream_frame(session.stream(), "words"))
+        assert session.lanes.queued == 2
         await trio.testing.wait_all_tasks_blocked()
-        assert texts_on(inner.wire) == [PONG, ACK]
+        assert texts_on(inner.wire)[:2] == [PONG, ACK]
+        assert json.loads(texts_on(inner.wire)[2])["payload"]["delta"] == "words"
         nursery.cancel_scope.cancel()
 
 
@@ -404,3 +409,24 @@ async def test_over_a_socket_the_trace_tells_queued_before_written(start_server,
         assert written in events
         assert events.index(queued) < events.index(written)
     assert events.count("ack_written") == 1
+
+
+async def test_a_failure_in_a_direct_writes_bookkeeping_ends_the_session_in_the_writer():
+    """The producer never sees the writer's errors: the writer raises it in its own
+    task and ends the session as for any internal error of its own."""
+    inner = PartialSocket()
+    session = Session(inner)
+
+    def refuse(frame: Outbound, text: str | bytes) -> None:
+        raise RuntimeError("replay buffer broke")
+
+    session.writer._on_written = refuse
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(session.writer.run)
+        await trio.testing.wait_all_tasks_blocked()
+        session.push_control(ACK)  # does not raise
+        await trio.testing.wait_all_tasks_blocked()
+        assert [(end.reason, end.resumable) for end in session.ends] == [
+            ("internal error in the writer", False)
+        ]
+        nursery.cancel_scope.cancel()

@@ -293,7 +293,11 @@ class Writer:
         if frame.kind is FrameKind.DONE:
             # Before the write, as on the writer's path.
             self._report_done(frame)
-        complete = cork.write_now(data)
+        try:
+            complete = cork.write_now(data)
+        except Exception as exc:  # (a broken socket is not one: write_now keeps the bytes)
+            self._direct_failure = exc
+            complete = False
         try:
             # From here on the frame is written, or kept under the cork ahead of
             # everything else: it counts as written, as a frame in a batch does.
