@@ -411,8 +411,9 @@ class OutboundLanes:
 
     def flush_wanted(self) -> None:
         """A direct write left bytes under the cork: wake the writer to flush them
-        before it takes anything else (:meth:`next_frame` returns ``None``), and
-        until then no frame goes directly and everything is written counts as busy."""
+        before it takes anything else (:meth:`next_frame` returns ``None``). Until
+        it has, no frame goes directly, and the writer counts as busy (so
+        :meth:`wait_written` waits for that flush)."""
         self._flush_wanted = True
         self._writer_busy = True
         self._direct = None
