@@ -2,9 +2,13 @@
 
 :class:`CorkableStream` keeps the writer's frames and flushes them in one
 ``send_all``, in call order with trio-websocket's own sends (docs/performance.md).
+When nothing is kept and nobody sends, :meth:`CorkableStream.write_now` writes a
+frame at once, from the calling task, without a schedule point.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import trio
 
@@ -17,6 +21,9 @@ class CorkableStream(trio.abc.Stream):
         self._kept: list[bytes] = []
         self._kept_bytes = 0
         self._send_lock = trio.StrictFIFOLock()
+        #: The stream under it writes without waiting (``send_now``: a plain TCP socket
+        #: under :class:`~trio_agent.server.transport.GuardedStream`), or ``None``.
+        self._send_now: Callable[[memoryview], int] | None = getattr(inner, "send_now", None)
 
     def __repr__(self) -> str:
         # trio-websocket shows this as the endpoint of a stream it cannot inspect.
@@ -37,6 +44,40 @@ class CorkableStream(trio.abc.Stream):
         """
         self._kept.append(data)
         self._kept_bytes += len(data)
+
+    @property
+    def writes_now(self) -> bool:
+        """Whether the stream under it can write without waiting at all (plain TCP)."""
+        return self._send_now is not None
+
+    @property
+    def can_write_now(self) -> bool:
+        """Whether :meth:`write_now` may be called: the stream under it can write
+        without waiting, nothing is kept, and no send is under way (the lock is
+        free, so nobody else is writing and nothing is due ahead of the bytes)."""
+        return self._send_now is not None and not self._kept and not self._send_lock.locked()
+
+    def write_now(self, data: bytes) -> bool:
+        """Write ``data`` (whole frames) at once, from the calling task; return whether
+        all of it went. Call only when :attr:`can_write_now`.
+
+        One non-blocking socket write: not a checkpoint, so it cannot be cancelled
+        halfway, and no other task can send in the middle of it. What the kernel
+        does not take is kept, ahead of every later send; the caller must then see
+        that a :meth:`flush` follows (``False``). An error of the stream (a broken
+        connection) keeps all of ``data`` and returns ``False`` too: the flush
+        meets the error and raises it, where the writer ends the session.
+        """
+        send_now = self._send_now
+        assert send_now is not None
+        try:
+            sent = send_now(memoryview(data))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            sent = 0
+        if sent == len(data):
+            return True
+        self.keep(data[sent:] if sent else data)
+        return False
 
     async def flush(self) -> None:
         """Send what was kept, in one ``send_all`` (a checkpoint even if nothing was).

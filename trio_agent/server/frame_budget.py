@@ -133,6 +133,20 @@ class FrameBudgetStream(trio.abc.Stream):
         finally:
             self._send_lock.release()
 
+    def send_now(self, data: memoryview) -> int:
+        """Write what the stream under it takes of ``data`` at once (its ``send_now``);
+        ``0`` while the close frame is being written or when it has no ``send_now``.
+
+        Not a checkpoint. Raises :class:`trio.BrokenResourceError` once a close
+        frame went out, as :meth:`send_all` does.
+        """
+        if self.exceeded:
+            raise trio.BrokenResourceError("closed: the client went over a limit")
+        send_now = getattr(self.inner, "send_now", None)
+        if send_now is None or self._send_lock.locked():
+            return 0
+        return int(send_now(data))
+
     async def wait_send_all_might_not_block(self) -> None:
         await self.inner.wait_send_all_might_not_block()
 

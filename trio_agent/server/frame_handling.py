@@ -385,8 +385,10 @@ class FrameHandling:
         if isinstance(frame, BaseModel):
             frame = Outbound(FrameKind.CONTROL, encode(frame))
         try:
-            self.lanes.push_priority(frame)
+            # Told first: a frame pushed into empty lanes may be written inside the
+            # push (``Writer._write_directly``), and the trace keeps queued before written.
             self.events.priority_queued(frame)
+            self.lanes.push_priority(frame)
         except LaneOverflow as exc:
             self.events.control_lane_overflowed(str(exc))
             self._end_session(

@@ -9,6 +9,7 @@ kept for comparison. ``docs/architecture.md`` explains the design.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -190,6 +191,12 @@ class OutboundLanes:
         self._stream_frames = 0
         self._writer_busy = False
         self._writer_gone = False
+        #: The writer's direct write (``Writer._write_directly``), set only while the
+        #: writer is parked in :meth:`next_frame` with nothing in hand: a frame pushed
+        #: into empty lanes then goes to the socket from the task that pushed it.
+        self._direct: Callable[[Outbound], bool] | None = None
+        #: A direct write left bytes under the cork: the writer flushes them first.
+        self._flush_wanted = False
         self._room = trio.lowlevel.ParkingLot()  # agents waiting for stream room
         self._ready = trio.lowlevel.ParkingLot()  # the writer waiting for a frame
         self._idle = trio.lowlevel.ParkingLot()  # tasks waiting for everything to be written
@@ -204,6 +211,9 @@ class OutboundLanes:
         ``priority_bytes`` bytes.
         """
         if self.fifo:
+            direct = self._direct
+            if direct is not None and not self._stream and direct(frame):
+                return
             self._stream.append(None, frame)
         else:
             if len(self._priority) >= self.priority_capacity:
@@ -223,6 +233,9 @@ class OutboundLanes:
                     f"a control frame of {size} bytes would take the {self._priority_bytes} "
                     f"bytes waiting past {self.priority_bytes_capacity}"
                 )
+            direct = self._direct
+            if direct is not None and not self._priority and not self._stream and direct(frame):
+                return
             frame.lane_bytes = size
             self._priority_bytes += size
             self._priority.append(frame)
@@ -294,6 +307,9 @@ class OutboundLanes:
     def push_stream(self, frame: Outbound) -> None:
         """Queue a STREAM frame or an AUDIO chunk; call right after
         :meth:`wait_for_stream_room` (STREAM) or :meth:`wait_for_audio_room` (AUDIO)."""
+        direct = self._direct
+        if direct is not None and not self._priority and not self._stream and direct(frame):
+            return
         self._stream.append(self._turn_of(frame), frame)
         if frame.kind is FrameKind.AUDIO:
             self._audio_frames += 1
@@ -311,6 +327,9 @@ class OutboundLanes:
         exactly one and the number of requests is bounded, so this stays bounded,
         and ending a request never has to wait for a slow client.
         """
+        direct = self._direct
+        if direct is not None and not self._priority and not self._stream and direct(frame):
+            return
         self._stream.append(self._turn_of(frame), frame)
         self._ready.unpark()
 
@@ -349,17 +368,33 @@ class OutboundLanes:
 
     # -- the writer ---------------------------------------------------------------------
 
-    async def next_frame(self) -> Outbound:
+    async def next_frame(self, direct: Callable[[Outbound], bool] | None = None) -> Outbound | None:
         """Take the next frame for the writer: the priority lane first, always.
 
         Waits while both lanes are empty. A cancellation point; it only schedules
         when it has to wait, because the writer's socket send right after is one.
+
+        ``direct``: while it waits, a frame pushed into the empty lanes is handed to
+        ``direct`` in the pushing task (synchronously, inside ``push_*``) instead of
+        being queued; ``direct`` returns ``False`` to have it queued after all. The
+        priority lane is still drained first: both lanes are empty. Returns
+        ``None`` (only with ``direct``) when a direct write left bytes to flush
+        (:meth:`flush_wanted`) and nothing is queued.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
         while not self._priority and not self._stream:
+            if self._flush_wanted:
+                self._flush_wanted = False
+                return None
             self._writer_busy = False
             self._idle.unpark_all()
-            await self._ready.park()
+            self._direct = direct
+            try:
+                await self._ready.park()
+            finally:
+                self._direct = None
+        # Queued frames join what a direct write left, in one flush.
+        self._flush_wanted = False
         self._writer_busy = True
         if self._priority:
             frame = self._priority.popleft()
@@ -374,6 +409,16 @@ class OutboundLanes:
             self._audio_taken(frame)
         return frame
 
+    def flush_wanted(self) -> None:
+        """A direct write left bytes under the cork: wake the writer to flush them
+        before it takes anything else (:meth:`next_frame` returns ``None``). Until
+        it has, no frame goes directly, and the writer counts as busy (so
+        :meth:`wait_written` waits for that flush)."""
+        self._flush_wanted = True
+        self._writer_busy = True
+        self._direct = None
+        self._ready.unpark()
+
     def frame_written(self) -> None:
         """The writer finished sending the frame it took last."""
         self._writer_busy = False
@@ -383,12 +428,15 @@ class OutboundLanes:
     def writer_gone(self) -> None:
         """The writer stopped (the connection broke): nothing queued will be written."""
         self._writer_gone = True
+        self._direct = None
+        self._flush_wanted = False
         self._idle.unpark_all()
 
     def writer_back(self) -> None:
         """A new writer took over (a connection resumed the session): frames flow again."""
         self._writer_gone = False
         self._writer_busy = False
+        self._flush_wanted = False
 
     def drop_control(self) -> list[Outbound]:
         """Remove the control frames waiting in the priority lane (a DONE stays); return them.

@@ -264,8 +264,9 @@ class RequestRunner:
             status, reason = DoneStatus.COMPLETED, None
         if self._registry.end(record, status, reason=reason, error=error):
             # Behind the request's own STREAM frames, never ahead of them.
-            self._lanes.push_stream_terminal(Outbound(FrameKind.DONE, record=record))
+            # Told first: the push may write the DONE at once (``Writer._write_directly``).
             self._events.done_queued(record)
+            self._lanes.push_stream_terminal(Outbound(FrameKind.DONE, record=record))
         elif record in self._deferred_dones:
             self._deferred_dones.remove(record)
             self._push_control(Outbound(FrameKind.DONE, record=record))

@@ -157,8 +157,9 @@ class RequestStream:
             start_ms=start_ms,
         )
         record.frames_queued += 1
-        self._lanes.push_stream(Outbound(FrameKind.STREAM, text, record, seq=seq))
+        # Told first: the push may write the frame at once (``Writer._write_directly``).
         self._events.stream_queued(record, seq)
+        self._lanes.push_stream(Outbound(FrameKind.STREAM, text, record, seq=seq))
         if record.deltas is not None:
             record.deltas.append(delta)
 

@@ -96,6 +96,20 @@ class GuardedStream(trio.abc.Stream):
             if not completed:
                 self.broken = True
 
+    def send_now(self, data: memoryview) -> int:
+        """Write what the kernel takes of ``data`` at once; return how many bytes that
+        was (see :meth:`_send_now`). For the writer's direct write
+        (:meth:`trio_agent.server.cork.CorkableStream.write_now`).
+
+        Not a checkpoint and never blocks, so it cannot be cancelled halfway: the
+        bytes it reports are on the socket, the rest is the caller's to keep.
+        Raises :class:`trio.BrokenResourceError` when an earlier write did not
+        complete or the socket is broken (then marked broken, as ``send_all`` does).
+        """
+        if self.broken:
+            raise trio.BrokenResourceError("an earlier write did not complete")
+        return self._send_now(data)
+
     def _send_now(self, view: memoryview) -> int:
         """Write what the kernel takes without waiting, on a plain TCP connection;
         return how many bytes that was (0 for TLS, a full buffer, a closed stream).

@@ -1,8 +1,11 @@
-"""The writer: the one task of a session that sends on its socket.
+"""The writer: the task of a session that sends on its socket.
 
 It takes frames from the lanes (:mod:`trio_agent.server.lanes`), priority first,
 renders each DONE as it is about to send it, and with a
-:class:`~trio_agent.server.cork.CorkableStream` sends them in batches. What a
+:class:`~trio_agent.server.cork.CorkableStream` sends them in batches. While it
+sleeps with nothing queued, a frame pushed into the empty lanes is written by the
+task that pushed it, at once, under the same rules (:meth:`Writer.run` says
+exactly who may write when). What a
 batch is and why it ends where it does: :meth:`Writer.run`, and
 ``docs/architecture.md``; what a client can count on: ``docs/protocol.md``.
 """
@@ -10,7 +13,7 @@ batch is and why it ends where it does: :meth:`Writer.run`, and
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Final, Protocol
 
 import trio
 from trio_websocket import CloseReason, ConnectionClosed
@@ -24,6 +27,15 @@ from trio_agent.server.lanes import Outbound, OutboundLanes
 from trio_agent.server.message_ids import MessageIds
 from trio_agent.server.registry import RequestRegistry
 from trio_agent.server.session_end import SessionEnd, close_is_resumable
+
+#: A STREAM frame (not its request's first) or an AUDIO chunk pushed sooner than this
+#: after the connection's last write is not written by its producer: it is queued,
+#: and the writer waits for company to send it in a batch, as for a busy writer. An
+#: agent streaming flat out pushes a frame every scheduler pass, well inside this
+#: window, and a write per frame would cost it (and its client) a system call each;
+#: a paced reply (a few words a second, real-time audio) is far outside it. Control
+#: frames, DONEs and a reply's first frame never wait for company: no window for them.
+COMPANY_WINDOW_S: Final = 0.002
 
 
 class MessageSink(Protocol):
@@ -53,7 +65,8 @@ NOWHERE: MessageSink = _Nowhere()
 class Writer:
     """Sends a session's frames; :meth:`run` is its task.
 
-    :param ws: the connection; nothing else sends on it.
+    :param ws: the connection; nothing else sends on it (but a producer writing
+        through :meth:`_write_directly` while this writer sleeps, see :meth:`run`).
     :param session_id: the session's id, carried by every DONE.
     :param lanes: where the frames wait.
     :param registry: told when a DONE is on the wire, which frees its request id.
@@ -91,13 +104,43 @@ class Writer:
         self._cork = cork if batch_frames > 1 else None
         self._end_session = end_session
         self._on_written = on_written
+        #: The frames of the batch under way: counted as written, not all on the
+        #: socket yet. Both paths to the socket add to it (see :meth:`run`).
+        self._batch: list[tuple[Outbound, str | bytes]] = []
+        #: A direct write left bytes under the cork, for the writer to flush.
+        self._flush_owed = False
+        #: What went wrong in a direct write's bookkeeping, for the writer to raise.
+        self._direct_failure: Exception | None = None
+        #: When the last batch reached the socket, by either path (``trio.current_time``).
+        self._last_write_at = -COMPANY_WINDOW_S
 
     async def run(self) -> None:
-        """Take frames from the lanes, priority first, and send them. The only sender.
+        """Take frames from the lanes, priority first, and send them.
 
-        With a :class:`~trio_agent.server.cork.CorkableStream` under the connection, the
-        writer frames its messages itself (:mod:`trio_agent.protocol.framing`) and the
-        frames it takes one after another leave in one socket write: a *batch*.
+        **Who writes on the socket.** This task, or the task that pushed a frame
+        into empty lanes while this task sleeps, one at a time under the cork's
+        lock: while the writer is parked in
+        :meth:`~trio_agent.server.lanes.OutboundLanes.next_frame` with nothing in
+        hand and no batch, a frame pushed into both empty lanes is written by the
+        pushing task itself, synchronously inside ``push_*``
+        (:meth:`_write_directly`: one non-blocking socket write, so not a
+        checkpoint and never cancelled halfway), when nothing is kept under the
+        cork and no send holds its lock. What the kernel does not take stays under
+        the cork and this task is woken to flush it before it takes anything else,
+        so the order on the wire is the order of the pushes; the priority lane is
+        still drained first, because it is empty. A frame pushed while the writer is
+        busy, or while anything is queued or kept, is queued for this task, and so
+        is a STREAM frame (not its request's first) or AUDIO chunk pushed within
+        :data:`COMPANY_WINDOW_S` of the last write: a stream in full flow is sent in
+        batches. Both
+        paths count a frame the same way (:meth:`_count_written`,
+        :meth:`_end_batch`), and a broken socket ends the session here, in this
+        task, on either path.
+
+        **Batches.** With a :class:`~trio_agent.server.cork.CorkableStream` under the
+        connection, the writer frames its messages itself
+        (:mod:`trio_agent.protocol.framing`) and the frames it takes one after
+        another leave in one socket write: a *batch*.
         A batch ends when it holds ``batch_frames``, right after any frame that is
         not a STREAM or AUDIO frame (so an INTERRUPT_ACK is never held back),
         right after the first STREAM frame of a request (so a new reply's first
@@ -120,7 +163,7 @@ class Writer:
         events = self._events
         most = self._batch_frames
         cork = self._cork
-        batch: list[tuple[Outbound, str | bytes]] = []
+        direct = self._write_directly if cork is not None and cork.writes_now else None
         #: A frame taken from the lanes whose write has not finished. If the write
         #: fails or is cancelled, it may or may not have reached the client: it is
         #: counted as written (``finally``), so the replay buffer holds it and a
@@ -130,7 +173,16 @@ class Writer:
         urgent = False
         try:
             while True:
-                frame = await lanes.next_frame()
+                frame = await lanes.next_frame(None if self._batch else direct)
+                if frame is None:
+                    # A direct write left bytes under the cork (the kernel took part
+                    # of them), or its bookkeeping failed: first things first.
+                    if self._direct_failure is not None:
+                        raise self._direct_failure
+                    assert cork is not None
+                    await cork.flush()
+                    self._end_batch()
+                    continue
                 text = frame.data if frame.data is not None else self._render_done(frame)
                 in_hand = (frame, text)
                 if frame.kind is FrameKind.DONE:
@@ -145,9 +197,15 @@ class Writer:
                     cork.keep(websocket_frame(text))
                 # In a batch, a frame counts as written from here on (see above).
                 in_hand = None
+                batch = self._batch
                 first = self._count_written(frame, text)
                 batch.append((frame, text))
-                urgent = urgent or first or frame.kind not in (FrameKind.STREAM, FrameKind.AUDIO)
+                urgent = (
+                    urgent
+                    or first
+                    or self._flush_owed
+                    or frame.kind not in (FrameKind.STREAM, FrameKind.AUDIO)
+                )
                 ends_batch = cork is None or len(batch) >= most
                 if not ends_batch and urgent:
                     # A batch holding a frame that must not wait (an ACK, a DONE,
@@ -171,9 +229,7 @@ class Writer:
                 if ends_batch:
                     if cork is not None:
                         await cork.flush()
-                    lanes.frame_written()
-                    self._batch_written(batch)
-                    batch = []
+                    self._end_batch()
                     urgent = False
         except ConnectionClosed as closed:
             # A client that closed with 1000 ended its session on purpose; a broken
@@ -195,10 +251,74 @@ class Writer:
             if in_hand is not None and self._on_written is not None:
                 # Only when the session may be resumed does it matter (a replay).
                 self._count_written(*in_hand)
-                batch.append(in_hand)
+                self._batch.append(in_hand)
+            batch, self._batch = self._batch, []
             if batch:
                 self._batch_written(batch)
             lanes.writer_gone()
+
+    def _write_directly(self, frame: Outbound) -> bool:
+        """Write ``frame`` from the task that pushed it; return ``False`` to have it queued.
+
+        Called by the lanes inside ``push_*`` (synchronously, in the producer's
+        task), only while this writer is parked in ``next_frame`` with nothing in
+        hand and no batch, and both lanes are empty (see :meth:`run`). It declines
+        when the cork keeps bytes or a send holds its lock (trio-websocket's pong or
+        close frame), when the connection is closing (the writer raises
+        ``ConnectionClosed`` for the queued frame, as for any other), and when the
+        frame cannot be rendered (the writer meets the same error and ends the
+        session as it does).
+
+        Cancellation: nothing here is a schedule point (rendering, one
+        non-blocking write, counting), so a producer's cancelled scope cannot cut
+        it halfway, and no other task runs in the middle of it. Errors never reach
+        the producer: a broken socket leaves the frame under the cork, and the
+        writer, woken to flush it, meets the error and ends the session; a failure
+        of the bookkeeping is handed to the writer to raise.
+        """
+        cork = self._cork
+        assert cork is not None
+        if not cork.can_write_now or self._ws.closed is not None or self._flush_owed:
+            return False
+        kind = frame.kind
+        if (
+            kind is FrameKind.AUDIO or (kind is FrameKind.STREAM and _not_first(frame))
+        ) and trio.current_time() - self._last_write_at < COMPANY_WINDOW_S:
+            return False  # a stream in full flow: the writer batches it
+        try:
+            text = frame.data if frame.data is not None else self._render_done(frame)
+            data = websocket_frame(text)
+        except Exception:
+            return False
+        if frame.kind is FrameKind.DONE:
+            # Before the write, as on the writer's path.
+            self._report_done(frame)
+        try:
+            complete = cork.write_now(data)
+        except Exception as exc:  # (a broken socket is not one: write_now keeps the bytes)
+            self._direct_failure = exc
+            complete = False
+        try:
+            # From here on the frame is written, or kept under the cork ahead of
+            # everything else: it counts as written, as a frame in a batch does.
+            self._count_written(frame, text)
+            self._batch.append((frame, text))
+            if complete:
+                self._end_batch()
+                return True
+        except Exception as exc:
+            self._direct_failure = exc
+        self._flush_owed = True
+        self._lanes.flush_wanted()
+        return True
+
+    def _end_batch(self) -> None:
+        """The batch is on the socket (either path): free the writer and tell."""
+        self._lanes.frame_written()
+        batch, self._batch = self._batch, []
+        self._flush_owed = False
+        self._last_write_at = trio.current_time()
+        self._batch_written(batch)
 
     def _count_written(self, frame: Outbound, text: str | bytes) -> bool:
         """Count ``frame`` as written; return whether it is its request's first STREAM frame."""
@@ -261,3 +381,9 @@ class Writer:
                 ),
             )
         )
+
+
+def _not_first(frame: Outbound) -> bool:
+    """Whether a STREAM frame is not its request's first (a reply's first words never wait)."""
+    assert frame.record is not None
+    return frame.record.frames_written > 0

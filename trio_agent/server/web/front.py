@@ -59,6 +59,12 @@ class ReplayStream(trio.abc.Stream):
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         await self.transport.send_all(data)
 
+    def send_now(self, data: memoryview) -> int:
+        """``transport.send_now(data)`` where the transport has it, else ``0`` (see
+        :meth:`trio_agent.server.transport.GuardedStream.send_now`)."""
+        send_now = getattr(self.transport, "send_now", None)
+        return 0 if send_now is None else int(send_now(data))
+
     async def wait_send_all_might_not_block(self) -> None:
         await self.transport.wait_send_all_might_not_block()
 
