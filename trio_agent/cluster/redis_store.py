@@ -17,7 +17,7 @@ Two promises hold for every call, because the node relies on them:
 ``wait_frames`` blocks in ``XREAD BLOCK``; it runs on a pool of its own (with no
 reply timeout) so a blocked read never holds up the other calls, and a cancelled
 one drops its connection (the read cannot be taken back) without using up a slot
-of that pool: see :class:`_SlotKeepingPool`.
+of that pool: see :mod:`trio_agent.cluster.redis_client`.
 """
 
 from __future__ import annotations
@@ -32,12 +32,11 @@ import anyio
 import coredis
 import trio
 from coredis.exceptions import RedisError
-from coredis.pool import ConnectionPool
 from coredis.response.types import StreamEntry
-from coredis.retry import NoRetryPolicy
 from loguru import logger
 
 from trio_agent.cluster import redis_scripts
+from trio_agent.cluster.redis_client import redis_client
 from trio_agent.cluster.store import (
     ClusterStore,
     ControlMessage,
@@ -83,40 +82,6 @@ STORE_ERRORS = (
 _TOUCH_EVERY_S = 1.0
 #: Sessions whose last refresh is remembered (past it, all are refreshed anew).
 _TOUCHED_MEMORY = 100_000
-
-
-class _SlotKeepingPool(ConnectionPool[Any]):
-    """coredis's connection pool, giving back the slot of a connection that breaks.
-
-    coredis 6.9 puts a released connection back only while it is usable, and a
-    connection that broke while it was leased (a cancelled ``XREAD BLOCK``, a
-    pipeline cut by a dead server) never gives its slot back: after
-    ``max_connections`` of them every later call waits for a connection forever.
-    Releasing such a connection here frees its slot, so a fresh one is made.
-    """
-
-    def release(self, connection: Any) -> None:
-        super().release(connection)
-        slots = self._available_connections  # private to coredis: tests/test_redis_store.py
-        if not connection.usable and not slots.full():  # checks this still holds
-            connection.invalidate()
-            slots.append_nowait(None)
-
-
-def _client(
-    url: str, *, timeout_s: float, reply_timeout_s: float | None, size: int
-) -> coredis.Redis[bytes]:
-    """A bytes-in, bytes-out client whose calls fail rather than wait (no retries: the
-    node retries with backoff, and a retried Lua script could apply twice)."""
-    pool = _SlotKeepingPool.from_url(
-        url,
-        decode_responses=False,
-        connect_timeout=timeout_s,
-        stream_timeout=reply_timeout_s,
-        max_connections=size,
-        timeout=2 * timeout_s,
-    )
-    return coredis.Redis(connection_pool=pool, decode_responses=False, retry_policy=NoRetryPolicy())
 
 
 def _reraise(
@@ -584,8 +549,8 @@ async def open_redis_store(
     at once (each holds a connection while it waits; one more waits for a slot, up
     to ``2 * timeout_s``). Keys are named ``<prefix>:...``.
     """
-    commands = _client(url, timeout_s=timeout_s, reply_timeout_s=timeout_s, size=64)
-    blocking = _client(url, timeout_s=timeout_s, reply_timeout_s=None, size=max_waiters)
+    commands = redis_client(url, timeout_s=timeout_s, reply_timeout_s=timeout_s, size=64)
+    blocking = redis_client(url, timeout_s=timeout_s, reply_timeout_s=None, size=max_waiters)
     async with _entered(commands), _entered(blocking):
         yield RedisStore(commands, blocking, prefix=prefix, timeout_s=timeout_s)
 
