@@ -27,13 +27,21 @@ class FrameSort(Enum):
     DONE = "done"
 
 
-@dataclass(slots=True, eq=False)
-class _Kept:
-    track: _Track
-    sort: FrameSort
-    seq: int
-    data: str | bytes
-    size: int
+#: One frame held: (request id, its sort's value, seq, data, size in bytes).
+#:
+#: A plain tuple of str, int and bytes on purpose. The garbage collector stops
+#: tracking such a tuple at the first collection it survives, so the thousands of
+#: frames a busy server holds never reach the collector's oldest generation. As
+#: objects of a class they did: every frame written added one, and each full
+#: collection then walked them all, tens of milliseconds in which no session of
+#: the server moved (docs/performance.md, "Tuning the hot path"). For the same
+#: reason a frame names its request by id, not by a reference to its track.
+_Kept = tuple[str, str, int, "str | bytes", int]
+
+_STREAM = FrameSort.STREAM.value
+_AUDIO = FrameSort.AUDIO.value
+_DONE = FrameSort.DONE.value
+_SORTS = {sort.value: sort for sort in FrameSort}
 
 
 @dataclass(slots=True, eq=False)
@@ -119,10 +127,10 @@ class ReplayBuffer:
             if not isinstance(data, str) or data.isascii()
             else len(data.encode("utf-8", "surrogatepass"))
         )
-        kept = _Kept(track, sort, seq, data, size)
+        kept = (request_id, sort.value, seq, data, size)
         capacity = self.capacity_bytes
         if size > capacity:
-            self._evicted(kept)
+            self._evicted(track, kept)
             return
         while self._bytes + size > capacity:
             self._evict_oldest()
@@ -145,20 +153,20 @@ class ReplayBuffer:
         ):
             return Gap(track.stream_written, track.done_written)
         frames = tuple(
-            kept.data
-            for kept in track.kept
-            if kept.sort is FrameSort.DONE
-            or (kept.sort is FrameSort.STREAM and kept.seq > last_seq)
-            or (kept.sort is FrameSort.AUDIO and kept.seq > last_audio_seq)
+            data
+            for _, sort, seq, data, _ in track.kept
+            if sort == _DONE
+            or (sort == _STREAM and seq > last_seq)
+            or (sort == _AUDIO and seq > last_audio_seq)
         )
         return Replay(frames, track.done_written)
 
     def held(self) -> list[tuple[str, FrameSort, int, str | bytes]]:
         """Every frame held, oldest first: (request id, sort, seq, data)."""
         return [
-            (request_id, kept.sort, kept.seq, kept.data)
+            (request_id, _SORTS[sort], seq, data)
             for request_id, track in self._tracks.items()
-            for kept in track.kept
+            for _, sort, seq, data, _ in track.kept
         ]
 
     def evicted_before(self, request_id: str, *, stream_seq: int, audio_seq: int) -> None:
@@ -184,18 +192,21 @@ class ReplayBuffer:
 
     def _evict_oldest(self) -> None:
         kept = self._held.popleft()
-        self._bytes -= kept.size
-        track = kept.track
-        if track.kept and track.kept[0] is kept:
+        self._bytes -= kept[4]
+        # Frames leave both queues oldest first, so a frame still in its track is the
+        # track's first. One whose track is gone (forgotten, or its id started anew)
+        # is no longer anybody's: nothing to record.
+        track = self._tracks.get(kept[0])
+        if track is not None and track.kept and track.kept[0] is kept:
             track.kept.popleft()
-        self._evicted(kept)
+            self._evicted(track, kept)
 
     @staticmethod
-    def _evicted(kept: _Kept) -> None:
-        track = kept.track
-        if kept.sort is FrameSort.STREAM:
-            track.stream_evicted_to = max(track.stream_evicted_to, kept.seq)
-        elif kept.sort is FrameSort.AUDIO:
-            track.audio_evicted_to = max(track.audio_evicted_to, kept.seq)
+    def _evicted(track: _Track, kept: _Kept) -> None:
+        sort, seq = kept[1], kept[2]
+        if sort == _STREAM:
+            track.stream_evicted_to = max(track.stream_evicted_to, seq)
+        elif sort == _AUDIO:
+            track.audio_evicted_to = max(track.audio_evicted_to, seq)
         else:
             track.done_evicted = True
