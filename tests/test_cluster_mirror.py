@@ -138,3 +138,57 @@ async def test_an_urgent_job_with_nothing_unstored_runs_at_once(
         assert ran.is_set()
         assert trio.current_time() == start
         nursery.cancel_scope.cancel()
+
+
+class TaskSteps(trio.abc.Instrument):
+    """Counts the steps of the task named ``name`` (each time it is woken and runs)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.steps = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task.name == self.name:
+            self.steps += 1
+
+
+async def test_a_stream_of_writes_wakes_the_mirror_about_once_per_tick(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """Writers hand frames over a millisecond apart (two sessions, as each writer's
+    batch ends): the mirror's task is not woken per batch but runs about once per
+    coalescing tick, and sends one round trip per tick with everything queued."""
+    store = SlowStore()
+    store.open.set()
+    round_trips = 0
+    write = store.write
+
+    async def counted_write(batch: Sequence[Write], *, max_bytes: int, ttl_s: float) -> None:
+        nonlocal round_trips
+        round_trips += 1
+        await write(batch, max_bytes=max_bytes, ttl_s=ttl_s)
+
+    store.write = counted_write  # type: ignore[method-assign]
+    mirror = Mirror(store, max_queued=10_000, max_bytes=100_000, ttl_s=60, on_trouble=print)  # type: ignore[arg-type]
+    steps = TaskSteps("mirror")
+    millis = 200
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(mirror.run, name="mirror")
+        await trio.testing.wait_all_tasks_blocked()
+        trio.lowlevel.add_instrument(steps)
+        for ms in range(millis):
+            mirror.add(frame("s1", ms))
+            mirror.add(frame("s2", ms))
+            await trio.testing.wait_all_tasks_blocked()
+            mock_clock.jump(0.001)
+        mock_clock.jump(COALESCE_S)
+        await trio.testing.wait_all_tasks_blocked()
+        trio.lowlevel.remove_instrument(steps)
+        nursery.cancel_scope.cancel()
+    ticks = round(millis / 1000 / COALESCE_S)
+    assert len(store.written) == 2 * millis
+    assert [w.seq for w in store.written if w.session_id == "s1"] == list(range(millis))
+    assert round_trips <= ticks + 2
+    # A few steps per round trip (woken by the tick, the write's checkpoint), not
+    # one per batch handed over (400 here).
+    assert steps.steps <= 4 * (ticks + 2)

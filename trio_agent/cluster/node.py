@@ -41,6 +41,7 @@ from trio_agent.cluster.store import (
     RequestEnded,
     RequestStarted,
     SessionSeen,
+    StoredSort,
     StoreUnavailable,
     TakeOverVerdict,
 )
@@ -370,10 +371,11 @@ class ClusterNode:
         *,
         frames: int = -1,
     ) -> None:
+        # (STREAM looked up by identity: an Enum's hash is a Python call, once per frame.)
+        stored = StoredSort.STREAM if sort is FrameSort.STREAM else STORED_SORT[sort]
         self.mirror.add(
-            FrameWrite(
-                session_id, request_id, STORED_SORT[sort], seq, data, self.node_id, frames=frames
-            )
+            FrameWrite(session_id, request_id, stored, seq, data, self.node_id, frames),
+            session_id,
         )
         if sort is FrameSort.DONE:
             self.mirror.add(RequestEnded(session_id, request_id))

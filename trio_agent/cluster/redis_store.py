@@ -420,8 +420,15 @@ class RedisStore:
                 if keys is None:
                     keys = sessions[item.session_id] = _SessionKeys(self._prefix, item.session_id)
                 if isinstance(item, FrameWrite):
-                    by_node = pending.setdefault(item.session_id, {})
-                    by_node.setdefault(item.node_id, []).append(item)
+                    # (get, not setdefault: no empty dict and list made per frame.)
+                    by_node = pending.get(item.session_id)
+                    if by_node is None:
+                        by_node = pending[item.session_id] = {}
+                    frames = by_node.get(item.node_id)
+                    if frames is None:
+                        by_node[item.node_id] = [item]
+                    else:
+                        frames.append(item)
                     continue
                 # The session's frames before this write go first (its order is kept).
                 append_pending(item.session_id)

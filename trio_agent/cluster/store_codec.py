@@ -30,17 +30,24 @@ def pack_frames(frames: Sequence[FrameWrite]) -> bytes:
     value: one ``XADD`` per batch rather than per frame (a command costs the node far
     more CPU than packing a frame does)."""
     parts: list[bytes] = []
+    append = parts.append
+    head = _FRAME_HEAD.pack
+    stream = StoredSort.STREAM
+    # A batch's frames are mostly one request's: its id is encoded once per run.
+    request_id = ""
+    rid = b""
     for frame in frames:
-        rid = frame.request_id.encode()
-        text = isinstance(frame.data, str)
-        data = frame.data.encode() if isinstance(frame.data, str) else frame.data
-        parts.append(
-            _FRAME_HEAD.pack(
-                _SORT_CODES[frame.sort], text, frame.seq, frame.frames, len(rid), len(data)
-            )
-        )
-        parts.append(rid)
-        parts.append(data)
+        if frame.request_id != request_id:
+            request_id = frame.request_id
+            rid = request_id.encode()
+        data = frame.data
+        text = isinstance(data, str)
+        raw = data.encode() if isinstance(data, str) else data
+        # (STREAM by identity: an Enum's hash is a Python call, once per frame.)
+        sort = 0 if frame.sort is stream else _SORT_CODES[frame.sort]
+        append(head(sort, text, frame.seq, frame.frames, len(rid), len(raw)))
+        append(rid)
+        append(raw)
     return b"".join(parts)
 
 
