@@ -211,8 +211,7 @@ class OutboundLanes:
         ``priority_bytes`` bytes.
         """
         if self.fifo:
-            direct = self._direct
-            if direct is not None and not self._stream and direct(frame):
+            if self._written_directly(frame):
                 return
             self._stream.append(None, frame)
         else:
@@ -233,8 +232,7 @@ class OutboundLanes:
                     f"a control frame of {size} bytes would take the {self._priority_bytes} "
                     f"bytes waiting past {self.priority_bytes_capacity}"
                 )
-            direct = self._direct
-            if direct is not None and not self._priority and not self._stream and direct(frame):
+            if self._written_directly(frame):
                 return
             frame.lane_bytes = size
             self._priority_bytes += size
@@ -304,11 +302,16 @@ class OutboundLanes:
         # The tolerance absorbs float rounding of fractional chunk durations.
         return not self._audio_frames or self._audio_ms + audio_ms <= self.audio_budget_ms + 1e-9
 
+    def _written_directly(self, frame: Outbound) -> bool:
+        """Whether ``frame`` was just written by the pushing task: only while the
+        writer sleeps with both lanes empty (see :meth:`next_frame`)."""
+        direct = self._direct
+        return direct is not None and not self._priority and not self._stream and direct(frame)
+
     def push_stream(self, frame: Outbound) -> None:
         """Queue a STREAM frame or an AUDIO chunk; call right after
         :meth:`wait_for_stream_room` (STREAM) or :meth:`wait_for_audio_room` (AUDIO)."""
-        direct = self._direct
-        if direct is not None and not self._priority and not self._stream and direct(frame):
+        if self._written_directly(frame):
             return
         self._stream.append(self._turn_of(frame), frame)
         if frame.kind is FrameKind.AUDIO:
@@ -327,8 +330,7 @@ class OutboundLanes:
         exactly one and the number of requests is bounded, so this stays bounded,
         and ending a request never has to wait for a slow client.
         """
-        direct = self._direct
-        if direct is not None and not self._priority and not self._stream and direct(frame):
+        if self._written_directly(frame):
             return
         self._stream.append(self._turn_of(frame), frame)
         self._ready.unpark()

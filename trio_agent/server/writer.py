@@ -290,7 +290,7 @@ class Writer:
             data = websocket_frame(text)
         except Exception:
             return False
-        if frame.kind is FrameKind.DONE:
+        if kind is FrameKind.DONE:
             # Before the write, as on the writer's path.
             self._report_done(frame)
         try:
