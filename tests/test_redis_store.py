@@ -414,6 +414,63 @@ async def test_the_stream_is_bounded_in_bytes_the_oldest_batches_going_first(
     assert int(await raw.get(store.keys("s1")[-1])) == held
 
 
+async def test_the_frames_of_many_sessions_are_one_command_each_stream_its_own(
+    store: RedisStore, raw: Any
+) -> None:
+    """A round trip's frames of every session go in one ``APPEND_FRAMES`` call: each
+    session's stream gets its own frames, in order, bounded on its own; a request's
+    start or end still lands after the frames written before it."""
+    for session in ("s1", "s2", "s3"):
+        await open_one(store, session)
+    evals_before = await _eval_calls(raw)
+    await store.write(
+        [
+            stream("s1", "r1", 0),
+            stream("s2", "r2", 0, "y" * 40),
+            stream("s1", "r1", 1),
+            stream("s3", "r3", 0, b"audio"),
+            stream("s2", "r2", 1, "y" * 40),
+            stream("s2", "r2", 2, "y" * 40),
+        ],
+        max_bytes=130,  # s2's three frames (58 bytes each) do not fit: the oldest go
+        ttl_s=60,
+    )
+    assert await _eval_calls(raw) - evals_before == 1 + 3  # one append, one touch each
+    assert [(f.request_id, f.seq) for f in await store.read_frames("s1")] == [
+        ("r1", 0),
+        ("r1", 1),
+    ]
+    assert await store.read_frames("s2") == []  # one entry of 174 bytes > 130: gone
+    assert [f.data for f in await store.read_frames("s3")] == [b"audio"]
+    # A request that ends in the batch: its DONE is in the stream before the request
+    # book forgets it, and the other sessions' frames are not held back by it.
+    await store.write(
+        [
+            RequestStarted("s1", "r4", "node-a"),
+            stream("s3", "r3", 1, b"more"),
+            stream("s1", "r4", 0),
+            done("s1", "r4", 1),
+            RequestEnded("s1", "r4"),
+            stream("s3", "r3", 2, b"last"),
+        ],
+        max_bytes=1_000_000,
+        ttl_s=60,
+    )
+    assert [(f.request_id, f.sort) for f in (await store.read_frames("s1"))[2:]] == [
+        ("r4", StoredSort.STREAM),
+        ("r4", StoredSort.DONE),
+    ]
+    assert await store.running_requests("s1") == {}
+    assert [f.data for f in await store.read_frames("s3")] == [b"audio", b"more", b"last"]
+    for session in ("s1", "s2", "s3"):
+        assert 55_000 < await raw.pttl(store.keys(session)[1]) <= 60_000
+
+
+async def _eval_calls(raw: Any) -> int:
+    stats = await raw.info("commandstats")
+    return int(stats.get("cmdstat_eval", {}).get("calls", 0))
+
+
 async def test_wait_frames_wakes_on_a_write_from_another_task(store: RedisStore) -> None:
     await open_one(store)
     await store.write([stream("s1", "r1", 0)], max_bytes=1_000_000, ttl_s=60)

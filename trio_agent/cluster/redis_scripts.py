@@ -3,7 +3,8 @@
 A script runs atomically in Redis (no other command runs between its lines), so a
 check and the write that depends on it cannot be split by another node: that is
 how two RESUMEs with the same token, or two nodes claiming the same dead request,
-get exactly one winner. Every script touches only keys of one session, which share
+get exactly one winner. Every script but ``APPEND_FRAMES`` (which writes the frames
+of every session of a round trip) touches only keys of one session, which share
 the hash tag ``{session_id}`` (one slot of a Redis Cluster); "now" is Redis's own
 clock (``TIME``), so the nodes' clocks never have to agree.
 
@@ -117,31 +118,40 @@ for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], ARGV[2]) end
 return 1
 """
 
-#: KEYS: frames, frame-bytes. ARGV: node, packed frames, the stream's bound in bytes,
-#: ttl ms. One entry of a write batch (see ``store_codec.py``), then the oldest
-#: entries deleted while the stream holds more than its bound (an exact byte bound,
-#: as the node's own replay buffer has: the client's RESUME then finds a gap where
-#: the node would have), and both keys' TTL: one command.
+#: KEYS: frames, frame-bytes of each session, in pairs. ARGV: the streams' bound in
+#: bytes, ttl ms, then node and packed frames of each session, in pairs (the same
+#: order as KEYS). For each session: one entry of a write batch (see
+#: ``store_codec.py``), then the oldest entries deleted while the stream holds more
+#: than its bound (an exact byte bound, as the node's own replay buffer has: the
+#: client's RESUME then finds a gap where the node would have), and both keys' TTL.
+#: Every session of a round trip in one command: a command costs the node far more
+#: than a session's frames do. (Its keys span the slots of many sessions: on a
+#: Redis Cluster it would be one call per slot; ``docs/cluster.md``, "Keys in Redis".)
 APPEND_FRAMES = """
-local size = string.len(ARGV[2])
-redis.call('XADD', KEYS[1], '*', 'o', ARGV[1], 'f', ARGV[2], 'z', size)
-local total = redis.call('INCRBY', KEYS[2], size)
-local bound = tonumber(ARGV[3])
-while total > bound do
-  local oldest = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
-  if #oldest == 0 then
-    redis.call('SET', KEYS[2], 0)
-    break
+local bound = tonumber(ARGV[1])
+local ttl = ARGV[2]
+for s = 1, #KEYS, 2 do
+  local frames, bytes = KEYS[s], KEYS[s + 1]
+  local packed = ARGV[s + 3]
+  local size = string.len(packed)
+  redis.call('XADD', frames, '*', 'o', ARGV[s + 2], 'f', packed, 'z', size)
+  local total = redis.call('INCRBY', bytes, size)
+  while total > bound do
+    local oldest = redis.call('XRANGE', frames, '-', '+', 'COUNT', 1)
+    if #oldest == 0 then
+      redis.call('SET', bytes, 0)
+      break
+    end
+    local fields = oldest[1][2]
+    local gone = 0
+    for i = 1, #fields, 2 do
+      if fields[i] == 'z' then gone = tonumber(fields[i + 1]) end
+    end
+    redis.call('XDEL', frames, oldest[1][1])
+    total = redis.call('DECRBY', bytes, gone)
   end
-  local fields = oldest[1][2]
-  local gone = 0
-  for i = 1, #fields, 2 do
-    if fields[i] == 'z' then gone = tonumber(fields[i + 1]) end
-  end
-  redis.call('XDEL', KEYS[1], oldest[1][1])
-  total = redis.call('DECRBY', KEYS[2], gone)
+  redis.call('PEXPIRE', frames, ttl)
+  redis.call('PEXPIRE', bytes, ttl)
 end
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-redis.call('PEXPIRE', KEYS[2], ARGV[4])
 return 1
 """

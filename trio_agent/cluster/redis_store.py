@@ -33,6 +33,7 @@ import coredis
 import trio
 from coredis.exceptions import RedisError
 from coredis.response.types import StreamEntry
+from coredis.typing import KeyT, ValueT
 from loguru import logger
 
 from trio_agent.cluster import redis_scripts
@@ -391,8 +392,8 @@ class RedisStore:
 
     async def write(self, batch: Sequence[Write], *, max_bytes: int, ttl_s: float) -> None:
         """One pipeline (one round trip, not a transaction): each session's frames as one
-        stream entry (``APPEND_FRAMES``: the oldest entries go past ``max_bytes``), the
-        other writes in order (``HSET``/``HDEL`` on the request book and its claims); then, for every
+        stream entry, every session's in one ``APPEND_FRAMES`` call (the oldest entries
+        go past ``max_bytes``), the other writes in order (``HSET``/``HDEL`` on the request book and its claims); then, for every
         session the batch names and that was not refreshed in the last second (or that a
         :class:`SessionSeen` names), the ``TOUCH_SESSION`` script: ``last_seen_ms`` and
         the TTL of all its keys (they live and die together: a request book that expired
@@ -407,13 +408,18 @@ class RedisStore:
             #: Each session's frames not yet appended, by node: one entry each, in order.
             pending: dict[str, dict[str, list[FrameWrite]]] = {}
 
-            def append_pending(session_id: str) -> None:
-                for node_id, frames in pending.pop(session_id, {}).items():
-                    pipe.eval(
-                        redis_scripts.APPEND_FRAMES,
-                        [sessions[session_id].frames, sessions[session_id].frame_bytes],
-                        [node_id.encode(), pack_frames(frames), str(max_bytes), str(_ms(ttl_s))],
-                    )
+            def append_pending() -> None:
+                """Every session's pending frames, in one ``APPEND_FRAMES`` call."""
+                script_keys: list[KeyT] = []
+                script_args: list[ValueT] = [str(max_bytes), str(_ms(ttl_s))]
+                for session_id, by_node in pending.items():
+                    session = sessions[session_id]
+                    for node_id, frames in by_node.items():
+                        script_keys += (session.frames, session.frame_bytes)
+                        script_args += (node_id.encode(), pack_frames(frames))
+                pending.clear()
+                if script_keys:
+                    pipe.eval(redis_scripts.APPEND_FRAMES, script_keys, script_args)
 
             for item in batch:
                 keys = sessions.get(item.session_id)
@@ -431,7 +437,8 @@ class RedisStore:
                         frames.append(item)
                     continue
                 # The session's frames before this write go first (its order is kept).
-                append_pending(item.session_id)
+                if item.session_id in pending:
+                    append_pending()
                 if isinstance(item, RequestStarted):
                     pipe.hset(keys.requests, {item.request_id: item.node_id})
                     pipe.hdel(keys.claims, [item.request_id])
@@ -440,8 +447,7 @@ class RedisStore:
                     pipe.hdel(keys.claims, [item.request_id])
                 else:
                     assert isinstance(item, SessionSeen)
-            for session_id in list(pending):
-                append_pending(session_id)
+            append_pending()
             clock = time.monotonic()
             seen = {item.session_id for item in batch if isinstance(item, SessionSeen)}
             if len(self._touched) > _TOUCHED_MEMORY:
