@@ -4,8 +4,9 @@ A script runs atomically in Redis (no other command runs between its lines), so 
 check and the write that depends on it cannot be split by another node: that is
 how two RESUMEs with the same token, or two nodes claiming the same dead request,
 get exactly one winner. Every script touches only keys of one session, which share
-the hash tag ``{session_id}`` (one slot of a Redis Cluster); "now" is Redis's own
-clock (``TIME``), so the nodes' clocks never have to agree.
+the hash tag ``{session_id}`` (one slot of a Redis Cluster), but for the lease key a
+take-over or a claim looks at; "now" is Redis's own clock (``TIME``), so the nodes'
+clocks never have to agree.
 
 The session record is a hash: ``owner``, ``epoch``, ``digest``, ``created_ms``,
 ``last_seen_ms``, ``deadline_ms`` (empty while a connection is attached),
@@ -15,7 +16,13 @@ The session record is a hash: ``owner``, ``epoch``, ``digest``, ``created_ms``,
 
 from __future__ import annotations
 
-__all__ = ["CLAIM_REQUEST", "DETACH", "TAKE_OVER", "TOUCH_SESSION", "UPDATE_RECORD"]
+__all__ = [
+    "CLAIM_REQUEST",
+    "DETACH",
+    "TAKE_OVER",
+    "TOUCH_SESSION",
+    "UPDATE_RECORD",
+]
 
 #: Redis's clock in milliseconds, as a Lua number.
 _NOW_MS = """
@@ -86,11 +93,27 @@ return 1
 """
 )
 
-#: KEYS: requests, claims. ARGV: request id, dead node, fallback TTL ms.
+#: KEYS: requests, claims. ARGV: request id, dead node, fallback TTL ms, claimer (the
+#: calling node), the lease keys' prefix.
 #: Returns 1 for the one caller that claims the request, 0 for every other.
+#:
+#: The claim names its claimer. A claimer that dies after it won and before its DONE
+#: was stored (which clears the claim, with the request) would otherwise leave the
+#: request claimed until its keys expire, and the next claimer waiting for a DONE
+#: that never comes. So a claim whose claimer no longer holds its lease is taken
+#: over, here, atomically: of two live claimers exactly one still wins (the second
+#: finds the first's claim, and the first alive), and a node never wins its own
+#: claim twice. (The claimer's lease key is not one of the session's keys: on a
+#: Redis Cluster it would sit in another slot; the rest of the script would run
+#: there unchanged.)
 CLAIM_REQUEST = """
 if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
-if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 0 then return 0 end
+local claimer = redis.call('HGET', KEYS[2], ARGV[1])
+if claimer then
+  if claimer == ARGV[4] then return 0 end
+  if redis.call('EXISTS', ARGV[5] .. claimer) == 1 then return 0 end
+end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[4])
 local ttl = redis.call('PTTL', KEYS[1])
 if ttl <= 0 then ttl = tonumber(ARGV[3]) end
 redis.call('PEXPIRE', KEYS[2], ttl)

@@ -500,16 +500,25 @@ class RedisStore:
         frames = [frame for entry in entries for frame in _stored_frames(entry)]
         return frames, {_text(request): _text(node) for request, node in book.items()}
 
-    async def claim_request(self, session_id: str, request_id: str, *, dead_node: str) -> bool:
-        """The ``CLAIM_REQUEST`` Lua script: when the book says ``dead_node`` runs it,
-        ``HSETNX claims <request> <node>``; only the caller that set it wins. The book
-        keeps the request (it has no DONE yet) until the winner's ``RequestEnded``."""
+    async def claim_request(
+        self, session_id: str, request_id: str, *, dead_node: str, claimer: str
+    ) -> bool:
+        """The ``CLAIM_REQUEST`` Lua script: when the book says ``dead_node`` runs it and
+        no live node holds its claim, ``HSET claims <request> <claimer>``; of the callers
+        that find it so, the first wins. The book keeps the request (it has no DONE yet)
+        until the winner's ``RequestEnded``."""
         self._touched.pop(session_id, None)
         keys = _SessionKeys(self._prefix, session_id)
         async with self._call("claim_request"):
             won: Any = await self._claim(
                 keys=[keys.requests, keys.claims],
-                args=[request_id, dead_node, str(_ms(CLAIM_FALLBACK_TTL_S))],
+                args=[
+                    request_id,
+                    dead_node,
+                    str(_ms(CLAIM_FALLBACK_TTL_S)),
+                    claimer,
+                    self.lease_key(""),
+                ],
             )
         return bool(won)
 
