@@ -280,6 +280,47 @@ async def test_a_late_detach_by_the_previous_owner_leaves_the_new_owners_session
     assert int((await raw.hgetall(record))["deadline_ms"]) > 0
 
 
+async def test_a_rewrite_by_the_previous_owner_leaves_the_new_owners_session_alone(
+    store: RedisStore, raw: Any
+) -> None:
+    # node-b took the session over while node-a could not reach the store (its "moved"
+    # message lost); the store answers node-a again, and node-a writes the sessions it
+    # holds anew, this one at its epoch 1: node-b's record and frames must stay.
+    await open_one(store)
+    taken = await store.take_over(
+        "s1", token_digest="d1", new_token_digest="d2", node_id="node-b", max_denied=5
+    )
+    assert taken.verdict is TakeOverVerdict.OK
+    await store.write(
+        [RequestStarted("s1", "r1", "node-b"), stream("s1", "r1", 0)],
+        max_bytes=1_000_000,
+        ttl_s=60,
+    )
+    record = store.keys("s1")[0]
+    assert not await store.open_session("s1", owner="node-a", token_digest="d1", ttl_s=60, epoch=1)
+    fields = await raw.hgetall(record)
+    assert (fields["owner"], fields["epoch"], fields["digest"]) == ("node-b", "2", "d2")
+    assert [f.seq for f in await store.read_frames("s1")] == [0]
+    assert await store.running_requests("s1") == {"r1": "node-b"}
+    # Nor at the same epoch by another node; the owner itself rewrites it.
+    assert not await store.open_session("s1", owner="node-c", token_digest="x", ttl_s=60, epoch=2)
+    assert await store.open_session("s1", owner="node-b", token_digest="d2", ttl_s=60, epoch=2)
+    assert await store.read_frames("s1") == []  # replaced by what node-b writes next
+    assert (await raw.hgetall(record))["epoch"] == "2"
+
+
+async def test_after_a_restart_the_newest_owners_rewrite_wins(store: RedisStore, raw: Any) -> None:
+    # Redis restarted empty after node-b took the session over (epoch 2) from node-a,
+    # which never heard of it: both write the session anew, in either order.
+    record = store.keys("s1")[0]
+    assert await store.open_session("s1", owner="node-a", token_digest="d1", ttl_s=60, epoch=1)
+    assert await store.open_session("s1", owner="node-b", token_digest="d2", ttl_s=60, epoch=2)
+    assert not await store.open_session("s1", owner="node-a", token_digest="d1", ttl_s=60, epoch=1)
+    fields = await raw.hgetall(record)
+    assert (fields["owner"], fields["epoch"], fields["digest"]) == ("node-b", "2", "d2")
+    assert 55_000 < await raw.pttl(record) <= 60_000
+
+
 async def test_wrong_tokens_are_denied_and_too_many_deny_the_right_one(
     store: RedisStore, raw: Any
 ) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 __all__ = [
     "CLAIM_REQUEST",
     "DETACH",
+    "OPEN_SESSION",
     "TAKE_OVER",
     "TOUCH_SESSION",
     "UPDATE_RECORD",
@@ -117,6 +118,33 @@ redis.call('HSET', KEYS[2], ARGV[1], ARGV[4])
 local ttl = redis.call('PTTL', KEYS[1])
 if ttl <= 0 then ttl = tonumber(ARGV[3]) end
 redis.call('PEXPIRE', KEYS[2], ttl)
+return 1
+"""
+
+#: KEYS: record, frames, requests, cuts, claims, frame-bytes (every key of the
+#: session). ARGV: owner, epoch, token digest, now ms, TTL ms.
+#: Returns 1 when the session was (re)written, 0 when the store holds it for another
+#: node: at a higher epoch, or at the same epoch owned by another.
+#:
+#: Replaces whatever the store holds of the session by a new record at ``epoch``
+#: (``DEL`` of every key first). A node that writes its sessions anew after the
+#: store came back (``resync.py``) may not know that another node took one over
+#: meanwhile (the "moved" message was published while it was not subscribed): its
+#: rewrite must not delete the new owner's frames and put back a token the client
+#: already spent. A record of a lower epoch is overwritten: it is an older owner's
+#: own rewrite, after a restart of Redis emptied the store. A new session's id is
+#: new (64 random bits), so its first write always finds nothing.
+OPEN_SESSION = """
+local f = redis.call('HMGET', KEYS[1], 'owner', 'epoch')
+if f[1] then
+  local stored, mine = tonumber(f[2]) or 0, tonumber(ARGV[2])
+  if stored > mine or (stored == mine and f[1] ~= ARGV[1]) then return 0 end
+end
+redis.call('DEL', unpack(KEYS))
+redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'epoch', ARGV[2], 'digest', ARGV[3],
+           'created_ms', ARGV[4], 'last_seen_ms', ARGV[4], 'deadline_ms', '', 'denied', '0',
+           'agent_state', '', 'ttl_ms', ARGV[5])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
 return 1
 """
 

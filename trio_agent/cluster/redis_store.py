@@ -211,6 +211,7 @@ class RedisStore:
         self._take_over = commands.register_script(redis_scripts.TAKE_OVER)
         self._detach = commands.register_script(redis_scripts.DETACH)
         self._claim = commands.register_script(redis_scripts.CLAIM_REQUEST)
+        self._open = commands.register_script(redis_scripts.OPEN_SESSION)
         self._update = commands.register_script(redis_scripts.UPDATE_RECORD)
 
     # -- helpers -----------------------------------------------------------------
@@ -305,29 +306,19 @@ class RedisStore:
 
     async def open_session(
         self, session_id: str, *, owner: str, token_digest: str, ttl_s: float, epoch: int = 1
-    ) -> None:
-        """One pipeline: ``DEL`` whatever an earlier session of that id left, ``HSET``
-        the record (at ``epoch``), ``PEXPIRE`` it."""
+    ) -> bool:
+        """The ``OPEN_SESSION`` Lua script: ``DEL`` whatever an earlier session of that id
+        left, ``HSET`` the record (at ``epoch``), ``PEXPIRE`` it; not when the store
+        holds the session for another node (a higher epoch, or the same one owned by
+        another): False then, nothing changed."""
         self._touched.pop(session_id, None)
         keys = _SessionKeys(self._prefix, session_id)
         now = str(int(time.time() * 1000))
-        async with self._call("open_session"), self._redis.pipeline(transaction=False) as pipe:
-            pipe.delete(keys.all)
-            pipe.hset(
-                keys.record,
-                {
-                    "owner": owner,
-                    "epoch": str(epoch),
-                    "digest": token_digest,
-                    "created_ms": now,
-                    "last_seen_ms": now,
-                    "deadline_ms": "",
-                    "denied": "0",
-                    "agent_state": "",
-                    "ttl_ms": str(_ms(ttl_s)),
-                },
+        async with self._call("open_session"):
+            done: int = await self._open(
+                keys=keys.all, args=[owner, str(epoch), token_digest, now, str(_ms(ttl_s))]
             )
-            pipe.pexpire(keys.record, _ms(ttl_s))
+        return bool(done)
 
     async def take_over(
         self,

@@ -196,10 +196,12 @@ class ClusterStore(Protocol):
 
     async def open_session(
         self, session_id: str, *, owner: str, token_digest: str, ttl_s: float, epoch: int = 1
-    ) -> None:
+    ) -> bool:
         """Create the session's record (owner, epoch, token digest, created, last seen),
         replacing whatever the store held of that id (a node that writes a session
-        anew after the store lost it keeps its epoch)."""
+        anew after the store lost it keeps its epoch); atomically, not when the store
+        holds the session for another node (at a higher epoch, or at ``epoch`` owned by
+        another: it took the session over meanwhile): ``False`` then, nothing changed."""
         ...
 
     async def take_over(
