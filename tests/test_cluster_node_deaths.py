@@ -175,3 +175,91 @@ async def test_a_request_the_resume_leaves_out_is_not_relayed_from_a_live_node(
     assert [f for f in frames if f.get("request_id") == "r1"] == []
     assert seqs(frames, "r2") == list(range(20))
     assert b.node.counts["node_lost_claims_total"] == 0  # A lives: nothing to claim
+
+
+async def test_a_claimer_killed_before_it_stored_its_done_is_claimed_from_by_the_next(
+    nodes: Nodes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a = await nodes.start("a", lorem_agents())
+    b = await nodes.start("b", lorem_agents())
+    c = await nodes.start("c", lorem_agents())
+    async with connect(a.server, "socket") as c1:
+        await c1.request("r1", agent="lorem", words=100_000, words_per_s=200)
+        first = await read_until(c1, lambda f: f["msg_type"] == "STREAM" and f["seq"] == 2)
+        await drop(c1, "reset")
+    async with connect(b.server, "socket") as c2:
+        await c2.send_raw(resume_frame(c1, last_seq={"r1": 2}))
+        resumed = await read(c2)
+        assert resumed["payload"]["requests"] == {"r1": "running"}
+        relayed = await read_until(c2, lambda f: f["msg_type"] == "STREAM" and f["seq"] == 5)
+        await b.node.flush(2.0)
+        monkeypatch.setattr(b.store, "write", never_written)  # B's DONE is never stored
+        a.stop()  # B claims r1 from dead A and ends it...
+        relayed += await read_until(c2, is_done("r1"))
+        assert b.node.counts["node_lost_claims_total"] == 1
+        b.stop()  # ...and is killed before its DONE reached the store (or this client).
+    assert await c.store.running_requests(c1.session_id) == {"r1": "a"}
+    held = relayed[:-1]  # the client lost the connection before B's DONE came
+    last_seq = max(seqs(held, "r1"))
+    async with connect(c.server, "socket") as c3:
+        await c3.send_raw(
+            resume_frame(c1, token=resumed["payload"]["resume"]["token"], last_seq={"r1": last_seq})
+        )
+        # Before the claim named its claimer: C lost the claim to dead B and waited for
+        # a DONE that never came (until the session's window ended).
+        with trio.fail_after(10):
+            frames = await read_until(c3, is_done("r1"))
+    assert frames[0]["msg_type"] == "RESUMED"
+    assert frames[0]["payload"]["requests"] == {"r1": "running"}
+    done = frames[-1]["payload"]
+    assert (done["status"], done["error"]["code"]) == ("failed", "NODE_LOST")
+    received = seqs(first, "r1") + seqs(held, "r1") + seqs(frames, "r1")
+    assert received == list(range(done["frames"]))
+    assert [f for f in frames if f["msg_type"] == "DONE"] == [frames[-1]]
+    assert c.node.counts["node_lost_claims_total"] == 1
+    await c.node.flush(2.0)
+    assert await c.store.running_requests(c1.session_id) == {}
+
+
+async def test_a_relay_that_lost_the_claim_to_a_live_node_wins_it_once_that_one_dies(
+    nodes: Nodes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a = await nodes.start("a", lorem_agents())
+    b = await nodes.start("b", lorem_agents())
+    c = await nodes.start("c", lorem_agents())
+    claims: list[bool] = []
+    lost_once = trio.Event()
+    claim_request = c.store.claim_request
+
+    async def recorded_claim(*args: Any, **kwargs: Any) -> bool:
+        won = await claim_request(*args, **kwargs)
+        claims.append(won)
+        if not won:
+            lost_once.set()
+        return won
+
+    monkeypatch.setattr(c.store, "claim_request", recorded_claim)
+    async with connect(a.server, "socket") as c1:
+        await c1.request("r1", agent="lorem", words=100_000, words_per_s=200)
+        first = await read_until(c1, lambda f: f["msg_type"] == "STREAM" and f["seq"] == 2)
+        await drop(c1, "reset")
+    async with connect(c.server, "socket") as c2:
+        await c2.send_raw(resume_frame(c1, last_seq={"r1": 2}))
+        relayed = await read_until(c2, lambda f: f["msg_type"] == "STREAM" and f["seq"] == 5)
+        # B, alive, claimed r1 from A (as a resume on B would, once A is dead) and has
+        # not stored its DONE yet: C's relay loses the claim while B lives...
+        assert await b.store.claim_request(c1.session_id, "r1", dead_node="a", claimer="b")
+        a.stop()
+        with trio.fail_after(10):
+            await lost_once.wait()
+        assert claims == [False]
+        # ...and wins it once B dies without storing that DONE.
+        b.stop()
+        with trio.fail_after(10):
+            relayed += await read_until(c2, is_done("r1"))
+    done = relayed[-1]["payload"]
+    assert (done["status"], done["error"]["code"]) == ("failed", "NODE_LOST")
+    assert seqs(first, "r1") + seqs(relayed, "r1") == list(range(done["frames"]))
+    assert claims[0] is False  # lost to live B, then won once: the last claim
+    assert claims.index(True) == len(claims) - 1
+    assert c.node.counts["node_lost_claims_total"] == 1

@@ -280,6 +280,47 @@ async def test_a_late_detach_by_the_previous_owner_leaves_the_new_owners_session
     assert int((await raw.hgetall(record))["deadline_ms"]) > 0
 
 
+async def test_a_rewrite_by_the_previous_owner_leaves_the_new_owners_session_alone(
+    store: RedisStore, raw: Any
+) -> None:
+    # node-b took the session over while node-a could not reach the store (its "moved"
+    # message lost); the store answers node-a again, and node-a writes the sessions it
+    # holds anew, this one at its epoch 1: node-b's record and frames must stay.
+    await open_one(store)
+    taken = await store.take_over(
+        "s1", token_digest="d1", new_token_digest="d2", node_id="node-b", max_denied=5
+    )
+    assert taken.verdict is TakeOverVerdict.OK
+    await store.write(
+        [RequestStarted("s1", "r1", "node-b"), stream("s1", "r1", 0)],
+        max_bytes=1_000_000,
+        ttl_s=60,
+    )
+    record = store.keys("s1")[0]
+    assert not await store.open_session("s1", owner="node-a", token_digest="d1", ttl_s=60, epoch=1)
+    fields = await raw.hgetall(record)
+    assert (fields["owner"], fields["epoch"], fields["digest"]) == ("node-b", "2", "d2")
+    assert [f.seq for f in await store.read_frames("s1")] == [0]
+    assert await store.running_requests("s1") == {"r1": "node-b"}
+    # Nor at the same epoch by another node; the owner itself rewrites it.
+    assert not await store.open_session("s1", owner="node-c", token_digest="x", ttl_s=60, epoch=2)
+    assert await store.open_session("s1", owner="node-b", token_digest="d2", ttl_s=60, epoch=2)
+    assert await store.read_frames("s1") == []  # replaced by what node-b writes next
+    assert (await raw.hgetall(record))["epoch"] == "2"
+
+
+async def test_after_a_restart_the_newest_owners_rewrite_wins(store: RedisStore, raw: Any) -> None:
+    # Redis restarted empty after node-b took the session over (epoch 2) from node-a,
+    # which never heard of it: both write the session anew, in either order.
+    record = store.keys("s1")[0]
+    assert await store.open_session("s1", owner="node-a", token_digest="d1", ttl_s=60, epoch=1)
+    assert await store.open_session("s1", owner="node-b", token_digest="d2", ttl_s=60, epoch=2)
+    assert not await store.open_session("s1", owner="node-a", token_digest="d1", ttl_s=60, epoch=1)
+    fields = await raw.hgetall(record)
+    assert (fields["owner"], fields["epoch"], fields["digest"]) == ("node-b", "2", "d2")
+    assert 55_000 < await raw.pttl(record) <= 60_000
+
+
 async def test_wrong_tokens_are_denied_and_too_many_deny_the_right_one(
     store: RedisStore, raw: Any
 ) -> None:
@@ -324,7 +365,7 @@ async def test_close_session_deletes_every_key(store: RedisStore, raw: Any) -> N
         ttl_s=60,
     )
     await store.record_cut("s1", "r1", "m1", ttl_s=60)
-    assert await store.claim_request("s1", "r1", dead_node="node-a")
+    assert await store.claim_request("s1", "r1", dead_node="node-a", claimer="node-b")
     assert await raw.exists(store.keys("s1")) == 6
     await store.close_session("s1")
     assert await raw.exists(store.keys("s1")) == 0
@@ -569,26 +610,67 @@ async def test_read_session_reads_the_stream_and_the_request_book_at_once(
 async def test_one_claimer_wins_and_only_for_the_node_named(store: RedisStore) -> None:
     await open_one(store)
     await store.write([RequestStarted("s1", "r1", "node-a")], max_bytes=1_000_000, ttl_s=60)
-    assert not await store.claim_request("s1", "r1", dead_node="node-b")
-    assert not await store.claim_request("s1", "r9", dead_node="node-a")
-    wins: list[bool] = []
+    claimers = [f"node-{i}" for i in range(10)]
+    for claimer in claimers:
+        await store.hold_lease(claimer, 30.0)
+    assert not await store.claim_request("s1", "r1", dead_node="node-b", claimer="node-0")
+    assert not await store.claim_request("s1", "r9", dead_node="node-a", claimer="node-0")
+    wins: dict[str, bool] = {}
 
-    async def claim() -> None:
-        wins.append(await store.claim_request("s1", "r1", dead_node="node-a"))
+    async def claim(claimer: str) -> None:
+        wins[claimer] = await store.claim_request("s1", "r1", dead_node="node-a", claimer=claimer)
 
     async with trio.open_nursery() as nursery:
-        for _ in range(10):
-            nursery.start_soon(claim)
-    assert sorted(wins) == [False] * 9 + [True]
+        for claimer in claimers:
+            nursery.start_soon(claim, claimer)
+    assert sorted(wins.values()) == [False] * 9 + [True]
     # The request still has no DONE: it stays in the book until the winner ends it.
     assert await store.running_requests("s1") == {"r1": "node-a"}
     await store.write(
         [done("s1", "r1", 0), RequestEnded("s1", "r1")], max_bytes=1_000_000, ttl_s=60
     )
-    assert not await store.claim_request("s1", "r1", dead_node="node-a")
+    assert not await store.claim_request("s1", "r1", dead_node="node-a", claimer="node-0")
     # The id, reused by a new request on a node that dies too, can be claimed again.
     await store.write([RequestStarted("s1", "r1", "node-a")], max_bytes=1_000_000, ttl_s=60)
-    assert await store.claim_request("s1", "r1", dead_node="node-a")
+    assert await store.claim_request("s1", "r1", dead_node="node-a", claimer="node-0")
+
+
+async def test_a_claim_is_taken_over_only_once_its_claimer_is_dead(
+    store: RedisStore, raw: Any
+) -> None:
+    await open_one(store)
+    await store.write([RequestStarted("s1", "r1", "node-a")], max_bytes=1_000_000, ttl_s=60)
+    for node in ("node-b", "node-c"):
+        await store.hold_lease(node, 30.0)
+    claims = store.keys("s1")[4]
+    assert await store.claim_request("s1", "r1", dead_node="node-a", claimer="node-b")
+    assert await raw.hget(claims, "r1") == "node-b"  # the claim names its claimer
+    # node-b lives (it is storing its DONE): its claim holds, for others and itself.
+    assert not await store.claim_request("s1", "r1", dead_node="node-a", claimer="node-c")
+    assert not await store.claim_request("s1", "r1", dead_node="node-a", claimer="node-b")
+    # node-b dies before its DONE is stored: the claim is node-c's, once.
+    await store.release_lease("node-b")
+    assert await store.claim_request("s1", "r1", dead_node="node-a", claimer="node-c")
+    assert await raw.hget(claims, "r1") == "node-c"
+    assert not await store.claim_request("s1", "r1", dead_node="node-a", claimer="node-c")
+    assert await raw.pttl(claims) > 0  # the claim keeps a TTL
+    # Of many live claimers of a dead claimer's claim, exactly one wins (and a node
+    # never wins its own claim twice, even when its lease lapsed).
+    await store.release_lease("node-c")
+    assert not await store.claim_request("s1", "r1", dead_node="node-a", claimer="node-c")
+    claimers = [f"node-{i}" for i in range(10)]
+    for claimer in claimers:
+        await store.hold_lease(claimer, 30.0)
+    wins: dict[str, bool] = {}
+
+    async def claim(claimer: str) -> None:
+        wins[claimer] = await store.claim_request("s1", "r1", dead_node="node-a", claimer=claimer)
+
+    async with trio.open_nursery() as nursery:
+        for claimer in claimers:
+            nursery.start_soon(claim, claimer)
+    assert sorted(wins.values()) == [False] * 9 + [True]
+    assert await raw.hget(claims, "r1") == next(c for c, won in wins.items() if won)
 
 
 async def test_cuts_are_recorded_with_a_ttl(store: RedisStore, raw: Any) -> None:
@@ -692,7 +774,9 @@ async def test_a_dead_redis_fails_every_call_fast_and_a_restarted_one_works_agai
                 "read_frames": lambda: store.read_frames("s1"),
                 "wait_frames": lambda: store.wait_frames("s1", "0", timeout_s=10),
                 "running_requests": lambda: store.running_requests("s1"),
-                "claim_request": lambda: store.claim_request("s1", "r1", dead_node="a"),
+                "claim_request": lambda: store.claim_request(
+                    "s1", "r1", dead_node="a", claimer="b"
+                ),
                 "record_cut": lambda: store.record_cut("s1", "r1", "m1", ttl_s=60),
                 "cuts": lambda: store.cuts("s1"),
             }

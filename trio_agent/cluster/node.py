@@ -49,12 +49,7 @@ from trio_agent.cluster.stream_replay import STORED_SORT, restore_stream
 from trio_agent.protocol.messages import ErrorCode, ResumeMessage
 from trio_agent.server.connection import HandOver
 from trio_agent.server.replay import FrameSort
-from trio_agent.server.resume_book import (
-    MAX_DENIED_PER_SESSION,
-    Redeemed,
-    new_token,
-    token_digest,
-)
+from trio_agent.server.resume_book import MAX_DENIED_PER_SESSION, Redeemed, new_token, token_digest
 from trio_agent.server.resumption import refuse_resume
 
 if TYPE_CHECKING:
@@ -516,6 +511,7 @@ class ClusterNode:
             message,
             restored,
             previous_owner=previous_owner if previous_owner != self.node_id else None,
+            node_id=self.node_id,
             on_claim=self._claimed_unnamed,
             max_bytes=self.mirror.max_bytes,
             ttl_s=self._ttl_s,
@@ -537,6 +533,7 @@ class ClusterNode:
             registry=session.registry,
             lanes=session.lanes,
             poll_s=self._lease_s / 3,
+            node_id=self.node_id,
             on_claim=lambda record: self._claimed(session, record),
         )
         for request_id, elsewhere in restored.running.items():

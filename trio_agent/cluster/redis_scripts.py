@@ -5,8 +5,9 @@ check and the write that depends on it cannot be split by another node: that is
 how two RESUMEs with the same token, or two nodes claiming the same dead request,
 get exactly one winner. Every script but ``APPEND_FRAMES`` (which writes the frames
 of every session of a round trip) touches only keys of one session, which share
-the hash tag ``{session_id}`` (one slot of a Redis Cluster); "now" is Redis's own
-clock (``TIME``), so the nodes' clocks never have to agree.
+the hash tag ``{session_id}`` (one slot of a Redis Cluster), but for the lease key a
+take-over or a claim looks at; "now" is Redis's own clock (``TIME``), so the nodes'
+clocks never have to agree.
 
 The session record is a hash: ``owner``, ``epoch``, ``digest``, ``created_ms``,
 ``last_seen_ms``, ``deadline_ms`` (empty while a connection is attached),
@@ -16,7 +17,14 @@ The session record is a hash: ``owner``, ``epoch``, ``digest``, ``created_ms``,
 
 from __future__ import annotations
 
-__all__ = ["CLAIM_REQUEST", "DETACH", "TAKE_OVER", "TOUCH_SESSION", "UPDATE_RECORD"]
+__all__ = [
+    "CLAIM_REQUEST",
+    "DETACH",
+    "OPEN_SESSION",
+    "TAKE_OVER",
+    "TOUCH_SESSION",
+    "UPDATE_RECORD",
+]
 
 #: Redis's clock in milliseconds, as a Lua number.
 _NOW_MS = """
@@ -87,14 +95,57 @@ return 1
 """
 )
 
-#: KEYS: requests, claims. ARGV: request id, dead node, fallback TTL ms.
+#: KEYS: requests, claims. ARGV: request id, dead node, fallback TTL ms, claimer (the
+#: calling node), the lease keys' prefix.
 #: Returns 1 for the one caller that claims the request, 0 for every other.
+#:
+#: The claim names its claimer. A claimer that dies after it won and before its DONE
+#: was stored (which clears the claim, with the request) would otherwise leave the
+#: request claimed until its keys expire, and the next claimer waiting for a DONE
+#: that never comes. So a claim whose claimer no longer holds its lease is taken
+#: over, here, atomically: of two live claimers exactly one still wins (the second
+#: finds the first's claim, and the first alive), and a node never wins its own
+#: claim twice. (The claimer's lease key is not one of the session's keys: on a
+#: Redis Cluster it would sit in another slot; the rest of the script would run
+#: there unchanged.)
 CLAIM_REQUEST = """
 if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
-if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 0 then return 0 end
+local claimer = redis.call('HGET', KEYS[2], ARGV[1])
+if claimer then
+  if claimer == ARGV[4] then return 0 end
+  if redis.call('EXISTS', ARGV[5] .. claimer) == 1 then return 0 end
+end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[4])
 local ttl = redis.call('PTTL', KEYS[1])
 if ttl <= 0 then ttl = tonumber(ARGV[3]) end
 redis.call('PEXPIRE', KEYS[2], ttl)
+return 1
+"""
+
+#: KEYS: record, frames, requests, cuts, claims, frame-bytes (every key of the
+#: session). ARGV: owner, epoch, token digest, now ms, TTL ms.
+#: Returns 1 when the session was (re)written, 0 when the store holds it for another
+#: node: at a higher epoch, or at the same epoch owned by another.
+#:
+#: Replaces whatever the store holds of the session by a new record at ``epoch``
+#: (``DEL`` of every key first). A node that writes its sessions anew after the
+#: store came back (``resync.py``) may not know that another node took one over
+#: meanwhile (the "moved" message was published while it was not subscribed): its
+#: rewrite must not delete the new owner's frames and put back a token the client
+#: already spent. A record of a lower epoch is overwritten: it is an older owner's
+#: own rewrite, after a restart of Redis emptied the store. A new session's id is
+#: new (64 random bits), so its first write always finds nothing.
+OPEN_SESSION = """
+local f = redis.call('HMGET', KEYS[1], 'owner', 'epoch')
+if f[1] then
+  local stored, mine = tonumber(f[2]) or 0, tonumber(ARGV[2])
+  if stored > mine or (stored == mine and f[1] ~= ARGV[1]) then return 0 end
+end
+redis.call('DEL', unpack(KEYS))
+redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'epoch', ARGV[2], 'digest', ARGV[3],
+           'created_ms', ARGV[4], 'last_seen_ms', ARGV[4], 'deadline_ms', '', 'denied', '0',
+           'agent_state', '', 'ttl_ms', ARGV[5])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
 return 1
 """
 

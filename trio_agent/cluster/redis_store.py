@@ -212,6 +212,7 @@ class RedisStore:
         self._take_over = commands.register_script(redis_scripts.TAKE_OVER)
         self._detach = commands.register_script(redis_scripts.DETACH)
         self._claim = commands.register_script(redis_scripts.CLAIM_REQUEST)
+        self._open = commands.register_script(redis_scripts.OPEN_SESSION)
         self._update = commands.register_script(redis_scripts.UPDATE_RECORD)
 
     # -- helpers -----------------------------------------------------------------
@@ -306,29 +307,19 @@ class RedisStore:
 
     async def open_session(
         self, session_id: str, *, owner: str, token_digest: str, ttl_s: float, epoch: int = 1
-    ) -> None:
-        """One pipeline: ``DEL`` whatever an earlier session of that id left, ``HSET``
-        the record (at ``epoch``), ``PEXPIRE`` it."""
+    ) -> bool:
+        """The ``OPEN_SESSION`` Lua script: ``DEL`` whatever an earlier session of that id
+        left, ``HSET`` the record (at ``epoch``), ``PEXPIRE`` it; not when the store
+        holds the session for another node (a higher epoch, or the same one owned by
+        another): False then, nothing changed."""
         self._touched.pop(session_id, None)
         keys = _SessionKeys(self._prefix, session_id)
         now = str(int(time.time() * 1000))
-        async with self._call("open_session"), self._redis.pipeline(transaction=False) as pipe:
-            pipe.delete(keys.all)
-            pipe.hset(
-                keys.record,
-                {
-                    "owner": owner,
-                    "epoch": str(epoch),
-                    "digest": token_digest,
-                    "created_ms": now,
-                    "last_seen_ms": now,
-                    "deadline_ms": "",
-                    "denied": "0",
-                    "agent_state": "",
-                    "ttl_ms": str(_ms(ttl_s)),
-                },
+        async with self._call("open_session"):
+            done: int = await self._open(
+                keys=keys.all, args=[owner, str(epoch), token_digest, now, str(_ms(ttl_s))]
             )
-            pipe.pexpire(keys.record, _ms(ttl_s))
+        return bool(done)
 
     async def take_over(
         self,
@@ -506,16 +497,25 @@ class RedisStore:
         frames = [frame for entry in entries for frame in _stored_frames(entry)]
         return frames, {_text(request): _text(node) for request, node in book.items()}
 
-    async def claim_request(self, session_id: str, request_id: str, *, dead_node: str) -> bool:
-        """The ``CLAIM_REQUEST`` Lua script: when the book says ``dead_node`` runs it,
-        ``HSETNX claims <request> <node>``; only the caller that set it wins. The book
-        keeps the request (it has no DONE yet) until the winner's ``RequestEnded``."""
+    async def claim_request(
+        self, session_id: str, request_id: str, *, dead_node: str, claimer: str
+    ) -> bool:
+        """The ``CLAIM_REQUEST`` Lua script: when the book says ``dead_node`` runs it and
+        no live node holds its claim, ``HSET claims <request> <claimer>``; of the callers
+        that find it so, the first wins. The book keeps the request (it has no DONE yet)
+        until the winner's ``RequestEnded``."""
         self._touched.pop(session_id, None)
         keys = _SessionKeys(self._prefix, session_id)
         async with self._call("claim_request"):
             won: Any = await self._claim(
                 keys=[keys.requests, keys.claims],
-                args=[request_id, dead_node, str(_ms(CLAIM_FALLBACK_TTL_S))],
+                args=[
+                    request_id,
+                    dead_node,
+                    str(_ms(CLAIM_FALLBACK_TTL_S)),
+                    claimer,
+                    self.lease_key(""),
+                ],
             )
         return bool(won)
 

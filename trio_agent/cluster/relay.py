@@ -14,7 +14,9 @@ When A's DONE comes through the stream, the relay ends the request with A's
 status and this node renders the DONE (its ``frames``: what this client
 received). When A's lease is gone, the relay claims the request (one claim wins
 in the store) and ends it with ``DONE{failed, NODE_LOST}``; a relay that loses the
-claim goes on tailing and relays the winner's DONE. Before the relays start,
+claim goes on tailing and relays the winner's DONE, and claims again whenever the
+stream is quiet: should the winner die before it stored its DONE, the claim is
+this relay's once the winner's lease is gone too. Before the relays start,
 :func:`settle_requests_elsewhere` settles what a dead node left half-stored: a
 request whose DONE the client holds but the store lacks, and one the client holds
 frames of but the store never heard of. A request the RESUME does not name is
@@ -63,6 +65,7 @@ class Relay:
     :param lanes: the session's lanes.
     :param poll_s: how long one wait on the stream lasts before the relay looks at
         the running node's lease again (a third of the lease).
+    :param node_id: this node, the claimer its claims name.
     :param on_claim: told each NODE_LOST claim this node won.
     """
 
@@ -75,6 +78,7 @@ class Relay:
         registry: RequestRegistry,
         lanes: OutboundLanes,
         poll_s: float,
+        node_id: str,
         on_claim: Callable[[RequestRecord], None],
     ) -> None:
         self._store = store
@@ -83,6 +87,7 @@ class Relay:
         self._registry = registry
         self._lanes = lanes
         self._poll_s = poll_s
+        self._node_id = node_id
         self._on_claim = on_claim
 
     async def __call__(self, record: RequestRecord) -> None:
@@ -124,10 +129,13 @@ class Relay:
     async def _claimed(self, record: RequestRecord, node: str) -> bool:
         """When ``node`` is dead, claim ``record`` and end it with NODE_LOST; return
         whether this relay ended it (it did not when the node lives, or another
-        node won the claim: that one's DONE comes through the stream)."""
+        node holds the claim: that one's DONE comes through the stream, or, should
+        it die first, a later call here wins the claim from it)."""
         if await self._store.node_alive(node):
             return False
-        if not await self._store.claim_request(self._session_id, record.request_id, dead_node=node):
+        if not await self._store.claim_request(
+            self._session_id, record.request_id, dead_node=node, claimer=self._node_id
+        ):
             return False
         self._on_claim(record)
         self._end(record, DoneStatus.FAILED, "node lost", _node_lost(node))
@@ -160,16 +168,18 @@ async def settle_requests_elsewhere(
     restored: RestoredStream,
     *,
     previous_owner: str | None,
+    node_id: str,
     on_claim: Callable[[str, str], None],
     max_bytes: int,
     ttl_s: float,
 ) -> None:
     """Before a take-over relays ``restored.running``: drop the requests the client
-    does not name (:func:`end_unnamed_requests`) and add those the client
-    holds frames of that ``previous_owner`` (another node, or ``None``) never stored
-    (:func:`book_unstored_requests`). Cancellation: store calls, each a checkpoint."""
+    does not name (:func:`end_unnamed_requests`, claiming as ``node_id``) and add
+    those the client holds frames of that ``previous_owner`` (another node, or
+    ``None``) never stored (:func:`book_unstored_requests`). Cancellation: store
+    calls, each a checkpoint."""
     for request_id in await end_unnamed_requests(
-        store, message, restored.running, on_claim=on_claim
+        store, message, restored.running, claimer=node_id, on_claim=on_claim
     ):
         del restored.running[request_id]
     if previous_owner is not None:
@@ -183,12 +193,14 @@ async def end_unnamed_requests(
     message: ResumeMessage,
     running: dict[str, RunningElsewhere],
     *,
+    claimer: str,
     on_claim: Callable[[str, str], None],
 ) -> list[str]:
     """The requests of ``running`` (still running elsewhere, says the store) that the
     RESUME does not name: none is relayed or reported to this client, and each whose
-    node is dead is claimed (``on_claim(session id, request id)`` for the ones this
-    node wins, which then end it in the store). Returns their ids.
+    node is dead is claimed as ``claimer`` (``on_claim(session id, request id)`` for
+    the ones this node wins, which then end it in the store; one claimed by a node
+    that died since is won again). Returns their ids.
 
     Why: a client names in ``last_seq`` every request it still expects frames of, so
     a request it leaves out is one whose DONE it holds. The store can still say such
@@ -206,7 +218,9 @@ async def end_unnamed_requests(
         node = running[request_id].node_id
         if await store.node_alive(node):
             continue
-        if await store.claim_request(message.session_id, request_id, dead_node=node):
+        if await store.claim_request(
+            message.session_id, request_id, dead_node=node, claimer=claimer
+        ):
             on_claim(message.session_id, request_id)
     return unnamed
 

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import trio
+from loguru import logger
 
 from trio_agent.cluster.store import (
     ClusterStore,
@@ -39,16 +40,27 @@ def rewrite_session(
 ) -> Callable[[], Awaitable[None]]:
     """A job for the mirror: replace whatever the store holds of ``session`` by what
     this node holds (its record at ``epoch``, its running requests, its replay
-    buffer, its resume window); nothing when the session was handed on meanwhile."""
+    buffer, its resume window); nothing when the session was handed on meanwhile,
+    as this node knows (``moved_to``) or as the store says: another node took it
+    over while the "moved" message could not reach this one (the store unreachable
+    from here, the subscription broken). The record is written only if the store
+    holds no newer owner, atomically (``OPEN_SESSION``), so the new owner's frames
+    and token are never replaced by this node's older ones; the session then moves
+    away when this node next looks at the store's owner (``ClusterNode``), as on a
+    lost "moved"."""
     session_id = session.session_id
 
     async def rewrite() -> None:
         digest = book.digest(session_id)
         if digest is None or session.replay is None or session.moved_to is not None:
             return
-        await store.open_session(
+        if not await store.open_session(
             session_id, owner=node_id, token_digest=digest, ttl_s=ttl_s, epoch=epoch
-        )
+        ):
+            logger.info(
+                "not written anew: another node took the session over", session_id=session_id
+            )
+            return
         batch: list[Write] = [
             RequestStarted(session_id, record.request_id, record.runs_on or node_id)
             for record in session.registry.running()

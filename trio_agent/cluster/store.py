@@ -196,10 +196,12 @@ class ClusterStore(Protocol):
 
     async def open_session(
         self, session_id: str, *, owner: str, token_digest: str, ttl_s: float, epoch: int = 1
-    ) -> None:
+    ) -> bool:
         """Create the session's record (owner, epoch, token digest, created, last seen),
         replacing whatever the store held of that id (a node that writes a session
-        anew after the store lost it keeps its epoch)."""
+        anew after the store lost it keeps its epoch); atomically, not when the store
+        holds the session for another node (at a higher epoch, or at ``epoch`` owned by
+        another: it took the session over meanwhile): ``False`` then, nothing changed."""
         ...
 
     async def take_over(
@@ -269,10 +271,15 @@ class ClusterStore(Protocol):
         client waits for RESUMED."""
         ...
 
-    async def claim_request(self, session_id: str, request_id: str, *, dead_node: str) -> bool:
+    async def claim_request(
+        self, session_id: str, request_id: str, *, dead_node: str, claimer: str
+    ) -> bool:
         """Atomically take over ending ``request_id``, which ran on ``dead_node``: ``True``
         for exactly one caller, and only while the store still says it runs on
-        ``dead_node``; the winner then stores its DONE (NODE_LOST)."""
+        ``dead_node``; the winner, ``claimer`` (the calling node), then stores its DONE
+        (NODE_LOST). The claim names its claimer: should that one die before its DONE
+        is stored, the claim is won again by the next caller once the claimer's lease
+        is gone (a live claimer keeps it)."""
         ...
 
     async def record_cut(
