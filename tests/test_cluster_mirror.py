@@ -27,8 +27,9 @@ class SlowStore:
         await self.open.wait()
         self.written.extend(batch)
 
-    async def close_session(self, session_id: str) -> None:
+    async def close_session(self, session_id: str, *, owner: str) -> bool:
         self.closed.append(session_id)
+        return True
 
 
 def frame(session: str, seq: int) -> FrameWrite:
@@ -38,7 +39,9 @@ def frame(session: str, seq: int) -> FrameWrite:
 async def test_a_full_queue_loses_the_session_instead_of_blocking() -> None:
     store = SlowStore()
     troubles: list[str | None] = []
-    mirror = Mirror(store, max_queued=3, max_bytes=100_000, ttl_s=60, on_trouble=troubles.append)  # type: ignore[arg-type]
+    mirror = Mirror(
+        store, node_id="node", max_queued=3, max_bytes=100_000, ttl_s=60, on_trouble=troubles.append
+    )  # type: ignore[arg-type]
     async with trio.open_nursery() as nursery:
         nursery.start_soon(mirror.run)
         await trio.testing.wait_all_tasks_blocked()
@@ -62,7 +65,14 @@ async def test_writes_wait_in_order_while_the_store_is_down(autojump_clock: trio
     store.open.set()
     store.down = True
     troubles: list[str | None] = []
-    mirror = Mirror(store, max_queued=100, max_bytes=100_000, ttl_s=60, on_trouble=troubles.append)  # type: ignore[arg-type]
+    mirror = Mirror(
+        store,
+        node_id="node",
+        max_queued=100,
+        max_bytes=100_000,
+        ttl_s=60,
+        on_trouble=troubles.append,
+    )  # type: ignore[arg-type]
     async with trio.open_nursery() as nursery:
         nursery.start_soon(mirror.run)
         for seq in range(3):
@@ -92,7 +102,9 @@ async def test_writes_wait_for_the_coalescing_tick_an_urgent_job_does_not(
     async def answer() -> None:
         answered.append(len(store.written))
 
-    mirror = Mirror(store, max_queued=100, max_bytes=100_000, ttl_s=60, on_trouble=print)  # type: ignore[arg-type]
+    mirror = Mirror(
+        store, node_id="node", max_queued=100, max_bytes=100_000, ttl_s=60, on_trouble=print
+    )  # type: ignore[arg-type]
     start = trio.current_time()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(mirror.run)
@@ -127,7 +139,9 @@ async def test_an_urgent_job_with_nothing_unstored_runs_at_once(
     async def answer() -> None:
         ran.set()
 
-    mirror = Mirror(store, max_queued=100, max_bytes=100_000, ttl_s=60, on_trouble=print)  # type: ignore[arg-type]
+    mirror = Mirror(
+        store, node_id="node", max_queued=100, max_bytes=100_000, ttl_s=60, on_trouble=print
+    )  # type: ignore[arg-type]
     start = trio.current_time()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(mirror.run)
@@ -169,7 +183,9 @@ async def test_a_stream_of_writes_wakes_the_mirror_about_once_per_tick(
         await write(batch, max_bytes=max_bytes, ttl_s=ttl_s)
 
     store.write = counted_write  # type: ignore[method-assign]
-    mirror = Mirror(store, max_queued=10_000, max_bytes=100_000, ttl_s=60, on_trouble=print)  # type: ignore[arg-type]
+    mirror = Mirror(
+        store, node_id="node", max_queued=10_000, max_bytes=100_000, ttl_s=60, on_trouble=print
+    )  # type: ignore[arg-type]
     steps = TaskSteps("mirror")
     millis = 200
     async with trio.open_nursery() as nursery:

@@ -280,6 +280,30 @@ async def test_a_late_detach_by_the_previous_owner_leaves_the_new_owners_session
     assert int((await raw.hgetall(record))["deadline_ms"]) > 0
 
 
+async def test_a_late_close_by_the_previous_owner_leaves_the_new_owners_session_alone(
+    store: RedisStore, raw: Any
+) -> None:
+    # node-a never heard that node-b took the session over (the store was out of its
+    # reach), its window ran out, and its close waited in its mirror until the store
+    # answered again: node-b's keys must stay.
+    await open_one(store)
+    taken = await store.take_over(
+        "s1", token_digest="d1", new_token_digest="d2", node_id="node-b", max_denied=5
+    )
+    assert taken.verdict is TakeOverVerdict.OK
+    await store.write([stream("s1", "r1", 0)], max_bytes=1_000_000, ttl_s=60)
+    assert not await store.close_session("s1", owner="node-a")
+    assert (await raw.hgetall(store.keys("s1")[0]))["owner"] == "node-b"
+    assert [f.seq for f in await store.read_frames("s1")] == [0]
+    assert await store.close_session("s1", owner="node-b")
+    assert await raw.exists(store.keys("s1")) == 0
+    # Keys that no record names an owner of (a record already gone) go for anybody.
+    await store.write([stream("s2", "r1", 0)], max_bytes=1_000_000, ttl_s=60)
+    assert await raw.exists(store.keys("s2")) > 0
+    assert await store.close_session("s2", owner="node-a")
+    assert await raw.exists(store.keys("s2")) == 0
+
+
 async def test_a_rewrite_by_the_previous_owner_leaves_the_new_owners_session_alone(
     store: RedisStore, raw: Any
 ) -> None:
@@ -367,7 +391,7 @@ async def test_close_session_deletes_every_key(store: RedisStore, raw: Any) -> N
     await store.record_cut("s1", "r1", "m1", ttl_s=60)
     assert await store.claim_request("s1", "r1", dead_node="node-a", claimer="node-b")
     assert await raw.exists(store.keys("s1")) == 6
-    await store.close_session("s1")
+    await store.close_session("s1", owner="node-a")
     assert await raw.exists(store.keys("s1")) == 0
     taken = await store.take_over(
         "s1", token_digest="d1", new_token_digest="d2", node_id="node-b", max_denied=5
@@ -379,7 +403,7 @@ async def test_a_late_refresh_after_close_does_not_bring_the_session_back(
     store: RedisStore, raw: Any
 ) -> None:
     await open_one(store)
-    await store.close_session("s1")
+    await store.close_session("s1", owner="node-a")
     await store.write([SessionSeen("s1")], max_bytes=1_000_000, ttl_s=60)
     assert await raw.exists(store.keys("s1")) == 0
     await store.write([stream("s1", "r1", 0)], max_bytes=1_000_000, ttl_s=60)
@@ -766,7 +790,7 @@ async def test_a_dead_redis_fails_every_call_fast_and_a_restarted_one_works_agai
                 ),
                 "set_token": lambda: store.set_token("s1", "d3"),
                 "detach": lambda: store.detach("s1", window_s=30, owner="node-a"),
-                "close_session": lambda: store.close_session("s1"),
+                "close_session": lambda: store.close_session("s1", owner="node-a"),
                 "save_agent_state": lambda: store.save_agent_state("s1", "{}"),
                 "write": lambda: store.write(
                     [stream("s1", "r1", 0)], max_bytes=1_000_000, ttl_s=60

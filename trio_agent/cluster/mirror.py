@@ -75,6 +75,8 @@ class Mirror:
     """A bounded queue to the store, and the task that empties it.
 
     :param store: where the writes go.
+    :param node_id: this node: a lost session's keys are deleted only while it owns
+        the session.
     :param max_queued: the most writes and jobs waiting; past it, sessions are lost
         to the cluster rather than slowing their replies.
     :param max_bytes: each session stream's bound in bytes (the oldest frames go first).
@@ -86,12 +88,14 @@ class Mirror:
         self,
         store: ClusterStore,
         *,
+        node_id: str,
         max_queued: int,
         max_bytes: int,
         ttl_s: float,
         on_trouble: Callable[[str | None], None],
     ) -> None:
         self._store = store
+        self._node_id = node_id
         self._max_queued = max_queued
         self.max_bytes = max_bytes
         self._ttl_s = ttl_s
@@ -204,7 +208,7 @@ class Mirror:
     async def _send_some(self) -> None:
         """One round trip: the lost sessions' deletions, a job, or a batch of writes."""
         while self._lost_to_delete:
-            await self._store.close_session(self._lost_to_delete[0])
+            await self._store.close_session(self._lost_to_delete[0], owner=self._node_id)
             self._lost_to_delete.pop(0)
         if not self._queue:
             return

@@ -96,6 +96,7 @@ class ClusterNode:
         self.problem_changed = trio.Event()
         self.mirror = Mirror(
             store,
+            node_id=self.node_id,
             max_queued=MAX_QUEUED,
             max_bytes=config.resume_buffer_kib * 1024,
             ttl_s=self._ttl_s,
@@ -347,7 +348,7 @@ class ClusterNode:
         self._epochs.pop(session_id, None)
 
         async def close() -> None:
-            await self._store.close_session(session_id)
+            await self._store.close_session(session_id, owner=self.node_id)
 
         # Queued even for a lost session: its keys must go.
         self.mirror.lost.discard(session_id)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 __all__ = [
     "CLAIM_REQUEST",
+    "CLOSE_SESSION",
     "DETACH",
     "OPEN_SESSION",
     "TAKE_OVER",
@@ -94,6 +95,20 @@ for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], window + tonumber(ARGV[2])) e
 return 1
 """
 )
+
+#: KEYS: the session's keys, record first. ARGV: the closing node.
+#: Returns 1 when the keys were deleted, 0 when another node owns the session.
+#:
+#: Only the owner (or anybody, once no record names an owner) closes a session: a
+#: node that never heard that its session moved, and whose window for it ran out
+#: while the store was out of reach, must not delete the new owner's keys when the
+#: store answers again (its close waits in its mirror queue until then).
+CLOSE_SESSION = """
+local owner = redis.call('HGET', KEYS[1], 'owner')
+if owner and owner ~= '' and owner ~= ARGV[1] then return 0 end
+redis.call('DEL', unpack(KEYS))
+return 1
+"""
 
 #: KEYS: requests, claims. ARGV: request id, dead node, fallback TTL ms, claimer (the
 #: calling node), the lease keys' prefix.

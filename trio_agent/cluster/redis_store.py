@@ -211,6 +211,7 @@ class RedisStore:
         self._touched: dict[str, float] = {}
         self._take_over = commands.register_script(redis_scripts.TAKE_OVER)
         self._detach = commands.register_script(redis_scripts.DETACH)
+        self._close = commands.register_script(redis_scripts.CLOSE_SESSION)
         self._claim = commands.register_script(redis_scripts.CLAIM_REQUEST)
         self._open = commands.register_script(redis_scripts.OPEN_SESSION)
         self._update = commands.register_script(redis_scripts.UPDATE_RECORD)
@@ -374,10 +375,13 @@ class RedisStore:
             )
         return bool(done)
 
-    async def close_session(self, session_id: str) -> None:
-        """``DEL`` every key of the session."""
+    async def close_session(self, session_id: str, *, owner: str) -> bool:
+        """``DEL`` every key of the session, only while ``owner`` owns it (the
+        ``CLOSE_SESSION`` Lua script)."""
+        keys = _SessionKeys(self._prefix, session_id)
         async with self._call("close_session"):
-            await self._redis.delete(_SessionKeys(self._prefix, session_id).all)
+            done: int = await self._close(keys=keys.all, args=[owner])
+        return bool(done)
 
     # -- frames and requests -----------------------------------------------------
 

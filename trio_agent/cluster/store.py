@@ -234,8 +234,13 @@ class ClusterStore(Protocol):
         """
         ...
 
-    async def close_session(self, session_id: str) -> None:
-        """The session has ended: delete its record, stream and request book."""
+    async def close_session(self, session_id: str, *, owner: str) -> bool:
+        """The session has ended: delete its record, stream and request book.
+
+        Only while ``owner`` still owns it (or no record names an owner): a close
+        that lands after another node took the session over changes nothing and
+        returns False.
+        """
         ...
 
     async def save_agent_state(self, session_id: str, state: str) -> None:
