@@ -238,6 +238,30 @@ async def test_redis_restarted_under_load_replies_go_on_and_resume_elsewhere_wor
     assert a.node.counts["store_errors_total"] >= 1
 
 
+async def test_a_node_declares_a_restarted_store_back_only_once_it_holds_its_lease_again(
+    nursery: trio.Nursery,
+) -> None:
+    """A store restarted empty has lost the node's lease. If the node called it back
+    when its mirror's first write went through, the sessions it writes anew would
+    belong, for up to a third of a lease, to a node with no lease: a resume elsewhere
+    then takes it for dead and ends its running requests with NODE_LOST. With a lease
+    of 30 s the lease task would not look at the store for 10 s, so the mirror's write
+    always comes first: the node must take its lease at once, before it says "back"."""
+    with redis_server() as redis:
+        nodes = Nodes(nursery, redis.url)
+        a = await nodes.start("a", lorem_agents(), node_lease_s=30.0)
+        async with connect(a.server, "socket") as c1:
+            await c1.request("r1", agent="lorem", words=100_000, words_per_s=200)
+            await read_until(c1, lambda f: f["msg_type"] == "STREAM" and f["seq"] == 2)
+            await trio.to_thread.run_sync(redis.kill)
+            await wait_for_problem(a.node, True)
+            await trio.to_thread.run_sync(redis.restart)
+            await wait_for_problem(a.node, False)
+            assert await a.store.node_alive("a")
+            await c1.interrupt("r1")
+            await read_until(c1, is_done("r1"))
+
+
 async def test_a_resume_on_the_same_node_is_local(nodes: Nodes) -> None:
     a = await nodes.start("a", lorem_agents())
     await nodes.start("b", lorem_agents())

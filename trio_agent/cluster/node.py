@@ -32,7 +32,7 @@ from trio_websocket import WebSocketConnection
 from trio_agent.agents import restore_session_states
 from trio_agent.cluster.mirror import Mirror
 from trio_agent.cluster.relay import Relay, settle_requests_elsewhere
-from trio_agent.cluster.resync import rewrite_session
+from trio_agent.cluster.resync import rewrite_held_sessions
 from trio_agent.cluster.spent_token import take_over_waiting_for_spender
 from trio_agent.cluster.store import (
     ClusterStore,
@@ -104,8 +104,10 @@ class ClusterNode:
             max_queued=MAX_QUEUED,
             max_bytes=config.resume_buffer_kib * 1024,
             ttl_s=self._ttl_s,
-            on_trouble=self._trouble,
+            on_trouble=self._mirror_trouble,
         )
+        #: The lease task's wait for its next refresh; cancelled to refresh at once.
+        self._lease_nap = trio.CancelScope()
         self._control_out: list[Callable[[], Awaitable[None]]] = []
         self._control_waiting = trio.Event()
         #: Each held session's epoch (1 when opened here).
@@ -138,7 +140,15 @@ class ClusterNode:
             logger.warning("store unreachable: resume across nodes is unavailable", error=problem)
         elif problem is None and self._problem is not None:
             logger.info("store reachable again: writing the held sessions anew")
-            self._resync_all()
+            rewrite_held_sessions(
+                self.mirror,
+                self._held(),
+                self._store,
+                book=self._server.resume_book,
+                node_id=self.node_id,
+                epochs=self._epochs,
+                ttl_s=self._ttl_s,
+            )
         if problem is not None:
             self.counts["store_errors_total"] += 1
             problem = f"store unreachable ({problem[:200]})"
@@ -146,6 +156,16 @@ class ClusterNode:
             self.problem_changed.set()
             self.problem_changed = trio.Event()
         self._problem = problem
+
+    def _mirror_trouble(self, problem: str | None) -> None:
+        """The mirror's word on the store. A write that went through ends no problem:
+        the store may have restarted empty, without this node's lease, and sessions
+        written anew under no lease are a dead node's (requests claimed NODE_LOST).
+        The lease task takes the lease at once; only then is the store back."""
+        if problem is None and self._problem is not None:
+            self._lease_nap.cancel()
+        else:
+            self._trouble(problem)
 
     def stats(self) -> dict[str, float]:
         """What ``/metrics`` shows as ``trio_agent_cluster_*``."""
@@ -200,7 +220,8 @@ class ClusterNode:
         published while this node was not subscribed is lost; the record is not)."""
         seen_at = trio.current_time()
         while True:
-            await trio.sleep(self._lease_s / 3)
+            with trio.CancelScope() as self._lease_nap:
+                await trio.sleep(self._lease_s / 3)
             await self._hold_lease_once()
             if self._problem is not None:
                 continue
@@ -307,27 +328,6 @@ class ClusterNode:
 
     def _held(self) -> list[Session]:
         return list(self._server.sessions.values())
-
-    def _resync_all(self) -> None:
-        """The store is back: it may have lost what it held (a restart), and writes
-        failed meanwhile. Write each session held here anew, from its replay buffer,
-        so it can be resumed on any node again (and a session lost to the cluster
-        comes back). Queued behind the writes already waiting, which it replaces."""
-        for session in self._held():
-            if session.moved_to is None and not session.ended and session.replay is not None:
-                self.mirror.lost.discard(session.session_id)
-                self.mirror.add(
-                    rewrite_session(
-                        self._store,
-                        session,
-                        book=self._server.resume_book,
-                        node_id=self.node_id,
-                        epoch=self._epochs.get(session.session_id, 1),
-                        max_bytes=self.mirror.max_bytes,
-                        ttl_s=self._ttl_s,
-                    ),
-                    session.session_id,
-                )
 
     # ------------------------------------------------------------------ ClusterLink
 
