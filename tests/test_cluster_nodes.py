@@ -29,6 +29,7 @@ from tests.test_resume_sockets import (
 )
 from trio_agent import agents as builtin
 from trio_agent.cluster import mirror as mirror_module
+from trio_agent.cluster import opening
 from trio_agent.testing.processes import redis_executable, redis_server
 from trio_agent.testing.wire import connect
 
@@ -260,6 +261,49 @@ async def test_a_node_declares_a_restarted_store_back_only_once_it_holds_its_lea
             assert await a.store.node_alive("a")
             await c1.interrupt("r1")
             await read_until(c1, is_done("r1"))
+
+
+async def test_the_session_frame_waits_until_the_store_knows_the_session(
+    nodes: Nodes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The mirror writes a new session's record asynchronously, and a client whose
+    connection drops right after its SESSION frame may RESUME on another node at once:
+    had the frame gone out first, that node would answer RESUME_UNKNOWN for a session
+    that exists (a loaded node's mirror lags). With A's write of the record held back,
+    no SESSION frame comes; once the record is stored it does, and B resumes it."""
+    monkeypatch.setattr(opening, "OPEN_WAIT_MAX_S", 60.0)
+    a = await nodes.start("a", lorem_agents())
+    b = await nodes.start("b", lorem_agents())
+    order: list[str] = []
+    release = trio.Event()
+    store_open_session = a.store.open_session
+
+    async def held_back(*args: Any, **kwargs: Any) -> None:
+        await release.wait()
+        await store_open_session(*args, **kwargs)
+        order.append("record stored")
+
+    monkeypatch.setattr(a.store, "open_session", held_back)
+    got_session = trio.Event()
+    clients: list[Any] = []
+
+    async def open_client() -> None:
+        async with connect(a.server, "socket") as c1:
+            order.append("SESSION frame")
+            got_session.set()
+            clients.append(c1)
+            await drop(c1, "reset")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(open_client)
+        # An event that must not happen: the frame waits for the record.
+        with trio.move_on_after(0.5):
+            await got_session.wait()
+        release.set()
+    assert order == ["record stored", "SESSION frame"]
+    async with connect(b.server, "socket") as c2:
+        await c2.send_raw(resume_frame(clients[0]))
+        assert (await read(c2))["msg_type"] == "RESUMED"
 
 
 async def test_a_resume_on_the_same_node_is_local(nodes: Nodes) -> None:

@@ -31,6 +31,8 @@ from trio_websocket import WebSocketConnection
 
 from trio_agent.agents import restore_session_states
 from trio_agent.cluster.mirror import Mirror
+from trio_agent.cluster.opening import Openings
+from trio_agent.cluster.refusal import refuse_in_cluster
 from trio_agent.cluster.relay import Relay, settle_requests_elsewhere
 from trio_agent.cluster.resync import rewrite_held_sessions
 from trio_agent.cluster.spent_token import take_over_waiting_for_spender
@@ -46,7 +48,7 @@ from trio_agent.cluster.store import (
     TakeOverVerdict,
 )
 from trio_agent.cluster.stream_replay import STORED_SORT, restore_stream
-from trio_agent.protocol.messages import ErrorCode, ResumeMessage
+from trio_agent.protocol.messages import ResumeMessage
 from trio_agent.server.connection import HandOver
 from trio_agent.server.replay import FrameSort
 from trio_agent.server.resume_book import (
@@ -55,7 +57,6 @@ from trio_agent.server.resume_book import (
     new_token,
     token_digest,
 )
-from trio_agent.server.resumption import refuse_resume
 
 if TYPE_CHECKING:
     from trio_agent.server.agent_server import AgentServer
@@ -112,6 +113,8 @@ class ClusterNode:
         self._control_waiting = trio.Event()
         #: Each held session's epoch (1 when opened here).
         self._epochs: dict[str, int] = {}
+        #: Sessions opened here whose record is not stored yet (``opening.py``).
+        self._openings = Openings()
         #: Takeovers waiting for the previous owner's "flushed", by (session, epoch).
         self._flushes: dict[tuple[str, int], trio.Event] = {}
         self.counts = dict.fromkeys(
@@ -151,6 +154,7 @@ class ClusterNode:
             )
         if problem is not None:
             self.counts["store_errors_total"] += 1
+            self._openings.settle_all()
             problem = f"store unreachable ({problem[:200]})"
         if (problem is None) != (self._problem is None):
             self.problem_changed.set()
@@ -339,8 +343,14 @@ class ClusterNode:
             await self._store.open_session(
                 session_id, owner=self.node_id, token_digest=digest, ttl_s=self._ttl_s
             )
+            self._openings.settle(session_id)
 
-        self.mirror.add(open_session, session_id)
+        if self.mirror.add(open_session, session_id) and self._problem is None:
+            self._openings.opened(session_id)  # (none waits on a store known unreachable)
+
+    async def session_stored(self, session_id: str) -> None:
+        """Return once the store holds this session's record (bounded: ``opening.py``)."""
+        await self._openings.wait_stored(session_id)
 
     def session_detached(self, session_id: str, window_s: float) -> None:
         async def detach() -> None:
@@ -350,6 +360,7 @@ class ClusterNode:
 
     def session_closed(self, session_id: str) -> None:
         self._epochs.pop(session_id, None)
+        self._openings.settle(session_id)
 
         async def close() -> None:
             await self._store.close_session(session_id)
@@ -577,24 +588,12 @@ class ClusterNode:
         self.counts["resumes_local_total"] += 1
         return HandOver(local, message, token)
 
-    async def _refuse(
-        self, ws: WebSocketConnection, message: ResumeMessage, verdict: Redeemed
-    ) -> None:
-        if verdict is Redeemed.DENIED:
-            code, text = ErrorCode.RESUME_DENIED, "wrong or already used resume token"
-        else:
-            code, text = (
-                ErrorCode.RESUME_UNKNOWN,
-                "no session to resume in this cluster (unknown, or its window has passed)"
-                + (f"; {self._problem}" if self._problem else "")
-                + ("; this node is draining, resume on another" if self._server.draining else "")
-                + ": start over",
-            )
-        await refuse_resume(
+    async def _refuse(self, ws: WebSocketConnection, msg: ResumeMessage, why: Redeemed) -> None:
+        await refuse_in_cluster(
             ws,
-            session_id=message.session_id,
-            msg_id=f"{self.node_id[:16]}-r{secrets.token_hex(3)}",
-            ref=message.msg_id,
-            code=code,
-            text=text,
+            msg,
+            why,
+            node_id=self.node_id,
+            problem=self._problem,
+            draining=self._server.draining,
         )
