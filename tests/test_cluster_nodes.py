@@ -188,16 +188,30 @@ async def test_two_resumes_racing_on_two_nodes_exactly_one_wins(nodes: Nodes) ->
     async with connect(a.server, "socket") as c1:
         await drop(c1, "reset")
     results: dict[str, str] = {}
+    # Both connections are open before either RESUME goes, and both stay open until
+    # both are answered: the winner's session must live while the loser's RESUME is
+    # decided (a session that ended meanwhile is unknown, not a race lost).
+    connected = trio.Semaphore(0)
+    answered = trio.Event()
 
     async def resume_on(name: str, server: Any) -> None:
         async with connect(server, "socket") as c:
+            connected.release()
+            await ready.wait()
             await c.send_raw(resume_frame(c1))
             frame = await read(c)
             results[name] = frame["msg_type"] + ":" + frame.get("payload", {}).get("code", "")
+            if len(results) == 2:
+                answered.set()
+            await answered.wait()
 
+    ready = trio.Event()
     async with trio.open_nursery() as race:
         race.start_soon(resume_on, "a", a.server)
         race.start_soon(resume_on, "b", b.server)
+        for _ in range(2):
+            await connected.acquire()
+        ready.set()
     assert sorted(results.values()) == ["ERROR:RESUME_DENIED", "RESUMED:"]
 
 
