@@ -29,6 +29,7 @@ from tests.test_resume_sockets import (
 )
 from trio_agent import agents as builtin
 from trio_agent.cluster import mirror as mirror_module
+from trio_agent.cluster import opening
 from trio_agent.testing.processes import redis_executable, redis_server
 from trio_agent.testing.wire import connect
 
@@ -187,16 +188,30 @@ async def test_two_resumes_racing_on_two_nodes_exactly_one_wins(nodes: Nodes) ->
     async with connect(a.server, "socket") as c1:
         await drop(c1, "reset")
     results: dict[str, str] = {}
+    # Both connections are open before either RESUME goes, and both stay open until
+    # both are answered: the winner's session must live while the loser's RESUME is
+    # decided (a session that ended meanwhile is unknown, not a race lost).
+    connected = trio.Semaphore(0)
+    answered = trio.Event()
 
     async def resume_on(name: str, server: Any) -> None:
         async with connect(server, "socket") as c:
+            connected.release()
+            await ready.wait()
             await c.send_raw(resume_frame(c1))
             frame = await read(c)
             results[name] = frame["msg_type"] + ":" + frame.get("payload", {}).get("code", "")
+            if len(results) == 2:
+                answered.set()
+            await answered.wait()
 
+    ready = trio.Event()
     async with trio.open_nursery() as race:
         race.start_soon(resume_on, "a", a.server)
         race.start_soon(resume_on, "b", b.server)
+        for _ in range(2):
+            await connected.acquire()
+        ready.set()
     assert sorted(results.values()) == ["ERROR:RESUME_DENIED", "RESUMED:"]
 
 
@@ -236,6 +251,73 @@ async def test_redis_restarted_under_load_replies_go_on_and_resume_elsewhere_wor
     assert seqs(first, "r1") + seqs(frames, "r1") == list(range(words))
     assert frames[-1]["payload"]["frames"] == words
     assert a.node.counts["store_errors_total"] >= 1
+
+
+async def test_a_node_declares_a_restarted_store_back_only_once_it_holds_its_lease_again(
+    nursery: trio.Nursery,
+) -> None:
+    """A store restarted empty has lost the node's lease. If the node called it back
+    when its mirror's first write went through, the sessions it writes anew would
+    belong, for up to a third of a lease, to a node with no lease: a resume elsewhere
+    then takes it for dead and ends its running requests with NODE_LOST. With a lease
+    of 30 s the lease task would not look at the store for 10 s, so the mirror's write
+    always comes first: the node must take its lease at once, before it says "back"."""
+    with redis_server() as redis:
+        nodes = Nodes(nursery, redis.url)
+        a = await nodes.start("a", lorem_agents(), node_lease_s=30.0)
+        async with connect(a.server, "socket") as c1:
+            await c1.request("r1", agent="lorem", words=100_000, words_per_s=200)
+            await read_until(c1, lambda f: f["msg_type"] == "STREAM" and f["seq"] == 2)
+            await trio.to_thread.run_sync(redis.kill)
+            await wait_for_problem(a.node, True)
+            await trio.to_thread.run_sync(redis.restart)
+            await wait_for_problem(a.node, False)
+            assert await a.store.node_alive("a")
+            await c1.interrupt("r1")
+            await read_until(c1, is_done("r1"))
+
+
+async def test_the_session_frame_waits_until_the_store_knows_the_session(
+    nodes: Nodes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The mirror writes a new session's record asynchronously, and a client whose
+    connection drops right after its SESSION frame may RESUME on another node at once:
+    had the frame gone out first, that node would answer RESUME_UNKNOWN for a session
+    that exists (a loaded node's mirror lags). With A's write of the record held back,
+    no SESSION frame comes; once the record is stored it does, and B resumes it."""
+    monkeypatch.setattr(opening, "OPEN_WAIT_MAX_S", 60.0)
+    a = await nodes.start("a", lorem_agents())
+    b = await nodes.start("b", lorem_agents())
+    order: list[str] = []
+    release = trio.Event()
+    store_open_session = a.store.open_session
+
+    async def held_back(*args: Any, **kwargs: Any) -> None:
+        await release.wait()
+        await store_open_session(*args, **kwargs)
+        order.append("record stored")
+
+    monkeypatch.setattr(a.store, "open_session", held_back)
+    got_session = trio.Event()
+    clients: list[Any] = []
+
+    async def open_client() -> None:
+        async with connect(a.server, "socket") as c1:
+            order.append("SESSION frame")
+            got_session.set()
+            clients.append(c1)
+            await drop(c1, "reset")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(open_client)
+        # An event that must not happen: the frame waits for the record.
+        with trio.move_on_after(0.5):
+            await got_session.wait()
+        release.set()
+    assert order == ["record stored", "SESSION frame"]
+    async with connect(b.server, "socket") as c2:
+        await c2.send_raw(resume_frame(clients[0]))
+        assert (await read(c2))["msg_type"] == "RESUMED"
 
 
 async def test_a_resume_on_the_same_node_is_local(nodes: Nodes) -> None:

@@ -86,7 +86,15 @@ async def _flood(port: int, first: bytes, each: bytes, count: int) -> int | None
 async def test_a_frame_flood_is_closed_with_1008_while_a_canary_keeps_streaming(
     start_server, log_records, first, each
 ):
-    server = await start_server({"lorem": builtin.lorem})
+    # The budget counts frames as the server reads them, and the server reads a
+    # connection no faster than it handles what came (a pong written per ping):
+    # on a loaded machine that may be under the default 1000 frames/s, and the
+    # flood, throttled by TCP to the server's own pace, is never over it. A
+    # budget far under what even a loaded server reads makes the flood certain:
+    # one read of 4 KiB holds 682 pings, over the burst at once.
+    server = await start_server(
+        {"lorem": builtin.lorem}, ws_frame_rate_per_s=100.0, ws_frame_burst=200
+    )
     async with connect(server, "socket") as canary:
         await canary.request("c1", agent="lorem", words=40, words_per_s=100)
         await canary.recv_until(lambda f: f["msg_type"] == "STREAM")

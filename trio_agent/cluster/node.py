@@ -31,8 +31,10 @@ from trio_websocket import WebSocketConnection
 
 from trio_agent.agents import restore_session_states
 from trio_agent.cluster.mirror import Mirror
+from trio_agent.cluster.opening import Openings
+from trio_agent.cluster.refusal import refuse_in_cluster
 from trio_agent.cluster.relay import Relay, settle_requests_elsewhere
-from trio_agent.cluster.resync import rewrite_session
+from trio_agent.cluster.resync import rewrite_held_sessions
 from trio_agent.cluster.spent_token import take_over_waiting_for_spender
 from trio_agent.cluster.store import (
     ClusterStore,
@@ -46,11 +48,10 @@ from trio_agent.cluster.store import (
     TakeOverVerdict,
 )
 from trio_agent.cluster.stream_replay import STORED_SORT, restore_stream
-from trio_agent.protocol.messages import ErrorCode, ResumeMessage
+from trio_agent.protocol.messages import ResumeMessage
 from trio_agent.server.connection import HandOver
 from trio_agent.server.replay import FrameSort
 from trio_agent.server.resume_book import MAX_DENIED_PER_SESSION, Redeemed, new_token, token_digest
-from trio_agent.server.resumption import refuse_resume
 
 if TYPE_CHECKING:
     from trio_agent.server.agent_server import AgentServer
@@ -100,12 +101,16 @@ class ClusterNode:
             max_queued=MAX_QUEUED,
             max_bytes=config.resume_buffer_kib * 1024,
             ttl_s=self._ttl_s,
-            on_trouble=self._trouble,
+            on_trouble=self._mirror_trouble,
         )
+        #: The lease task's wait for its next refresh; cancelled to refresh at once.
+        self._lease_nap = trio.CancelScope()
         self._control_out: list[Callable[[], Awaitable[None]]] = []
         self._control_waiting = trio.Event()
         #: Each held session's epoch (1 when opened here).
         self._epochs: dict[str, int] = {}
+        #: Sessions opened here whose record is not stored yet (``opening.py``).
+        self._openings = Openings()
         #: Takeovers waiting for the previous owner's "flushed", by (session, epoch).
         self._flushes: dict[tuple[str, int], trio.Event] = {}
         self.counts = dict.fromkeys(
@@ -134,14 +139,33 @@ class ClusterNode:
             logger.warning("store unreachable: resume across nodes is unavailable", error=problem)
         elif problem is None and self._problem is not None:
             logger.info("store reachable again: writing the held sessions anew")
-            self._resync_all()
+            rewrite_held_sessions(
+                self.mirror,
+                self._held(),
+                self._store,
+                book=self._server.resume_book,
+                node_id=self.node_id,
+                epochs=self._epochs,
+                ttl_s=self._ttl_s,
+            )
         if problem is not None:
             self.counts["store_errors_total"] += 1
+            self._openings.settle_all()
             problem = f"store unreachable ({problem[:200]})"
         if (problem is None) != (self._problem is None):
             self.problem_changed.set()
             self.problem_changed = trio.Event()
         self._problem = problem
+
+    def _mirror_trouble(self, problem: str | None) -> None:
+        """The mirror's word on the store. A write that went through ends no problem:
+        the store may have restarted empty, without this node's lease, and sessions
+        written anew under no lease are a dead node's (requests claimed NODE_LOST).
+        The lease task takes the lease at once; only then is the store back."""
+        if problem is None and self._problem is not None:
+            self._lease_nap.cancel()
+        else:
+            self._trouble(problem)
 
     def stats(self) -> dict[str, float]:
         """What ``/metrics`` shows as ``trio_agent_cluster_*``."""
@@ -196,7 +220,8 @@ class ClusterNode:
         published while this node was not subscribed is lost; the record is not)."""
         seen_at = trio.current_time()
         while True:
-            await trio.sleep(self._lease_s / 3)
+            with trio.CancelScope() as self._lease_nap:
+                await trio.sleep(self._lease_s / 3)
             await self._hold_lease_once()
             if self._problem is not None:
                 continue
@@ -304,27 +329,6 @@ class ClusterNode:
     def _held(self) -> list[Session]:
         return list(self._server.sessions.values())
 
-    def _resync_all(self) -> None:
-        """The store is back: it may have lost what it held (a restart), and writes
-        failed meanwhile. Write each session held here anew, from its replay buffer,
-        so it can be resumed on any node again (and a session lost to the cluster
-        comes back). Queued behind the writes already waiting, which it replaces."""
-        for session in self._held():
-            if session.moved_to is None and not session.ended and session.replay is not None:
-                self.mirror.lost.discard(session.session_id)
-                self.mirror.add(
-                    rewrite_session(
-                        self._store,
-                        session,
-                        book=self._server.resume_book,
-                        node_id=self.node_id,
-                        epoch=self._epochs.get(session.session_id, 1),
-                        max_bytes=self.mirror.max_bytes,
-                        ttl_s=self._ttl_s,
-                    ),
-                    session.session_id,
-                )
-
     # ------------------------------------------------------------------ ClusterLink
 
     def session_opened(self, session_id: str, token: str) -> None:
@@ -335,8 +339,14 @@ class ClusterNode:
             await self._store.open_session(
                 session_id, owner=self.node_id, token_digest=digest, ttl_s=self._ttl_s
             )
+            self._openings.settle(session_id)
 
-        self.mirror.add(open_session, session_id)
+        if self.mirror.add(open_session, session_id) and self._problem is None:
+            self._openings.opened(session_id)  # (none waits on a store known unreachable)
+
+    async def session_stored(self, session_id: str) -> None:
+        """Return once the store holds this session's record (bounded: ``opening.py``)."""
+        await self._openings.wait_stored(session_id)
 
     def session_detached(self, session_id: str, window_s: float) -> None:
         async def detach() -> None:
@@ -346,6 +356,7 @@ class ClusterNode:
 
     def session_closed(self, session_id: str) -> None:
         self._epochs.pop(session_id, None)
+        self._openings.settle(session_id)
 
         async def close() -> None:
             await self._store.close_session(session_id, owner=self.node_id)
@@ -575,24 +586,12 @@ class ClusterNode:
         self.counts["resumes_local_total"] += 1
         return HandOver(local, message, token)
 
-    async def _refuse(
-        self, ws: WebSocketConnection, message: ResumeMessage, verdict: Redeemed
-    ) -> None:
-        if verdict is Redeemed.DENIED:
-            code, text = ErrorCode.RESUME_DENIED, "wrong or already used resume token"
-        else:
-            code, text = (
-                ErrorCode.RESUME_UNKNOWN,
-                "no session to resume in this cluster (unknown, or its window has passed)"
-                + (f"; {self._problem}" if self._problem else "")
-                + ("; this node is draining, resume on another" if self._server.draining else "")
-                + ": start over",
-            )
-        await refuse_resume(
+    async def _refuse(self, ws: WebSocketConnection, msg: ResumeMessage, why: Redeemed) -> None:
+        await refuse_in_cluster(
             ws,
-            session_id=message.session_id,
-            msg_id=f"{self.node_id[:16]}-r{secrets.token_hex(3)}",
-            ref=message.msg_id,
-            code=code,
-            text=text,
+            msg,
+            why,
+            node_id=self.node_id,
+            problem=self._problem,
+            draining=self._server.draining,
         )

@@ -23,9 +23,10 @@ from trio_agent.server.replay import FrameSort
 from trio_agent.server.resume_book import ResumeBook
 
 if TYPE_CHECKING:
+    from trio_agent.cluster.mirror import Mirror
     from trio_agent.server.session import Session
 
-__all__ = ["rewrite_session"]
+__all__ = ["rewrite_held_sessions", "rewrite_session"]
 
 
 def rewrite_session(
@@ -80,6 +81,38 @@ def rewrite_session(
             )
 
     return rewrite
+
+
+def rewrite_held_sessions(
+    mirror: Mirror,
+    sessions: list[Session],
+    store: ClusterStore,
+    *,
+    book: ResumeBook,
+    node_id: str,
+    epochs: dict[str, int],
+    ttl_s: float,
+) -> None:
+    """The store is back: it may have lost what it held (a restart), and writes
+    failed meanwhile. Queue on ``mirror`` a rewrite of each session held here, from
+    its replay buffer, so it can be resumed on any node again (and a session lost to
+    the cluster comes back). Queued behind the writes already waiting, which it
+    replaces. Synchronous: nothing is awaited here."""
+    for session in sessions:
+        if session.moved_to is None and not session.ended and session.replay is not None:
+            mirror.lost.discard(session.session_id)
+            mirror.add(
+                rewrite_session(
+                    store,
+                    session,
+                    book=book,
+                    node_id=node_id,
+                    epoch=epochs.get(session.session_id, 1),
+                    max_bytes=mirror.max_bytes,
+                    ttl_s=ttl_s,
+                ),
+                session.session_id,
+            )
 
 
 def _done_frames(data: str | bytes) -> int:

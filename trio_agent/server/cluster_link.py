@@ -2,9 +2,12 @@
 
 The server never imports :mod:`trio_agent.cluster`; a node of a cluster hands the
 server a :class:`ClusterLink` (``AgentServer.cluster``), and the session calls it.
-Every call but :meth:`ClusterLink.resume` is synchronous and never blocks: it
-queues work for the node's own tasks, so a slow or absent Redis can delay a
-resume on another node, never a reply (``docs/cluster.md``).
+Every call but :meth:`ClusterLink.resume` and :meth:`ClusterLink.session_stored`
+is synchronous and never blocks: it queues work for the node's own tasks, so a
+slow or absent Redis can delay a resume on another node, never a reply
+(``docs/cluster.md``). A new session's SESSION frame alone waits for the store
+(bounded, and not while it is unreachable): a client may resume elsewhere as soon
+as it has that frame.
 """
 
 from __future__ import annotations
@@ -34,6 +37,11 @@ class ClusterLink(Protocol):
 
     def session_opened(self, session_id: str, token: str) -> None:
         """A resumable session opened here, with its first resume token."""
+        ...
+
+    async def session_stored(self, session_id: str) -> None:
+        """Return once the store holds the record of a session opened here (bounded;
+        at once when the store is unreachable). A checkpoint."""
         ...
 
     def session_detached(self, session_id: str, window_s: float) -> None:

@@ -376,6 +376,10 @@ class Session(FrameHandling, SessionDrain, SessionHandoff):
         if self._connections_served == 0:
             self.events.session_opened(str(connection.ws.remote))
             if resuming is None:  # (one taken over from another node had its SESSION there)
+                if self.cluster is not None:
+                    # The client may RESUME on another node as soon as it has the
+                    # SESSION frame: the store must know the session by then.
+                    await self.cluster.session_stored(self.session_id)
                 self._push_control(self._session_frame())
         self._connections_served += 1
         writer = Writer(
