@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+import pytest
 import trio
 
 from trio_agent.agents import Agent
@@ -20,6 +21,17 @@ from trio_agent.cluster.node import ClusterNode
 from trio_agent.cluster.redis_store import RedisStore, open_redis_store
 from trio_agent.server.agent_server import AgentServer
 from trio_agent.server.config import ServerConfig
+from trio_agent.testing.processes import redis_executable
+
+#: The marks of a module whose tests run nodes on a real redis-server (its fixtures,
+#: ``redis_url`` and ``nodes``, are in ``tests/conftest.py``).
+NEEDS_REDIS = [
+    pytest.mark.redis,
+    pytest.mark.skipif(
+        redis_executable() is None,
+        reason="no redis-server or valkey-server on PATH (Debian: apt-get install redis-server)",
+    ),
+]
 
 
 @dataclass

@@ -5,7 +5,7 @@ import os
 import shutil
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
@@ -13,6 +13,10 @@ from loguru import logger
 
 from trio_agent import Agent, AgentServer, ServerConfig
 from trio_agent.testing.cluster import cluster_unavailable
+from trio_agent.testing.processes import redis_server
+
+if TYPE_CHECKING:
+    from tests.cluster_nodes import Nodes
 
 StartServer = Callable[..., Awaitable[AgentServer]]
 
@@ -125,3 +129,19 @@ def log_records() -> Iterator[list[dict[str, Any]]]:
     sink = logger.add(lambda message: records.append(message.record), level="TRACE")
     yield records
     logger.remove(sink)
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    """A redis-server of the test module's own, on a free loopback port."""
+    with redis_server() as server:
+        yield server.url
+
+
+@pytest.fixture
+async def nodes(nursery: trio.Nursery, redis_url: str) -> Nodes:
+    """Cluster nodes in this test's nursery, on the module's redis-server
+    (``tests/cluster_nodes.py``; imported here, as cluster mode is an extra)."""
+    from tests.cluster_nodes import Nodes
+
+    return Nodes(nursery, redis_url)

@@ -10,14 +10,13 @@ HAProxy: tests/test_cluster_processes.py.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import trio
 from http_client import fetch
 
-from tests.cluster_nodes import Nodes
+from tests.cluster_nodes import NEEDS_REDIS, Nodes
 from tests.test_resume_sockets import (
     close_code,
     drop,
@@ -30,27 +29,10 @@ from tests.test_resume_sockets import (
 from trio_agent import agents as builtin
 from trio_agent.cluster import mirror as mirror_module
 from trio_agent.cluster import opening
-from trio_agent.testing.processes import redis_executable, redis_server
+from trio_agent.testing.processes import redis_server
 from trio_agent.testing.wire import connect
 
-pytestmark = [
-    pytest.mark.redis,
-    pytest.mark.skipif(
-        redis_executable() is None,
-        reason="no redis-server or valkey-server on PATH (Debian: apt-get install redis-server)",
-    ),
-]
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    with redis_server() as server:
-        yield server.url
-
-
-@pytest.fixture
-async def nodes(nursery: trio.Nursery, redis_url: str) -> Nodes:
-    return Nodes(nursery, redis_url)
+pytestmark = NEEDS_REDIS
 
 
 def lorem_agents() -> dict[str, Any]:

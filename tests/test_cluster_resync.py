@@ -4,39 +4,19 @@ never overwrites a session another node took over meanwhile, on a real redis-ser
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import trio
 
-from tests.cluster_nodes import Nodes
+from tests.cluster_nodes import NEEDS_REDIS, Nodes
 from tests.test_cluster_nodes import wait_for_problem
 from tests.test_resume_sockets import is_done, read_until
 from trio_agent import agents as builtin
 from trio_agent.cluster.store import FrameWrite, RequestStarted, StoredSort, StoreUnavailable
 from trio_agent.server.resume_book import MAX_DENIED_PER_SESSION, token_digest
-from trio_agent.testing.processes import redis_executable, redis_server
 from trio_agent.testing.wire import connect
 
-pytestmark = [
-    pytest.mark.redis,
-    pytest.mark.skipif(
-        redis_executable() is None,
-        reason="no redis-server or valkey-server on PATH (Debian: apt-get install redis-server)",
-    ),
-]
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    with redis_server() as server:
-        yield server.url
-
-
-@pytest.fixture
-async def nodes(nursery: trio.Nursery, redis_url: str) -> Nodes:
-    return Nodes(nursery, redis_url)
+pytestmark = NEEDS_REDIS
 
 
 async def unreachable(*args: Any, **kwargs: Any) -> None:
