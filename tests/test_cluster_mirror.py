@@ -3,7 +3,7 @@ frames cannot all be queued is lost to the cluster (deleted from the store), not
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import trio
 import trio.testing
@@ -32,6 +32,20 @@ class SlowStore:
         return True
 
 
+def mirror_on(
+    store: SlowStore, *, max_queued: int, on_trouble: Callable[[str | None], None]
+) -> Mirror:
+    """A mirror of node "node" on ``store``, each stream bounded at 100,000 bytes."""
+    return Mirror(
+        store,  # type: ignore[arg-type]
+        node_id="node",
+        max_queued=max_queued,
+        max_bytes=100_000,
+        ttl_s=60,
+        on_trouble=on_trouble,
+    )
+
+
 def frame(session: str, seq: int) -> FrameWrite:
     return FrameWrite(session, "r1", StoredSort.STREAM, seq, f"{seq}", "node")
 
@@ -39,9 +53,7 @@ def frame(session: str, seq: int) -> FrameWrite:
 async def test_a_full_queue_loses_the_session_instead_of_blocking() -> None:
     store = SlowStore()
     troubles: list[str | None] = []
-    mirror = Mirror(
-        store, node_id="node", max_queued=3, max_bytes=100_000, ttl_s=60, on_trouble=troubles.append
-    )  # type: ignore[arg-type]
+    mirror = mirror_on(store, max_queued=3, on_trouble=troubles.append)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(mirror.run)
         await trio.testing.wait_all_tasks_blocked()
@@ -65,14 +77,7 @@ async def test_writes_wait_in_order_while_the_store_is_down(autojump_clock: trio
     store.open.set()
     store.down = True
     troubles: list[str | None] = []
-    mirror = Mirror(
-        store,
-        node_id="node",
-        max_queued=100,
-        max_bytes=100_000,
-        ttl_s=60,
-        on_trouble=troubles.append,
-    )  # type: ignore[arg-type]
+    mirror = mirror_on(store, max_queued=100, on_trouble=troubles.append)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(mirror.run)
         for seq in range(3):
@@ -102,9 +107,7 @@ async def test_writes_wait_for_the_coalescing_tick_an_urgent_job_does_not(
     async def answer() -> None:
         answered.append(len(store.written))
 
-    mirror = Mirror(
-        store, node_id="node", max_queued=100, max_bytes=100_000, ttl_s=60, on_trouble=print
-    )  # type: ignore[arg-type]
+    mirror = mirror_on(store, max_queued=100, on_trouble=print)
     start = trio.current_time()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(mirror.run)
@@ -139,9 +142,7 @@ async def test_an_urgent_job_with_nothing_unstored_runs_at_once(
     async def answer() -> None:
         ran.set()
 
-    mirror = Mirror(
-        store, node_id="node", max_queued=100, max_bytes=100_000, ttl_s=60, on_trouble=print
-    )  # type: ignore[arg-type]
+    mirror = mirror_on(store, max_queued=100, on_trouble=print)
     start = trio.current_time()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(mirror.run)
@@ -183,9 +184,7 @@ async def test_a_stream_of_writes_wakes_the_mirror_about_once_per_tick(
         await write(batch, max_bytes=max_bytes, ttl_s=ttl_s)
 
     store.write = counted_write  # type: ignore[method-assign]
-    mirror = Mirror(
-        store, node_id="node", max_queued=10_000, max_bytes=100_000, ttl_s=60, on_trouble=print
-    )  # type: ignore[arg-type]
+    mirror = mirror_on(store, max_queued=10_000, on_trouble=print)
     steps = TaskSteps("mirror")
     millis = 200
     async with trio.open_nursery() as nursery:

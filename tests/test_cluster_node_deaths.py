@@ -11,16 +11,20 @@ import pytest
 import trio
 
 from tests.cluster_nodes import NEEDS_REDIS, Nodes
-from tests.test_resume_sockets import drop, is_done, read, read_until, resume_frame, seqs
-from trio_agent import agents as builtin
+from tests.test_resume_sockets import (
+    drop,
+    is_done,
+    is_stream,
+    lorem_agents,
+    read,
+    read_until,
+    resume_frame,
+    seqs,
+)
 from trio_agent.server.resume_book import MAX_DENIED_PER_SESSION, token_digest
 from trio_agent.testing.wire import connect
 
 pytestmark = NEEDS_REDIS
-
-
-def lorem_agents() -> dict[str, Any]:
-    return {"lorem": builtin.lorem}
 
 
 async def never_written(*args: Any, **kwargs: Any) -> None:
@@ -35,7 +39,7 @@ async def test_a_done_the_dead_node_sent_but_did_not_store_is_not_sent_again(
     b = await nodes.start("b", lorem_agents())
     async with connect(a.server, "socket") as c1:
         await c1.request("r1", agent="lorem", words=100, words_per_s=200)
-        await read_until(c1, lambda f: f["msg_type"] == "STREAM" and f["seq"] == 2)
+        await read_until(c1, is_stream(2))
         await a.node.flush(2.0)  # the request's start and first frames are stored...
         monkeypatch.setattr(a.store, "write", never_written)  # ...the rest never is
         assert await a.store.running_requests(c1.session_id) == {"r1": "a"}
@@ -68,7 +72,7 @@ async def test_a_token_spent_by_a_node_killed_before_its_resumed_resumes_elsewhe
     words = 60
     async with connect(a.server, "socket") as c1:
         await c1.request("r1", agent="lorem", words=words, words_per_s=200)
-        first = await read_until(c1, lambda f: f["msg_type"] == "STREAM" and f["seq"] == 4)
+        first = await read_until(c1, is_stream(4))
         await drop(c1, "reset")
     token = c1.session["payload"]["resume"]["token"]
     # The client's RESUME reached B, which spent the token in the store, and B was
@@ -121,7 +125,7 @@ async def test_a_request_the_dead_node_never_stored_ends_node_lost_with_the_clie
         await a.node.flush(2.0)  # the session is in the store...
         monkeypatch.setattr(a.store, "write", never_written)  # ...nothing of r1 will be
         await c1.request("r1", agent="lorem", words=100_000, words_per_s=200)
-        first = await read_until(c1, lambda f: f["msg_type"] == "STREAM" and f["seq"] == 6)
+        first = await read_until(c1, is_stream(6))
         assert await a.store.running_requests(c1.session_id) == {}
         a.stop()
     async with connect(b.server, "socket") as c2:
@@ -143,7 +147,7 @@ async def test_a_request_the_resume_leaves_out_is_not_relayed_from_a_live_node(
     b = await nodes.start("b", lorem_agents())
     async with connect(a.server, "socket") as c1:
         await c1.request("r1", agent="lorem", words=100_000, words_per_s=200)
-        await read_until(c1, lambda f: f["msg_type"] == "STREAM" and f["seq"] == 2)
+        await read_until(c1, is_stream(2))
         await drop(c1, "reset")
     async with connect(b.server, "socket") as c2:
         # A client that leaves r1 out holds its DONE (A may have written it and not
@@ -166,13 +170,13 @@ async def test_a_claimer_killed_before_it_stored_its_done_is_claimed_from_by_the
     c = await nodes.start("c", lorem_agents())
     async with connect(a.server, "socket") as c1:
         await c1.request("r1", agent="lorem", words=100_000, words_per_s=200)
-        first = await read_until(c1, lambda f: f["msg_type"] == "STREAM" and f["seq"] == 2)
+        first = await read_until(c1, is_stream(2))
         await drop(c1, "reset")
     async with connect(b.server, "socket") as c2:
         await c2.send_raw(resume_frame(c1, last_seq={"r1": 2}))
         resumed = await read(c2)
         assert resumed["payload"]["requests"] == {"r1": "running"}
-        relayed = await read_until(c2, lambda f: f["msg_type"] == "STREAM" and f["seq"] == 5)
+        relayed = await read_until(c2, is_stream(5))
         await b.node.flush(2.0)
         monkeypatch.setattr(b.store, "write", never_written)  # B's DONE is never stored
         a.stop()  # B claims r1 from dead A and ends it...
@@ -222,11 +226,11 @@ async def test_a_relay_that_lost_the_claim_to_a_live_node_wins_it_once_that_one_
     monkeypatch.setattr(c.store, "claim_request", recorded_claim)
     async with connect(a.server, "socket") as c1:
         await c1.request("r1", agent="lorem", words=100_000, words_per_s=200)
-        first = await read_until(c1, lambda f: f["msg_type"] == "STREAM" and f["seq"] == 2)
+        first = await read_until(c1, is_stream(2))
         await drop(c1, "reset")
     async with connect(c.server, "socket") as c2:
         await c2.send_raw(resume_frame(c1, last_seq={"r1": 2}))
-        relayed = await read_until(c2, lambda f: f["msg_type"] == "STREAM" and f["seq"] == 5)
+        relayed = await read_until(c2, is_stream(5))
         # B, alive, claimed r1 from A (as a resume on B would, once A is dead) and has
         # not stored its DONE yet: C's relay loses the claim while B lives...
         assert await b.store.claim_request(c1.session_id, "r1", dead_node="a", claimer="b")

@@ -21,12 +21,13 @@ from tests.test_resume_sockets import (
     close_code,
     drop,
     is_done,
+    is_stream,
+    lorem_agents,
     read,
     read_until,
     resume_frame,
     seqs,
 )
-from trio_agent import agents as builtin
 from trio_agent.cluster import mirror as mirror_module
 from trio_agent.cluster import opening
 from trio_agent.testing.processes import redis_server
@@ -35,17 +36,13 @@ from trio_agent.testing.wire import connect
 pytestmark = NEEDS_REDIS
 
 
-def lorem_agents() -> dict[str, Any]:
-    return {"lorem": builtin.lorem}
-
-
 async def test_a_session_resumed_on_another_node_gets_every_frame_once(nodes: Nodes) -> None:
     a = await nodes.start("a", lorem_agents())
     b = await nodes.start("b", lorem_agents())
     words = 80
     async with connect(a.server, "socket") as c1:
         await c1.request("r1", agent="lorem", words=words, words_per_s=200)
-        first = await read_until(c1, lambda f: f["msg_type"] == "STREAM" and f["seq"] == 9)
+        first = await read_until(c1, is_stream(9))
         await drop(c1, "reset")
     async with connect(b.server, "socket") as c2:
         await c2.send_raw(resume_frame(c1, last_seq={"r1": 9}))
@@ -120,7 +117,7 @@ async def test_an_interrupt_read_on_b_cuts_a_request_running_on_a(nodes: Nodes) 
     b = await nodes.start("b", lorem_agents())
     async with connect(a.server, "socket") as c1:
         await c1.request("r1", agent="lorem", words=100_000, words_per_s=200)
-        await read_until(c1, lambda f: f["msg_type"] == "STREAM" and f["seq"] == 2)
+        await read_until(c1, is_stream(2))
         await drop(c1, "reset")
     async with connect(b.server, "socket") as c2:
         await c2.send_raw(resume_frame(c1, last_seq={"r1": 2}))
@@ -148,7 +145,7 @@ async def test_a_request_whose_node_died_ends_with_node_lost(nodes: Nodes) -> No
     b = await nodes.start("b", lorem_agents())
     async with connect(a.server, "socket") as c1:
         await c1.request("r1", agent="lorem", words=100_000, words_per_s=200)
-        first = await read_until(c1, lambda f: f["msg_type"] == "STREAM" and f["seq"] == 5)
+        first = await read_until(c1, is_stream(5))
         # The client has seq 5; node A dies: what A stored is all the cluster has.
         await a.node.flush(2.0)
         a.stop()
@@ -213,10 +210,10 @@ async def test_redis_restarted_under_load_replies_go_on_and_resume_elsewhere_wor
         words = 400
         async with connect(a.server, "socket") as c1:
             await c1.request("r1", agent="lorem", words=words, words_per_s=400)
-            first = await read_until(c1, lambda f: f["msg_type"] == "STREAM" and f["seq"] == 5)
+            first = await read_until(c1, is_stream(5))
             await trio.to_thread.run_sync(redis.kill)
             # The reply goes on while the store is gone; the node says it is degraded.
-            first += await read_until(c1, lambda f: f["msg_type"] == "STREAM" and f["seq"] == 60)
+            first += await read_until(c1, is_stream(60))
             await wait_for_problem(a.node, True)
             ready = await fetch(a.server, "/readyz")
             assert ready.status == 200
@@ -249,7 +246,7 @@ async def test_a_node_declares_a_restarted_store_back_only_once_it_holds_its_lea
         a = await nodes.start("a", lorem_agents(), node_lease_s=30.0)
         async with connect(a.server, "socket") as c1:
             await c1.request("r1", agent="lorem", words=100_000, words_per_s=200)
-            await read_until(c1, lambda f: f["msg_type"] == "STREAM" and f["seq"] == 2)
+            await read_until(c1, is_stream(2))
             await trio.to_thread.run_sync(redis.kill)
             await wait_for_problem(a.node, True)
             await trio.to_thread.run_sync(redis.restart)
@@ -307,7 +304,7 @@ async def test_a_resume_on_the_same_node_is_local(nodes: Nodes) -> None:
     await nodes.start("b", lorem_agents())
     async with connect(a.server, "socket") as c1:
         await c1.request("r1", agent="lorem", words=30, words_per_s=300)
-        first = await read_until(c1, lambda f: f["msg_type"] == "STREAM" and f["seq"] == 3)
+        first = await read_until(c1, is_stream(3))
         await drop(c1, "reset")
     async with connect(a.server, "socket") as c2:
         await c2.send_raw(resume_frame(c1, last_seq={"r1": 3}))

@@ -32,6 +32,7 @@ from trio_agent.cluster.store import (
     SessionSeen,
     StoredSort,
     StoreUnavailable,
+    TakeOver,
     TakeOverVerdict,
 )
 from trio_agent.testing.processes import RedisServer, redis_executable, redis_server
@@ -88,6 +89,13 @@ async def open_one(store: RedisStore, session: str = "s1", token: str = "d1") ->
     await store.open_session(session, owner="node-a", token_digest=token, ttl_s=60)
 
 
+async def take_over_by_b(store: RedisStore, session: str = "s1") -> TakeOver:
+    """node-b resumes ``session`` with the token :func:`open_one` gave it."""
+    return await store.take_over(
+        session, token_digest="d1", new_token_digest="d2", node_id="node-b", max_denied=5
+    )
+
+
 # -- liveness ----------------------------------------------------------------------
 
 
@@ -123,9 +131,7 @@ async def test_take_over_with_the_current_token(store: RedisStore, raw: Any) -> 
     record = store.keys("s1")[0]
     assert (await raw.hgetall(record))["epoch"] == "1"
     await store.save_agent_state("s1", '{"history": []}')
-    taken = await store.take_over(
-        "s1", token_digest="d1", new_token_digest="d2", node_id="node-b", max_denied=5
-    )
+    taken = await take_over_by_b(store)
     assert taken.verdict is TakeOverVerdict.OK
     assert (taken.epoch, taken.previous_owner, taken.agent_state) == (
         2,
@@ -152,9 +158,7 @@ async def test_a_token_spent_by_a_node_that_died_is_accepted_once_more(
 ) -> None:
     await open_one(store)
     await store.hold_lease("node-b", 30.0)
-    taken = await store.take_over(
-        "s1", token_digest="d1", new_token_digest="d2", node_id="node-b", max_denied=5
-    )
+    taken = await take_over_by_b(store)
     assert taken.verdict is TakeOverVerdict.OK
     # node-b is killed before its RESUMED (with d2) reaches the client, which holds d1.
     live = await store.take_over(
@@ -215,9 +219,7 @@ async def test_set_token_replaces_the_digest(store: RedisStore) -> None:
 async def test_an_unknown_session_is_unknown_and_updates_create_nothing(
     store: RedisStore, raw: Any
 ) -> None:
-    taken = await store.take_over(
-        "nope", token_digest="d1", new_token_digest="d2", node_id="node-b", max_denied=5
-    )
+    taken = await take_over_by_b(store, "nope")
     assert taken.verdict is TakeOverVerdict.UNKNOWN
     await store.set_token("nope", "d3")
     await store.save_agent_state("nope", "{}")
@@ -229,9 +231,7 @@ async def test_a_session_past_its_deadline_is_unknown(store: RedisStore, raw: An
     await open_one(store)
     past = await redis_now_ms(raw) - 1
     await raw.hset(store.keys("s1")[0], {"deadline_ms": str(past)})
-    taken = await store.take_over(
-        "s1", token_digest="d1", new_token_digest="d2", node_id="node-b", max_denied=5
-    )
+    taken = await take_over_by_b(store)
     assert taken.verdict is TakeOverVerdict.UNKNOWN
 
 
@@ -249,9 +249,7 @@ async def test_detach_sets_the_deadline_and_the_ttls_and_a_take_over_restores_th
     assert 29_000 < deadline - await redis_now_ms(raw) <= 31_000  # TIME in whole seconds
     for key in store.keys("s1")[:4]:
         assert 30_000 < await raw.pttl(key) <= 35_000, key
-    taken = await store.take_over(
-        "s1", token_digest="d1", new_token_digest="d2", node_id="node-b", max_denied=5
-    )
+    taken = await take_over_by_b(store)
     assert taken.verdict is TakeOverVerdict.OK
     assert (await raw.hgetall(record))["deadline_ms"] == ""
     for key in store.keys("s1")[:4]:
@@ -264,9 +262,7 @@ async def test_a_late_detach_by_the_previous_owner_leaves_the_new_owners_session
     # node-a's client dropped, node-b took the session over, and node-a's DETACH (queued
     # in its mirror) lands only now: it must not give node-b's attached session a deadline.
     await open_one(store)
-    taken = await store.take_over(
-        "s1", token_digest="d1", new_token_digest="d2", node_id="node-b", max_denied=5
-    )
+    taken = await take_over_by_b(store)
     assert taken.verdict is TakeOverVerdict.OK
     record = store.keys("s1")[0]
     before = await raw.pttl(record)
@@ -287,9 +283,7 @@ async def test_a_late_close_by_the_previous_owner_leaves_the_new_owners_session_
     # reach), its window ran out, and its close waited in its mirror until the store
     # answered again: node-b's keys must stay.
     await open_one(store)
-    taken = await store.take_over(
-        "s1", token_digest="d1", new_token_digest="d2", node_id="node-b", max_denied=5
-    )
+    taken = await take_over_by_b(store)
     assert taken.verdict is TakeOverVerdict.OK
     await store.write([stream("s1", "r1", 0)], max_bytes=1_000_000, ttl_s=60)
     assert not await store.close_session("s1", owner="node-a")
@@ -311,9 +305,7 @@ async def test_a_rewrite_by_the_previous_owner_leaves_the_new_owners_session_alo
     # message lost); the store answers node-a again, and node-a writes the sessions it
     # holds anew, this one at its epoch 1: node-b's record and frames must stay.
     await open_one(store)
-    taken = await store.take_over(
-        "s1", token_digest="d1", new_token_digest="d2", node_id="node-b", max_denied=5
-    )
+    taken = await take_over_by_b(store)
     assert taken.verdict is TakeOverVerdict.OK
     await store.write(
         [RequestStarted("s1", "r1", "node-b"), stream("s1", "r1", 0)],
@@ -393,9 +385,7 @@ async def test_close_session_deletes_every_key(store: RedisStore, raw: Any) -> N
     assert await raw.exists(store.keys("s1")) == 6
     await store.close_session("s1", owner="node-a")
     assert await raw.exists(store.keys("s1")) == 0
-    taken = await store.take_over(
-        "s1", token_digest="d1", new_token_digest="d2", node_id="node-b", max_denied=5
-    )
+    taken = await take_over_by_b(store)
     assert taken.verdict is TakeOverVerdict.UNKNOWN
 
 
@@ -409,9 +399,7 @@ async def test_a_late_refresh_after_close_does_not_bring_the_session_back(
     await store.write([stream("s1", "r1", 0)], max_bytes=1_000_000, ttl_s=60)
     for key in store.keys("s1"):
         assert await raw.pttl(key) != -1, key  # nothing without a TTL
-    taken = await store.take_over(
-        "s1", token_digest="d1", new_token_digest="d2", node_id="node-b", max_denied=5
-    )
+    taken = await take_over_by_b(store)
     assert taken.verdict is TakeOverVerdict.UNKNOWN
 
 
@@ -817,9 +805,7 @@ async def test_a_dead_redis_fails_every_call_fast_and_a_restarted_one_works_agai
             await open_one(store)
             await store.hold_lease("node-a", 3)
             assert await store.node_alive("node-a")
-            taken = await store.take_over(  # the script is loaded again (NOSCRIPT)
-                "s1", token_digest="d1", new_token_digest="d2", node_id="node-b", max_denied=5
-            )
+            taken = await take_over_by_b(store)  # the script is loaded again (NOSCRIPT)
             assert taken.verdict is TakeOverVerdict.OK
             await store.write([stream("s1", "r1", 0)], max_bytes=1_000_000, ttl_s=60)
             assert [f.seq for f in await store.wait_frames("s1", "0", timeout_s=5)] == [0]

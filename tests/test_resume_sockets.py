@@ -71,6 +71,11 @@ def is_done(rid: str):
     return lambda f: f["msg_type"] == "DONE" and f.get("request_id") == rid
 
 
+def is_stream(seq: int):
+    """A STREAM frame with this ``seq`` (of whichever request)."""
+    return lambda f: f["msg_type"] == "STREAM" and f["seq"] == seq
+
+
 def seqs(frames: list[Frame], rid: str, kind: str = "STREAM") -> list[int]:
     return [f["seq"] for f in frames if f["msg_type"] == kind and f.get("request_id") == rid]
 
@@ -94,7 +99,7 @@ async def test_a_reply_dropped_mid_stream_resumes_with_every_frame_once(start_se
     async with connect(server, "socket") as a:
         assert set(a.session["payload"]["resume"]) == {"token", "window_s"}
         await a.request("r1", agent="lorem", words=words, words_per_s=200)
-        first = await read_until(a, lambda f: f["msg_type"] == "STREAM" and f["seq"] == 4)
+        first = await read_until(a, is_stream(4))
         await drop(a, how)
     async with connect(server, "socket") as b:
         await b.send_raw(resume_frame(a, last_seq={"r1": 4}))
@@ -190,7 +195,7 @@ async def test_frames_evicted_from_the_buffer_end_the_request_with_resume_gap(st
         await a.request("r1", agent="lorem", words=200, words_per_s=0)
         # Twenty frames read: more than the 1 KiB buffer holds were written, so
         # frame 3 is gone from it however many more went out before the close.
-        await read_until(a, lambda f: f["msg_type"] == "STREAM" and f["seq"] == 20)
+        await read_until(a, is_stream(20))
         session = server.sessions[a.session_id]
         await trio.aclose_forcefully(a.stream)
     await trio.testing.wait_all_tasks_blocked()
@@ -239,7 +244,7 @@ async def test_an_interrupt_right_after_resume_is_acknowledged_after_the_replay(
     server = await start_server(lorem_agents())
     async with connect(server, "socket") as a:
         await a.request("r1", agent="lorem", words=10_000, words_per_s=100)
-        first = await read_until(a, lambda f: f["msg_type"] == "STREAM" and f["seq"] == 1)
+        first = await read_until(a, is_stream(1))
         await trio.aclose_forcefully(a.stream)
     async with connect(server, "socket") as b:
         await b.send_raw(resume_frame(a, last_seq={"r1": 0}))
