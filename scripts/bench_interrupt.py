@@ -11,6 +11,7 @@ or not). ``docs/performance.md`` explains every figure.
     scripts/bench_interrupt.py --quick            # a minute or two
     scripts/bench_interrupt.py --json out.json --plot out.png
     scripts/bench_interrupt.py --scenario barge-in --server trio-agent --server fifo
+    scripts/bench_interrupt.py --scenario scale --tree before=/tmp/before   # a commit before
 
 Also reachable as ``trio-agent bench``. Needs the ``bench`` extra
 (``pip install -e '.[bench]'``).
@@ -32,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from interrupt_bench.report import markdown_table, plot, table
 from interrupt_bench.runs import new_run, run_benchmark, serving
 from interrupt_bench.scenarios import FULL, QUICK, SCENARIOS, Budget, Scenario
-from interrupt_bench.servers import SERVERS, RunningServer
+from interrupt_bench.servers import SERVERS, RunningServer, tree_server
 from interrupt_bench.targets import evaluate, targets_markdown, targets_table
 
 
@@ -60,6 +61,13 @@ def build_parser(prog: str = "bench_interrupt.py") -> argparse.ArgumentParser:
         help="run only against this server (repeatable; default: each workload's own list)",
     )
     parser.add_argument(
+        "--tree",
+        action="append",
+        metavar="LABEL=PATH",
+        help="also run trio-agent from this source tree, next to the trio-agent row of "
+        "every workload that has one (repeatable): the commit before a change, say",
+    )
+    parser.add_argument(
         "--log-dir", type=Path, help="keep the servers' logs here (default: a temporary folder)"
     )
     counts = parser.add_argument_group("counts (override the --quick or full presets)")
@@ -82,6 +90,30 @@ def budget_from(args: argparse.Namespace) -> Budget:
         if getattr(args, f.name) is not None
     }
     return dataclasses.replace(preset, **overrides)
+
+
+def parse_trees(specs: list[str]) -> list[tuple[str, str]]:
+    """``LABEL=PATH`` pairs; a label names the tree's rows and must be new."""
+    pairs = []
+    for spec in specs:
+        label, sep, path = spec.partition("=")
+        if not sep or not label or not path:
+            raise SystemExit(f"--tree {spec!r}: expected LABEL=PATH")
+        if not (Path(path) / "trio_agent" / "__init__.py").is_file():
+            raise SystemExit(f"--tree {spec!r}: {path} has no trio_agent package")
+        pairs.append((label, path))
+    labels = [label for label, _ in pairs]
+    if len(set(labels)) != len(labels):
+        raise SystemExit("--tree: each tree needs a label of its own")
+    return pairs
+
+
+def with_trees(servers: list[str], trees: list[str]) -> list[str]:
+    """The tree rows right after the ``trio-agent`` row, where a workload has one."""
+    if "trio-agent" not in servers:
+        return servers
+    at = servers.index("trio-agent") + 1
+    return [*servers[:at], *trees, *servers[at:]]
 
 
 async def run_scenario(
@@ -108,6 +140,8 @@ async def run_scenario(
 
 async def run_all(args: argparse.Namespace, budget: Budget, log_dir: Path) -> dict[str, Any]:
     chosen = args.scenario or list(SCENARIOS)
+    trees = [tree_server(label, Path(path)) for label, path in parse_trees(args.tree or [])]
+    SERVERS.update((spec.key, spec) for spec in trees)
     run = new_run("bench_interrupt.py", dataclasses.asdict(budget))
     run["servers"] = {
         key: {"label": s.label, "description": s.description, "argv": list(s.argv)}
@@ -115,7 +149,10 @@ async def run_all(args: argparse.Namespace, budget: Budget, log_dir: Path) -> di
     }
     run["scenarios"] = {}
     plan = {
-        name: [k for k in SCENARIOS[name].servers if not args.server or k in args.server]
+        name: with_trees(
+            [k for k in SCENARIOS[name].servers if not args.server or k in args.server],
+            [spec.key for spec in trees],
+        )
         for name in chosen
     }
     # Every server is started once, all at the same time (start-up is mostly imports),

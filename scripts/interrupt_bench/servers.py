@@ -34,6 +34,8 @@ class ServerSpec:
     label: str
     description: str
     argv: tuple[str, ...]
+    #: Run from this source tree (its ``trio_agent``, not this checkout's).
+    tree: Path | None = None
 
     def command(self, port: int) -> list[str]:
         return [arg.replace("{port}", str(port)) for arg in self.argv]
@@ -58,6 +60,23 @@ def _trio_agent(*flags: str) -> tuple[str, ...]:
 def _fastapi(*flags: str) -> tuple[str, ...]:
     peer = str(SCRIPTS / "peers" / "fastapi_server.py")
     return (sys.executable, peer, "--port", "{port}", *flags)
+
+
+def tree_server(label: str, tree: Path) -> ServerSpec:
+    """trio-agent as ``tree`` has it (another commit, a change being measured), started
+    the way the ``trio-agent`` row is: its figures compare with that row's in one run.
+
+    ``-P`` and ``PYTHONPATH`` make the process import the tree's package whatever this
+    checkout has installed; the tree needs no environment of its own.
+    """
+    argv = _trio_agent()
+    return ServerSpec(
+        f"tree-{label}",
+        f"trio-agent @ {label}",
+        f"trio-agent from the source tree {tree}",
+        (argv[0], "-P", *argv[1:]),
+        tree=tree.resolve(),
+    )
 
 
 #: What uvicorn's ``--ws auto`` picks in uvicorn 0.55: the sans-I/O protocol of
@@ -159,12 +178,14 @@ class RunningServer:
         self.log_path = log_dir / f"{spec.key}-{self.port}.log"
         self._log = self.log_path.open("wb")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if spec.tree is not None:
+            env["PYTHONPATH"] = str(spec.tree)
         self.process = subprocess.Popen(
             spec.command(self.port),
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            cwd=REPO,
+            cwd=spec.tree or REPO,
             env=env,
         )
         self.ps = psutil.Process(self.process.pid)

@@ -1,0 +1,84 @@
+"""``bench_interrupt.py --tree LABEL=PATH``: another source tree's trio-agent, measured
+in the same run as this checkout's (the commit before a change, say).
+
+The tree here is a copy of the package with one line added at import, so the test
+can tell which code each server ran.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "scripts"))
+
+from bench_interrupt import parse_trees, with_trees  # noqa: E402
+
+from tests.script_runs import run_script  # noqa: E402
+
+MARK = "this is the copied tree"
+
+
+def test_a_tree_row_comes_right_after_trio_agent_and_only_where_it_runs():
+    assert with_trees(["trio-agent", "fifo", "asyncio"], ["tree-a", "tree-b"]) == [
+        "trio-agent",
+        "tree-a",
+        "tree-b",
+        "fifo",
+        "asyncio",
+    ]
+    assert with_trees(["asyncio", "fastapi"], ["tree-a"]) == ["asyncio", "fastapi"]
+
+
+@pytest.mark.parametrize("spec", ["no-equals", "=/tmp", "label=", "x=/nonexistent/tree"])
+def test_a_bad_tree_is_refused_before_anything_starts(spec):
+    with pytest.raises(SystemExit, match="--tree"):
+        parse_trees([spec])
+
+
+def test_two_trees_need_two_labels():
+    with pytest.raises(SystemExit, match="label of its own"):
+        parse_trees([f"a={REPO}", f"a={REPO}"])
+
+
+def test_a_tree_serves_its_own_code_next_to_this_checkout(tmp_path):
+    tree = tmp_path / "tree"
+    shutil.copytree(REPO / "trio_agent", tree / "trio_agent")
+    init = tree / "trio_agent" / "__init__.py"
+    init.write_text(init.read_text() + f"\nimport sys as _sys\nprint({MARK!r}, file=_sys.stderr)\n")
+    out, logs = tmp_path / "run.json", tmp_path / "logs"
+    done = run_script(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "bench_interrupt.py"),
+            "--quick",
+            "--scenario",
+            "idle",
+            "--server",
+            "trio-agent",
+            "--heartbeats",
+            "4",
+            "--tree",
+            f"copy={tree}",
+            "--json",
+            str(out),
+            "--log-dir",
+            str(logs),
+        ],
+        timeout=120,
+        text=True,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    results = json.loads(out.read_text())["scenarios"]["idle"]["results"]
+    assert list(results) == ["trio-agent", "tree-copy"]
+    assert results["tree-copy"]["rtt_ms"]["count"] == 4
+    assert results["tree-copy"]["errors"] == 0
+    (copied,) = logs.glob("tree-copy-*.log")
+    (checkout,) = logs.glob("trio-agent-*.log")
+    assert MARK in copied.read_text()
+    assert MARK not in checkout.read_text()
