@@ -16,7 +16,7 @@ from trio_agent.server.cork import CorkableStream
 from trio_agent.server.lanes import Outbound, OutboundLanes
 from trio_agent.server.message_ids import MessageIds
 from trio_agent.server.registry import RequestRegistry
-from trio_agent.server.request_stream import RequestStream
+from trio_agent.server.request_stream import RequestStream, schedule_points
 from trio_agent.server.session_end import SessionEnd
 from trio_agent.server.writer import Writer
 
@@ -135,7 +135,8 @@ def _request_stream(lanes: OutboundLanes, scope: trio.CancelScope) -> RequestStr
 
 async def test_a_replys_first_send_queues_without_a_schedule_point_and_later_ones_yield():
     """The first words reach the lane in the request task's first step (one scheduler
-    pass sooner); every later send is a full checkpoint (fairness, interrupt point)."""
+    pass sooner); a later send straight after a send is a full checkpoint (fairness,
+    interrupt point)."""
     lanes = OutboundLanes(stream_capacity=8, priority_capacity=8)
     stream = _request_stream(lanes, trio.CancelScope())
     others_ran: list[bool] = []
@@ -162,3 +163,62 @@ async def test_a_first_send_of_a_cut_request_still_raises_cancelled():
         raise AssertionError("the send should have raised Cancelled")
     assert scope.cancelled_caught
     assert lanes.stream_depth == 0
+
+
+async def test_a_send_after_its_task_yielded_is_not_a_schedule_point_again():
+    """An agent that awaited something between two sends (its upstream, a pacing timer)
+    has let the other tasks run: that send queues in the same step. A send straight
+    after it yields again, so a loop of sends still gives every task a turn per delta."""
+    lanes = OutboundLanes(stream_capacity=8, priority_capacity=8)
+    stream = _request_stream(lanes, trio.CancelScope())
+    task = trio.lowlevel.current_task()
+    await stream.send("first")
+    await trio.lowlevel.checkpoint()  # the agent waits for its next token
+    before = schedule_points(task)
+    await stream.send(" second")
+    assert schedule_points(task) == before  # queued in this step: no schedule point
+    assert lanes.stream_depth == 2
+    with trio.testing.assert_checkpoints():
+        await stream.send(" third")  # nothing awaited since the last send
+    assert lanes.stream_depth == 3
+
+
+async def test_a_send_by_another_task_than_the_last_sender_is_a_full_checkpoint():
+    """The count is per task: a send from a task that has not sent before on this
+    stream (a helper task of the agent) yields as the first send after a send does."""
+    lanes = OutboundLanes(stream_capacity=8, priority_capacity=8)
+    stream = _request_stream(lanes, trio.CancelScope())
+    await stream.send("first")
+
+    async def helper() -> None:
+        with trio.testing.assert_checkpoints():
+            await stream.send(" from a helper")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(helper)
+    assert lanes.stream_depth == 2
+
+
+async def test_a_send_after_a_yield_still_raises_a_pending_cancellation():
+    lanes = OutboundLanes(stream_capacity=8, priority_capacity=8)
+    with trio.CancelScope() as scope:
+        stream = _request_stream(lanes, scope)
+        await stream.send("first")
+        await trio.lowlevel.checkpoint()
+        scope.cancel()
+        await stream.send(" second")
+        raise AssertionError("the send should have raised Cancelled")
+    assert scope.cancelled_caught
+    assert lanes.stream_depth == 1
+
+
+async def test_trio_still_counts_each_tasks_schedule_points():
+    """What the check above reads (a private count of Trio's): without it every send
+    would be a full checkpoint again, correct but one scheduler pass slower per frame."""
+    task = trio.lowlevel.current_task()
+    before = schedule_points(task)
+    assert before >= 0
+    await trio.lowlevel.checkpoint_if_cancelled()  # a cancellation point only
+    assert schedule_points(task) == before
+    await trio.lowlevel.checkpoint()
+    assert schedule_points(task) == before + 1

@@ -73,8 +73,11 @@ class ResponseStream(Protocol):
 
         Waits while the connection's stream lane is full (backpressure). Always a
         cancellation point, so an interrupt of this request raises
-        :class:`trio.Cancelled` here; a full checkpoint (a schedule point too) from
-        the request's second send on (its first words go out a scheduler pass sooner). Raises :class:`trio.ClosedResourceError` if the request has already
+        :class:`trio.Cancelled` here. Also a schedule point when the calling task has
+        not passed one since its previous send, so a loop of sends lets the other
+        tasks run once per delta; a send after a real wait (the upstream's next
+        token, a pacing timer) and a request's first send queue without yielding
+        again. Raises :class:`trio.ClosedResourceError` if the request has already
         ended (a cancelled agent that keeps sending from a shielded block).
         """
         ...

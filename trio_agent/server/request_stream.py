@@ -25,6 +25,18 @@ from trio_agent.server.registry import RequestPhase, RequestRecord
 from trio_agent.speech.timeline import SpokenWord
 
 
+def schedule_points(task: trio.lowlevel.Task) -> int:
+    """How many times ``task`` has yielded to Trio's scheduler so far.
+
+    Trio counts them on every task (``Task._schedule_points``, the count behind
+    :func:`trio.testing.assert_checkpoints`); it is not public API, so a Trio
+    without it reads as "never yielded", and every send is a full checkpoint as
+    before (``tests/test_hot_path.py`` checks that Trio still counts).
+    """
+    points: int = getattr(task, "_schedule_points", -1)
+    return points
+
+
 class RequestStream:
     """The :class:`~trio_agent.agents.ResponseStream` a request's agent writes into.
 
@@ -35,7 +47,16 @@ class RequestStream:
     :param events: what the session tells (each queued STREAM frame, a late send).
     """
 
-    __slots__ = ("_encode", "_encode_audio", "_events", "_lanes", "_msg_ids", "_record")
+    __slots__ = (
+        "_encode",
+        "_encode_audio",
+        "_events",
+        "_lanes",
+        "_msg_ids",
+        "_record",
+        "_sent_at_point",
+        "_sent_by",
+    )
 
     def __init__(
         self,
@@ -56,6 +77,10 @@ class RequestStream:
             if record.speech is not None
             else None
         )
+        # Which task made the last send, and its count of schedule points then: a
+        # send made after that task has yielded need not yield again (``_send``).
+        self._sent_by: trio.lowlevel.Task | None = None
+        self._sent_at_point = -1
 
     @property
     def request_id(self) -> str:
@@ -138,11 +163,18 @@ class RequestStream:
         self, delta: str, start_ms: float | None = None, *, checkpoint: bool = True
     ) -> None:
         record = self._record
-        # A request's first frame is queued without a schedule point (the request
-        # task has just been scheduled to start): the reply's first words reach
-        # the writer one scheduler pass sooner. A cancellation is still delivered
-        # (_check_sendable), and every later send is a full checkpoint.
-        if (checkpoint and record.frames_queued) or not self._lanes.has_stream_room(record):
+        task = trio.lowlevel.current_task()
+        # A send is a schedule point only when its task has not passed one since its
+        # previous send: a loop of sends still lets every other task run once per
+        # delta, but an agent that awaited its upstream or a pacing timer in between
+        # has already given them that turn, and a second pass of the scheduler per
+        # frame would only cost time. So a reply's first frame, and every frame that
+        # follows a real wait, is queued in the step that made it. A cancellation is
+        # still delivered on every send (_check_sendable).
+        yielded = task is self._sent_by and schedule_points(task) != self._sent_at_point
+        if (checkpoint and record.frames_queued and not yielded) or not self._lanes.has_stream_room(
+            record
+        ):
             # Backpressure, and an interrupt point.
             await self._lanes.wait_for_stream_room(record)
         await self._check_sendable()
@@ -162,6 +194,8 @@ class RequestStream:
         self._lanes.push_stream(Outbound(FrameKind.STREAM, text, record, seq=seq))
         if record.deltas is not None:
             record.deltas.append(delta)
+        self._sent_by = task
+        self._sent_at_point = schedule_points(task)
 
     def add_done_fields(self, **fields: Any) -> None:
         self._record.done_fields.update(
