@@ -27,6 +27,7 @@ from trio_agent.server.request_stream import RequestStream
 from trio_agent.server.session_end import SessionEnd
 from trio_agent.server.transport import GuardedStream
 from trio_agent.server.writer import COMPANY_WINDOW_S, Writer
+from trio_agent.speech.timeline import SpeechTimeline
 from trio_agent.testing.wire import connect
 
 ACK = '{"msg_type":"INTERRUPT_ACK"}'
@@ -187,13 +188,22 @@ async def test_a_cancelled_producer_still_writes_the_whole_frame():
         nursery.cancel_scope.cancel()
 
 
-def stream_frame(stream: RequestStream, delta: str) -> Outbound:
-    """A STREAM frame of ``stream``'s request, as ``stream.send`` queues it."""
+def stream_frame(stream: RequestStream, delta: str, *, flowing: bool = False) -> Outbound:
+    """A STREAM frame of ``stream``'s request, as ``stream.send`` queues it
+    (``flowing``: sent straight after the previous send, with no wait between)."""
     record = stream.record
     seq = record.frames_queued
     record.frames_queued += 1
     text = json.dumps({"msg_type": "STREAM", "seq": seq, "payload": {"delta": delta}})
-    return Outbound(FrameKind.STREAM, text, record, seq=seq)
+    return Outbound(FrameKind.STREAM, text, record, seq=seq, flowing=flowing)
+
+
+def audio_frame(stream: RequestStream, samples: bytes) -> Outbound:
+    """An AUDIO chunk of ``stream``'s request (its bytes stand for the encoded chunk)."""
+    record = stream.record
+    if record.speech is None:
+        record.speech = SpeechTimeline(sample_rate=16_000)
+    return Outbound(FrameKind.AUDIO, samples, record, samples=len(samples) // 2)
 
 
 async def test_what_the_kernel_does_not_take_goes_first_then_priority_then_stream():
@@ -364,8 +374,10 @@ def texts_on_complete(wire: bytearray) -> list[str]:
 
 
 async def test_a_stream_in_full_flow_is_batched_and_a_paced_one_goes_directly(mock_clock):
-    """A STREAM frame pushed within COMPANY_WINDOW_S of the last write waits for the
-    writer (and its batch); one pushed later, or a request's first, goes at once."""
+    """A STREAM frame sent straight after the previous send (``flowing``) waits for the
+    writer and its batch; one sent after a wait goes at once, even right after a write,
+    as does a request's first. An AUDIO chunk waits within COMPANY_WINDOW_S of the last
+    write."""
     inner = PartialSocket()
     session = Session(inner)
     stream = session.stream()
@@ -373,16 +385,24 @@ async def test_a_stream_in_full_flow_is_batched_and_a_paced_one_goes_directly(mo
         nursery.start_soon(session.writer.run)
         await trio.testing.wait_all_tasks_blocked()
         session.lanes.push_stream(stream_frame(stream, "first"))  # a reply's first: at once
-        session.lanes.push_stream(stream_frame(stream, "hot"))  # within the window: queued
+        session.lanes.push_stream(stream_frame(stream, "hot", flowing=True))  # queued
         assert session.lanes.queued == 1
         await trio.testing.wait_all_tasks_blocked()
         assert [path for path, _ in inner.writes] == ["now", "all"]
-        mock_clock.jump(COMPANY_WINDOW_S)
-        session.lanes.push_stream(stream_frame(stream, "paced"))  # past it: at once
+        session.lanes.push_stream(stream_frame(stream, "paced"))  # after a wait: at once
         assert session.lanes.queued == 0
         assert [path for path, _ in inner.writes] == ["now", "all", "now"]
         # Control frames never wait for company.
         session.push_control(ACK)
+        assert [path for path, _ in inner.writes][-1] == "now"
+        # An AUDIO chunk right after a write waits for company; past the window it goes.
+        session.lanes.push_stream(audio_frame(stream, b"\x00\x01"))
+        assert session.lanes.queued == 1
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(inner.writes) == 5
+        mock_clock.jump(COMPANY_WINDOW_S)
+        session.lanes.push_stream(audio_frame(stream, b"\x02\x03"))
+        assert session.lanes.queued == 0
         assert [path for path, _ in inner.writes][-1] == "now"
         nursery.cancel_scope.cancel()
     assert [json.loads(text)["payload"]["delta"] for text in texts_on(inner.wire)[:3]] == [

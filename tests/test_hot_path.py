@@ -222,3 +222,24 @@ async def test_trio_still_counts_each_tasks_schedule_points():
     assert schedule_points(task) == before
     await trio.lowlevel.checkpoint()
     assert schedule_points(task) == before + 1
+
+
+async def test_a_send_straight_after_a_send_is_marked_flowing_for_the_writer_to_batch():
+    """The writer batches a reply in full flow and lets a frame sent after a wait go
+    straight to the socket (``Outbound.flowing``, read in ``Writer._write_directly``)."""
+    lanes = OutboundLanes(stream_capacity=8, priority_capacity=8)
+    pushed: list[Outbound] = []
+    push = lanes.push_stream
+
+    def spy(frame: Outbound) -> None:
+        pushed.append(frame)
+        push(frame)
+
+    lanes.push_stream = spy  # type: ignore[method-assign]
+    stream = _request_stream(lanes, trio.CancelScope())
+    await stream.send("first")
+    await stream.send(" second")  # straight after: in full flow
+    await trio.lowlevel.checkpoint()  # a wait (the upstream's next token)
+    await stream.send(" third")
+    await stream.send(" fourth")
+    assert [frame.flowing for frame in pushed] == [False, True, False, True]

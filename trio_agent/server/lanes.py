@@ -50,6 +50,10 @@ class Outbound:
     seq: int = -1
     #: For an INTERRUPT_ACK: its INTERRUPT's ``msg_id`` (a dropped ACK is reported on resume).
     ack_of: str | None = None
+    #: For a STREAM frame: sent straight after its request's previous send, with no
+    #: wait in between (a reply in full flow). The writer batches such a frame
+    #: rather than have its producer write it (``Writer._write_directly``).
+    flowing: bool = False
 
 
 #: What a queued DONE counts in bytes besides its reason: it is rendered only when

@@ -171,10 +171,11 @@ class RequestStream:
         # frame would only cost time. So a reply's first frame, and every frame that
         # follows a real wait, is queued in the step that made it. A cancellation is
         # still delivered on every send (_check_sendable).
-        yielded = task is self._sent_by and schedule_points(task) != self._sent_at_point
-        if (checkpoint and record.frames_queued and not yielded) or not self._lanes.has_stream_room(
-            record
-        ):
+        waited = task is self._sent_by and schedule_points(task) != self._sent_at_point
+        # Sent straight after the previous send: a reply in full flow, which the
+        # writer batches (``Outbound.flowing``).
+        flowing = checkpoint and record.frames_queued > 0 and not waited
+        if flowing or not self._lanes.has_stream_room(record):
             # Backpressure, and an interrupt point.
             await self._lanes.wait_for_stream_room(record)
         await self._check_sendable()
@@ -191,7 +192,7 @@ class RequestStream:
         record.frames_queued += 1
         # Told first: the push may write the frame at once (``Writer._write_directly``).
         self._events.stream_queued(record, seq)
-        self._lanes.push_stream(Outbound(FrameKind.STREAM, text, record, seq=seq))
+        self._lanes.push_stream(Outbound(FrameKind.STREAM, text, record, seq=seq, flowing=flowing))
         if record.deltas is not None:
             record.deltas.append(delta)
         self._sent_by = task

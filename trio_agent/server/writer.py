@@ -28,13 +28,15 @@ from trio_agent.server.message_ids import MessageIds
 from trio_agent.server.registry import RequestRegistry
 from trio_agent.server.session_end import SessionEnd, close_is_resumable
 
-#: A STREAM frame (not its request's first) or an AUDIO chunk pushed sooner than this
-#: after the connection's last write is not written by its producer: it is queued,
-#: and the writer waits for company to send it in a batch, as for a busy writer. An
-#: agent streaming flat out pushes a frame every scheduler pass, well inside this
-#: window, and a write per frame would cost it (and its client) a system call each;
-#: a paced reply (a few words a second, real-time audio) is far outside it. Control
-#: frames, DONEs and a reply's first frame never wait for company: no window for them.
+#: An AUDIO chunk pushed sooner than this after the connection's last write is not
+#: written by its producer: it is queued, and the writer waits for company to send it
+#: in a batch, as for a busy writer. The speech stage queues a group of chunks at
+#: once, well inside this window, and a write per chunk would cost it (and its
+#: client) a system call each; real-time audio paced by its timer is far outside
+#: it. A STREAM frame needs no window: its request's stream knows whether it came
+#: straight after the previous send (``Outbound.flowing``, a reply in full flow,
+#: batched) or after a wait (its upstream's next token, a pacing timer: written at
+#: once). Control frames, DONEs and a reply's first frame never wait for company.
 COMPANY_WINDOW_S: Final = 0.002
 
 
@@ -130,7 +132,8 @@ class Writer:
         so the order on the wire is the order of the pushes; the priority lane is
         still drained first, because it is empty. A frame pushed while the writer is
         busy, or while anything is queued or kept, is queued for this task, and so
-        is a STREAM frame (not its request's first) or AUDIO chunk pushed within
+        is a STREAM frame its agent sent straight after the previous one
+        (``Outbound.flowing``) or an AUDIO chunk pushed within
         :data:`COMPANY_WINDOW_S` of the last write: a stream in full flow is sent in
         batches. Both
         paths count a frame the same way (:meth:`_count_written`,
@@ -281,9 +284,9 @@ class Writer:
         if not cork.can_write_now or self._ws.closed is not None or self._flush_owed:
             return False
         kind = frame.kind
-        if (
-            kind is FrameKind.AUDIO or (kind is FrameKind.STREAM and _not_first(frame))
-        ) and trio.current_time() - self._last_write_at < COMPANY_WINDOW_S:
+        if frame.flowing or (
+            kind is FrameKind.AUDIO and trio.current_time() - self._last_write_at < COMPANY_WINDOW_S
+        ):
             return False  # a stream in full flow: the writer batches it
         try:
             text = frame.data if frame.data is not None else self._render_done(frame)
@@ -381,9 +384,3 @@ class Writer:
                 ),
             )
         )
-
-
-def _not_first(frame: Outbound) -> bool:
-    """Whether a STREAM frame is not its request's first (a reply's first words never wait)."""
-    assert frame.record is not None
-    return frame.record.frames_written > 0
