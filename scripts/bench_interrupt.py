@@ -173,9 +173,15 @@ async def run_all(args: argparse.Namespace, budget: Budget, log_dir: Path) -> di
                 print(f"   {key}: {json.dumps(value)}")
             sys.stdout.flush()
     run["targets"] = evaluate(run)
+    # The same table for each source tree's row: a change and the commit before it,
+    # against the same peers in the same run.
+    run["tree_targets"] = {spec.key: evaluate(run, spec.key) for spec in trees}
     if run["targets"]:
         print("\n== Targets (ratio: how many times better trio-agent is; >= wanted meets it)")
         print(targets_table(run["targets"]))
+    for key, rows in run["tree_targets"].items():
+        print(f"\n== Targets of {SERVERS[key].label} (the same peers, the same run)")
+        print(targets_table(rows))
     return run
 
 
@@ -197,6 +203,10 @@ def main(argv: list[str] | None = None, prog: str = "bench_interrupt.py") -> int
                 for name, r in run["scenarios"].items()
             )
             + (f"\n\n**Targets**\n\n{targets_markdown(run['targets'])}" if run["targets"] else "")
+            + "".join(
+                f"\n\n**Targets of {SERVERS[key].label}**\n\n{targets_markdown(rows)}"
+                for key, rows in run.get("tree_targets", {}).items()
+            )
             + "\n"
         )
     if args.plot:

@@ -74,8 +74,14 @@ def test_a_tree_serves_its_own_code_next_to_this_checkout(tmp_path):
         text=True,
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    results = json.loads(out.read_text())["scenarios"]["idle"]["results"]
+    run = json.loads(out.read_text())
+    results = run["scenarios"]["idle"]["results"]
     assert list(results) == ["trio-agent", "tree-copy"]
+    # The targets table of the tree's row reads the tree's figures.
+    (row,) = run["tree_targets"]["tree-copy"]
+    assert row["trio_agent"] == results["tree-copy"]["rtt_ms"]["p50"]
+    (ours,) = run["targets"]
+    assert ours["trio_agent"] == results["trio-agent"]["rtt_ms"]["p50"]
     assert results["tree-copy"]["rtt_ms"]["count"] == 4
     assert results["tree-copy"]["errors"] == 0
     (copied,) = logs.glob("tree-copy-*.log")

@@ -54,10 +54,11 @@ class Target:
             return ratio(baseline, mine, digits=2)
         return ratio(mine, baseline, digits=2)
 
-    def evaluate(self, run: dict[str, Any]) -> dict[str, Any]:
-        """This target's row from a run's record (``None`` where a figure is missing)."""
+    def evaluate(self, run: dict[str, Any], ours: str = "trio-agent") -> dict[str, Any]:
+        """This target's row from a run's record (``None`` where a figure is missing),
+        for the trio-agent row ``ours`` (another source tree's, with ``--tree``)."""
         results = run.get("scenarios", {}).get(self.workload, {}).get("results", {})
-        mine = self.value(results, "trio-agent")
+        mine = self.value(results, ours)
         row: dict[str, Any] = {
             "workload": self.workload,
             "figure": self.figure,
@@ -85,7 +86,7 @@ class Target:
         row["met"] = None if None in ratios else all(r >= self.wanted for r in ratios)
         # A server that made errors in the workload (a refused connection, a timeout)
         # measured something else: no verdict on figures that include it.
-        compared = ["trio-agent", *self.fastapi, *(["asyncio"] if self.asyncio else [])]
+        compared = [ours, *self.fastapi, *(["asyncio"] if self.asyncio else [])]
         row["errors_in"] = [k for k in compared if (results.get(k) or {}).get("errors")]
         if row["errors_in"]:
             row["met"] = None
@@ -147,9 +148,9 @@ HEADERS = [
 ]
 
 
-def evaluate(run: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every target's row, for the workloads the run has."""
-    return [t.evaluate(run) for t in TARGETS if t.workload in run.get("scenarios", {})]
+def evaluate(run: dict[str, Any], ours: str = "trio-agent") -> list[dict[str, Any]]:
+    """Every target's row, for the workloads the run has, for the trio-agent row ``ours``."""
+    return [t.evaluate(run, ours) for t in TARGETS if t.workload in run.get("scenarios", {})]
 
 
 def _cell(value: Any) -> str:
