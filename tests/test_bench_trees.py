@@ -17,7 +17,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
 
-from bench_interrupt import parse_trees, with_trees  # noqa: E402
+from bench_interrupt import parse_trees, rotated, with_trees  # noqa: E402
 
 from tests.script_runs import run_script  # noqa: E402
 
@@ -59,6 +59,12 @@ def test_a_tree_serves_its_own_code_next_to_this_checkout(tmp_path):
             "--quick",
             "--scenario",
             "idle",
+            "--scenario",
+            "slow-reader",
+            "--slow-reader-trials",
+            "1",
+            "--slow-reader-pause-s",
+            "0.05",
             "--server",
             "trio-agent",
             "--heartbeats",
@@ -67,6 +73,8 @@ def test_a_tree_serves_its_own_code_next_to_this_checkout(tmp_path):
             f"copy={tree}",
             "--json",
             str(out),
+            "--plot",
+            str(tmp_path / "run.png"),
             "--log-dir",
             str(logs),
         ],
@@ -74,17 +82,26 @@ def test_a_tree_serves_its_own_code_next_to_this_checkout(tmp_path):
         text=True,
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert (tmp_path / "run.png").stat().st_size > 0  # the tree's rows have a colour
     run = json.loads(out.read_text())
     results = run["scenarios"]["idle"]["results"]
     assert list(results) == ["trio-agent", "tree-copy"]
     # The targets table of the tree's row reads the tree's figures.
-    (row,) = run["tree_targets"]["tree-copy"]
+    (row,) = [r for r in run["tree_targets"]["tree-copy"] if r["workload"] == "idle"]
     assert row["trio_agent"] == results["tree-copy"]["rtt_ms"]["p50"]
-    (ours,) = run["targets"]
+    (ours,) = [r for r in run["targets"] if r["workload"] == "idle"]
     assert ours["trio_agent"] == results["trio-agent"]["rtt_ms"]["p50"]
+    assert list(run["scenarios"]["slow-reader"]["results"]) == ["trio-agent", "tree-copy"]
     assert results["tree-copy"]["rtt_ms"]["count"] == 4
     assert results["tree-copy"]["errors"] == 0
     (copied,) = logs.glob("tree-copy-*.log")
     (checkout,) = logs.glob("trio-agent-*.log")
     assert MARK in copied.read_text()
     assert MARK not in checkout.read_text()
+
+
+def test_every_server_takes_every_place_of_a_round_in_turn():
+    servers = ["a", "b", "c"]
+    orders = [rotated(servers, r) for r in range(4)]  # type: ignore[arg-type]
+    assert orders == [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"], ["a", "b", "c"]]
+    assert rotated([], 3) == []

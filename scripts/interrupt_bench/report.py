@@ -63,6 +63,18 @@ COLOURS = {
 }
 
 
+#: A source tree's rows (``--tree``): greys, one per tree, in the order they came.
+TREE_COLOURS = ("#7f7f7f", "#444444", "#b0b0b0", "#222222")
+
+
+def colour_of(key: str) -> str:
+    """The plot colour of a server's rows."""
+    if key in COLOURS:
+        return COLOURS[key]
+    trees = [k for k in SERVERS if k.startswith("tree-")]
+    return TREE_COLOURS[trees.index(key) % len(TREE_COLOURS)] if key in trees else "#17becf"
+
+
 def plot(run: dict[str, Any], scenarios: dict[str, Scenario], path: Path) -> None:
     """ACK-latency CDFs (one panel per workload that has them) and stale frames."""
     import matplotlib
@@ -91,7 +103,7 @@ def plot(run: dict[str, Any], scenarios: dict[str, Scenario], path: Path) -> Non
                 samples,
                 [(i + 1) / n for i in range(n)],
                 where="post",
-                color=COLOURS.get(key),
+                color=colour_of(key),
                 label=f"{SERVERS[key].label} (n={n})",
             )
         ax.set_xscale("log")
@@ -107,13 +119,13 @@ def plot(run: dict[str, Any], scenarios: dict[str, Scenario], path: Path) -> Non
     ax = axes[len(with_cdf)]
     labels: list[str] = []
     values: list[int] = []
-    colours: list[str | None] = []
+    colours: list[str] = []
     for name, scenario_run in run["scenarios"].items():
         for key, figures in scenario_run["results"].items():
             if "stale_frames" in figures and scenarios[name].cdf is not None:
                 labels.append(f"{name}: {SERVERS[key].label}")
                 values.append(int(figures["stale_frames"]))
-                colours.append(COLOURS.get(key))
+                colours.append(colour_of(key))
     bars = ax.barh(range(len(values)), values, color=colours)
     ax.bar_label(bars, padding=3)
     ax.set_yticks(range(len(values)), labels, fontsize=7)
