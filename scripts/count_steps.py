@@ -81,9 +81,12 @@ def main(argv: list[str] | None = None) -> int:
             )
         finally:
             scenario.servers = scenario_servers  # type: ignore[misc]
-        counts = {
-            key: json.loads(next(Path(folder).glob(f"{key}.*.json")).read_text()) for key in keys
-        }
+        counts = {}
+        for key in keys:
+            found = sorted(Path(folder).glob(f"{key}.*.json"))
+            if not found:
+                raise SystemExit(f"{key}: its server left no counts (killed before it exited?)")
+            counts[key] = json.loads(found[0].read_text())
     print(f"\n== counts over each server's life ({args.scenario})")
     print(
         f"{'tree':14} {'frames':>8} {'steps/frame':>12} {'passes/frame':>13} "

@@ -105,3 +105,33 @@ def test_every_server_takes_every_place_of_a_round_in_turn():
     orders = [rotated(servers, r) for r in range(4)]  # type: ignore[arg-type]
     assert orders == [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"], ["a", "b", "c"]]
     assert rotated([], 3) == []
+
+
+def test_a_scenario_runs_its_servers_in_a_rotated_order_each_round():
+    """What run_scenario does with the rotation: the first server of each round moves on."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from bench_interrupt import run_scenario
+
+    seen: list[str] = []
+
+    class Recording:
+        def rounds(self, budget: object) -> int:
+            return 3
+
+        async def run(self, server: SimpleNamespace, budget: object) -> dict[str, int]:
+            seen.append(server.spec.key)
+            return {"errors": 0}
+
+        def merge(self, runs: list[dict[str, int]]) -> dict[str, int]:
+            return runs[0]
+
+        def ratios(self, results: dict[str, object]) -> dict[str, object]:
+            return {}
+
+        title = "recording"
+
+    servers = [SimpleNamespace(spec=SimpleNamespace(key=k, label=k)) for k in ("a", "b", "c")]
+    asyncio.run(run_scenario(Recording(), servers, None))  # type: ignore[arg-type]
+    assert seen == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]

@@ -376,8 +376,8 @@ def texts_on_complete(wire: bytearray) -> list[str]:
 async def test_a_stream_in_full_flow_is_batched_and_a_paced_one_goes_directly(mock_clock):
     """A STREAM frame sent straight after the previous send (``flowing``) waits for the
     writer and its batch; one sent after a wait goes at once, even right after a write,
-    as does a request's first. An AUDIO chunk waits within COMPANY_WINDOW_S of the last
-    write."""
+    as does a request's first. An AUDIO chunk, or a spoken reply's word, waits within
+    COMPANY_WINDOW_S of the last write."""
     inner = PartialSocket()
     session = Session(inner)
     stream = session.stream()
@@ -402,6 +402,15 @@ async def test_a_stream_in_full_flow_is_batched_and_a_paced_one_goes_directly(mo
         assert len(inner.writes) == 5
         mock_clock.jump(COMPANY_WINDOW_S)
         session.lanes.push_stream(audio_frame(stream, b"\x02\x03"))
+        assert session.lanes.queued == 0
+        assert [path for path, _ in inner.writes][-1] == "now"
+        # So does a spoken reply's word (the speech stage queues words and chunks in
+        # groups with no wait between): within the window it waits, past it it goes.
+        session.lanes.push_stream(stream_frame(stream, " spoken"))
+        assert session.lanes.queued == 1
+        await trio.testing.wait_all_tasks_blocked()
+        mock_clock.jump(COMPANY_WINDOW_S)
+        session.lanes.push_stream(stream_frame(stream, " later"))
         assert session.lanes.queued == 0
         assert [path for path, _ in inner.writes][-1] == "now"
         nursery.cancel_scope.cancel()

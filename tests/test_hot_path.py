@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import trio
 import trio.testing
 
@@ -15,7 +17,7 @@ from trio_agent.protocol.framing import websocket_frame
 from trio_agent.server.cork import CorkableStream
 from trio_agent.server.lanes import Outbound, OutboundLanes
 from trio_agent.server.message_ids import MessageIds
-from trio_agent.server.registry import RequestRegistry
+from trio_agent.server.registry import RequestPhase, RequestRegistry
 from trio_agent.server.request_stream import RequestStream, schedule_points
 from trio_agent.server.session_end import SessionEnd
 from trio_agent.server.writer import Writer
@@ -243,3 +245,26 @@ async def test_a_send_straight_after_a_send_is_marked_flowing_for_the_writer_to_
     await stream.send(" third")
     await stream.send(" fourth")
     assert [frame.flowing for frame in pushed] == [False, True, False, True]
+
+
+async def test_every_send_of_a_loop_of_sends_is_a_schedule_point():
+    """Three sends in a row with nothing awaited between them: each one yields."""
+    lanes = OutboundLanes(stream_capacity=8, priority_capacity=8)
+    stream = _request_stream(lanes, trio.CancelScope())
+    await stream.send("first")
+    for delta in (" a", " b", " c"):
+        with trio.testing.assert_checkpoints():
+            await stream.send(delta)
+
+
+async def test_a_loop_of_failing_sends_still_yields_on_each():
+    """An agent that keeps sending after its request ended (from a shielded block,
+    catching the error) must not spin without a schedule point."""
+    lanes = OutboundLanes(stream_capacity=8, priority_capacity=8)
+    stream = _request_stream(lanes, trio.CancelScope())
+    await stream.send("first")
+    stream.record.phase = RequestPhase.ENDED
+    for _ in range(3):
+        with trio.testing.assert_checkpoints(), contextlib.suppress(trio.ClosedResourceError):
+            await stream.send(" late")
+    assert lanes.stream_depth == 1

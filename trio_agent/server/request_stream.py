@@ -30,8 +30,10 @@ def schedule_points(task: trio.lowlevel.Task) -> int:
 
     Trio counts them on every task (``Task._schedule_points``, the count behind
     :func:`trio.testing.assert_checkpoints`); it is not public API, so a Trio
-    without it reads as "never yielded", and every send is a full checkpoint as
-    before (``tests/test_hot_path.py`` checks that Trio still counts).
+    without it reads as "never yielded": every send is a full checkpoint as
+    before, and every frame after a reply's first counts as sent in full flow
+    (the writer batches it rather than let its producer write it).
+    ``tests/test_hot_path.py`` checks that Trio still counts.
     """
     points: int = getattr(task, "_schedule_points", -1)
     return points
@@ -173,11 +175,17 @@ class RequestStream:
         # still delivered on every send (_check_sendable).
         waited = task is self._sent_by and schedule_points(task) != self._sent_at_point
         # Sent straight after the previous send: a reply in full flow, which the
-        # writer batches (``Outbound.flowing``).
+        # writer batches (``Outbound.flowing``). A send from another task than the
+        # last sender counts as one too: it yields, and its frame is batched.
         flowing = checkpoint and record.frames_queued > 0 and not waited
         if flowing or not self._lanes.has_stream_room(record):
             # Backpressure, and an interrupt point.
             await self._lanes.wait_for_stream_room(record)
+        # Noted before anything below can raise: a loop of sends that fail (a
+        # request that has ended, a delta that cannot be encoded) still yields on
+        # each of them.
+        self._sent_by = task
+        self._sent_at_point = schedule_points(task)
         await self._check_sendable()
         # Render before counting: text that cannot be encoded (a lone surrogate)
         # raises here and uses no seq, even for an agent that catches the error.
@@ -195,8 +203,6 @@ class RequestStream:
         self._lanes.push_stream(Outbound(FrameKind.STREAM, text, record, seq=seq, flowing=flowing))
         if record.deltas is not None:
             record.deltas.append(delta)
-        self._sent_by = task
-        self._sent_at_point = schedule_points(task)
 
     def add_done_fields(self, **fields: Any) -> None:
         self._record.done_fields.update(

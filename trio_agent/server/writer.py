@@ -28,15 +28,16 @@ from trio_agent.server.message_ids import MessageIds
 from trio_agent.server.registry import RequestRegistry
 from trio_agent.server.session_end import SessionEnd, close_is_resumable
 
-#: An AUDIO chunk pushed sooner than this after the connection's last write is not
-#: written by its producer: it is queued, and the writer waits for company to send it
-#: in a batch, as for a busy writer. The speech stage queues a group of chunks at
-#: once, well inside this window, and a write per chunk would cost it (and its
-#: client) a system call each; real-time audio paced by its timer is far outside
-#: it. A STREAM frame needs no window: its request's stream knows whether it came
-#: straight after the previous send (``Outbound.flowing``, a reply in full flow,
-#: batched) or after a wait (its upstream's next token, a pacing timer: written at
-#: once). Control frames, DONEs and a reply's first frame never wait for company.
+#: An AUDIO chunk, or a spoken reply's word, pushed sooner than this after the
+#: connection's last write is not written by its producer: it is queued, and the
+#: writer waits for company to send it in a batch, as for a busy writer. The speech
+#: stage queues a group of chunks and words at once, well inside this window, and a
+#: write per frame would cost it (and its client) a system call each; real-time
+#: audio paced by its timer is far outside it. A text reply's STREAM frame needs no
+#: window: its request's stream knows whether it came straight after the previous
+#: send (``Outbound.flowing``, a reply in full flow, batched) or after a wait (its
+#: upstream's next token, a pacing timer: written at once). Control frames, DONEs
+#: and a reply's first frame never wait for company.
 COMPANY_WINDOW_S: Final = 0.002
 
 
@@ -133,10 +134,9 @@ class Writer:
         still drained first, because it is empty. A frame pushed while the writer is
         busy, or while anything is queued or kept, is queued for this task, and so
         is a STREAM frame its agent sent straight after the previous one
-        (``Outbound.flowing``) or an AUDIO chunk pushed within
-        :data:`COMPANY_WINDOW_S` of the last write: a stream in full flow is sent in
-        batches. Both
-        paths count a frame the same way (:meth:`_count_written`,
+        (``Outbound.flowing``), or an AUDIO chunk or a spoken word pushed within
+        :data:`COMPANY_WINDOW_S` of the last write: a stream in full flow is sent
+        in batches. Both paths count a frame the same way (:meth:`_count_written`,
         :meth:`_end_batch`), and a broken socket ends the session here, in this
         task, on either path.
 
@@ -285,7 +285,7 @@ class Writer:
             return False
         kind = frame.kind
         if frame.flowing or (
-            kind is FrameKind.AUDIO and trio.current_time() - self._last_write_at < COMPANY_WINDOW_S
+            _spoken(frame) and trio.current_time() - self._last_write_at < COMPANY_WINDOW_S
         ):
             return False  # a stream in full flow: the writer batches it
         try:
@@ -384,3 +384,17 @@ class Writer:
                 ),
             )
         )
+
+
+def _spoken(frame: Outbound) -> bool:
+    """An AUDIO chunk, or a spoken reply's STREAM frame but its first: what the speech
+    stage queues in groups with no wait between (see :data:`COMPANY_WINDOW_S`)."""
+    if frame.kind is FrameKind.AUDIO:
+        return True
+    record = frame.record
+    return (
+        frame.kind is FrameKind.STREAM
+        and record is not None
+        and record.speech is not None
+        and record.frames_written > 0
+    )
