@@ -64,7 +64,10 @@ def _server(key: str, label: str, *flags: str) -> ServerSpec:
         label,
         label,
         (sys.executable, "-m", "trio_agent", "serve", "--port", "{port}", "--log-level",
-         "WARNING", "--max-sessions", "5000", "--idle-timeout-s", "0", "--slow-step-warn-s", "0", *flags),
+         "WARNING", "--max-sessions", "5000", "--idle-timeout-s", "0", "--slow-step-warn-s", "0",
+         # Every session of the load generator comes from 127.0.0.1: the per-address
+         # limit (100 by default) would refuse the capacity steps past it.
+         "--max-sessions-per-address", "0", *flags),
     )  # fmt: skip
 
 
