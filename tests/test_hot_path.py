@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 
+import pytest
 import trio
 import trio.testing
 
@@ -156,15 +157,23 @@ async def test_a_replys_first_send_queues_without_a_schedule_point_and_later_one
         assert lanes.stream_depth == 2
 
 
-async def test_a_first_send_of_a_cut_request_still_raises_cancelled():
+@pytest.mark.parametrize("sent_before", [0, 1])
+async def test_a_send_of_a_cut_request_raises_cancelled_even_without_a_schedule_point(
+    sent_before: int,
+):
+    """A reply's first send, and a send after a wait: neither is a schedule point, and
+    both still deliver a pending cancellation."""
     lanes = OutboundLanes(stream_capacity=8, priority_capacity=8)
     with trio.CancelScope() as scope:
         stream = _request_stream(lanes, scope)
+        for _ in range(sent_before):
+            await stream.send("first")
+            await trio.lowlevel.checkpoint()  # the agent waits for its next token
         scope.cancel()
-        await stream.send("first")
+        await stream.send(" next")
         raise AssertionError("the send should have raised Cancelled")
     assert scope.cancelled_caught
-    assert lanes.stream_depth == 0
+    assert lanes.stream_depth == sent_before
 
 
 async def test_a_send_after_its_task_yielded_is_not_a_schedule_point_again():
@@ -199,19 +208,6 @@ async def test_a_send_by_another_task_than_the_last_sender_is_a_full_checkpoint(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(helper)
     assert lanes.stream_depth == 2
-
-
-async def test_a_send_after_a_yield_still_raises_a_pending_cancellation():
-    lanes = OutboundLanes(stream_capacity=8, priority_capacity=8)
-    with trio.CancelScope() as scope:
-        stream = _request_stream(lanes, scope)
-        await stream.send("first")
-        await trio.lowlevel.checkpoint()
-        scope.cancel()
-        await stream.send(" second")
-        raise AssertionError("the send should have raised Cancelled")
-    assert scope.cancelled_caught
-    assert lanes.stream_depth == 1
 
 
 async def test_trio_still_counts_each_tasks_schedule_points():
