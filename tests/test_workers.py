@@ -125,3 +125,25 @@ def test_workers_need_a_fixed_port(capsys):
         main(["serve", "--workers", "2", "--port", "0"])
     assert exited.value.code == 2
     assert "--workers needs a fixed --port" in capsys.readouterr().err
+
+
+def test_the_exit_code_is_the_failed_workers_not_that_of_one_it_stopped():
+    """A worker that dies unasked stops the others; one of them may die of that very
+    SIGTERM (143, still starting, no handler yet). The supervisor's code is the
+    failure's (137 here), not the larger code of a worker it stopped itself."""
+    # In a process of its own: the supervisor waits for any child of its process.
+    script = """
+import os, signal, subprocess, sys
+from pathlib import Path
+from trio_agent.cli.workers import _supervise
+sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+failed, stopped = subprocess.Popen(sleeper), subprocess.Popen(sleeper)
+failed.kill()  # dead (a zombie) before the supervisor starts waiting
+while Path(f"/proc/{failed.pid}/stat").read_text().split()[2] != "Z":
+    os.sched_yield()
+print(_supervise([failed, stopped], []), stopped.returncode)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.split() == [str(128 + signal.SIGKILL), str(-signal.SIGTERM)]

@@ -118,9 +118,14 @@ def run_workers(argv: Sequence[str], config: ServerConfig) -> int:
 
 
 def _supervise(workers: list[subprocess.Popen[bytes]], signalled: list[int]) -> int:
-    """Wait for every worker; stop the others when one exits unasked."""
+    """Wait for every worker; stop the others when one exits unasked.
+
+    Returns the worst exit code of the workers, or, when one exited unasked, that
+    worker's (at least 1): the others were stopped because of it, and how they
+    ended (one still starting dies of the SIGTERM itself) says nothing more."""
     running = {worker.pid: worker for worker in workers}
     worst = 0
+    failed: int | None = None
     while running:
         pid, status = os.waitpid(-1, 0)
         worker = running.pop(pid, None)
@@ -133,8 +138,8 @@ def _supervise(workers: list[subprocess.Popen[bytes]], signalled: list[int]) -> 
             logger.info("worker exited", pid=pid, exit_code=code)
             continue
         logger.error("worker exited unexpectedly: stopping the others", pid=pid, exit_code=code)
-        worst = max(worst, 1)
+        failed = max(code, 1)
         signalled.append(signal.SIGTERM)
         for other in running.values():
             other.send_signal(signal.SIGTERM)
-    return worst
+    return worst if failed is None else failed
